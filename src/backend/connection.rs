@@ -1,0 +1,261 @@
+//! One authenticated connection to a backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_common::constants::CapabilityFlags as Caps;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::MySerialize;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::Backend;
+use super::auth::{self, CACHING_SHA2, NATIVE};
+use crate::protocol::packet::{self, PacketError};
+
+const BUFFER: usize = 64 * 1024;
+
+/// Capabilities that change the shape of responses: a backend connection must use exactly the
+/// client's choice of these, because its packets are relayed to the client unchanged.
+pub const FORMAT_CAPS: Caps = Caps::CLIENT_PROTOCOL_41
+    .union(Caps::CLIENT_DEPRECATE_EOF)
+    .union(Caps::CLIENT_SESSION_TRACK)
+    .union(Caps::CLIENT_MULTI_RESULTS)
+    .union(Caps::CLIENT_PS_MULTI_RESULTS)
+    .union(Caps::CLIENT_TRANSACTIONS);
+
+/// Capabilities passed on from the client when the backend offers them.
+pub const PASSED_CAPS: Caps = Caps::CLIENT_LONG_PASSWORD
+    .union(Caps::CLIENT_FOUND_ROWS)
+    .union(Caps::CLIENT_LONG_FLAG)
+    .union(Caps::CLIENT_LOCAL_FILES)
+    .union(Caps::CLIENT_IGNORE_SPACE)
+    .union(Caps::CLIENT_INTERACTIVE)
+    .union(Caps::CLIENT_MULTI_STATEMENTS);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} ({address}): connect failed: {source}")]
+    Connect { backend: String, address: String, source: std::io::Error },
+    #[error("{backend} ({address}): connect timed out after {timeout:?}")]
+    Timeout { backend: String, address: String, timeout: Duration },
+    #[error("{backend}: {message}")]
+    Refused { backend: String, code: u16, message: String },
+    #[error("{backend}: protocol error: {message}")]
+    Protocol { backend: String, message: String },
+    #[error("{backend}: {source}")]
+    Packet { backend: String, source: PacketError },
+}
+
+impl BackendError {
+    /// Whether the backend itself is unreachable (as opposed to refusing these credentials).
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, BackendError::Refused { .. })
+    }
+}
+
+/// Who rwproxy logs in as, and with which options.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+    pub database: Option<String>,
+    pub collation: u8,
+    /// The capabilities negotiated with the client.
+    pub client_caps: Caps,
+    pub max_packet_size: u32,
+}
+
+pub struct BackendConn {
+    pub backend: Arc<Backend>,
+    pub(super) reader: BufReader<OwnedReadHalf>,
+    pub(super) writer: BufWriter<OwnedWriteHalf>,
+    pub caps: Caps,
+    /// Sequence number of the last session-history entry this connection has run.
+    pub applied: u64,
+}
+
+impl std::fmt::Debug for BackendConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConn").field("backend", &self.backend.name).finish()
+    }
+}
+
+impl BackendConn {
+    pub async fn connect(backend: Arc<Backend>, login: &Login, timeout: Duration) -> Result<Self, BackendError> {
+        let timed_out = || BackendError::Timeout {
+            backend: backend.name.clone(),
+            address: backend.address.clone(),
+            timeout,
+        };
+        tokio::time::timeout(timeout, Self::connect_inner(backend.clone(), login))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    async fn connect_inner(backend: Arc<Backend>, login: &Login) -> Result<Self, BackendError> {
+        let stream = TcpStream::connect(&backend.address).await.map_err(|source| BackendError::Connect {
+            backend: backend.name.clone(),
+            address: backend.address.clone(),
+            source,
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut conn = BackendConn {
+            backend,
+            reader: BufReader::with_capacity(BUFFER, r),
+            writer: BufWriter::with_capacity(BUFFER, w),
+            caps: Caps::empty(),
+            applied: 0,
+        };
+        conn.login(login).await?;
+        Ok(conn)
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> BackendError {
+        BackendError::Protocol { backend: self.backend.name.clone(), message: message.into() }
+    }
+
+    fn refused(&self, payload: &[u8]) -> BackendError {
+        let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+        let text = payload.get(9..).unwrap_or_default();
+        BackendError::Refused {
+            backend: self.backend.name.clone(),
+            code,
+            message: format!("{} ({code})", String::from_utf8_lossy(text)),
+        }
+    }
+
+    /// Reads one logical packet; the connection closing is an error here.
+    pub async fn read_packet(&mut self) -> Result<packet::Logical, BackendError> {
+        let name = &self.backend.name;
+        match packet::read_logical(&mut self.reader, usize::MAX).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(BackendError::Packet { backend: name.clone(), source: PacketError::Truncated }),
+            Err(source) => Err(BackendError::Packet { backend: name.clone(), source }),
+        }
+    }
+
+    /// Writes and flushes one logical packet.
+    pub async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<(), BackendError> {
+        let result = async {
+            packet::write_packet(&mut self.writer, seq, payload).await?;
+            self.writer.flush().await?;
+            Ok::<_, PacketError>(())
+        }
+        .await;
+        result.map_err(|source| BackendError::Packet { backend: self.backend.name.clone(), source })
+    }
+
+    async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
+        let greeting = self.read_packet().await?;
+        if greeting.payload.first() == Some(&0xFF) {
+            return Err(self.refused(&greeting.payload));
+        }
+        let handshake = ParseBuf(&greeting.payload)
+            .parse::<HandshakePacket>(())
+            .map_err(|e| self.protocol(format!("bad greeting: {e}")))?;
+        let server_caps = handshake.capabilities();
+        let wanted_format = login.client_caps & FORMAT_CAPS;
+        if !server_caps.contains(wanted_format) {
+            let missing = wanted_format.difference(server_caps);
+            return Err(self.protocol(format!("server lacks capabilities the client uses: {missing:?}")));
+        }
+        let mut caps = wanted_format
+            | (login.client_caps & PASSED_CAPS & server_caps)
+            | (server_caps & (Caps::CLIENT_SECURE_CONNECTION | Caps::CLIENT_PLUGIN_AUTH | Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA));
+        if login.database.is_some() {
+            caps |= Caps::CLIENT_CONNECT_WITH_DB;
+        }
+        self.caps = caps;
+        let nonce = handshake.nonce();
+        let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();
+        let (plugin, data) = match auth::auth_response(&plugin, &nonce, login.password.as_bytes()) {
+            Some(data) => (plugin, data),
+            None => (NATIVE.to_vec(), auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default()),
+        };
+        let version = handshake.server_version_parsed().unwrap_or((5, 7, 0));
+        let response = HandshakeResponse::new(
+            Some(data),
+            version,
+            Some(login.user.as_bytes()),
+            login.database.as_deref().map(str::as_bytes),
+            Some(AuthPlugin::from_bytes(&plugin)),
+            caps,
+            None,
+            login.max_packet_size,
+        );
+        let mut payload = Vec::new();
+        response.serialize(&mut payload);
+        // The client's character set follows it to the backend. mysql_common picks utf8mb4 and
+        // has no setter; the field sits at a fixed offset (capabilities 4 + max packet 4).
+        if let Some(byte) = payload.get_mut(8) {
+            *byte = login.collation;
+        }
+        self.send(greeting.last_seq.wrapping_add(1), &payload).await?;
+        self.finish_auth(plugin, nonce, login).await
+    }
+
+    /// Follows the server through auth switches and caching_sha2 exchanges until OK or ERR.
+    async fn finish_auth(&mut self, mut plugin: Vec<u8>, mut nonce: Vec<u8>, login: &Login) -> Result<(), BackendError> {
+        let password = login.password.as_bytes();
+        // Bounded: a well-behaved server needs at most four round trips.
+        for _ in 0..6 {
+            let reply = self.read_packet().await?;
+            let seq = reply.last_seq.wrapping_add(1);
+            match reply.payload.first() {
+                Some(0x00) => return Ok(()),
+                Some(0xFF) => return Err(self.refused(&reply.payload)),
+                Some(0xFE) => {
+                    let switch = ParseBuf(&reply.payload)
+                        .parse::<AuthSwitchRequest>(())
+                        .map_err(|e| self.protocol(format!("bad auth switch: {e}")))?;
+                    plugin = switch.auth_plugin().as_bytes().to_vec();
+                    nonce = switch.plugin_data().to_vec();
+                    let data = auth::auth_response(&plugin, &nonce, password).ok_or_else(|| {
+                        self.protocol(format!("unsupported auth plugin {}", String::from_utf8_lossy(&plugin)))
+                    })?;
+                    self.send(seq, &data).await?;
+                }
+                Some(0x01) if plugin == CACHING_SHA2 => match reply.payload.get(1) {
+                    Some(3) => {} // fast auth succeeded; OK follows
+                    Some(4) => self.send(seq, &[0x02]).await?, // full auth: ask for the public key
+                    _ => {
+                        let pem = &reply.payload[1..];
+                        let encrypted = auth::encrypt_password(password, &nonce, pem)
+                            .ok_or_else(|| self.protocol("bad RSA public key from server"))?;
+                        self.send(seq, &encrypted).await?;
+                    }
+                },
+                _ => return Err(self.protocol("unexpected packet during authentication")),
+            }
+        }
+        Err(self.protocol("authentication did not finish"))
+    }
+
+    /// Whether the server closed this idle connection (EOF, or an unsolicited packet such as
+    /// the error a killed connection receives). Polls once, never waits.
+    pub async fn is_closed(&mut self) -> bool {
+        use tokio::io::AsyncBufReadExt;
+        // A zero timeout polls the read once: pending means nothing arrived, which is healthy.
+        tokio::time::timeout(Duration::ZERO, self.reader.fill_buf()).await.is_ok()
+    }
+
+    pub fn deprecate_eof(&self) -> bool {
+        self.caps.contains(Caps::CLIENT_DEPRECATE_EOF)
+    }
+}
+
+/// Reads the greeting of the server at `address` and returns its version string and
+/// capabilities, without logging in.
+pub async fn probe(address: &str, timeout: Duration) -> Option<(String, Caps)> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        let greeting = packet::read_logical(&mut stream, 1 << 16).await.ok()??;
+        let handshake = ParseBuf(&greeting.payload).parse::<HandshakePacket>(()).ok()?;
+        Some((handshake.server_version_str().into_owned(), handshake.capabilities()))
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}

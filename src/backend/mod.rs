@@ -1,0 +1,117 @@
+//! Backends as the data path sees them, and connections to them.
+//!
+//! A [`Backend`] is one configured server with passive health: a failed connect marks it
+//! unusable for reads for `retry_failed_after`, so a dead replica costs one failed connect, not
+//! one per query. Active health checks and lag come with the monitor.
+
+pub mod auth;
+mod connection;
+mod relay;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use auth as auth_plugins;
+pub use connection::{BackendConn, BackendError, Login, probe};
+pub use relay::{RelayError, Side, relay_response};
+
+use crate::config::{Config, Role};
+
+#[derive(Debug)]
+pub struct Backend {
+    pub index: usize,
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    /// Milliseconds since `Backends::epoch` until which this backend is skipped for reads.
+    skip_until_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Backend {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Every configured backend, in config order.
+#[derive(Debug)]
+pub struct Backends {
+    list: Vec<Arc<Backend>>,
+    primary: usize,
+    epoch: Instant,
+    retry_after: Duration,
+}
+
+impl Backends {
+    pub fn from_config(config: &Config) -> Backends {
+        let list: Vec<Arc<Backend>> = config
+            .backends()
+            .enumerate()
+            .map(|(index, b)| {
+                Arc::new(Backend {
+                    index,
+                    name: b.name.clone(),
+                    address: b.address.clone(),
+                    role: b.role,
+                    skip_until_ms: AtomicU64::new(0),
+                    last_error: Mutex::new(None),
+                })
+            })
+            .collect();
+        let primary = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
+        Backends { list, primary, epoch: Instant::now(), retry_after: config.mysql.routing.retry_failed_after }
+    }
+
+    pub fn all(&self) -> &[Arc<Backend>] {
+        &self.list
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<Backend>> {
+        self.list.get(index)
+    }
+
+    pub fn primary(&self) -> &Arc<Backend> {
+        &self.list[self.primary]
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the data path currently believes the backend can serve.
+    pub fn is_usable(&self, index: usize) -> bool {
+        self.list.get(index).is_some_and(|b| b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+    }
+
+    /// Records a failure seen by the data path (connect refused, connection lost).
+    pub fn mark_failed(&self, index: usize, error: &str) {
+        if let Some(b) = self.list.get(index) {
+            let until = self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
+            b.skip_until_ms.store(until, Ordering::Relaxed);
+            if let Ok(mut last) = b.last_error.lock() {
+                *last = Some(error.to_string());
+            }
+            tracing::warn!(backend = %b.name, address = %b.address, %error, "backend failed; skipped for reads for {:?}", self.retry_after);
+        }
+    }
+
+    /// Records a success: the backend is usable again.
+    pub fn mark_ok(&self, index: usize) {
+        if let Some(b) = self.list.get(index)
+            && b.skip_until_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            tracing::info!(backend = %b.name, "backend usable again");
+        }
+    }
+}

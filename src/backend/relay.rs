@@ -1,0 +1,190 @@
+//! Relaying one backend response to the client, packet by packet, with back-pressure.
+//!
+//! Only packets that decide where the response ends are read whole; column definitions and
+//! rows stream from the backend socket to the client socket through fixed buffers, so memory
+//! stays flat whatever the result size.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::BackendConn;
+use crate::protocol::packet::{self, Header, PacketError};
+use crate::protocol::{Outcome, Progress, ResponseKind, ResponseTracker};
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{side:?} side: {message}")]
+pub struct RelayError {
+    pub side: Side,
+    /// Whether any byte of the response reached the client; if not, the statement may be
+    /// retried elsewhere without the client noticing.
+    pub touched_client: bool,
+    pub message: String,
+}
+
+struct Relay<'a, CR, CW> {
+    conn: &'a mut BackendConn,
+    client_r: &'a mut CR,
+    client_w: &'a mut CW,
+    touched: bool,
+    scratch: Vec<u8>,
+}
+
+/// Relays the response to the command just sent on `conn`. `statement_id` replaces the
+/// backend's statement id in a COM_STMT_PREPARE answer.
+pub async fn relay_response<CR, CW>(
+    conn: &mut BackendConn,
+    kind: ResponseKind,
+    client_r: &mut CR,
+    client_w: &mut CW,
+    statement_id: Option<u32>,
+) -> Result<Outcome, RelayError>
+where
+    CR: AsyncBufRead + Unpin,
+    CW: AsyncWrite + Unpin,
+{
+    let mut tracker = ResponseTracker::new(kind, conn.deprecate_eof());
+    let mut relay = Relay { conn, client_r, client_w, touched: false, scratch: Vec::new() };
+    let outcome = relay.run(&mut tracker, statement_id).await?;
+    relay.client_w.flush().await.map_err(|e| relay.fail(Side::Client, e.to_string()))?;
+    Ok(outcome)
+}
+
+impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
+    fn fail(&self, side: Side, message: String) -> RelayError {
+        RelayError { side, touched_client: self.touched, message }
+    }
+
+    async fn run(&mut self, tracker: &mut ResponseTracker, statement_id: Option<u32>) -> Result<Outcome, RelayError> {
+        let mut continued = false;
+        loop {
+            let header = self.backend_header().await?;
+            if continued {
+                // The tail of a logical packet over 16 MiB: opaque bytes.
+                self.write_client(&header.encode()).await?;
+                self.stream(header.len).await?;
+                continued = header.is_continued();
+                continue;
+            }
+            continued = header.is_continued();
+            let first = self.peek_first(header.len).await?;
+            let progress = if tracker.needs_payload(first, header.len) {
+                self.scratch.clear();
+                packet::read_payload_into(&mut self.conn.reader, header.len, &mut self.scratch)
+                    .await
+                    .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                let progress = tracker
+                    .accept(first, header.len, &self.scratch)
+                    .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                // The answer to COM_STMT_PREPARE starts with the statement id the client must use.
+                if let Some(id) = statement_id
+                    && !self.touched
+                    && first == 0x00
+                    && self.scratch.len() >= 5
+                {
+                    self.scratch[1..5].copy_from_slice(&id.to_le_bytes());
+                }
+                let scratch = std::mem::take(&mut self.scratch);
+                self.write_client(&header.encode()).await?;
+                self.write_client(&scratch).await?;
+                self.scratch = scratch;
+                progress
+            } else {
+                let progress = tracker.accept(first, header.len, &[]).map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                self.write_client(&header.encode()).await?;
+                self.stream(header.len).await?;
+                progress
+            };
+            match progress {
+                Progress::More => {}
+                Progress::Done(outcome) if !continued => return Ok(outcome),
+                Progress::Done(_) => return Err(self.fail(Side::Backend, "response ended inside a packet".into())),
+                Progress::LocalInfile => {
+                    self.upload_local_infile().await?;
+                    tracker.after_local_infile();
+                }
+            }
+        }
+    }
+
+    async fn backend_header(&mut self) -> Result<Header, RelayError> {
+        match packet::read_header(&mut self.conn.reader).await {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(self.fail(Side::Backend, "backend closed the connection".into())),
+            Err(e) => Err(self.fail(Side::Backend, e.to_string())),
+        }
+    }
+
+    /// The first payload byte, without consuming it (0 for an empty packet).
+    async fn peek_first(&mut self, len: usize) -> Result<u8, RelayError> {
+        if len == 0 {
+            return Ok(0);
+        }
+        match self.conn.reader.fill_buf().await {
+            Ok([first, ..]) => Ok(*first),
+            Ok([]) => Err(self.fail(Side::Backend, PacketError::Truncated.to_string())),
+            Err(e) => Err(self.fail(Side::Backend, e.to_string())),
+        }
+    }
+
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
+        self.touched = true;
+        self.client_w.write_all(bytes).await.map_err(|e| self.fail(Side::Client, e.to_string()))
+    }
+
+    /// Copies `len` payload bytes from the backend to the client.
+    async fn stream(&mut self, len: usize) -> Result<(), RelayError> {
+        self.touched = true;
+        copy_exact(&mut self.conn.reader, &mut *self.client_w, len).await.map_err(|(side, m)| self.fail(side, m))
+    }
+
+    /// LOCAL INFILE: the client sends the file as packets ending with an empty one; they go to
+    /// the backend unchanged, and the backend then answers as usual.
+    async fn upload_local_infile(&mut self) -> Result<(), RelayError> {
+        self.client_w.flush().await.map_err(|e| self.fail(Side::Client, e.to_string()))?;
+        // Bounded by the client: every iteration consumes one client packet.
+        loop {
+            let header = match packet::read_header(&mut *self.client_r).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return Err(self.fail(Side::Client, "client closed during LOCAL INFILE".into())),
+                Err(e) => return Err(self.fail(Side::Client, e.to_string())),
+            };
+            self.conn.writer.write_all(&header.encode()).await.map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+            let copied = copy_exact(&mut *self.client_r, &mut self.conn.writer, header.len).await;
+            // Flip sides: here the client is the reader and the backend the writer.
+            copied.map_err(|(side, m)| {
+                let side = if side == Side::Backend { Side::Client } else { Side::Backend };
+                self.fail(side, m)
+            })?;
+            if header.len == 0 {
+                break;
+            }
+        }
+        self.conn.writer.flush().await.map_err(|e| self.fail(Side::Backend, e.to_string()))
+    }
+}
+
+/// Copies exactly `len` bytes; an error says whether reading (`Backend`) or writing (`Client`)
+/// failed.
+async fn copy_exact<R, W>(from: &mut R, to: &mut W, mut len: usize) -> Result<(), (Side, String)>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while len > 0 {
+        let chunk = from.fill_buf().await.map_err(|e| (Side::Backend, e.to_string()))?;
+        if chunk.is_empty() {
+            return Err((Side::Backend, PacketError::Truncated.to_string()));
+        }
+        let n = chunk.len().min(len);
+        to.write_all(&chunk[..n]).await.map_err(|e| (Side::Client, e.to_string()))?;
+        from.consume(n);
+        len -= n;
+    }
+    Ok(())
+}

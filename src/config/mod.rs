@@ -1,0 +1,262 @@
+//! Configuration: serde structs by domain, unknown keys rejected, every problem reported with
+//! its key and line. Parsing and validation are separate so `--check-config` can list all
+//! problems at once.
+
+mod duration;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One validation problem: the key it concerns, the line it is on, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.key, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mysql: MysqlConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// Address the SQL proxy listens on, e.g. `"127.0.0.1:6033"`.
+    pub listen: Spanned<String>,
+    /// Users rwproxy authenticates clients as; it logs in to backends with the same credentials.
+    #[serde(default)]
+    pub users: Vec<Spanned<UserConfig>>,
+    pub backends: Vec<Spanned<BackendConfig>>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// How long to wait for a backend connection to be established and authenticated.
+    /// Default `"2s"`.
+    #[serde(default = "default_connect_timeout", with = "duration::serde_str")]
+    pub connect_timeout: Duration,
+    /// Largest client packet accepted, in bytes; a larger one closes that client.
+    /// Default 64 MiB (MariaDB's own `max_allowed_packet` default is 16 MiB).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: usize,
+    /// Server version announced to clients. Default: the primary's own version string, read at
+    /// start-up, or `"8.0.0-rwproxy"` when the primary cannot be reached then.
+    #[serde(default)]
+    pub server_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Reads round-robin over the primary as well as the replicas. Default `true`.
+    #[serde(default = "yes")]
+    pub reads_include_primary: bool,
+    /// After a failed connect, a backend is skipped for reads for this long. Default `"2s"`.
+    #[serde(default = "default_retry_after", with = "duration::serde_str")]
+    pub retry_failed_after: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { reads_include_primary: true, retry_failed_after: default_retry_after() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_packet_size() -> usize {
+    64 << 20
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates; a parse error carries toml's line and column.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let problems = config.validate(text);
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// Every problem in the config, each with its key and line.
+    pub fn validate(&self, text: &str) -> Vec<Problem> {
+        let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+        let mut problems = Vec::new();
+        let mut report = |key: String, at: usize, message: String| {
+            problems.push(Problem { key, line: at, message })
+        };
+        let m = &self.mysql;
+        if m.listen.get_ref().parse::<SocketAddr>().is_err() {
+            let msg = format!("{:?} is not an address like \"127.0.0.1:6033\"", m.listen.get_ref());
+            report("mysql.listen".into(), line(m.listen.span()), msg);
+        }
+        if m.users.is_empty() {
+            report("mysql.users".into(), 1, "at least one [[mysql.users]] entry is required".into());
+        }
+        for (i, user) in m.users.iter().enumerate() {
+            let dup = m.users[..i].iter().any(|u| u.get_ref().name == user.get_ref().name);
+            if user.get_ref().name.is_empty() || dup {
+                let msg = format!("user name {:?} is empty or repeated", user.get_ref().name);
+                report(format!("mysql.users[{i}].name"), line(user.span()), msg);
+            }
+        }
+        for (i, b) in m.backends.iter().enumerate() {
+            let at = line(b.span());
+            let backend = b.get_ref();
+            if backend.name.is_empty() || m.backends[..i].iter().any(|o| o.get_ref().name == backend.name) {
+                report(format!("mysql.backends[{i}].name"), at, format!("backend name {:?} is empty or repeated", backend.name));
+            }
+            if !is_host_port(&backend.address) {
+                report(format!("mysql.backends[{i}].address"), at, format!("{:?} is not host:port", backend.address));
+            }
+        }
+        let primaries = m.backends.iter().filter(|b| b.get_ref().role == Role::Primary).count();
+        if primaries != 1 {
+            let at = m.backends.first().map_or(1, |b| line(b.span()));
+            report("mysql.backends".into(), at, format!("exactly one backend with role = \"primary\" is required, found {primaries}"));
+        }
+        if m.max_packet_size < 1024 {
+            report("mysql.max_packet_size".into(), 1, "must be at least 1024 bytes".into());
+        }
+        problems
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &BackendConfig> {
+        self.mysql.backends.iter().map(Spanned::get_ref)
+    }
+
+    pub fn user(&self, name: &[u8]) -> Option<&UserConfig> {
+        self.mysql.users.iter().map(Spanned::get_ref).find(|u| u.name.as_bytes() == name)
+    }
+
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.mysql.listen.get_ref().parse().ok()
+    }
+}
+
+fn is_host_port(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[mysql]
+listen = "127.0.0.1:6033"
+connect_timeout = "500ms"
+
+[[mysql.users]]
+name = "app"
+password = "app"
+
+[[mysql.backends]]
+name = "primary"
+address = "127.0.0.1:3306"
+role = "primary"
+
+[[mysql.backends]]
+name = "replica1"
+address = "127.0.0.1:3307"
+role = "replica"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::from_toml(GOOD).expect("valid");
+        assert!(c.mysql.routing.reads_include_primary);
+        assert_eq!(c.mysql.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.backends().count(), 2);
+        assert!(c.user(b"app").is_some());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
+        let err = Config::from_toml(&text).expect_err("unknown key").to_string();
+        assert!(err.contains("weight") && err.contains("line 19"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = GOOD.replace("\"primary\"\n", "\"replica\"\n").replace("127.0.0.1:3307", "nowhere");
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
+            panic!("expected validation problems");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert!(keys.contains(&("mysql.backends[1].address", 15)), "{keys:?}");
+        assert!(keys.iter().any(|(k, _)| *k == "mysql.backends"), "{keys:?}");
+    }
+
+    #[test]
+    fn bad_duration_is_a_parse_error() {
+        let text = GOOD.replace("500ms", "soon");
+        let err = Config::from_toml(&text).expect_err("bad duration").to_string();
+        assert!(err.contains("soon") && err.contains("line 4"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! rwproxy: a MySQL-protocol proxy that splits reads from writes over a primary and replicas.
+//!
+//! # Layout
+//! - [`protocol`]: the wire protocol, pure: framing, response boundaries, packets we write.
+//! - [`config`]: the TOML config as serde structs, validated with key and line.
+//! - [`classifier`]: what a statement is and where it may run.
+//! - [`router`]: picks a backend for a statement from the classification and session state.
+//! - [`backend`]: the backends (health as seen by the data path) and connections to them.
+//! - [`session`]: one client connection, from handshake to quit, as a small state machine.
+//! - [`server`]: the listener that starts sessions.
+//! - [`proxy`]: start-up: probe the primary, bind, serve.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+pub mod backend;
+pub mod classifier;
+pub mod config;
+pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod session;

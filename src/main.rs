@@ -1,0 +1,87 @@
+//! The `rwproxy` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rwproxy::config::{Config, ConfigError};
+
+/// A MySQL/MariaDB proxy that splits reads from writes over a primary and its replicas.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Run the proxy with this config file.
+    #[arg(long, value_name = "PATH", required_unless_present = "check_config")]
+    config: Option<PathBuf>,
+    /// Validate this config file and exit: 0 when valid, 2 (listing every problem) otherwise.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = args.check_config {
+        return match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&path, &e),
+        };
+    }
+    let Some(path) = args.config else { return ExitCode::from(2) };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return report(&path, &e),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rwproxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let proxy = match rwproxy::proxy::start(config).await {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("rwproxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    drop(proxy);
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn report(path: &std::path::Path, error: &ConfigError) -> ExitCode {
+    eprintln!("{}: invalid config", path.display());
+    for line in error.to_string().lines() {
+        eprintln!("  {line}");
+    }
+    ExitCode::from(2)
+}

@@ -1,0 +1,143 @@
+//! Small wire-format helpers: length-encoded integers, status flags in OK/EOF, and the
+//! OK/ERR/EOF packets rwproxy writes itself.
+
+/// Decodes a length-encoded integer; returns the value and the bytes it used.
+pub fn lenenc_int(buf: &[u8]) -> Option<(u64, usize)> {
+    let (&first, rest) = buf.split_first()?;
+    let width = match first {
+        0..=0xFA => return Some((u64::from(first), 1)),
+        0xFC => 2,
+        0xFD => 3,
+        0xFE => 8,
+        _ => return None,
+    };
+    let bytes = rest.get(..width)?;
+    let value = bytes.iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    Some((value, 1 + width))
+}
+
+pub fn put_lenenc_int(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=0xFA => out.push(v as u8),
+        0xFB..=0xFFFF => {
+            out.push(0xFC);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFF_FFFF => {
+            out.push(0xFD);
+            out.extend_from_slice(&(v as u32).to_le_bytes()[..3]);
+        }
+        _ => {
+            out.push(0xFE);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+pub fn put_lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
+    put_lenenc_int(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+/// Status flags of an OK packet (header 0x00 or 0xFE): header, affected rows, last insert id,
+/// then the 2-byte status.
+pub fn status_of_ok(payload: &[u8]) -> Option<u16> {
+    let mut pos = 1;
+    for _ in 0..2 {
+        let (_, used) = lenenc_int(payload.get(pos..)?)?;
+        pos += used;
+    }
+    let bytes = payload.get(pos..pos + 2)?;
+    Some(u16::from_le_bytes([bytes[0], bytes[1]]))
+}
+
+/// Status flags of a pre-DEPRECATE_EOF EOF packet: 0xFE, warnings (2), status (2).
+pub fn status_of_eof(payload: &[u8]) -> Option<u16> {
+    let bytes = payload.get(3..5)?;
+    Some(u16::from_le_bytes([bytes[0], bytes[1]]))
+}
+
+/// An ERR packet payload (CLIENT_PROTOCOL_41 form).
+pub fn err_packet(code: u16, sql_state: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + message.len());
+    out.push(0xFF);
+    out.extend_from_slice(&code.to_le_bytes());
+    out.push(b'#');
+    let mut state = [b'H', b'Y', b'0', b'0', b'0'];
+    for (dst, src) in state.iter_mut().zip(sql_state.bytes()) {
+        *dst = src;
+    }
+    out.extend_from_slice(&state);
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// A plain OK packet payload with the given status flags.
+pub fn ok_packet(status: u16) -> Vec<u8> {
+    let mut out = vec![0x00, 0, 0];
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// The packet that ends a result set: an old-style EOF, or an OK with 0xFE header.
+pub fn eof_packet(status: u16, deprecate_eof: bool) -> Vec<u8> {
+    if deprecate_eof {
+        let mut out = ok_packet(status);
+        out[0] = 0xFE;
+        out
+    } else {
+        let mut out = vec![0xFE, 0, 0];
+        out.extend_from_slice(&status.to_le_bytes());
+        out
+    }
+}
+
+/// A column definition (protocol 4.1) for a text column in a result rwproxy builds itself.
+pub fn text_column(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + name.len());
+    for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
+        put_lenenc_str(&mut out, part);
+    }
+    out.push(0x0C);
+    out.extend_from_slice(&45u16.to_le_bytes()); // utf8mb4_general_ci
+    out.extend_from_slice(&1024u32.to_le_bytes());
+    out.push(0xFD); // MYSQL_TYPE_VAR_STRING
+    out.extend_from_slice(&[0, 0]); // flags
+    out.push(0x1F); // decimals: not a fixed-decimal column
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenenc_round_trip() {
+        for v in [0u64, 250, 251, 0xFFFF, 0x1_0000, 0xFF_FFFF, 0x100_0000, u64::MAX] {
+            let mut out = Vec::new();
+            put_lenenc_int(&mut out, v);
+            assert_eq!(lenenc_int(&out), Some((v, out.len())), "value {v}");
+        }
+        assert_eq!(lenenc_int(&[0xFC, 1]), None);
+        assert_eq!(lenenc_int(&[0xFF]), None);
+        assert_eq!(lenenc_int(&[]), None);
+    }
+
+    #[test]
+    fn status_flags_are_found() {
+        assert_eq!(status_of_ok(&ok_packet(0x4003)), Some(0x4003));
+        assert_eq!(status_of_ok(&[0x00, 0xFC, 1, 0, 5, 0x01, 0x00]), Some(1));
+        assert_eq!(status_of_ok(&[0x00, 0xFC]), None);
+        assert_eq!(status_of_eof(&eof_packet(0x0A, false)), Some(0x0A));
+        assert_eq!(status_of_ok(&eof_packet(0x0A, true)), Some(0x0A));
+    }
+
+    #[test]
+    fn err_packet_layout() {
+        let p = err_packet(1045, "28000", "Access denied");
+        assert_eq!(&p[..9], &[0xFF, 0x15, 0x04, b'#', b'2', b'8', b'0', b'0', b'0']);
+        assert_eq!(&p[9..], b"Access denied");
+    }
+}

@@ -1,0 +1,134 @@
+//! Routing: from a statement's classification and the session's state to a target.
+//!
+//! The rule table is `docs/routing.md`'s: a read goes to a replica only when it is shown to be
+//! safe; everything else goes to the primary.
+
+mod balance;
+
+use std::sync::Arc;
+
+pub use balance::{Balancer, RoundRobin};
+
+use crate::backend::Backends;
+use crate::classifier::{Classification, Destination, Hint, Reason};
+
+/// Where a statement goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The next backend of the read pool (falls back along the rotation, then to the primary).
+    ReadPool,
+    Primary,
+    /// A session command: the primary when it can be reached, any read backend otherwise.
+    PreferPrimary,
+    /// One specific backend (a pinned transaction, or "the previous statement's backend").
+    Backend(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub target: Target,
+    pub reason: Reason,
+}
+
+/// The session state routing depends on.
+#[derive(Debug, Clone, Default)]
+pub struct SessionView {
+    /// Backend the session is pinned to: an open transaction or `autocommit = 0`.
+    pub pinned: Option<usize>,
+    /// `LOCK TABLES`, `GET_LOCK()` or text `PREPARE` hold the session on the primary.
+    pub primary_locked: bool,
+    pub temporary_tables: bool,
+    pub user_variables_on_primary: bool,
+    /// Backend that ran the previous statement.
+    pub last: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    backends: Arc<Backends>,
+    reads_include_primary: bool,
+    balancer: RoundRobin,
+}
+
+impl Router {
+    pub fn new(backends: Arc<Backends>, reads_include_primary: bool) -> Router {
+        Router { backends, reads_include_primary, balancer: RoundRobin::default() }
+    }
+
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    /// Decides where a classified statement goes for a session in state `view`.
+    pub fn decide(&self, class: &Classification, view: &SessionView) -> Decision {
+        let decision = |target, reason| Decision { target, reason };
+        if let Some(pinned) = view.pinned {
+            return decision(Target::Backend(pinned), Reason::Transaction);
+        }
+        if class.destination == Destination::All {
+            return decision(Target::PreferPrimary, class.reason);
+        }
+        let may_read = !matches!(class.reason, Reason::Write | Reason::Transaction | Reason::MultiStatement | Reason::Unknown);
+        match class.hint {
+            Some(Hint::Primary) => return decision(Target::Primary, Reason::Hint),
+            Some(Hint::Replica) if may_read && !view.primary_locked => return decision(Target::ReadPool, Reason::Hint),
+            _ => {}
+        }
+        let reading = matches!(class.destination, Destination::Read | Destination::Last);
+        if reading && view.primary_locked {
+            return decision(Target::Primary, Reason::SessionPinned);
+        }
+        if reading && view.temporary_tables {
+            return decision(Target::Primary, Reason::TemporaryTable);
+        }
+        if reading && view.user_variables_on_primary && class.reads_user_variables {
+            return decision(Target::Primary, Reason::UserVariable);
+        }
+        match class.destination {
+            Destination::Read => decision(Target::ReadPool, class.reason),
+            Destination::Last => decision(view.last.map_or(Target::ReadPool, Target::Backend), class.reason),
+            Destination::Primary | Destination::All => decision(Target::Primary, class.reason),
+        }
+    }
+
+    /// Backends to try for `target`, best first. `excluded` marks backends this session must not
+    /// use (a session command failed to replay there).
+    pub fn candidates(&self, target: Target, excluded: &[bool]) -> Vec<usize> {
+        let primary = self.backends.primary().index;
+        match target {
+            Target::Primary => vec![primary],
+            Target::Backend(b) => vec![b],
+            Target::ReadPool => self.read_rotation(excluded, primary),
+            Target::PreferPrimary => {
+                let mut order = vec![primary];
+                order.extend(self.read_rotation(excluded, primary).into_iter().filter(|b| *b != primary));
+                order
+            }
+        }
+    }
+
+    /// The read pool in rotation order starting at the balancer's pick; unusable backends go
+    /// last, and the primary is the final fallback.
+    fn read_rotation(&self, excluded: &[bool], primary: usize) -> Vec<usize> {
+        let pool: Vec<usize> = self
+            .backends
+            .all()
+            .iter()
+            .filter(|b| (b.index != primary || self.reads_include_primary) && !excluded.get(b.index).copied().unwrap_or(false))
+            .map(|b| b.index)
+            .collect();
+        let (usable, unusable): (Vec<usize>, Vec<usize>) = pool.iter().partition(|b| self.backends.is_usable(**b));
+        let mut order = Vec::with_capacity(pool.len() + 1);
+        if let Some(start) = self.balancer.next(usable.len()) {
+            order.extend(usable.iter().cycle().skip(start).take(usable.len()));
+        }
+        order.extend(unusable);
+        if !order.contains(&primary) {
+            order.push(primary);
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+use super::*;
+use crate::classifier::classify;
+use crate::config::Config;
+
+fn router() -> Router {
+    let config = Config::from_toml(
+        r#"
+[mysql]
+listen = "127.0.0.1:0"
+[[mysql.users]]
+name = "app"
+password = "app"
+[[mysql.backends]]
+name = "p"
+address = "127.0.0.1:1"
+role = "primary"
+[[mysql.backends]]
+name = "r1"
+address = "127.0.0.1:2"
+role = "replica"
+[[mysql.backends]]
+name = "r2"
+address = "127.0.0.1:3"
+role = "replica"
+"#,
+    )
+    .expect("config");
+    Router::new(Arc::new(Backends::from_config(&config)), true)
+}
+
+#[test]
+fn reads_rotate_over_all_three() {
+    let r = router();
+    let firsts: Vec<usize> = (0..6).map(|_| r.candidates(Target::ReadPool, &[])[0]).collect();
+    assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+}
+
+#[test]
+fn failed_backend_goes_last_and_excluded_is_skipped() {
+    let r = router();
+    r.backends().mark_failed(1, "test");
+    for _ in 0..4 {
+        let order = r.candidates(Target::ReadPool, &[false, false, true]);
+        assert_eq!(order, [0, 1], "usable first, failed after, excluded never");
+    }
+}
+
+#[test]
+fn pins_and_session_state_win() {
+    let r = router();
+    let read = classify("SELECT 1");
+    let view = SessionView { pinned: Some(2), ..Default::default() };
+    assert_eq!(r.decide(&read, &view).target, Target::Backend(2));
+    let view = SessionView { temporary_tables: true, ..Default::default() };
+    assert_eq!(r.decide(&read, &view), Decision { target: Target::Primary, reason: Reason::TemporaryTable });
+    let view = SessionView { user_variables_on_primary: true, ..Default::default() };
+    assert_eq!(r.decide(&classify("SELECT @v"), &view).target, Target::Primary);
+    assert_eq!(r.decide(&read, &view).target, Target::ReadPool);
+}
+
+#[test]
+fn hints() {
+    let r = router();
+    let view = SessionView::default();
+    assert_eq!(r.decide(&classify("SELECT 1 /* rwproxy:primary */"), &view).target, Target::Primary);
+    assert_eq!(r.decide(&classify("SELECT LAST_INSERT_ID() /* rwproxy:replica */"), &view).target, Target::ReadPool);
+    assert_eq!(r.decide(&classify("DELETE FROM t /* rwproxy:replica */"), &view).target, Target::Primary);
+}

@@ -1,0 +1,253 @@
+//! Running a command on a backend: choose, connect lazily, replay session commands, send,
+//! relay the answer, and retry a read elsewhere when a backend fails before answering.
+
+use std::borrow::Cow;
+use super::{Session, SessionError};
+use crate::backend::{BackendConn, Side, relay_response};
+use crate::classifier::{Classification, Destination, Effect, Reason, classify};
+use crate::protocol::{Outcome, ResponseKind, command};
+use crate::router::{Decision, Target};
+
+/// What a command is, for a backend: raw bytes, or a statement command whose ids (and
+/// parameter types) are rewritten for the backend that runs it.
+#[derive(Clone, Copy)]
+pub(super) enum Outgoing<'a> {
+    Raw(&'a [u8]),
+    Statement(&'a [u8]),
+}
+
+/// Why one backend could not run the command.
+pub(super) enum AttemptError {
+    /// Nothing was sent or nothing came back; the next candidate may run it.
+    Unavailable(String),
+    /// The backend went away after the command was sent, before any answer reached the client.
+    Lost(String),
+    /// The client went away, or the backend died mid-answer: the session cannot go on.
+    Fatal(SessionError),
+}
+
+impl Session {
+    pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
+        let decision = self.shared.router.decide(&class, &self.state.view);
+        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some(&class), None).await?;
+        if let Some((outcome, backend)) = ran
+            && outcome.error.is_none()
+        {
+            if class.destination == Destination::All {
+                self.remember_session_command(&payload, backend);
+            }
+            if class.effect == Effect::UseDatabase {
+                self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));
+            }
+        }
+        Ok(())
+    }
+
+    /// COM_INIT_DB and COM_SET_OPTION: session commands, like `USE` and `SET`.
+    pub(super) async fn session_command(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let class = session_class();
+        let decision = self.shared.router.decide(&class, &self.state.view);
+        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some(&class), None).await?;
+        if let Some((outcome, backend)) = ran
+            && outcome.error.is_none()
+        {
+            self.remember_session_command(&payload, backend);
+            if payload.first() == Some(&command::INIT_DB) {
+                self.login.database = Some(String::from_utf8_lossy(&payload[1..]).into_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a session command that `backend` has just run, so the others replay it.
+    fn remember_session_command(&mut self, payload: &[u8], backend: usize) {
+        self.state.history.push(payload);
+        if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
+            conn.applied = self.state.history.head();
+        }
+    }
+
+    /// COM_FIELD_LIST is a read of table metadata.
+    pub(super) async fn field_list(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let class = classify("SELECT 1");
+        let decision = self.shared.router.decide(&class, &self.state.view);
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None).await?;
+        Ok(())
+    }
+
+    /// COM_STATISTICS describes the primary.
+    pub(super) async fn statistics(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let decision = Decision { target: Target::Primary, reason: Reason::NodeSpecific };
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Single, None, None).await?;
+        Ok(())
+    }
+
+    /// Runs a command on the decision's target, trying the next candidate when a backend is
+    /// unavailable (and, for reads, when it fails before answering). Returns the outcome and the
+    /// backend that answered, or `None` when the client got an error from rwproxy instead.
+    pub(super) async fn run(
+        &mut self,
+        decision: Decision,
+        out: Outgoing<'_>,
+        kind: ResponseKind,
+        class: Option<&Classification>,
+        statement_id: Option<u32>,
+    ) -> Result<Option<(Outcome, usize)>, SessionError> {
+        let retry_lost = decision.target == Target::ReadPool;
+        let candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
+        let mut failures = Vec::new();
+        for backend in candidates {
+            match self.attempt(backend, out, kind, statement_id).await {
+                Ok(outcome) => {
+                    self.shared.router.backends().mark_ok(backend);
+                    self.state.after_response(backend, &outcome, class);
+                    return Ok(Some((outcome, backend)));
+                }
+                Err(AttemptError::Unavailable(why)) => failures.push(why),
+                Err(AttemptError::Lost(why)) if retry_lost => failures.push(why),
+                Err(AttemptError::Lost(why)) => {
+                    let message = format!("rwproxy: lost connection to backend during query ({why})");
+                    self.reply_err(2013, "HY000", &message).await?;
+                    return Ok(None);
+                }
+                Err(AttemptError::Fatal(e)) => return Err(e),
+            }
+        }
+        let what = match decision.target {
+            Target::Primary => "primary",
+            Target::Backend(_) => "backend for this session",
+            Target::ReadPool | Target::PreferPrimary => "backend",
+        };
+        let message = format!("rwproxy: no {what} available ({})", failures.join("; "));
+        self.reply_err(2003, "HY000", &message).await?;
+        Ok(None)
+    }
+
+    async fn attempt(&mut self, backend: usize, out: Outgoing<'_>, kind: ResponseKind, statement_id: Option<u32>) -> Result<Outcome, AttemptError> {
+        self.ensure_connection(backend).await?;
+        self.replay_history(backend).await?;
+        let bytes: Cow<'_, [u8]> = match out {
+            Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
+            Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
+        };
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Err(AttemptError::Unavailable("connection vanished".into()));
+        };
+        if let Err(e) = conn.send(0, &bytes).await {
+            self.backend_failed(backend, &e.to_string());
+            return Err(AttemptError::Lost(e.to_string()));
+        }
+        match relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if e.side == Side::Client => Err(AttemptError::Fatal(SessionError::ClientIo(std::io::Error::other(e.message)))),
+            Err(e) => {
+                self.backend_failed(backend, &e.message);
+                if e.touched_client {
+                    Err(AttemptError::Fatal(SessionError::BrokenResponse(e.message)))
+                } else {
+                    Err(AttemptError::Lost(e.message))
+                }
+            }
+        }
+    }
+
+    /// A backend connection failed: forget it, and any transaction pinned to it.
+    pub(super) fn backend_failed(&mut self, backend: usize, error: &str) {
+        self.drop_connection(backend);
+        self.shared.router.backends().mark_failed(backend, error);
+        if self.state.view.pinned == Some(backend) {
+            self.state.view.pinned = None;
+        }
+    }
+
+    /// Opens the connection to `backend` if the session has none, or if the one it has was
+    /// closed by the server while idle. A connection lost inside a transaction is not replaced
+    /// silently: the transaction is gone, and the client must hear it.
+    async fn ensure_connection(&mut self, backend: usize) -> Result<(), AttemptError> {
+        if let Some(conn) = self.conns[backend].as_mut() {
+            if !conn.is_closed().await {
+                return Ok(());
+            }
+            let pinned = self.state.view.pinned == Some(backend);
+            self.drop_connection(backend);
+            if pinned {
+                self.state.view.pinned = None;
+                return Err(AttemptError::Lost("connection closed inside a transaction; the transaction is lost".into()));
+            }
+        }
+        let Some(target) = self.shared.router.backends().get(backend).cloned() else {
+            return Err(AttemptError::Unavailable(format!("no backend #{backend}")));
+        };
+        let timeout = self.shared.config.mysql.connect_timeout;
+        match BackendConn::connect(target, &self.login, timeout).await {
+            Ok(conn) => {
+                self.conns[backend] = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_unreachable() {
+                    self.shared.router.backends().mark_failed(backend, &e.to_string());
+                }
+                Err(AttemptError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Runs on `backend` the session commands it has not seen yet, in order. A backend that
+    /// refuses one leaves this session (it would answer with the wrong settings).
+    async fn replay_history(&mut self, backend: usize) -> Result<(), AttemptError> {
+        let Some(conn) = self.conns[backend].as_mut() else { return Ok(()) };
+        let pending: Vec<(u64, Vec<u8>)> = self.state.history.pending(conn.applied).cloned().collect();
+        for (seq, payload) in pending {
+            let result = async {
+                conn.send(0, &payload).await.map_err(|e| e.to_string())?;
+                relay_response(conn, ResponseKind::Query, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(outcome) if outcome.error.is_none() => conn.applied = seq,
+                Ok(outcome) => {
+                    let name = conn.backend.name.clone();
+                    let text = String::from_utf8_lossy(&payload[1..]).into_owned();
+                    tracing::warn!(session = self.id, backend = %name, command = %text, code = ?outcome.error, "session command failed on replay; backend leaves this session");
+                    self.drop_connection(backend);
+                    if let Some(flag) = self.state.excluded.get_mut(backend) {
+                        *flag = true;
+                    }
+                    return Err(AttemptError::Unavailable(format!("{name}: session command {text:?} failed there")));
+                }
+                Err(error) => {
+                    self.backend_failed(backend, &error);
+                    return Err(AttemptError::Unavailable(error));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn session_class() -> Classification {
+    let mut class = classify("SET @rwproxy_session_command = 1");
+    class.reason = Reason::SessionCommand;
+    class
+}
+
+/// The database named by `USE db` (backquotes removed).
+fn database_of_use(sql: &str) -> Option<String> {
+    let rest = sql.trim().get(3..)?.trim().trim_end_matches(';').trim();
+    let name = rest.strip_prefix('`').and_then(|r| r.strip_suffix('`')).unwrap_or(rest);
+    (!name.is_empty()).then(|| name.replace("``", "`"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn use_statement_names_database() {
+        assert_eq!(super::database_of_use("USE appdb").as_deref(), Some("appdb"));
+        assert_eq!(super::database_of_use("use `my db`;").as_deref(), Some("my db"));
+        assert_eq!(super::database_of_use("USE").as_deref(), None);
+    }
+}

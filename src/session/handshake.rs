@@ -1,0 +1,204 @@
+//! The client side of the connection phase: rwproxy's greeting and the client's login.
+
+use mysql_common::constants::{CapabilityFlags as Caps, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::MySerialize;
+use mysql_common::scramble::scramble_native;
+
+use crate::backend::auth_plugins::NATIVE;
+
+/// What rwproxy offers clients. No TLS or compression on the SQL port yet, no
+/// MARIADB_CLIENT_CACHE_METADATA (it changes result framing), no query attributes.
+pub const OFFERED_CAPS: Caps = Caps::CLIENT_LONG_PASSWORD
+    .union(Caps::CLIENT_FOUND_ROWS)
+    .union(Caps::CLIENT_LONG_FLAG)
+    .union(Caps::CLIENT_CONNECT_WITH_DB)
+    .union(Caps::CLIENT_LOCAL_FILES)
+    .union(Caps::CLIENT_IGNORE_SPACE)
+    .union(Caps::CLIENT_PROTOCOL_41)
+    .union(Caps::CLIENT_INTERACTIVE)
+    .union(Caps::CLIENT_TRANSACTIONS)
+    .union(Caps::CLIENT_SECURE_CONNECTION)
+    .union(Caps::CLIENT_MULTI_STATEMENTS)
+    .union(Caps::CLIENT_MULTI_RESULTS)
+    .union(Caps::CLIENT_PS_MULTI_RESULTS)
+    .union(Caps::CLIENT_PLUGIN_AUTH)
+    .union(Caps::CLIENT_CONNECT_ATTRS)
+    .union(Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+    .union(Caps::CLIENT_SESSION_TRACK)
+    .union(Caps::CLIENT_DEPRECATE_EOF);
+
+/// utf8mb4_general_ci: the collation announced in the greeting.
+pub const DEFAULT_COLLATION: u8 = 45;
+
+/// A fresh 20-byte salt of printable characters (some clients treat it as a C string).
+pub fn new_salt() -> [u8; 20] {
+    let mut salt = [0u8; 20];
+    for b in &mut salt {
+        *b = rand::random_range(0x21u8..0x7F);
+    }
+    salt
+}
+
+pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps: Caps) -> Vec<u8> {
+    let mut scramble_1 = [0u8; 8];
+    scramble_1.copy_from_slice(&salt[..8]);
+    let mut scramble_2 = salt[8..].to_vec();
+    scramble_2.push(0);
+    let packet = HandshakePacket::new(
+        10,
+        server_version.as_bytes(),
+        connection_id,
+        scramble_1,
+        Some(scramble_2),
+        caps,
+        DEFAULT_COLLATION,
+        StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        Some(NATIVE),
+    );
+    let mut out = Vec::new();
+    packet.serialize(&mut out);
+    out
+}
+
+/// What the client sent in its handshake response.
+#[derive(Debug, Clone)]
+pub struct ClientLogin {
+    pub caps: Caps,
+    pub collation: u8,
+    pub user: String,
+    pub database: Option<String>,
+    pub plugin: Vec<u8>,
+    pub auth_data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("malformed handshake response: {0}")]
+    Malformed(String),
+    #[error("client asked for TLS, which this listener does not offer")]
+    TlsRequested,
+    #[error("client does not speak protocol 4.1")]
+    OldProtocol,
+}
+
+pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, HandshakeError> {
+    if payload.len() == 32 {
+        return Err(HandshakeError::TlsRequested);
+    }
+    let response = ParseBuf(payload)
+        .parse::<HandshakeResponse>(())
+        .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+    let caps = response.capabilities() & offered;
+    if !caps.contains(Caps::CLIENT_PROTOCOL_41) {
+        return Err(HandshakeError::OldProtocol);
+    }
+    Ok(ClientLogin {
+        caps,
+        collation: response.collation(),
+        user: String::from_utf8_lossy(response.user()).into_owned(),
+        database: response.db_name().filter(|d| !d.is_empty()).map(|d| String::from_utf8_lossy(d).into_owned()),
+        plugin: response.auth_plugin().map(|p| p.as_bytes().to_vec()).unwrap_or_else(|| NATIVE.to_vec()),
+        auth_data: response.scramble_buf().to_vec(),
+    })
+}
+
+/// An AuthSwitchRequest to mysql_native_password with `salt`.
+pub fn auth_switch(salt: &[u8; 20]) -> Vec<u8> {
+    let mut data = salt.to_vec();
+    data.push(0);
+    let mut out = Vec::new();
+    AuthSwitchRequest::new(NATIVE, data).serialize(&mut out);
+    out
+}
+
+/// Checks a mysql_native_password response against the configured password.
+pub fn verify_native(salt: &[u8], password: &str, response: &[u8]) -> bool {
+    if password.is_empty() {
+        return response.is_empty();
+    }
+    match scramble_native(salt, password.as_bytes()) {
+        Some(expected) => constant_time_eq(&expected, response),
+        None => false,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The COM_CHANGE_USER fields rwproxy needs.
+#[derive(Debug, Clone)]
+pub struct ChangeUser {
+    pub user: String,
+    pub auth_data: Vec<u8>,
+    pub database: Option<String>,
+    pub collation: Option<u8>,
+    pub plugin: Option<Vec<u8>>,
+}
+
+/// Parses a COM_CHANGE_USER payload (after the command byte); `None` when malformed.
+pub fn parse_change_user(body: &[u8], caps: Caps) -> Option<ChangeUser> {
+    let (user, rest) = split_nul(body)?;
+    let (&len, rest) = rest.split_first()?;
+    let auth_data = rest.get(..usize::from(len))?.to_vec();
+    let rest = &rest[usize::from(len)..];
+    let (database, rest) = split_nul(rest).unwrap_or((rest, &[]));
+    let (collation, rest) = match rest {
+        [lo, _hi, tail @ ..] => (Some(*lo), tail),
+        _ => (None, rest),
+    };
+    let plugin = if caps.contains(Caps::CLIENT_PLUGIN_AUTH) { split_nul(rest).map(|(p, _)| p.to_vec()) } else { None };
+    Some(ChangeUser {
+        user: String::from_utf8_lossy(user).into_owned(),
+        auth_data,
+        database: (!database.is_empty()).then(|| String::from_utf8_lossy(database).into_owned()),
+        collation,
+        plugin: plugin.filter(|p| !p.is_empty()),
+    })
+}
+
+fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|b| *b == 0)?;
+    Some((&bytes[..at], &bytes[at + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_parses_back() {
+        let salt = new_salt();
+        let bytes = greeting("10.11.6-MariaDB", 42, &salt, OFFERED_CAPS);
+        let parsed = ParseBuf(&bytes).parse::<HandshakePacket>(()).expect("greeting");
+        assert_eq!(parsed.connection_id(), 42);
+        assert_eq!(parsed.nonce(), salt.to_vec());
+        assert_eq!(parsed.capabilities(), OFFERED_CAPS);
+        assert_eq!(parsed.auth_plugin_name_ref(), Some(NATIVE));
+    }
+
+    #[test]
+    fn native_verification() {
+        let salt = new_salt();
+        let good = scramble_native(&salt, b"secret").expect("scramble");
+        assert!(verify_native(&salt, "secret", &good));
+        assert!(!verify_native(&salt, "other", &good));
+        assert!(!verify_native(&salt, "secret", &good[..19]));
+        assert!(verify_native(&salt, "", &[]));
+        assert!(!verify_native(&salt, "", &good));
+    }
+
+    #[test]
+    fn change_user_parsing_never_panics() {
+        let body = b"bob\0\x03abcdb\0\x2d\x00mysql_native_password\0";
+        let cu = parse_change_user(body, Caps::CLIENT_PLUGIN_AUTH).expect("parse");
+        assert_eq!((cu.user.as_str(), cu.auth_data.as_slice(), cu.database.as_deref()), ("bob", &b"abc"[..], Some("db")));
+        assert_eq!(cu.plugin.as_deref(), Some(NATIVE));
+        for cut in 0..body.len() {
+            let _ = parse_change_user(&body[..cut], Caps::CLIENT_PLUGIN_AUTH);
+        }
+        assert!(parse_login(&[1, 2, 3], OFFERED_CAPS).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! One client connection: handshake, then one command at a time until the client quits.
+//!
+//! The session is a small state machine: [`Session::accept`] runs the connection phase and
+//! yields an authenticated session; [`Session::serve`] reads a command and dispatches it to a
+//! handler; handlers route, run the command on a backend ([`Session::run`]) and update the
+//! session state from the backend's answer.
+
+mod control;
+mod execute;
+pub mod handshake;
+mod prepared;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mysql_common::constants::CapabilityFlags as Caps;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::backend::{BackendConn, Login};
+use crate::config::Config;
+use crate::protocol::packet::{self, PacketError};
+use crate::protocol::{command, wire};
+use crate::router::Router;
+use handshake::HandshakeError;
+use prepared::Statements;
+pub use state::{History, SessionState};
+
+/// What every session shares: the config snapshot, the router, what the greeting says.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub server_version: String,
+    /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
+    pub caps: Caps,
+    next_id: AtomicU32,
+}
+
+impl Shared {
+    pub fn new(config: Config, router: Router, server_version: String, caps: Caps) -> Shared {
+        Shared { config, router, server_version, caps, next_id: AtomicU32::new(1) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client connection: {0}")]
+    Client(#[from] PacketError),
+    #[error("client connection: {0}")]
+    ClientIo(#[from] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("malformed {0} from client")]
+    Malformed(&'static str),
+    #[error("access denied for user {0:?}")]
+    AccessDenied(String),
+    #[error("backend failed in the middle of a response: {0}")]
+    BrokenResponse(String),
+}
+
+type ClientReader = BufReader<OwnedReadHalf>;
+type ClientWriter = BufWriter<OwnedWriteHalf>;
+
+const CLIENT_BUFFER: usize = 64 * 1024;
+
+pub struct Session {
+    id: u32,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    reader: ClientReader,
+    writer: ClientWriter,
+    salt: [u8; 20],
+    login: Login,
+    /// Backend connections by backend index, opened on first use.
+    conns: Vec<Option<BackendConn>>,
+    state: SessionState,
+    stmts: Statements,
+    /// Sequence id for the next packet rwproxy writes to the client.
+    seq: u8,
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Runs one client connection to its end. Errors are logged here: a broken client affects
+/// only itself.
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        let mut session = Session::accept(stream, peer, id, shared).await?;
+        session.serve().await
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::debug!(session = id, %peer, "client disconnected"),
+        Err(SessionError::AccessDenied(user)) => tracing::info!(session = id, %peer, %user, "access denied"),
+        Err(e) => tracing::warn!(session = id, %peer, error = %e, "client connection closed"),
+    }
+}
+
+impl Session {
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        let max = self.shared.config.mysql.max_packet_size;
+        loop {
+            let Some(packet) = packet::read_logical(&mut self.reader, max).await? else {
+                return Ok(());
+            };
+            if packet.first_seq != 0 {
+                return Err(SessionError::Malformed("command (sequence id not 0)"));
+            }
+            self.seq = packet.last_seq.wrapping_add(1);
+            let Some(&cmd) = packet.payload.first() else {
+                return Err(SessionError::Malformed("command (empty packet)"));
+            };
+            if let Flow::Quit = self.dispatch(cmd, packet.payload).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, cmd: u8, payload: Vec<u8>) -> Result<Flow, SessionError> {
+        match cmd {
+            command::QUIT => return Ok(Flow::Quit),
+            command::PING => self.reply_ok().await?,
+            command::QUERY => self.query(payload).await?,
+            command::INIT_DB | command::SET_OPTION => self.session_command(payload).await?,
+            command::FIELD_LIST => self.field_list(payload).await?,
+            command::STATISTICS => self.statistics(payload).await?,
+            command::STMT_PREPARE => self.stmt_prepare(payload).await?,
+            command::STMT_EXECUTE => self.stmt_execute(payload).await?,
+            command::STMT_FETCH => self.stmt_fetch(payload).await?,
+            command::STMT_SEND_LONG_DATA => self.stmt_send_long_data(payload),
+            command::STMT_CLOSE => self.stmt_close(&payload).await,
+            command::STMT_RESET => self.stmt_reset(&payload).await?,
+            command::RESET_CONNECTION => self.reset_connection().await?,
+            command::CHANGE_USER => return self.change_user(payload).await,
+            other => {
+                let message = format!("rwproxy: command 0x{other:02x} is not supported");
+                self.reply_err(1047, "08S01", &message).await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn write_reply(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        self.seq = packet::write_packet(&mut self.writer, self.seq, payload).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    async fn reply_ok(&mut self) -> Result<(), SessionError> {
+        self.write_reply(&wire::ok_packet(self.state.status)).await
+    }
+
+    async fn reply_err(&mut self, code: u16, sql_state: &str, message: &str) -> Result<(), SessionError> {
+        self.write_reply(&wire::err_packet(code, sql_state, message)).await
+    }
+}

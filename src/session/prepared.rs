@@ -1,0 +1,275 @@
+//! Server-side prepared statements across several backends.
+//!
+//! The client sees one statement id, rwproxy's own. The statement is prepared on the backend
+//! that first runs it and lazily on each other backend the first time an execution is routed
+//! there. Parameter types, which a client sends only when they change, are kept and sent to a
+//! backend that has not seen them yet; long data is kept until the execution it belongs to.
+
+use std::collections::HashMap;
+
+use super::execute::Outgoing;
+use super::{Session, SessionError};
+use crate::backend::relay_response;
+use crate::classifier::{Classification, classify};
+use crate::protocol::{ResponseKind, command};
+use crate::router::{Decision, Target};
+
+#[derive(Debug, Clone)]
+struct Statement {
+    /// The COM_STMT_PREPARE payload, to prepare it on another backend.
+    prepare: Vec<u8>,
+    class: Classification,
+    params: u16,
+    /// (backend index, that backend's statement id).
+    on: Vec<(usize, u32)>,
+    /// Parameter types from the last execution that bound them.
+    types: Option<Vec<u8>>,
+    /// Backends that have seen `types`.
+    types_on: Vec<usize>,
+    /// COM_STMT_SEND_LONG_DATA payloads for the next execution.
+    long_data: Vec<Vec<u8>>,
+    /// Backend holding the open cursor, for COM_STMT_FETCH.
+    cursor_on: Option<usize>,
+}
+
+impl Statement {
+    fn backend_id(&self, backend: usize) -> Option<u32> {
+        self.on.iter().find(|(b, _)| *b == backend).map(|(_, id)| *id)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Statements {
+    map: HashMap<u32, Statement>,
+    next_id: u32,
+}
+
+impl Statements {
+    /// A backend connection is gone: its statements went with it.
+    pub fn forget_backend(&mut self, backend: usize) {
+        for stmt in self.map.values_mut() {
+            stmt.on.retain(|(b, _)| *b != backend);
+            stmt.types_on.retain(|b| *b != backend);
+            if stmt.cursor_on == Some(backend) {
+                stmt.cursor_on = None;
+            }
+        }
+    }
+}
+
+fn statement_id(payload: &[u8]) -> Option<u32> {
+    payload.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn with_id(payload: &[u8], id: u32) -> Vec<u8> {
+    let mut out = payload.to_vec();
+    if out.len() >= 5 {
+        out[1..5].copy_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// Where the new-params-bound flag of a COM_STMT_EXECUTE sits, given the parameter count.
+fn bound_flag_at(params: u16) -> usize {
+    10 + usize::from(params).div_ceil(8)
+}
+
+/// Rewrites a COM_STMT_EXECUTE for a backend: its statement id, and the parameter types when
+/// the client did not send them but this backend has not seen them.
+fn execute_for_backend(payload: &[u8], backend_id: u32, params: u16, types: Option<&[u8]>, seen: bool) -> Vec<u8> {
+    let mut out = with_id(payload, backend_id);
+    let at = bound_flag_at(params);
+    if params == 0 || seen || out.get(at) != Some(&0) {
+        return out;
+    }
+    if let Some(types) = types {
+        out[at] = 1;
+        out.splice(at + 1..at + 1, types.iter().copied());
+    }
+    out
+}
+
+impl Session {
+    pub(super) async fn stmt_prepare(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
+        let decision = self.shared.router.decide(&class, &self.state.view);
+        self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
+        let id = self.stmts.next_id;
+        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id)).await?;
+        if let Some((outcome, backend)) = ran
+            && let Some(prepared) = outcome.prepared
+        {
+            let stmt = Statement {
+                prepare: payload,
+                class,
+                params: prepared.params,
+                on: vec![(backend, prepared.statement_id)],
+                types: None,
+                types_on: Vec::new(),
+                long_data: Vec::new(),
+                cursor_on: None,
+            };
+            self.stmts.map.insert(id, stmt);
+        }
+        Ok(())
+    }
+
+    async fn unknown_statement(&mut self, id: u32, what: &str) -> Result<(), SessionError> {
+        let message = format!("Unknown prepared statement handler ({id}) given to {what}");
+        self.reply_err(1243, "HY000", &message).await
+    }
+
+    pub(super) async fn stmt_execute(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let Some(id) = statement_id(&payload).filter(|_| payload.len() >= 10) else {
+            return Err(SessionError::Malformed("COM_STMT_EXECUTE"));
+        };
+        let Some(stmt) = self.stmts.map.get_mut(&id) else {
+            return self.unknown_statement(id, "mysqld_stmt_execute").await;
+        };
+        let at = bound_flag_at(stmt.params);
+        if stmt.params > 0 && payload.get(at) == Some(&1) {
+            let end = (at + 1 + 2 * usize::from(stmt.params)).min(payload.len());
+            stmt.types = Some(payload[at + 1..end].to_vec());
+            stmt.types_on.clear();
+        }
+        let class = stmt.class;
+        let decision = self.shared.router.decide(&class, &self.state.view);
+        let ran = self.run(decision, Outgoing::Statement(&payload), ResponseKind::Execute, Some(&class), None).await?;
+        if let Some(stmt) = self.stmts.map.get_mut(&id) {
+            stmt.long_data.clear();
+            if let Some((_, backend)) = ran {
+                let cursor = payload.get(5).is_some_and(|flags| flags & 0x07 != 0);
+                stmt.cursor_on = cursor.then_some(backend);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn stmt_fetch(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let Some(id) = statement_id(&payload) else {
+            return Err(SessionError::Malformed("COM_STMT_FETCH"));
+        };
+        let Some(backend) = self.stmts.map.get(&id).and_then(|s| s.cursor_on) else {
+            return self.unknown_statement(id, "mysqld_stmt_fetch").await;
+        };
+        let decision = Decision { target: Target::Backend(backend), reason: crate::classifier::Reason::SessionPinned };
+        self.run(decision, Outgoing::Statement(&payload), ResponseKind::Rows, None, None).await?;
+        Ok(())
+    }
+
+    /// No reply: the data waits for the execution.
+    pub(super) fn stmt_send_long_data(&mut self, payload: Vec<u8>) {
+        if let Some(stmt) = statement_id(&payload).and_then(|id| self.stmts.map.get_mut(&id)) {
+            stmt.long_data.push(payload);
+        }
+    }
+
+    /// No reply. Closes the statement on every backend that has it.
+    pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
+        let Some(stmt) = statement_id(payload).and_then(|id| self.stmts.map.remove(&id)) else { return };
+        for (backend, backend_id) in stmt.on {
+            if let Some(conn) = self.conns[backend].as_mut()
+                && conn.send(0, &with_id(payload, backend_id)).await.is_err()
+            {
+                self.drop_connection(backend);
+            }
+        }
+    }
+
+    pub(super) async fn stmt_reset(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        let Some(id) = statement_id(payload) else {
+            return Err(SessionError::Malformed("COM_STMT_RESET"));
+        };
+        let Some(stmt) = self.stmts.map.get_mut(&id) else {
+            return self.unknown_statement(id, "mysqld_stmt_reset").await;
+        };
+        stmt.long_data.clear();
+        stmt.cursor_on = None;
+        let on = stmt.on.clone();
+        for (backend, backend_id) in on {
+            let Some(conn) = self.conns[backend].as_mut() else { continue };
+            let reset = async {
+                conn.send(0, &with_id(payload, backend_id)).await.map_err(|e| e.to_string())?;
+                relay_response(conn, ResponseKind::Query, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if reset.await.is_err() {
+                self.drop_connection(backend);
+            }
+        }
+        self.reply_ok().await
+    }
+
+    /// The bytes of a statement command for `backend`: prepares the statement there first if
+    /// needed, sends pending long data, and rewrites ids and parameter types.
+    pub(super) async fn statement_for_backend(&mut self, backend: usize, payload: &[u8]) -> Result<Vec<u8>, super::execute::AttemptError> {
+        use super::execute::AttemptError;
+        let id = statement_id(payload).ok_or_else(|| AttemptError::Unavailable("malformed statement command".into()))?;
+        let stmt = self.stmts.map.get(&id).cloned().ok_or_else(|| AttemptError::Unavailable("statement closed".into()))?;
+        let backend_id = match stmt.backend_id(backend) {
+            Some(backend_id) => backend_id,
+            None => self.prepare_on(backend, id, &stmt.prepare).await?,
+        };
+        if payload.first() != Some(&command::STMT_EXECUTE) {
+            return Ok(with_id(payload, backend_id));
+        }
+        let conn = self.conns[backend].as_mut().ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
+        for data in &stmt.long_data {
+            conn.send(0, &with_id(data, backend_id)).await.map_err(|e| AttemptError::Unavailable(e.to_string()))?;
+        }
+        let seen = stmt.types_on.contains(&backend);
+        let bytes = execute_for_backend(payload, backend_id, stmt.params, stmt.types.as_deref(), seen);
+        if let Some(stmt) = self.stmts.map.get_mut(&id)
+            && stmt.types.is_some()
+            && !seen
+        {
+            stmt.types_on.push(backend);
+        }
+        Ok(bytes)
+    }
+
+    /// Prepares statement `id` on `backend`, silently, and remembers the backend's id.
+    async fn prepare_on(&mut self, backend: usize, id: u32, prepare: &[u8]) -> Result<u32, super::execute::AttemptError> {
+        use super::execute::AttemptError;
+        let conn = self.conns[backend].as_mut().ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
+        let name = conn.backend.name.clone();
+        conn.send(0, prepare).await.map_err(|e| AttemptError::Unavailable(e.to_string()))?;
+        let outcome = relay_response(conn, ResponseKind::Prepare, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+            .await
+            .map_err(|e| AttemptError::Unavailable(e.message))?;
+        let prepared = outcome
+            .prepared
+            .ok_or_else(|| AttemptError::Unavailable(format!("{name}: statement could not be prepared there")))?;
+        if let Some(stmt) = self.stmts.map.get_mut(&id) {
+            stmt.on.push((backend, prepared.statement_id));
+        }
+        Ok(prepared.statement_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execute_gets_types_inserted_for_a_backend_that_lacks_them() {
+        // id 9, flags 0, iterations 1, null bitmap (2 params → 1 byte), bound = 0, values.
+        let payload = [0x17, 9, 0, 0, 0, 0, 1, 0, 0, 0, 0b00, 0, 0xAA, 0xBB];
+        let types = [3u8, 0, 253, 0];
+        let out = execute_for_backend(&payload, 77, 2, Some(&types), false);
+        assert_eq!(&out[1..5], &77u32.to_le_bytes());
+        assert_eq!(&out[11..], &[1, 3, 0, 253, 0, 0xAA, 0xBB]);
+        let same = execute_for_backend(&payload, 77, 2, Some(&types), true);
+        assert_eq!(&same[11..], &[0, 0xAA, 0xBB]);
+    }
+
+    #[test]
+    fn short_packets_do_not_panic() {
+        for len in 0..12 {
+            let payload = vec![0x17; len];
+            let _ = execute_for_backend(&payload, 1, 3, Some(&[1, 2, 3, 4, 5, 6]), false);
+            let _ = statement_id(&payload);
+        }
+    }
+}

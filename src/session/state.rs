@@ -1,0 +1,151 @@
+//! What a client session remembers between statements: pins, session commands to replay on
+//! every backend connection, and the server status the client last saw.
+
+use crate::classifier::{Classification, Effect};
+use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome};
+use crate::router::SessionView;
+
+/// Session commands (`SET`, `USE`, COM_INIT_DB, COM_SET_OPTION) in the order they ran, each
+/// with a sequence number so a connection knows which ones it still has to run.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    entries: Vec<(u64, Vec<u8>)>,
+    next: u64,
+}
+
+impl History {
+    /// Records a command that succeeded. A later command that sets the same thing replaces an
+    /// earlier one, so the history stays as long as the set of distinct settings.
+    pub fn push(&mut self, payload: &[u8]) {
+        let key = setting_key(payload);
+        self.entries.retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
+        self.next += 1;
+        self.entries.push((self.next, payload.to_vec()));
+    }
+
+    /// Entries a connection that has applied up to `applied` still has to run.
+    pub fn pending(&self, applied: u64) -> impl Iterator<Item = &(u64, Vec<u8>)> {
+        self.entries.iter().filter(move |(seq, _)| *seq > applied)
+    }
+
+    /// The sequence number a connection that ran everything has applied.
+    pub fn head(&self) -> u64 {
+        self.next
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What a single-assignment `SET name = …` sets (lowercased `name`), or the command byte for
+/// COM_INIT_DB / COM_SET_OPTION / `USE`. `None` when the command sets several things.
+fn setting_key(payload: &[u8]) -> Option<String> {
+    let (&cmd, body) = payload.split_first()?;
+    if cmd != crate::protocol::command::QUERY {
+        return Some(format!("cmd:{cmd}"));
+    }
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("use ") {
+        return Some("cmd:use".into());
+    }
+    let rest = lower.strip_prefix("set ")?;
+    if rest.contains(',') || rest.contains('\'') && rest.matches('\'').count() > 2 {
+        return None;
+    }
+    let name = rest.split(['=', ' ']).next()?.trim().trim_start_matches("session.").trim_start_matches("@@");
+    (!name.is_empty()).then(|| format!("set:{name}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    pub view: SessionView,
+    pub history: History,
+    /// Status flags of the last OK/EOF the client saw.
+    pub status: u16,
+    /// Backends removed from this session because a session command failed there.
+    pub excluded: Vec<bool>,
+}
+
+impl SessionState {
+    pub fn new(backends: usize) -> Self {
+        SessionState { view: SessionView::default(), history: History::default(), status: AUTOCOMMIT, excluded: vec![false; backends] }
+    }
+
+    /// Updates pins from a finished response on `backend`. The backend's IN_TRANS and
+    /// AUTOCOMMIT flags are the truth about transactions, whatever the statement looked like.
+    pub fn after_response(&mut self, backend: usize, outcome: &Outcome, class: Option<&Classification>) {
+        self.view.last = Some(backend);
+        if let Some(status) = outcome.status {
+            self.status = status;
+            let in_transaction = status & IN_TRANS != 0 || status & AUTOCOMMIT == 0;
+            self.view.pinned = in_transaction.then_some(backend);
+        }
+        if outcome.error.is_some() {
+            return;
+        }
+        match class.map(|c| c.effect) {
+            Some(Effect::TemporaryTable) => self.view.temporary_tables = true,
+            Some(Effect::PinPrimary) => self.view.primary_locked = true,
+            Some(Effect::Unpin) => self.view.primary_locked = false,
+            Some(Effect::UserVariablesOnPrimary) => self.view.user_variables_on_primary = true,
+            _ => {}
+        }
+    }
+
+    /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
+    pub fn reset(&mut self) {
+        *self = SessionState::new(self.excluded.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut p = vec![crate::protocol::command::QUERY];
+        p.extend_from_slice(sql.as_bytes());
+        p
+    }
+
+    #[test]
+    fn repeated_settings_keep_only_the_last() {
+        let mut h = History::default();
+        h.push(&query("SET time_zone = '+01:00'"));
+        h.push(&query("SET NAMES utf8mb4"));
+        h.push(&query("SET time_zone = '+05:00'"));
+        h.push(&query("SET NAMES utf8mb4"));
+        let texts: Vec<_> = h.pending(0).map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned()).collect();
+        assert_eq!(texts, ["SET time_zone = '+05:00'", "SET NAMES utf8mb4"]);
+        assert_eq!(h.pending(h.head()).count(), 0);
+        assert_eq!(h.pending(3).count(), 1, "a connection that ran the first three misses one");
+    }
+
+    #[test]
+    fn multi_assignments_are_kept() {
+        let mut h = History::default();
+        h.push(&query("SET a = 1, b = 2"));
+        h.push(&query("SET a = 3, b = 4"));
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn status_flags_pin_and_unpin() {
+        let mut s = SessionState::new(3);
+        let with = |status| Outcome { status: Some(status), ..Outcome::default() };
+        s.after_response(0, &with(IN_TRANS | AUTOCOMMIT), None);
+        assert_eq!(s.view.pinned, Some(0));
+        s.after_response(0, &with(AUTOCOMMIT), None);
+        assert_eq!(s.view.pinned, None);
+        s.after_response(0, &with(0), None);
+        assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins");
+        s.after_response(0, &Outcome { error: Some(1064), ..Outcome::default() }, None);
+        assert_eq!(s.view.pinned, Some(0), "an error keeps the pin");
+    }
+}
