@@ -29,14 +29,17 @@ fn main() -> ExitCode {
             Err(e) => report(&path, &e),
         };
     }
-    let Some(path) = args.config else { return ExitCode::from(2) };
+    let Some(path) = args.config else {
+        return ExitCode::from(2);
+    };
     let config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => return report(&path, &e),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

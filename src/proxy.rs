@@ -38,7 +38,10 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     // Offer only what the primary has too: a client must never be promised a capability the
     // backends would not honour, since their packets reach it unchanged.
     let caps = match &probed {
-        Some((_, primary_caps)) => OFFERED_CAPS & (*primary_caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS),
+        Some((_, primary_caps)) => {
+            OFFERED_CAPS
+                & (*primary_caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS)
+        }
         None => {
             tracing::warn!(%primary, "primary not reachable at start-up; offering default capabilities");
             OFFERED_CAPS
@@ -50,7 +53,9 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
         .clone()
         .or_else(|| probed.map(|(v, _)| v))
         .unwrap_or_else(|| FALLBACK_VERSION.to_string());
-    let listen = config.listen_addr().ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
+    let listen = config
+        .listen_addr()
+        .ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
     let listener = TcpListener::bind(listen).await?;
     let sql_addr = listener.local_addr()?;
     let router = Router::new(backends, config.mysql.routing.reads_include_primary);

@@ -38,15 +38,30 @@ pub const PASSED_CAPS: Caps = Caps::CLIENT_LONG_PASSWORD
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} ({address}): connect failed: {source}")]
-    Connect { backend: String, address: String, source: std::io::Error },
+    Connect {
+        backend: String,
+        address: String,
+        source: std::io::Error,
+    },
     #[error("{backend} ({address}): connect timed out after {timeout:?}")]
-    Timeout { backend: String, address: String, timeout: Duration },
+    Timeout {
+        backend: String,
+        address: String,
+        timeout: Duration,
+    },
     #[error("{backend}: {message}")]
-    Refused { backend: String, code: u16, message: String },
+    Refused {
+        backend: String,
+        code: u16,
+        message: String,
+    },
     #[error("{backend}: protocol error: {message}")]
     Protocol { backend: String, message: String },
     #[error("{backend}: {source}")]
-    Packet { backend: String, source: PacketError },
+    Packet {
+        backend: String,
+        source: PacketError,
+    },
 }
 
 impl BackendError {
@@ -79,12 +94,18 @@ pub struct BackendConn {
 
 impl std::fmt::Debug for BackendConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendConn").field("backend", &self.backend.name).finish()
+        f.debug_struct("BackendConn")
+            .field("backend", &self.backend.name)
+            .finish()
     }
 }
 
 impl BackendConn {
-    pub async fn connect(backend: Arc<Backend>, login: &Login, timeout: Duration) -> Result<Self, BackendError> {
+    pub async fn connect(
+        backend: Arc<Backend>,
+        login: &Login,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
         let timed_out = || BackendError::Timeout {
             backend: backend.name.clone(),
             address: backend.address.clone(),
@@ -96,11 +117,13 @@ impl BackendConn {
     }
 
     async fn connect_inner(backend: Arc<Backend>, login: &Login) -> Result<Self, BackendError> {
-        let stream = TcpStream::connect(&backend.address).await.map_err(|source| BackendError::Connect {
-            backend: backend.name.clone(),
-            address: backend.address.clone(),
-            source,
-        })?;
+        let stream = TcpStream::connect(&backend.address)
+            .await
+            .map_err(|source| BackendError::Connect {
+                backend: backend.name.clone(),
+                address: backend.address.clone(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut conn = BackendConn {
@@ -115,11 +138,16 @@ impl BackendConn {
     }
 
     fn protocol(&self, message: impl Into<String>) -> BackendError {
-        BackendError::Protocol { backend: self.backend.name.clone(), message: message.into() }
+        BackendError::Protocol {
+            backend: self.backend.name.clone(),
+            message: message.into(),
+        }
     }
 
     fn refused(&self, payload: &[u8]) -> BackendError {
-        let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+        let code = payload
+            .get(1..3)
+            .map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
         let text = payload.get(9..).unwrap_or_default();
         BackendError::Refused {
             backend: self.backend.name.clone(),
@@ -133,8 +161,14 @@ impl BackendConn {
         let name = &self.backend.name;
         match packet::read_logical(&mut self.reader, usize::MAX).await {
             Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(BackendError::Packet { backend: name.clone(), source: PacketError::Truncated }),
-            Err(source) => Err(BackendError::Packet { backend: name.clone(), source }),
+            Ok(None) => Err(BackendError::Packet {
+                backend: name.clone(),
+                source: PacketError::Truncated,
+            }),
+            Err(source) => Err(BackendError::Packet {
+                backend: name.clone(),
+                source,
+            }),
         }
     }
 
@@ -146,7 +180,10 @@ impl BackendConn {
             Ok::<_, PacketError>(())
         }
         .await;
-        result.map_err(|source| BackendError::Packet { backend: self.backend.name.clone(), source })
+        result.map_err(|source| BackendError::Packet {
+            backend: self.backend.name.clone(),
+            source,
+        })
     }
 
     async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
@@ -161,11 +198,16 @@ impl BackendConn {
         let wanted_format = login.client_caps & FORMAT_CAPS;
         if !server_caps.contains(wanted_format) {
             let missing = wanted_format.difference(server_caps);
-            return Err(self.protocol(format!("server lacks capabilities the client uses: {missing:?}")));
+            return Err(self.protocol(format!(
+                "server lacks capabilities the client uses: {missing:?}"
+            )));
         }
         let mut caps = wanted_format
             | (login.client_caps & PASSED_CAPS & server_caps)
-            | (server_caps & (Caps::CLIENT_SECURE_CONNECTION | Caps::CLIENT_PLUGIN_AUTH | Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA));
+            | (server_caps
+                & (Caps::CLIENT_SECURE_CONNECTION
+                    | Caps::CLIENT_PLUGIN_AUTH
+                    | Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA));
         if login.database.is_some() {
             caps |= Caps::CLIENT_CONNECT_WITH_DB;
         }
@@ -174,7 +216,10 @@ impl BackendConn {
         let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();
         let (plugin, data) = match auth::auth_response(&plugin, &nonce, login.password.as_bytes()) {
             Some(data) => (plugin, data),
-            None => (NATIVE.to_vec(), auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default()),
+            None => (
+                NATIVE.to_vec(),
+                auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default(),
+            ),
         };
         let version = handshake.server_version_parsed().unwrap_or((5, 7, 0));
         let response = HandshakeResponse::new(
@@ -194,12 +239,18 @@ impl BackendConn {
         if let Some(byte) = payload.get_mut(8) {
             *byte = login.collation;
         }
-        self.send(greeting.last_seq.wrapping_add(1), &payload).await?;
+        self.send(greeting.last_seq.wrapping_add(1), &payload)
+            .await?;
         self.finish_auth(plugin, nonce, login).await
     }
 
     /// Follows the server through auth switches and caching_sha2 exchanges until OK or ERR.
-    async fn finish_auth(&mut self, mut plugin: Vec<u8>, mut nonce: Vec<u8>, login: &Login) -> Result<(), BackendError> {
+    async fn finish_auth(
+        &mut self,
+        mut plugin: Vec<u8>,
+        mut nonce: Vec<u8>,
+        login: &Login,
+    ) -> Result<(), BackendError> {
         let password = login.password.as_bytes();
         // Bounded: a well-behaved server needs at most four round trips.
         for _ in 0..6 {
@@ -215,12 +266,15 @@ impl BackendConn {
                     plugin = switch.auth_plugin().as_bytes().to_vec();
                     nonce = switch.plugin_data().to_vec();
                     let data = auth::auth_response(&plugin, &nonce, password).ok_or_else(|| {
-                        self.protocol(format!("unsupported auth plugin {}", String::from_utf8_lossy(&plugin)))
+                        self.protocol(format!(
+                            "unsupported auth plugin {}",
+                            String::from_utf8_lossy(&plugin)
+                        ))
                     })?;
                     self.send(seq, &data).await?;
                 }
                 Some(0x01) if plugin == CACHING_SHA2 => match reply.payload.get(1) {
-                    Some(3) => {} // fast auth succeeded; OK follows
+                    Some(3) => {}                              // fast auth succeeded; OK follows
                     Some(4) => self.send(seq, &[0x02]).await?, // full auth: ask for the public key
                     _ => {
                         let pem = &reply.payload[1..];
@@ -240,7 +294,9 @@ impl BackendConn {
     pub async fn is_closed(&mut self) -> bool {
         use tokio::io::AsyncBufReadExt;
         // A zero timeout polls the read once: pending means nothing arrived, which is healthy.
-        tokio::time::timeout(Duration::ZERO, self.reader.fill_buf()).await.is_ok()
+        tokio::time::timeout(Duration::ZERO, self.reader.fill_buf())
+            .await
+            .is_ok()
     }
 
     pub fn deprecate_eof(&self) -> bool {
@@ -254,8 +310,13 @@ pub async fn probe(address: &str, timeout: Duration) -> Option<(String, Caps)> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.ok()?;
         let greeting = packet::read_logical(&mut stream, 1 << 16).await.ok()??;
-        let handshake = ParseBuf(&greeting.payload).parse::<HandshakePacket>(()).ok()?;
-        Some((handshake.server_version_str().into_owned(), handshake.capabilities()))
+        let handshake = ParseBuf(&greeting.payload)
+            .parse::<HandshakePacket>(())
+            .ok()?;
+        Some((
+            handshake.server_version_str().into_owned(),
+            handshake.capabilities(),
+        ))
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }

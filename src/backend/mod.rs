@@ -61,8 +61,16 @@ impl Backends {
                 })
             })
             .collect();
-        let primary = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
-        Backends { list, primary, epoch: Instant::now(), retry_after: config.mysql.routing.retry_failed_after }
+        let primary = list
+            .iter()
+            .position(|b| b.role == Role::Primary)
+            .unwrap_or(0);
+        Backends {
+            list,
+            primary,
+            epoch: Instant::now(),
+            retry_after: config.mysql.routing.retry_failed_after,
+        }
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {
@@ -91,13 +99,16 @@ impl Backends {
 
     /// Whether the data path currently believes the backend can serve.
     pub fn is_usable(&self, index: usize) -> bool {
-        self.list.get(index).is_some_and(|b| b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+        self.list
+            .get(index)
+            .is_some_and(|b| b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms())
     }
 
     /// Records a failure seen by the data path (connect refused, connection lost).
     pub fn mark_failed(&self, index: usize, error: &str) {
         if let Some(b) = self.list.get(index) {
-            let until = self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
+            let until =
+                self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
             b.skip_until_ms.store(until, Ordering::Relaxed);
             if let Ok(mut last) = b.last_error.lock() {
                 *last = Some(error.to_string());

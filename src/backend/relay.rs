@@ -49,18 +49,36 @@ where
     CW: AsyncWrite + Unpin,
 {
     let mut tracker = ResponseTracker::new(kind, conn.deprecate_eof());
-    let mut relay = Relay { conn, client_r, client_w, touched: false, scratch: Vec::new() };
+    let mut relay = Relay {
+        conn,
+        client_r,
+        client_w,
+        touched: false,
+        scratch: Vec::new(),
+    };
     let outcome = relay.run(&mut tracker, statement_id).await?;
-    relay.client_w.flush().await.map_err(|e| relay.fail(Side::Client, e.to_string()))?;
+    relay
+        .client_w
+        .flush()
+        .await
+        .map_err(|e| relay.fail(Side::Client, e.to_string()))?;
     Ok(outcome)
 }
 
 impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     fn fail(&self, side: Side, message: String) -> RelayError {
-        RelayError { side, touched_client: self.touched, message }
+        RelayError {
+            side,
+            touched_client: self.touched,
+            message,
+        }
     }
 
-    async fn run(&mut self, tracker: &mut ResponseTracker, statement_id: Option<u32>) -> Result<Outcome, RelayError> {
+    async fn run(
+        &mut self,
+        tracker: &mut ResponseTracker,
+        statement_id: Option<u32>,
+    ) -> Result<Outcome, RelayError> {
         let mut continued = false;
         loop {
             let header = self.backend_header().await?;
@@ -95,7 +113,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                 self.scratch = scratch;
                 progress
             } else {
-                let progress = tracker.accept(first, header.len, &[]).map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                let progress = tracker
+                    .accept(first, header.len, &[])
+                    .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
                 self.write_client(&header.encode()).await?;
                 self.stream(header.len).await?;
                 progress
@@ -103,7 +123,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             match progress {
                 Progress::More => {}
                 Progress::Done(outcome) if !continued => return Ok(outcome),
-                Progress::Done(_) => return Err(self.fail(Side::Backend, "response ended inside a packet".into())),
+                Progress::Done(_) => {
+                    return Err(self.fail(Side::Backend, "response ended inside a packet".into()));
+                }
                 Progress::LocalInfile => {
                     self.upload_local_infile().await?;
                     tracker.after_local_infile();
@@ -134,38 +156,60 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
 
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
         self.touched = true;
-        self.client_w.write_all(bytes).await.map_err(|e| self.fail(Side::Client, e.to_string()))
+        self.client_w
+            .write_all(bytes)
+            .await
+            .map_err(|e| self.fail(Side::Client, e.to_string()))
     }
 
     /// Copies `len` payload bytes from the backend to the client.
     async fn stream(&mut self, len: usize) -> Result<(), RelayError> {
         self.touched = true;
-        copy_exact(&mut self.conn.reader, &mut *self.client_w, len).await.map_err(|(side, m)| self.fail(side, m))
+        copy_exact(&mut self.conn.reader, &mut *self.client_w, len)
+            .await
+            .map_err(|(side, m)| self.fail(side, m))
     }
 
     /// LOCAL INFILE: the client sends the file as packets ending with an empty one; they go to
     /// the backend unchanged, and the backend then answers as usual.
     async fn upload_local_infile(&mut self) -> Result<(), RelayError> {
-        self.client_w.flush().await.map_err(|e| self.fail(Side::Client, e.to_string()))?;
+        self.client_w
+            .flush()
+            .await
+            .map_err(|e| self.fail(Side::Client, e.to_string()))?;
         // Bounded by the client: every iteration consumes one client packet.
         loop {
             let header = match packet::read_header(&mut *self.client_r).await {
                 Ok(Some(h)) => h,
-                Ok(None) => return Err(self.fail(Side::Client, "client closed during LOCAL INFILE".into())),
+                Ok(None) => {
+                    return Err(self.fail(Side::Client, "client closed during LOCAL INFILE".into()));
+                }
                 Err(e) => return Err(self.fail(Side::Client, e.to_string())),
             };
-            self.conn.writer.write_all(&header.encode()).await.map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+            self.conn
+                .writer
+                .write_all(&header.encode())
+                .await
+                .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
             let copied = copy_exact(&mut *self.client_r, &mut self.conn.writer, header.len).await;
             // Flip sides: here the client is the reader and the backend the writer.
             copied.map_err(|(side, m)| {
-                let side = if side == Side::Backend { Side::Client } else { Side::Backend };
+                let side = if side == Side::Backend {
+                    Side::Client
+                } else {
+                    Side::Backend
+                };
                 self.fail(side, m)
             })?;
             if header.len == 0 {
                 break;
             }
         }
-        self.conn.writer.flush().await.map_err(|e| self.fail(Side::Backend, e.to_string()))
+        self.conn
+            .writer
+            .flush()
+            .await
+            .map_err(|e| self.fail(Side::Backend, e.to_string()))
     }
 }
 
@@ -177,12 +221,17 @@ where
     W: AsyncWrite + Unpin,
 {
     while len > 0 {
-        let chunk = from.fill_buf().await.map_err(|e| (Side::Backend, e.to_string()))?;
+        let chunk = from
+            .fill_buf()
+            .await
+            .map_err(|e| (Side::Backend, e.to_string()))?;
         if chunk.is_empty() {
             return Err((Side::Backend, PacketError::Truncated.to_string()));
         }
         let n = chunk.len().min(len);
-        to.write_all(&chunk[..n]).await.map_err(|e| (Side::Client, e.to_string()))?;
+        to.write_all(&chunk[..n])
+            .await
+            .map_err(|e| (Side::Client, e.to_string()))?;
         from.consume(n);
         len -= n;
     }

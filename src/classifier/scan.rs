@@ -9,9 +9,22 @@ use super::lexer::hint_in;
 
 /// Functions whose answer depends on the session or the primary, or that have side effects.
 const PRIMARY_FUNCTIONS: &[&str] = &[
-    "LAST_INSERT_ID", "NEXTVAL", "LASTVAL", "SETVAL", "MASTER_POS_WAIT", "MASTER_GTID_WAIT",
-    "WAIT_FOR_EXECUTED_GTID_SET", "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS", "SLEEP", "RELEASE_LOCK",
-    "RELEASE_ALL_LOCKS", "IS_FREE_LOCK", "IS_USED_LOCK", "UUID_SHORT", "BENCHMARK", "SOURCE_POS_WAIT",
+    "LAST_INSERT_ID",
+    "NEXTVAL",
+    "LASTVAL",
+    "SETVAL",
+    "MASTER_POS_WAIT",
+    "MASTER_GTID_WAIT",
+    "WAIT_FOR_EXECUTED_GTID_SET",
+    "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS",
+    "SLEEP",
+    "RELEASE_LOCK",
+    "RELEASE_ALL_LOCKS",
+    "IS_FREE_LOCK",
+    "IS_USED_LOCK",
+    "UUID_SHORT",
+    "BENCHMARK",
+    "SOURCE_POS_WAIT",
 ];
 /// Functions that take a lock held by the connection: the session must stay where it took it.
 const LOCK_FUNCTIONS: &[&str] = &["GET_LOCK"];
@@ -42,9 +55,14 @@ pub fn scan(sql: &str) -> Features {
         f.tokenize_failed = true;
         return f;
     };
-    let words: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    let words: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
     for t in &tokens {
-        if let Token::Whitespace(Whitespace::MultiLineComment(c) | Whitespace::SingleLineComment { comment: c, .. }) = t
+        if let Token::Whitespace(
+            Whitespace::MultiLineComment(c) | Whitespace::SingleLineComment { comment: c, .. },
+        ) = t
             && let Some(h) = hint_in(c.as_bytes())
         {
             f.hint = Some(h);
@@ -57,7 +75,9 @@ pub fn scan(sql: &str) -> Features {
             Token::SemiColon => f.multi_statement |= next.is_some(),
             Token::Assignment => f.assigns_user_variable = true,
             Token::AtSign => f.reads_user_variable = true,
-            Token::Word(w) if w.quote_style.is_none() => scan_word(&mut f, &w.value, w.keyword, i, next, after),
+            Token::Word(w) if w.quote_style.is_none() => {
+                scan_word(&mut f, &w.value, w.keyword, i, next, after)
+            }
             _ => {}
         }
     }
@@ -68,14 +88,25 @@ fn is_keyword(t: Option<&Token>, k: Keyword) -> bool {
     matches!(t, Some(Token::Word(w)) if w.keyword == k && w.quote_style.is_none())
 }
 
-fn scan_word(f: &mut Features, value: &str, keyword: Keyword, i: usize, next: Option<&Token>, after: Option<&Token>) {
+fn scan_word(
+    f: &mut Features,
+    value: &str,
+    keyword: Keyword,
+    i: usize,
+    next: Option<&Token>,
+    after: Option<&Token>,
+) {
     let call = matches!(next, Some(Token::LParen));
     match keyword {
-        Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE if i > 0 && !call => {
+        Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE
+            if i > 0 && !call =>
+        {
             // `FOR UPDATE` is a locking read, anything else a data change (`WITH … UPDATE`).
             f.writes |= keyword != Keyword::UPDATE || !f.locking;
         }
-        Keyword::FOR if is_keyword(next, Keyword::UPDATE) || is_keyword(next, Keyword::SHARE) => f.locking = true,
+        Keyword::FOR if is_keyword(next, Keyword::UPDATE) || is_keyword(next, Keyword::SHARE) => {
+            f.locking = true
+        }
         Keyword::LOCK if is_keyword(next, Keyword::IN) => f.locking = true,
         Keyword::NOWAIT => f.locking = true,
         Keyword::SKIP if is_keyword(next, Keyword::LOCKED) => f.locking = true,
@@ -93,7 +124,9 @@ fn scan_word(f: &mut Features, value: &str, keyword: Keyword, i: usize, next: Op
 fn scan_name(f: &mut Features, value: &str, call: bool) {
     if let Some(var) = value.strip_prefix('@') {
         if var.starts_with('@') {
-            f.side_effect_function |= PRIMARY_VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(value));
+            f.side_effect_function |= PRIMARY_VARIABLES
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(value));
         } else {
             f.reads_user_variable = true;
         }

@@ -50,7 +50,10 @@ fn locking_reads_and_side_effects_go_to_primary() {
         ("SELECT * FROM t FOR UPDATE", Reason::LockingRead),
         ("SELECT * FROM t FOR SHARE", Reason::LockingRead),
         ("SELECT * FROM t LOCK IN SHARE MODE", Reason::LockingRead),
-        ("SELECT * FROM t FOR UPDATE SKIP LOCKED", Reason::LockingRead),
+        (
+            "SELECT * FROM t FOR UPDATE SKIP LOCKED",
+            Reason::LockingRead,
+        ),
         ("SELECT LAST_INSERT_ID() AS id", Reason::SideEffectFunction),
         ("SELECT last_insert_id() + 1", Reason::SideEffectFunction),
         ("SELECT @@identity", Reason::SideEffectFunction),
@@ -61,14 +64,24 @@ fn locking_reads_and_side_effects_go_to_primary() {
         ("SELECT @v := 1", Reason::UserVariable),
     ] {
         let c = classify(sql);
-        assert_eq!((c.destination, c.reason), (Destination::Primary, reason), "{sql}");
+        assert_eq!(
+            (c.destination, c.reason),
+            (Destination::Primary, reason),
+            "{sql}"
+        );
     }
-    assert_eq!(classify("SELECT GET_LOCK('a', 1)").effect, Effect::PinPrimary);
+    assert_eq!(
+        classify("SELECT GET_LOCK('a', 1)").effect,
+        Effect::PinPrimary
+    );
 }
 
 #[test]
 fn strings_and_comments_do_not_fool_it() {
-    assert_eq!(dest("SELECT 'FOR UPDATE', \"INSERT\" FROM t"), Destination::Read);
+    assert_eq!(
+        dest("SELECT 'FOR UPDATE', \"INSERT\" FROM t"),
+        Destination::Read
+    );
     assert_eq!(dest("SELECT `update` FROM t"), Destination::Read);
     assert_eq!(dest("SELECT 1 /* FOR UPDATE */"), Destination::Read);
     assert_eq!(dest("SELECT 'LAST_INSERT_ID()'"), Destination::Read);
@@ -78,19 +91,37 @@ fn strings_and_comments_do_not_fool_it() {
 fn transactions_and_session_commands() {
     assert_eq!(classify("BEGIN").effect, Effect::Begin);
     assert_eq!(classify("START TRANSACTION").effect, Effect::Begin);
-    assert_eq!(classify("start transaction read write").effect, Effect::Begin);
+    assert_eq!(
+        classify("start transaction read write").effect,
+        Effect::Begin
+    );
     let ro = classify("START TRANSACTION READ ONLY");
-    assert_eq!((ro.destination, ro.effect), (Destination::Read, Effect::BeginReadOnly));
+    assert_eq!(
+        (ro.destination, ro.effect),
+        (Destination::Read, Effect::BeginReadOnly)
+    );
     assert_eq!(dest("SET time_zone = '+05:00'"), Destination::All);
     assert_eq!(dest("SET NAMES utf8mb4"), Destination::All);
     assert_eq!(dest("SET autocommit = 0"), Destination::All);
     assert_eq!(dest("SET @v = 5"), Destination::All);
     assert_eq!(dest("USE appdb"), Destination::All);
-    assert_eq!(dest("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Destination::Primary);
-    assert_eq!(dest("SET GLOBAL max_connections = 10"), Destination::Primary);
+    assert_eq!(
+        dest("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        Destination::Primary
+    );
+    assert_eq!(
+        dest("SET GLOBAL max_connections = 10"),
+        Destination::Primary
+    );
     let sub = classify("SET @m = (SELECT MAX(id) FROM t)");
-    assert_eq!((sub.destination, sub.effect), (Destination::Primary, Effect::UserVariablesOnPrimary));
-    assert_eq!(classify("CREATE TEMPORARY TABLE tt (a int)").effect, Effect::TemporaryTable);
+    assert_eq!(
+        (sub.destination, sub.effect),
+        (Destination::Primary, Effect::UserVariablesOnPrimary)
+    );
+    assert_eq!(
+        classify("CREATE TEMPORARY TABLE tt (a int)").effect,
+        Effect::TemporaryTable
+    );
     assert_eq!(classify("LOCK TABLES t WRITE").effect, Effect::PinPrimary);
     assert_eq!(classify("UNLOCK TABLES").effect, Effect::Unpin);
 }
@@ -99,15 +130,27 @@ fn transactions_and_session_commands() {
 fn diagnostics_go_to_last() {
     assert_eq!(dest("SHOW WARNINGS"), Destination::Last);
     assert_eq!(dest("SELECT FOUND_ROWS()"), Destination::Last);
-    assert_eq!(dest("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1"), Destination::Last);
+    assert_eq!(
+        dest("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1"),
+        Destination::Last
+    );
     assert_eq!(dest("SHOW SLAVE STATUS"), Destination::Primary);
 }
 
 #[test]
 fn hints() {
-    assert_eq!(classify("/* rwproxy:primary */ SELECT 1").hint, Some(Hint::Primary));
-    assert_eq!(classify("SELECT 1 /* rwproxy:replica */").hint, Some(Hint::Replica));
-    assert_eq!(classify("SELECT 1 -- rwproxy:primary\n").hint, Some(Hint::Primary));
+    assert_eq!(
+        classify("/* rwproxy:primary */ SELECT 1").hint,
+        Some(Hint::Primary)
+    );
+    assert_eq!(
+        classify("SELECT 1 /* rwproxy:replica */").hint,
+        Some(Hint::Replica)
+    );
+    assert_eq!(
+        classify("SELECT 1 -- rwproxy:primary\n").hint,
+        Some(Hint::Primary)
+    );
     assert_eq!(classify("SELECT 1").hint, None);
 }
 

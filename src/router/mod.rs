@@ -52,7 +52,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(backends: Arc<Backends>, reads_include_primary: bool) -> Router {
-        Router { backends, reads_include_primary, balancer: RoundRobin::default() }
+        Router {
+            backends,
+            reads_include_primary,
+            balancer: RoundRobin::default(),
+        }
     }
 
     pub fn backends(&self) -> &Arc<Backends> {
@@ -68,10 +72,15 @@ impl Router {
         if class.destination == Destination::All {
             return decision(Target::PreferPrimary, class.reason);
         }
-        let may_read = !matches!(class.reason, Reason::Write | Reason::Transaction | Reason::MultiStatement | Reason::Unknown);
+        let may_read = !matches!(
+            class.reason,
+            Reason::Write | Reason::Transaction | Reason::MultiStatement | Reason::Unknown
+        );
         match class.hint {
             Some(Hint::Primary) => return decision(Target::Primary, Reason::Hint),
-            Some(Hint::Replica) if may_read && !view.primary_locked => return decision(Target::ReadPool, Reason::Hint),
+            Some(Hint::Replica) if may_read && !view.primary_locked => {
+                return decision(Target::ReadPool, Reason::Hint);
+            }
             _ => {}
         }
         let reading = matches!(class.destination, Destination::Read | Destination::Last);
@@ -86,7 +95,10 @@ impl Router {
         }
         match class.destination {
             Destination::Read => decision(Target::ReadPool, class.reason),
-            Destination::Last => decision(view.last.map_or(Target::ReadPool, Target::Backend), class.reason),
+            Destination::Last => decision(
+                view.last.map_or(Target::ReadPool, Target::Backend),
+                class.reason,
+            ),
             Destination::Primary | Destination::All => decision(Target::Primary, class.reason),
         }
     }
@@ -101,7 +113,11 @@ impl Router {
             Target::ReadPool => self.read_rotation(excluded, primary),
             Target::PreferPrimary => {
                 let mut order = vec![primary];
-                order.extend(self.read_rotation(excluded, primary).into_iter().filter(|b| *b != primary));
+                order.extend(
+                    self.read_rotation(excluded, primary)
+                        .into_iter()
+                        .filter(|b| *b != primary),
+                );
                 order
             }
         }
@@ -114,10 +130,14 @@ impl Router {
             .backends
             .all()
             .iter()
-            .filter(|b| (b.index != primary || self.reads_include_primary) && !excluded.get(b.index).copied().unwrap_or(false))
+            .filter(|b| {
+                (b.index != primary || self.reads_include_primary)
+                    && !excluded.get(b.index).copied().unwrap_or(false)
+            })
             .map(|b| b.index)
             .collect();
-        let (usable, unusable): (Vec<usize>, Vec<usize>) = pool.iter().partition(|b| self.backends.is_usable(**b));
+        let (usable, unusable): (Vec<usize>, Vec<usize>) =
+            pool.iter().partition(|b| self.backends.is_usable(**b));
         let mut order = Vec::with_capacity(pool.len() + 1);
         if let Some(start) = self.balancer.next(usable.len()) {
             order.extend(usable.iter().cycle().skip(start).take(usable.len()));

@@ -1,12 +1,12 @@
 //! Running a command on a backend: choose, connect lazily, replay session commands, send,
 //! relay the answer, and retry a read elsewhere when a backend fails before answering.
 
-use std::borrow::Cow;
 use super::{Session, SessionError};
 use crate::backend::{BackendConn, Side, relay_response};
 use crate::classifier::{Classification, Destination, Effect, Reason, classify};
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
+use std::borrow::Cow;
 
 /// What a command is, for a backend: raw bytes, or a statement command whose ids (and
 /// parameter types) are rewritten for the backend that runs it.
@@ -28,9 +28,19 @@ pub(super) enum AttemptError {
 
 impl Session {
     pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
+        let class = classify(&String::from_utf8_lossy(
+            payload.get(1..).unwrap_or_default(),
+        ));
         let decision = self.shared.router.decide(&class, &self.state.view);
-        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some(&class), None).await?;
+        let ran = self
+            .run(
+                decision,
+                Outgoing::Raw(&payload),
+                ResponseKind::Query,
+                Some(&class),
+                None,
+            )
+            .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
@@ -48,7 +58,15 @@ impl Session {
     pub(super) async fn session_command(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let class = session_class();
         let decision = self.shared.router.decide(&class, &self.state.view);
-        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some(&class), None).await?;
+        let ran = self
+            .run(
+                decision,
+                Outgoing::Raw(&payload),
+                ResponseKind::Query,
+                Some(&class),
+                None,
+            )
+            .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
@@ -72,14 +90,31 @@ impl Session {
     pub(super) async fn field_list(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let class = classify("SELECT 1");
         let decision = self.shared.router.decide(&class, &self.state.view);
-        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None).await?;
+        self.run(
+            decision,
+            Outgoing::Raw(&payload),
+            ResponseKind::Rows,
+            None,
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// COM_STATISTICS describes the primary.
     pub(super) async fn statistics(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let decision = Decision { target: Target::Primary, reason: Reason::NodeSpecific };
-        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Single, None, None).await?;
+        let decision = Decision {
+            target: Target::Primary,
+            reason: Reason::NodeSpecific,
+        };
+        self.run(
+            decision,
+            Outgoing::Raw(&payload),
+            ResponseKind::Single,
+            None,
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -95,7 +130,10 @@ impl Session {
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let retry_lost = decision.target == Target::ReadPool;
-        let candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
+        let candidates = self
+            .shared
+            .router
+            .candidates(decision.target, &self.state.excluded);
         let mut failures = Vec::new();
         for backend in candidates {
             match self.attempt(backend, out, kind, statement_id).await {
@@ -107,7 +145,8 @@ impl Session {
                 Err(AttemptError::Unavailable(why)) => failures.push(why),
                 Err(AttemptError::Lost(why)) if retry_lost => failures.push(why),
                 Err(AttemptError::Lost(why)) => {
-                    let message = format!("rwproxy: lost connection to backend during query ({why})");
+                    let message =
+                        format!("rwproxy: lost connection to backend during query ({why})");
                     self.reply_err(2013, "HY000", &message).await?;
                     return Ok(None);
                 }
@@ -124,12 +163,20 @@ impl Session {
         Ok(None)
     }
 
-    async fn attempt(&mut self, backend: usize, out: Outgoing<'_>, kind: ResponseKind, statement_id: Option<u32>) -> Result<Outcome, AttemptError> {
+    async fn attempt(
+        &mut self,
+        backend: usize,
+        out: Outgoing<'_>,
+        kind: ResponseKind,
+        statement_id: Option<u32>,
+    ) -> Result<Outcome, AttemptError> {
         self.ensure_connection(backend).await?;
         self.replay_history(backend).await?;
         let bytes: Cow<'_, [u8]> = match out {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
-            Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
+            Outgoing::Statement(bytes) => {
+                Cow::Owned(self.statement_for_backend(backend, bytes).await?)
+            }
         };
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
@@ -140,7 +187,9 @@ impl Session {
         }
         match relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id).await {
             Ok(outcome) => Ok(outcome),
-            Err(e) if e.side == Side::Client => Err(AttemptError::Fatal(SessionError::ClientIo(std::io::Error::other(e.message)))),
+            Err(e) if e.side == Side::Client => Err(AttemptError::Fatal(SessionError::ClientIo(
+                std::io::Error::other(e.message),
+            ))),
             Err(e) => {
                 self.backend_failed(backend, &e.message);
                 if e.touched_client {
@@ -173,7 +222,9 @@ impl Session {
             self.drop_connection(backend);
             if pinned {
                 self.state.view.pinned = None;
-                return Err(AttemptError::Lost("connection closed inside a transaction; the transaction is lost".into()));
+                return Err(AttemptError::Lost(
+                    "connection closed inside a transaction; the transaction is lost".into(),
+                ));
             }
         }
         let Some(target) = self.shared.router.backends().get(backend).cloned() else {
@@ -187,7 +238,10 @@ impl Session {
             }
             Err(e) => {
                 if e.is_unreachable() {
-                    self.shared.router.backends().mark_failed(backend, &e.to_string());
+                    self.shared
+                        .router
+                        .backends()
+                        .mark_failed(backend, &e.to_string());
                 }
                 Err(AttemptError::Unavailable(e.to_string()))
             }
@@ -197,14 +251,23 @@ impl Session {
     /// Runs on `backend` the session commands it has not seen yet, in order. A backend that
     /// refuses one leaves this session (it would answer with the wrong settings).
     async fn replay_history(&mut self, backend: usize) -> Result<(), AttemptError> {
-        let Some(conn) = self.conns[backend].as_mut() else { return Ok(()) };
-        let pending: Vec<(u64, Vec<u8>)> = self.state.history.pending(conn.applied).cloned().collect();
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Ok(());
+        };
+        let pending: Vec<(u64, Vec<u8>)> =
+            self.state.history.pending(conn.applied).cloned().collect();
         for (seq, payload) in pending {
             let result = async {
                 conn.send(0, &payload).await.map_err(|e| e.to_string())?;
-                relay_response(conn, ResponseKind::Query, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
-                    .await
-                    .map_err(|e| e.to_string())
+                relay_response(
+                    conn,
+                    ResponseKind::Query,
+                    &mut tokio::io::empty(),
+                    &mut tokio::io::sink(),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())
             }
             .await;
             match result {
@@ -217,7 +280,9 @@ impl Session {
                     if let Some(flag) = self.state.excluded.get_mut(backend) {
                         *flag = true;
                     }
-                    return Err(AttemptError::Unavailable(format!("{name}: session command {text:?} failed there")));
+                    return Err(AttemptError::Unavailable(format!(
+                        "{name}: session command {text:?} failed there"
+                    )));
                 }
                 Err(error) => {
                     self.backend_failed(backend, &error);
@@ -238,7 +303,10 @@ fn session_class() -> Classification {
 /// The database named by `USE db` (backquotes removed).
 fn database_of_use(sql: &str) -> Option<String> {
     let rest = sql.trim().get(3..)?.trim().trim_end_matches(';').trim();
-    let name = rest.strip_prefix('`').and_then(|r| r.strip_suffix('`')).unwrap_or(rest);
+    let name = rest
+        .strip_prefix('`')
+        .and_then(|r| r.strip_suffix('`'))
+        .unwrap_or(rest);
     (!name.is_empty()).then(|| name.replace("``", "`"))
 }
 
@@ -246,8 +314,14 @@ fn database_of_use(sql: &str) -> Option<String> {
 mod tests {
     #[test]
     fn use_statement_names_database() {
-        assert_eq!(super::database_of_use("USE appdb").as_deref(), Some("appdb"));
-        assert_eq!(super::database_of_use("use `my db`;").as_deref(), Some("my db"));
+        assert_eq!(
+            super::database_of_use("USE appdb").as_deref(),
+            Some("appdb")
+        );
+        assert_eq!(
+            super::database_of_use("use `my db`;").as_deref(),
+            Some("my db")
+        );
         assert_eq!(super::database_of_use("USE").as_deref(), None);
     }
 }

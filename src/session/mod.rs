@@ -42,7 +42,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, router: Router, server_version: String, caps: Caps) -> Shared {
-        Shared { config, router, server_version, caps, next_id: AtomicU32::new(1) }
+        Shared {
+            config,
+            router,
+            server_version,
+            caps,
+            next_id: AtomicU32::new(1),
+        }
     }
 }
 
@@ -100,7 +106,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await;
     match result {
         Ok(()) => tracing::debug!(session = id, %peer, "client disconnected"),
-        Err(SessionError::AccessDenied(user)) => tracing::info!(session = id, %peer, %user, "access denied"),
+        Err(SessionError::AccessDenied(user)) => {
+            tracing::info!(session = id, %peer, %user, "access denied")
+        }
         Err(e) => tracing::warn!(session = id, %peer, error = %e, "client connection closed"),
     }
 }
@@ -159,7 +167,13 @@ impl Session {
         self.write_reply(&wire::ok_packet(self.state.status)).await
     }
 
-    async fn reply_err(&mut self, code: u16, sql_state: &str, message: &str) -> Result<(), SessionError> {
-        self.write_reply(&wire::err_packet(code, sql_state, message)).await
+    async fn reply_err(
+        &mut self,
+        code: u16,
+        sql_state: &str,
+        message: &str,
+    ) -> Result<(), SessionError> {
+        self.write_reply(&wire::err_packet(code, sql_state, message))
+            .await
     }
 }

@@ -34,7 +34,10 @@ struct Statement {
 
 impl Statement {
     fn backend_id(&self, backend: usize) -> Option<u32> {
-        self.on.iter().find(|(b, _)| *b == backend).map(|(_, id)| *id)
+        self.on
+            .iter()
+            .find(|(b, _)| *b == backend)
+            .map(|(_, id)| *id)
     }
 }
 
@@ -58,7 +61,9 @@ impl Statements {
 }
 
 fn statement_id(payload: &[u8]) -> Option<u32> {
-    payload.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    payload
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn with_id(payload: &[u8], id: u32) -> Vec<u8> {
@@ -76,7 +81,13 @@ fn bound_flag_at(params: u16) -> usize {
 
 /// Rewrites a COM_STMT_EXECUTE for a backend: its statement id, and the parameter types when
 /// the client did not send them but this backend has not seen them.
-fn execute_for_backend(payload: &[u8], backend_id: u32, params: u16, types: Option<&[u8]>, seen: bool) -> Vec<u8> {
+fn execute_for_backend(
+    payload: &[u8],
+    backend_id: u32,
+    params: u16,
+    types: Option<&[u8]>,
+    seen: bool,
+) -> Vec<u8> {
     let mut out = with_id(payload, backend_id);
     let at = bound_flag_at(params);
     if params == 0 || seen || out.get(at) != Some(&0) {
@@ -91,11 +102,21 @@ fn execute_for_backend(payload: &[u8], backend_id: u32, params: u16, types: Opti
 
 impl Session {
     pub(super) async fn stmt_prepare(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
+        let class = classify(&String::from_utf8_lossy(
+            payload.get(1..).unwrap_or_default(),
+        ));
         let decision = self.shared.router.decide(&class, &self.state.view);
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;
-        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id)).await?;
+        let ran = self
+            .run(
+                decision,
+                Outgoing::Raw(&payload),
+                ResponseKind::Prepare,
+                None,
+                Some(id),
+            )
+            .await?;
         if let Some((outcome, backend)) = ran
             && let Some(prepared) = outcome.prepared
         {
@@ -134,7 +155,15 @@ impl Session {
         }
         let class = stmt.class;
         let decision = self.shared.router.decide(&class, &self.state.view);
-        let ran = self.run(decision, Outgoing::Statement(&payload), ResponseKind::Execute, Some(&class), None).await?;
+        let ran = self
+            .run(
+                decision,
+                Outgoing::Statement(&payload),
+                ResponseKind::Execute,
+                Some(&class),
+                None,
+            )
+            .await?;
         if let Some(stmt) = self.stmts.map.get_mut(&id) {
             stmt.long_data.clear();
             if let Some((_, backend)) = ran {
@@ -152,8 +181,18 @@ impl Session {
         let Some(backend) = self.stmts.map.get(&id).and_then(|s| s.cursor_on) else {
             return self.unknown_statement(id, "mysqld_stmt_fetch").await;
         };
-        let decision = Decision { target: Target::Backend(backend), reason: crate::classifier::Reason::SessionPinned };
-        self.run(decision, Outgoing::Statement(&payload), ResponseKind::Rows, None, None).await?;
+        let decision = Decision {
+            target: Target::Backend(backend),
+            reason: crate::classifier::Reason::SessionPinned,
+        };
+        self.run(
+            decision,
+            Outgoing::Statement(&payload),
+            ResponseKind::Rows,
+            None,
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -166,7 +205,9 @@ impl Session {
 
     /// No reply. Closes the statement on every backend that has it.
     pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
-        let Some(stmt) = statement_id(payload).and_then(|id| self.stmts.map.remove(&id)) else { return };
+        let Some(stmt) = statement_id(payload).and_then(|id| self.stmts.map.remove(&id)) else {
+            return;
+        };
         for (backend, backend_id) in stmt.on {
             if let Some(conn) = self.conns[backend].as_mut()
                 && conn.send(0, &with_id(payload, backend_id)).await.is_err()
@@ -187,12 +228,22 @@ impl Session {
         stmt.cursor_on = None;
         let on = stmt.on.clone();
         for (backend, backend_id) in on {
-            let Some(conn) = self.conns[backend].as_mut() else { continue };
+            let Some(conn) = self.conns[backend].as_mut() else {
+                continue;
+            };
             let reset = async {
-                conn.send(0, &with_id(payload, backend_id)).await.map_err(|e| e.to_string())?;
-                relay_response(conn, ResponseKind::Query, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+                conn.send(0, &with_id(payload, backend_id))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                relay_response(
+                    conn,
+                    ResponseKind::Query,
+                    &mut tokio::io::empty(),
+                    &mut tokio::io::sink(),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())
             };
             if reset.await.is_err() {
                 self.drop_connection(backend);
@@ -203,10 +254,20 @@ impl Session {
 
     /// The bytes of a statement command for `backend`: prepares the statement there first if
     /// needed, sends pending long data, and rewrites ids and parameter types.
-    pub(super) async fn statement_for_backend(&mut self, backend: usize, payload: &[u8]) -> Result<Vec<u8>, super::execute::AttemptError> {
+    pub(super) async fn statement_for_backend(
+        &mut self,
+        backend: usize,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, super::execute::AttemptError> {
         use super::execute::AttemptError;
-        let id = statement_id(payload).ok_or_else(|| AttemptError::Unavailable("malformed statement command".into()))?;
-        let stmt = self.stmts.map.get(&id).cloned().ok_or_else(|| AttemptError::Unavailable("statement closed".into()))?;
+        let id = statement_id(payload)
+            .ok_or_else(|| AttemptError::Unavailable("malformed statement command".into()))?;
+        let stmt = self
+            .stmts
+            .map
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| AttemptError::Unavailable("statement closed".into()))?;
         let backend_id = match stmt.backend_id(backend) {
             Some(backend_id) => backend_id,
             None => self.prepare_on(backend, id, &stmt.prepare).await?,
@@ -214,12 +275,22 @@ impl Session {
         if payload.first() != Some(&command::STMT_EXECUTE) {
             return Ok(with_id(payload, backend_id));
         }
-        let conn = self.conns[backend].as_mut().ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
+        let conn = self.conns[backend]
+            .as_mut()
+            .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
         for data in &stmt.long_data {
-            conn.send(0, &with_id(data, backend_id)).await.map_err(|e| AttemptError::Unavailable(e.to_string()))?;
+            conn.send(0, &with_id(data, backend_id))
+                .await
+                .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
         }
         let seen = stmt.types_on.contains(&backend);
-        let bytes = execute_for_backend(payload, backend_id, stmt.params, stmt.types.as_deref(), seen);
+        let bytes = execute_for_backend(
+            payload,
+            backend_id,
+            stmt.params,
+            stmt.types.as_deref(),
+            seen,
+        );
         if let Some(stmt) = self.stmts.map.get_mut(&id)
             && stmt.types.is_some()
             && !seen
@@ -230,17 +301,32 @@ impl Session {
     }
 
     /// Prepares statement `id` on `backend`, silently, and remembers the backend's id.
-    async fn prepare_on(&mut self, backend: usize, id: u32, prepare: &[u8]) -> Result<u32, super::execute::AttemptError> {
+    async fn prepare_on(
+        &mut self,
+        backend: usize,
+        id: u32,
+        prepare: &[u8],
+    ) -> Result<u32, super::execute::AttemptError> {
         use super::execute::AttemptError;
-        let conn = self.conns[backend].as_mut().ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
+        let conn = self.conns[backend]
+            .as_mut()
+            .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
         let name = conn.backend.name.clone();
-        conn.send(0, prepare).await.map_err(|e| AttemptError::Unavailable(e.to_string()))?;
-        let outcome = relay_response(conn, ResponseKind::Prepare, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+        conn.send(0, prepare)
             .await
-            .map_err(|e| AttemptError::Unavailable(e.message))?;
-        let prepared = outcome
-            .prepared
-            .ok_or_else(|| AttemptError::Unavailable(format!("{name}: statement could not be prepared there")))?;
+            .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
+        let outcome = relay_response(
+            conn,
+            ResponseKind::Prepare,
+            &mut tokio::io::empty(),
+            &mut tokio::io::sink(),
+            None,
+        )
+        .await
+        .map_err(|e| AttemptError::Unavailable(e.message))?;
+        let prepared = outcome.prepared.ok_or_else(|| {
+            AttemptError::Unavailable(format!("{name}: statement could not be prepared there"))
+        })?;
         if let Some(stmt) = self.stmts.map.get_mut(&id) {
             stmt.on.push((backend, prepared.statement_id));
         }

@@ -18,7 +18,8 @@ impl History {
     /// earlier one, so the history stays as long as the set of distinct settings.
     pub fn push(&mut self, payload: &[u8]) {
         let key = setting_key(payload);
-        self.entries.retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
+        self.entries
+            .retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
         self.next += 1;
         self.entries.push((self.next, payload.to_vec()));
     }
@@ -58,7 +59,12 @@ fn setting_key(payload: &[u8]) -> Option<String> {
     if rest.contains(',') || rest.contains('\'') && rest.matches('\'').count() > 2 {
         return None;
     }
-    let name = rest.split(['=', ' ']).next()?.trim().trim_start_matches("session.").trim_start_matches("@@");
+    let name = rest
+        .split(['=', ' '])
+        .next()?
+        .trim()
+        .trim_start_matches("session.")
+        .trim_start_matches("@@");
     (!name.is_empty()).then(|| format!("set:{name}"))
 }
 
@@ -74,12 +80,22 @@ pub struct SessionState {
 
 impl SessionState {
     pub fn new(backends: usize) -> Self {
-        SessionState { view: SessionView::default(), history: History::default(), status: AUTOCOMMIT, excluded: vec![false; backends] }
+        SessionState {
+            view: SessionView::default(),
+            history: History::default(),
+            status: AUTOCOMMIT,
+            excluded: vec![false; backends],
+        }
     }
 
     /// Updates pins from a finished response on `backend`. The backend's IN_TRANS and
     /// AUTOCOMMIT flags are the truth about transactions, whatever the statement looked like.
-    pub fn after_response(&mut self, backend: usize, outcome: &Outcome, class: Option<&Classification>) {
+    pub fn after_response(
+        &mut self,
+        backend: usize,
+        outcome: &Outcome,
+        class: Option<&Classification>,
+    ) {
         self.view.last = Some(backend);
         if let Some(status) = outcome.status {
             self.status = status;
@@ -121,10 +137,17 @@ mod tests {
         h.push(&query("SET NAMES utf8mb4"));
         h.push(&query("SET time_zone = '+05:00'"));
         h.push(&query("SET NAMES utf8mb4"));
-        let texts: Vec<_> = h.pending(0).map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned()).collect();
+        let texts: Vec<_> = h
+            .pending(0)
+            .map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned())
+            .collect();
         assert_eq!(texts, ["SET time_zone = '+05:00'", "SET NAMES utf8mb4"]);
         assert_eq!(h.pending(h.head()).count(), 0);
-        assert_eq!(h.pending(3).count(), 1, "a connection that ran the first three misses one");
+        assert_eq!(
+            h.pending(3).count(),
+            1,
+            "a connection that ran the first three misses one"
+        );
     }
 
     #[test]
@@ -138,14 +161,24 @@ mod tests {
     #[test]
     fn status_flags_pin_and_unpin() {
         let mut s = SessionState::new(3);
-        let with = |status| Outcome { status: Some(status), ..Outcome::default() };
+        let with = |status| Outcome {
+            status: Some(status),
+            ..Outcome::default()
+        };
         s.after_response(0, &with(IN_TRANS | AUTOCOMMIT), None);
         assert_eq!(s.view.pinned, Some(0));
         s.after_response(0, &with(AUTOCOMMIT), None);
         assert_eq!(s.view.pinned, None);
         s.after_response(0, &with(0), None);
         assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins");
-        s.after_response(0, &Outcome { error: Some(1064), ..Outcome::default() }, None);
+        s.after_response(
+            0,
+            &Outcome {
+                error: Some(1064),
+                ..Outcome::default()
+            },
+            None,
+        );
         assert_eq!(s.view.pinned, Some(0), "an error keeps the pin");
     }
 }

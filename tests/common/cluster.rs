@@ -42,23 +42,36 @@ pub struct Cluster {
 
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    run(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn mariadbd() -> &'static str {
-    if Path::new("/usr/sbin/mariadbd").exists() { "/usr/sbin/mariadbd" } else { "mariadbd" }
+    if Path::new("/usr/sbin/mariadbd").exists() {
+        "/usr/sbin/mariadbd"
+    } else {
+        "mariadbd"
+    }
 }
 
 impl Node {
@@ -88,7 +101,9 @@ impl Node {
         if is_root() {
             cmd.arg("--user=root");
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start mariadbd: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start mariadbd: {e}"))?;
         *self.process.lock().map_err(|e| e.to_string())? = Some(child);
         self.wait_ready()
     }
@@ -102,7 +117,8 @@ impl Node {
             if let Some(child) = self.process.lock().map_err(|e| e.to_string())?.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let log = std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
                 return Err(format!("{} exited with {status}:\n{log}", self.name));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -141,8 +157,15 @@ impl Node {
 impl Cluster {
     /// Creates and starts the cluster under a fresh temporary directory.
     pub fn start() -> Result<Cluster, String> {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let base = std::env::temp_dir().join(format!("rwproxy-cluster-{}-{}", std::process::id(), stamp % 1_000_000));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let base = std::env::temp_dir().join(format!(
+            "rwproxy-cluster-{}-{}",
+            std::process::id(),
+            stamp % 1_000_000
+        ));
         Cluster::start_in(&base)
     }
 
@@ -173,7 +196,11 @@ impl Cluster {
                 process: Mutex::new(None),
             });
         }
-        let cluster = Cluster { base: base.to_path_buf(), nodes, guardian: Mutex::new(Some(guardian)) };
+        let cluster = Cluster {
+            base: base.to_path_buf(),
+            nodes,
+            guardian: Mutex::new(Some(guardian)),
+        };
         for node in &cluster.nodes {
             node.start()?;
         }
@@ -212,7 +239,11 @@ impl Cluster {
 
     /// Waits until every running replica has applied everything the primary has written.
     pub fn wait_replicated(&self) -> Result<(), String> {
-        let pos = self.primary().sql("SELECT @@gtid_binlog_pos")?.trim().to_string();
+        let pos = self
+            .primary()
+            .sql("SELECT @@gtid_binlog_pos")?
+            .trim()
+            .to_string();
         for replica in self.replicas() {
             let waited = replica.sql(&format!("SELECT MASTER_GTID_WAIT('{pos}', 30)"))?;
             if waited.trim() != "0" {
@@ -229,7 +260,11 @@ impl Cluster {
         );
         for node in &self.nodes {
             let role = if node.replica { "replica" } else { "primary" };
-            out.push_str(&format!("\n[[mysql.backends]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{role}\"\n", node.name, node.address()));
+            out.push_str(&format!(
+                "\n[[mysql.backends]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{role}\"\n",
+                node.name,
+                node.address()
+            ));
         }
         out
     }

@@ -1,0 +1,73 @@
+//! Shared test fixtures: one real cluster per test binary, a proxy per test, client helpers.
+
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod raw;
+
+use std::sync::OnceLock;
+
+use cluster::{APP_PASSWORD, APP_USER, Cluster, DATABASE};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use rwproxy::config::Config;
+use rwproxy::proxy::{self, Proxy};
+
+/// The cluster of this test binary, started on first use and torn down when the binary exits.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        Cluster::start().unwrap_or_else(|e| panic!("cannot start the MariaDB cluster: {e}"))
+    })
+}
+
+/// A proxy on a free port in front of the cluster, with `extra` appended to its `[mysql]`
+/// config (e.g. routing options).
+pub async fn start_proxy_with(config_text: &str) -> Proxy {
+    let config = Config::from_toml(config_text)
+        .unwrap_or_else(|e| panic!("test config: {e}\n{config_text}"));
+    proxy::start(config).await.expect("proxy starts")
+}
+
+pub async fn start_proxy() -> Proxy {
+    start_proxy_with(&cluster().proxy_config("127.0.0.1:0")).await
+}
+
+pub fn opts(port: u16, user: &str, password: &str) -> OptsBuilder {
+    // prefer_socket(false): otherwise mysql_async asks for @@socket and bypasses the proxy.
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some(DATABASE))
+        .prefer_socket(false)
+}
+
+pub async fn connect(proxy: &Proxy) -> Conn {
+    Conn::new(opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD))
+        .await
+        .expect("connect through proxy")
+}
+
+/// A direct connection to a cluster node, bypassing the proxy.
+pub async fn connect_direct(port: u16) -> Conn {
+    Conn::new(opts(port, APP_USER, APP_PASSWORD))
+        .await
+        .expect("direct connect")
+}
+
+pub async fn server_id(conn: &mut Conn) -> u32 {
+    conn.query_first("SELECT @@server_id")
+        .await
+        .expect("query")
+        .expect("a row")
+}
+
+/// Waits (off the async threads) until the replicas have applied every write so far.
+pub async fn replicated() {
+    tokio::task::spawn_blocking(|| cluster().wait_replicated())
+        .await
+        .expect("join")
+        .expect("replication caught up");
+}

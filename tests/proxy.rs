@@ -1,0 +1,485 @@
+//! The SQL data path through rwproxy, against a real MariaDB primary and two replicas.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::cluster::{APP_PASSWORD, APP_USER, DATABASE};
+use common::raw::RawClient;
+use common::{cluster, connect, connect_direct, replicated, server_id, start_proxy};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Row, Value};
+
+async fn distribution(conn: &mut Conn, n: usize) -> BTreeMap<u32, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(server_id(conn).await).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_round_robin_exactly_over_primary_and_replicas() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    let seen = distribution(&mut conn, 30).await;
+    assert_eq!(seen, BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_exclude_primary_when_configured() {
+    let text = cluster().proxy_config("127.0.0.1:0").replacen(
+        "[[mysql.users]]",
+        "[mysql.routing]\nreads_include_primary = false\n\n[[mysql.users]]",
+        1,
+    );
+    let proxy = common::start_proxy_with(&text).await;
+    let mut conn = connect(&proxy).await;
+    assert_eq!(
+        distribution(&mut conn, 10).await,
+        BTreeMap::from([(2, 5), (3, 5)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_land_on_the_primary() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE writes_t (id INT PRIMARY KEY, who INT)")
+        .await
+        .expect("create");
+    for i in 0..12 {
+        // A write that reached a read_only replica would fail: `app` cannot bypass read_only.
+        conn.exec_drop("INSERT INTO writes_t VALUES (?, @@server_id)", (i,))
+            .await
+            .expect("insert");
+        conn.query_drop(format!(
+            "UPDATE writes_t SET who = @@server_id WHERE id = {i}"
+        ))
+        .await
+        .expect("update");
+    }
+    let mut direct = connect_direct(cluster().primary().port).await;
+    let whos: Vec<u32> = direct
+        .query("SELECT who FROM writes_t")
+        .await
+        .expect("select");
+    assert_eq!(whos, vec![1; 12]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transactions_stay_on_the_primary_and_rollback_works() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE tx_t (id INT PRIMARY KEY)")
+        .await
+        .expect("create");
+    for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE"] {
+        conn.query_drop(begin).await.expect("begin");
+        assert_eq!(
+            distribution(&mut conn, 6).await,
+            BTreeMap::from([(1, 6)]),
+            "{begin}"
+        );
+        conn.query_drop("INSERT INTO tx_t VALUES (1)")
+            .await
+            .expect("insert");
+        let inside: Option<u32> = conn
+            .query_first("SELECT COUNT(*) FROM tx_t")
+            .await
+            .expect("count");
+        assert_eq!(inside, Some(1), "the transaction sees its own write");
+        conn.query_drop("ROLLBACK").await.expect("rollback");
+    }
+    replicated().await;
+    let after: Vec<u32> = conn
+        .query("SELECT COUNT(*) FROM tx_t")
+        .await
+        .expect("count");
+    assert_eq!(after, vec![0], "rolled back everywhere");
+    assert_eq!(
+        distribution(&mut conn, 3).await.len(),
+        3,
+        "reads spread again after the transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_off_pins_until_turned_back_on() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE ac_t (id INT PRIMARY KEY)")
+        .await
+        .expect("create");
+    conn.query_drop("SET autocommit = 0")
+        .await
+        .expect("autocommit off");
+    assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]));
+    conn.query_drop("INSERT INTO ac_t VALUES (7)")
+        .await
+        .expect("insert");
+    conn.query_drop("ROLLBACK").await.expect("rollback");
+    conn.query_drop("INSERT INTO ac_t VALUES (8)")
+        .await
+        .expect("insert");
+    conn.query_drop("COMMIT").await.expect("commit");
+    assert_eq!(
+        distribution(&mut conn, 3).await,
+        BTreeMap::from([(1, 3)]),
+        "still pinned: autocommit is off"
+    );
+    conn.query_drop("SET autocommit = 1")
+        .await
+        .expect("autocommit on");
+    replicated().await;
+    assert_eq!(distribution(&mut conn, 6).await.len(), 3);
+    let ids: Vec<u32> = conn.query("SELECT id FROM ac_t").await.expect("select");
+    assert_eq!(ids, vec![8]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_transaction_is_pinned_to_one_read_backend() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    let mut used = Vec::new();
+    for _ in 0..3 {
+        conn.query_drop("START TRANSACTION READ ONLY")
+            .await
+            .expect("begin");
+        let seen = distribution(&mut conn, 5).await;
+        assert_eq!(
+            seen.len(),
+            1,
+            "one backend for the whole transaction: {seen:?}"
+        );
+        used.extend(seen.keys().copied());
+        conn.query_drop("COMMIT").await.expect("commit");
+    }
+    used.sort_unstable();
+    used.dedup();
+    assert!(
+        used.len() >= 2,
+        "successive READ ONLY transactions rotate: {used:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_variables_follow_the_session_to_every_backend() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("SET time_zone = '+05:00'")
+        .await
+        .expect("set");
+    conn.query_drop("SET @greeting = 'hello'")
+        .await
+        .expect("set user variable");
+    let mut servers = Vec::new();
+    for _ in 0..6 {
+        let row: (String, String, u32) = conn
+            .query_first("SELECT @@time_zone, @greeting, @@server_id")
+            .await
+            .expect("select")
+            .expect("row");
+        assert_eq!((row.0.as_str(), row.1.as_str()), ("+05:00", "hello"));
+        servers.push(row.2);
+    }
+    servers.sort_unstable();
+    assert_eq!(servers, [1, 1, 2, 2, 3, 3]);
+    conn.query_drop("USE information_schema")
+        .await
+        .expect("use");
+    for _ in 0..3 {
+        let db: Option<String> = conn.query_first("SELECT DATABASE()").await.expect("select");
+        assert_eq!(db.as_deref(), Some("information_schema"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hints_override_routing() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    for _ in 0..6 {
+        let id: Option<u32> = conn
+            .query_first("SELECT /* rwproxy:primary */ @@server_id")
+            .await
+            .expect("select");
+        assert_eq!(id, Some(1));
+    }
+    // LAST_INSERT_ID() goes to the primary by default; a replica hint sends it to the read pool.
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let id: Option<u32> = conn
+            .query_first("SELECT @@server_id, LAST_INSERT_ID() /* rwproxy:replica */")
+            .await
+            .map(|r: Option<(u32, u64)>| r.map(|x| x.0))
+            .expect("select");
+        seen.extend(id);
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn column_definitions_and_rows_are_byte_identical_to_a_direct_connection() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop(
+        "CREATE TABLE types_t (id INT PRIMARY KEY, b BLOB, bits BIT(5), d DECIMAL(12,4), s VARCHAR(20) CHARACTER SET utf8mb4,
+         f DOUBLE, dt DATETIME(3), j JSON, n INT NULL)",
+    )
+    .await
+    .expect("create");
+    conn.query_drop(
+        "INSERT INTO types_t VALUES (1, x'00ff10', b'10101', 12345678.1234, 'žluťoučký 🐎', 1.5e300, '2024-02-29 12:34:56.789', '{\"a\": [1, 2]}', NULL),
+         (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    )
+    .await
+    .expect("insert");
+    replicated().await;
+    let proxy_addr = proxy.sql_addr.to_string();
+    let primary_addr = cluster().primary().address();
+    for deprecate_eof in [false, true] {
+        let mut via =
+            RawClient::connect(&proxy_addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof)
+                .await
+                .expect("raw via proxy");
+        let mut direct = RawClient::connect(
+            &primary_addr,
+            APP_USER,
+            APP_PASSWORD,
+            DATABASE,
+            deprecate_eof,
+        )
+        .await
+        .expect("raw direct");
+        for sql in [
+            "SELECT * FROM types_t ORDER BY id",
+            "SELECT nosuch FROM types_t",
+            "SELECT 1; SELECT 'two', NULL",
+        ] {
+            // Three rounds so that every read backend answers once.
+            for _ in 0..3 {
+                let a = via.query(sql).await.expect("via proxy");
+                let b = direct.query(sql).await.expect("direct");
+                assert_eq!(a, b, "{sql} (deprecate_eof = {deprecate_eof})");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_pass_through_with_code_state_and_message() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    let err = conn
+        .query_drop("SELECT * FROM no_such_table")
+        .await
+        .expect_err("must fail");
+    let mysql_async::Error::Server(e) = err else {
+        panic!("server error expected, got {err:?}")
+    };
+    assert_eq!((e.code, e.state.as_str()), (1146, "42S02"));
+    assert_eq!(e.message, "Table 'appdb.no_such_table' doesn't exist");
+    // The session goes on.
+    assert!(server_id(&mut conn).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_20_mib_row_round_trips() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE big_t (id INT PRIMARY KEY, data LONGBLOB)")
+        .await
+        .expect("create");
+    let data: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|i: u32| (i % 251) as u8)
+        .collect();
+    conn.exec_drop("INSERT INTO big_t VALUES (1, ?)", (data.clone(),))
+        .await
+        .expect("insert 20 MiB");
+    replicated().await;
+    for _ in 0..3 {
+        let got: Option<Vec<u8>> = conn
+            .query_first("SELECT data FROM big_t WHERE id = 1")
+            .await
+            .expect("select");
+        assert!(got.as_ref() == Some(&data), "20 MiB row differs");
+        let got: Option<Vec<u8>> = conn
+            .exec_first("SELECT data FROM big_t WHERE id = ?", (1,))
+            .await
+            .expect("exec");
+        assert!(
+            got.as_ref() == Some(&data),
+            "20 MiB row differs (binary protocol)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_statements_and_procedures_return_every_result() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop(
+        "CREATE PROCEDURE two_results() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END",
+    )
+    .await
+    .expect("create procedure");
+    for sql in ["CALL two_results()", "SELECT 1 AS a; SELECT 2 AS b, 3 AS c"] {
+        let mut result = conn.query_iter(sql).await.expect("query");
+        let first: Vec<u32> = result.collect().await.expect("first set");
+        let second: Vec<(u32, u32)> = result.collect().await.expect("second set");
+        drop(result);
+        assert_eq!((first, second), (vec![1], vec![(2, 3)]), "{sql}");
+        assert!(
+            server_id(&mut conn).await >= 1,
+            "session usable after {sql}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_run_on_both_routes_with_one_id() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE ps_t (id INT PRIMARY KEY, v VARCHAR(10))")
+        .await
+        .expect("create");
+    let insert = conn
+        .prep("INSERT INTO ps_t VALUES (?, ?)")
+        .await
+        .expect("prepare insert");
+    for i in 0..6 {
+        conn.exec_drop(&insert, (i, format!("v{i}")))
+            .await
+            .expect("execute insert");
+    }
+    replicated().await;
+    let select = conn
+        .prep("SELECT @@server_id, v FROM ps_t WHERE id = ?")
+        .await
+        .expect("prepare select");
+    let mut servers = Vec::new();
+    for i in 0..6 {
+        let row: Option<(u32, String)> = conn
+            .exec_first(&select, (i,))
+            .await
+            .expect("execute select");
+        let (server, v) = row.expect("row");
+        assert_eq!(v, format!("v{i}"));
+        servers.push(server);
+    }
+    servers.sort_unstable();
+    assert_eq!(
+        servers,
+        [1, 1, 2, 2, 3, 3],
+        "reads rotate; the statement is prepared lazily where needed"
+    );
+    conn.close(select).await.expect("close");
+    conn.close(insert).await.expect("close");
+    let rows: Vec<Row> = conn
+        .exec("SELECT ? + 1, ?", (41, Value::NULL))
+        .await
+        .expect("exec");
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_access_denied() {
+    let proxy = start_proxy().await;
+    let err = Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, "wrong"))
+        .await
+        .expect_err("must fail");
+    let mysql_async::Error::Server(e) = err else {
+        panic!("server error expected, got {err:?}")
+    };
+    assert_eq!((e.code, e.state.as_str()), (1045, "28000"));
+    assert!(
+        e.message
+            .starts_with("Access denied for user 'app'@'127.0.0.1'"),
+        "{}",
+        e.message
+    );
+    let err = Conn::new(common::opts(proxy.sql_addr.port(), "nobody", "x"))
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_connection_and_change_user_reset_session_state() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("SET @v = 5").await.expect("set");
+    conn.query_drop("BEGIN").await.expect("begin");
+    assert!(
+        conn.reset().await.expect("reset"),
+        "COM_RESET_CONNECTION supported"
+    );
+    let v: Option<Option<u32>> = conn.query_first("SELECT @v").await.expect("select");
+    assert_eq!(v, Some(None), "user variable gone");
+    assert_eq!(
+        distribution(&mut conn, 6).await.len(),
+        3,
+        "transaction pin gone"
+    );
+    let change = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("reader".into()))
+        .with_pass(Some("reader".into()));
+    conn.change_user(change).await.expect("change user");
+    let user: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .expect("select");
+    assert_eq!(user.as_deref(), Some("reader@%"));
+    let bad = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("reader".into()))
+        .with_pass(Some("nope".into()));
+    assert!(
+        conn.change_user(bad).await.is_err(),
+        "wrong password on change user is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_init_db_and_unsupported_commands() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.ping().await.expect("ping");
+    let mut raw = RawClient::connect(
+        &proxy.sql_addr.to_string(),
+        APP_USER,
+        APP_PASSWORD,
+        DATABASE,
+        true,
+    )
+    .await
+    .expect("raw");
+    let reply = raw
+        .command(
+            b"\x02information_schema",
+            rwproxy::protocol::ResponseKind::Query,
+        )
+        .await
+        .expect("init db");
+    assert_eq!(reply[4], 0x00, "COM_INIT_DB answered OK");
+    let reply = raw.query("SELECT DATABASE()").await.expect("select");
+    assert!(
+        reply.windows(18).any(|w| w == b"information_schema"),
+        "database changed"
+    );
+    let reply = raw
+        .command(&[0x0D], rwproxy::protocol::ResponseKind::Query)
+        .await
+        .expect("COM_DEBUG");
+    assert_eq!(reply[4], 0xFF, "unsupported command gets ERR");
+    assert!(String::from_utf8_lossy(&reply).contains("not supported"));
+    let reply = raw
+        .command(&[0x09], rwproxy::protocol::ResponseKind::Single)
+        .await
+        .expect("COM_STATISTICS");
+    assert!(String::from_utf8_lossy(&reply).contains("Uptime"));
+}
