@@ -41,7 +41,9 @@ fn corpus(c: &mut Criterion) {
             black_box(classify(black_box(STATEMENTS[i])))
         })
     });
-    c.bench_function("classify/point_select", |b| b.iter(|| black_box(classify(black_box(STATEMENTS[0])))));
+    c.bench_function("classify/point_select", |b| {
+        b.iter(|| black_box(classify(black_box(STATEMENTS[0]))))
+    });
 }
 
 fn huge_insert(c: &mut Criterion) {
@@ -52,7 +54,9 @@ fn huge_insert(c: &mut Criterion) {
         i += 1;
     }
     sql.push_str("(0, 'end')");
-    c.bench_function("classify/insert_1mb", |b| b.iter(|| black_box(classify(black_box(&sql)))));
+    c.bench_function("classify/insert_1mb", |b| {
+        b.iter(|| black_box(classify(black_box(&sql))))
+    });
 }
 
 criterion_group!(benches, corpus, huge_insert);

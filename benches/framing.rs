@@ -19,7 +19,9 @@ fn encode(c: &mut Criterion) {
             black_box(packet::encode_packet(0, black_box(&payload), &mut out))
         })
     });
-    group.bench_function("decode_header", |b| b.iter(|| black_box(Header::decode(black_box([0x10, 0x20, 0x00, 3])))));
+    group.bench_function("decode_header", |b| {
+        b.iter(|| black_box(Header::decode(black_box([0x10, 0x20, 0x00, 3]))))
+    });
     group.finish();
 }
 
@@ -45,7 +47,11 @@ fn track(c: &mut Criterion) {
         b.iter(|| {
             let mut t = ResponseTracker::new(ResponseKind::Query, false);
             for (first, len, payload) in &packets {
-                let body: &[u8] = if t.needs_payload(*first, *len) { payload } else { &[] };
+                let body: &[u8] = if t.needs_payload(*first, *len) {
+                    payload
+                } else {
+                    &[]
+                };
                 black_box(t.accept(*first, *len, body).ok());
             }
         })

@@ -2,7 +2,8 @@
 //!
 //! `cargo run --example cluster` (or `scripts/demo.sh`) prints the addresses and the `mariadb`
 //! command line, and cleans up on Ctrl-C. `RWPROXY_LISTEN` changes the proxy address
-//! (default `127.0.0.1:6033`).
+//! (default `127.0.0.1:6033`). With `--cluster-only` the proxy is not started: the cluster runs
+//! and the config for a separately started `rwproxy` is written and printed (benchmarks use this).
 
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
