@@ -20,10 +20,6 @@ async fn main() -> Result<(), String> {
     let text = cluster.proxy_config(&listen);
     let path = cluster.base.join("rwproxy.toml");
     std::fs::write(&path, &text).map_err(|e| e.to_string())?;
-    let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-    let proxy = rwproxy::proxy::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
     for node in &cluster.nodes {
         println!(
             "  {:<9} 127.0.0.1:{}  (mariadb -uroot -S {})",
@@ -32,6 +28,17 @@ async fn main() -> Result<(), String> {
             node.socket.display()
         );
     }
+    if std::env::args().any(|a| a == "--cluster-only") {
+        println!("config: {}", path.display());
+        println!("ready");
+        let _ = tokio::signal::ctrl_c().await;
+        cluster.stop();
+        return Ok(());
+    }
+    let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+    let proxy = rwproxy::proxy::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "rwproxy listening on {} (config: {})",
         proxy.sql_addr,

@@ -483,3 +483,139 @@ async fn ping_init_db_and_unsupported_commands() {
         .expect("COM_STATISTICS");
     assert!(String::from_utf8_lossy(&reply).contains("Uptime"));
 }
+
+/// Builds a COM_STMT_EXECUTE for one BLOB parameter whose value came as long data.
+fn execute_one_blob(id: u32, cursor: bool, bind_types: bool) -> Vec<u8> {
+    let mut p = vec![0x17];
+    p.extend_from_slice(&id.to_le_bytes());
+    p.push(u8::from(cursor)); // CURSOR_TYPE_READ_ONLY or none
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.push(0); // null bitmap: the parameter is not NULL
+    if bind_types {
+        p.extend_from_slice(&[1, 0xFC, 0]); // new params bound, MYSQL_TYPE_BLOB
+    } else {
+        p.push(0);
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_data_cursors_and_statement_reset_across_backends() {
+    use rwproxy::protocol::ResponseKind;
+    let proxy = start_proxy().await;
+    let mut raw = RawClient::connect(
+        &proxy.sql_addr.to_string(),
+        APP_USER,
+        APP_PASSWORD,
+        DATABASE,
+        false,
+    )
+    .await
+    .expect("raw");
+    let mut prepare = vec![0x16];
+    prepare.extend_from_slice(b"SELECT CONCAT(?, '|', @@server_id)");
+    let reply = raw
+        .command(&prepare, ResponseKind::Prepare)
+        .await
+        .expect("prepare");
+    assert_eq!(reply[4], 0x00, "prepare OK");
+    let id = u32::from_le_bytes([reply[5], reply[6], reply[7], reply[8]]);
+    let mut servers = std::collections::BTreeSet::new();
+    for round in 0..6u8 {
+        let mut long_data = vec![0x18];
+        long_data.extend_from_slice(&id.to_le_bytes());
+        long_data.extend_from_slice(&[0, 0]);
+        long_data.extend_from_slice(format!("chunk-{round}").as_bytes());
+        rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &long_data)
+            .await
+            .expect("send long data");
+        // Types only on the first execution: later backends get them from the proxy.
+        let reply = raw
+            .command(
+                &execute_one_blob(id, false, round == 0),
+                ResponseKind::Execute,
+            )
+            .await
+            .expect("execute");
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        assert!(
+            text.contains(&format!("chunk-{round}|")),
+            "long data reached the backend: {text:?}"
+        );
+        let server = text
+            .split(&format!("chunk-{round}|"))
+            .nth(1)
+            .and_then(|s| s.chars().next())
+            .expect("server id");
+        servers.insert(server);
+    }
+    assert_eq!(
+        servers.len(),
+        3,
+        "executions rotated over every read backend: {servers:?}"
+    );
+
+    // A cursor: the execute answers with metadata only; rows come from COM_STMT_FETCH on the
+    // backend that holds the cursor.
+    let mut long_data = vec![0x18];
+    long_data.extend_from_slice(&id.to_le_bytes());
+    long_data.extend_from_slice(&[0, 0]);
+    long_data.extend_from_slice(b"cursor");
+    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &long_data)
+        .await
+        .expect("send long data");
+    let reply = raw
+        .command(&execute_one_blob(id, true, false), ResponseKind::Execute)
+        .await
+        .expect("execute with cursor");
+    assert!(
+        !String::from_utf8_lossy(&reply).contains("cursor|"),
+        "no rows before fetch"
+    );
+    let mut fetch = vec![0x1C];
+    fetch.extend_from_slice(&id.to_le_bytes());
+    fetch.extend_from_slice(&10u32.to_le_bytes());
+    let reply = raw
+        .command(&fetch, ResponseKind::Rows)
+        .await
+        .expect("fetch");
+    assert!(
+        String::from_utf8_lossy(&reply).contains("cursor|"),
+        "fetch returns the row"
+    );
+
+    let mut reset = vec![0x1A];
+    reset.extend_from_slice(&id.to_le_bytes());
+    let reply = raw
+        .command(&reset, ResponseKind::Query)
+        .await
+        .expect("reset");
+    assert_eq!(reply[4], 0x00, "COM_STMT_RESET answered OK");
+    let mut close = vec![0x19];
+    close.extend_from_slice(&id.to_le_bytes());
+    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &close)
+        .await
+        .expect("close");
+    let reply = raw
+        .command(&execute_one_blob(id, false, true), ResponseKind::Execute)
+        .await
+        .expect("execute closed");
+    assert_eq!(reply[4], 0xFF, "a closed statement is unknown");
+    assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1243);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_starting_with_caching_sha2_is_switched_to_native() {
+    let proxy = start_proxy().await;
+    let mut raw = RawClient::connect_with_plugin(
+        &proxy.sql_addr.to_string(),
+        APP_USER,
+        APP_PASSWORD,
+        DATABASE,
+        "caching_sha2_password",
+    )
+    .await
+    .expect("login after auth switch");
+    let reply = raw.query("SELECT 1").await.expect("query");
+    assert_eq!(reply[4], 1, "one column");
+}

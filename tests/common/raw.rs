@@ -5,7 +5,7 @@
 
 use mysql_common::constants::CapabilityFlags as Caps;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use rwproxy::protocol::packet;
 use rwproxy::protocol::{Progress, ResponseKind, ResponseTracker};
@@ -42,25 +42,54 @@ impl RawClient {
         db: &str,
         deprecate_eof: bool,
     ) -> Result<RawClient, String> {
-        let mut stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let greeting = packet::read_logical(&mut stream, 1 << 20)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("closed")?;
+        Self::login(
+            address,
+            user,
+            password,
+            db,
+            deprecate_eof,
+            "mysql_native_password",
+        )
+        .await
+    }
+
+    /// Logs in starting with `plugin`; follows an AuthSwitchRequest to mysql_native_password.
+    pub async fn connect_with_plugin(
+        address: &str,
+        user: &str,
+        password: &str,
+        db: &str,
+        plugin: &str,
+    ) -> Result<RawClient, String> {
+        Self::login(address, user, password, db, true, plugin).await
+    }
+
+    async fn login(
+        address: &str,
+        user: &str,
+        password: &str,
+        db: &str,
+        deprecate_eof: bool,
+        plugin: &str,
+    ) -> Result<RawClient, String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut stream = TcpStream::connect(address).await.map_err(|e| err(&e))?;
+        let greeting = read(&mut stream).await?;
         let handshake = ParseBuf(&greeting.payload)
             .parse::<HandshakePacket>(())
-            .map_err(|e| e.to_string())?;
-        let scramble =
-            mysql_common::scramble::scramble_native(&handshake.nonce(), password.as_bytes())
-                .map(|s| s.to_vec());
+            .map_err(|e| err(&e))?;
+        let nonce = handshake.nonce();
+        let scramble = if plugin == "caching_sha2_password" {
+            mysql_common::scramble::scramble_sha256(&nonce, password.as_bytes()).map(|s| s.to_vec())
+        } else {
+            mysql_common::scramble::scramble_native(&nonce, password.as_bytes()).map(|s| s.to_vec())
+        };
         let response = HandshakeResponse::new(
             scramble,
             (10, 11, 0),
             Some(user.as_bytes()),
             Some(db.as_bytes()),
-            Some(AuthPlugin::MysqlNativePassword),
+            Some(AuthPlugin::from_bytes(plugin.as_bytes())),
             caps(deprecate_eof),
             None,
             1 << 30,
@@ -69,11 +98,24 @@ impl RawClient {
         response.serialize(&mut payload);
         packet::write_packet(&mut stream, 1, &payload)
             .await
-            .map_err(|e| e.to_string())?;
-        let reply = packet::read_logical(&mut stream, 1 << 20)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("closed")?;
+            .map_err(|e| err(&e))?;
+        let mut reply = read(&mut stream).await?;
+        if reply.payload.first() == Some(&0xFE) {
+            let switch = ParseBuf(&reply.payload)
+                .parse::<AuthSwitchRequest>(())
+                .map_err(|e| err(&e))?;
+            if switch.auth_plugin().as_bytes() != b"mysql_native_password" {
+                return Err("switched to an unexpected plugin".into());
+            }
+            let proof =
+                mysql_common::scramble::scramble_native(switch.plugin_data(), password.as_bytes())
+                    .ok_or("scramble")?;
+            let seq = reply.last_seq.wrapping_add(1);
+            packet::write_packet(&mut stream, seq, &proof)
+                .await
+                .map_err(|e| err(&e))?;
+            reply = read(&mut stream).await?;
+        }
         if reply.payload.first() != Some(&0) {
             return Err(format!(
                 "login failed: {:?}",
@@ -124,4 +166,11 @@ impl RawClient {
         payload.extend_from_slice(sql.as_bytes());
         self.command(&payload, ResponseKind::Query).await
     }
+}
+
+async fn read(stream: &mut TcpStream) -> Result<packet::Logical, String> {
+    packet::read_logical(stream, 1 << 20)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "closed".to_string())
 }
