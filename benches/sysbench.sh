@@ -59,8 +59,10 @@ sb() { sysbench "$1" --mysql-host=127.0.0.1 --mysql-port="$2" --mysql-user=app -
   --mysql-db=appdb --tables=4 --table-size=10000 --threads="$THREADS" --time="$SECONDS_PER_RUN" \
   --report-interval=0 --percentile=95 --db-ps-mode=auto "${@:3}"; }
 sb oltp_read_only "$P" prepare >/dev/null
-mariadb --no-defaults -h127.0.0.1 -P"$P" -uapp -papp -N -e "SELECT MASTER_GTID_WAIT(@@gtid_binlog_pos)" >/dev/null 2>&1 || true
-sleep 2
+pos=$(mariadb --no-defaults -h127.0.0.1 -P"$P" -uapp -papp -N -e "SELECT @@gtid_binlog_pos")
+for r in "$R1" "$R2"; do
+  mariadb --no-defaults -h127.0.0.1 -P"$r" -uapp -papp -N -e "SELECT MASTER_GTID_WAIT('$pos', 60)" >/dev/null
+done
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)

@@ -290,13 +290,16 @@ impl BackendConn {
     }
 
     /// Whether the server closed this idle connection (EOF, or an unsolicited packet such as
-    /// the error a killed connection receives). Polls once, never waits.
-    pub async fn is_closed(&mut self) -> bool {
-        use tokio::io::AsyncBufReadExt;
-        // A zero timeout polls the read once: pending means nothing arrived, which is healthy.
-        tokio::time::timeout(Duration::ZERO, self.reader.fill_buf())
-            .await
-            .is_ok()
+    /// the error a killed connection receives). Polls the socket once and never waits: no
+    /// timer, no syscall beyond one non-blocking read attempt.
+    pub fn is_closed(&mut self) -> bool {
+        use std::task::{Context, Poll, Waker};
+        use tokio::io::AsyncBufRead;
+        let mut cx = Context::from_waker(Waker::noop());
+        !matches!(
+            std::pin::Pin::new(&mut self.reader).poll_fill_buf(&mut cx),
+            Poll::Pending
+        )
     }
 
     pub fn deprecate_eof(&self) -> bool {

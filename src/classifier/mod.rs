@@ -135,8 +135,17 @@ pub fn classify(sql: &str) -> Classification {
 
 fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
     use Destination::{All, Primary};
-    let upper = word.to_ascii_uppercase();
-    match upper.as_str() {
+    // Keywords are short: uppercase on the stack, not in a new String per statement.
+    let mut buf = [0u8; 24];
+    let upper = match buf.get_mut(..word.len()) {
+        Some(slot) => {
+            slot.copy_from_slice(word.as_bytes());
+            slot.make_ascii_uppercase();
+            std::str::from_utf8(slot).unwrap_or("")
+        }
+        None => "",
+    };
+    match upper {
         "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "DROP" | "TRUNCATE"
         | "RENAME" | "CALL" | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL"
         | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL"

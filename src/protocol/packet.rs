@@ -151,16 +151,25 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
     }))
 }
 
-/// Writes one logical packet (not flushed). Returns the next sequence id.
+/// Writes one logical packet (not flushed): header and payload straight into `w`, which is
+/// normally a `BufWriter`, without an intermediate copy. Returns the next sequence id.
 pub async fn write_packet<W: AsyncWrite + Unpin>(
     w: &mut W,
-    seq: u8,
+    mut seq: u8,
     payload: &[u8],
 ) -> Result<u8, PacketError> {
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    let next = encode_packet(seq, payload, &mut out);
-    w.write_all(&out).await?;
-    Ok(next)
+    let mut last_len = 0;
+    for chunk in payload.chunks(MAX_PAYLOAD) {
+        w.write_all(&Header { len: chunk.len(), seq }.encode()).await?;
+        w.write_all(chunk).await?;
+        seq = seq.wrapping_add(1);
+        last_len = chunk.len();
+    }
+    if payload.is_empty() || last_len == MAX_PAYLOAD {
+        w.write_all(&Header { len: 0, seq }.encode()).await?;
+        seq = seq.wrapping_add(1);
+    }
+    Ok(seq)
 }
 
 #[cfg(test)]
@@ -187,6 +196,18 @@ mod tests {
             Header::decode([out[0], out[1], out[2], out[3]]).len,
             MAX_PAYLOAD
         );
+    }
+
+    #[tokio::test]
+    async fn write_packet_matches_encode_packet() {
+        for len in [0, 1, 100, MAX_PAYLOAD, MAX_PAYLOAD + 1] {
+            let payload = vec![5u8; len];
+            let mut expected = Vec::new();
+            let next = encode_packet(9, &payload, &mut expected);
+            let mut written = Vec::new();
+            assert_eq!(write_packet(&mut written, 9, &payload).await.expect("write"), next);
+            assert!(written == expected, "length {len}");
+        }
     }
 
     #[tokio::test]

@@ -126,23 +126,17 @@ impl Router {
     /// The read pool in rotation order starting at the balancer's pick; unusable backends go
     /// last, and the primary is the final fallback.
     fn read_rotation(&self, excluded: &[bool], primary: usize) -> Vec<usize> {
-        let pool: Vec<usize> = self
-            .backends
-            .all()
-            .iter()
-            .filter(|b| {
-                (b.index != primary || self.reads_include_primary)
-                    && !excluded.get(b.index).copied().unwrap_or(false)
-            })
-            .map(|b| b.index)
-            .collect();
-        let (usable, unusable): (Vec<usize>, Vec<usize>) =
-            pool.iter().partition(|b| self.backends.is_usable(**b));
-        let mut order = Vec::with_capacity(pool.len() + 1);
-        if let Some(start) = self.balancer.next(usable.len()) {
-            order.extend(usable.iter().cycle().skip(start).take(usable.len()));
+        let all = self.backends.all();
+        let eligible = |index: usize| {
+            (index != primary || self.reads_include_primary)
+                && !excluded.get(index).copied().unwrap_or(false)
+        };
+        let mut order = Vec::with_capacity(all.len() + 1);
+        order.extend((0..all.len()).filter(|&b| eligible(b) && self.backends.is_usable(b)));
+        if let Some(start) = self.balancer.next(order.len()) {
+            order.rotate_left(start);
         }
-        order.extend(unusable);
+        order.extend((0..all.len()).filter(|&b| eligible(b) && !self.backends.is_usable(b)));
         if !order.contains(&primary) {
             order.push(primary);
         }

@@ -215,7 +215,7 @@ impl Session {
     /// silently: the transaction is gone, and the client must hear it.
     async fn ensure_connection(&mut self, backend: usize) -> Result<(), AttemptError> {
         if let Some(conn) = self.conns[backend].as_mut() {
-            if !conn.is_closed().await {
+            if !conn.is_closed() {
                 return Ok(());
             }
             let pinned = self.state.view.pinned == Some(backend);

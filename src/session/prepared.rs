@@ -262,28 +262,29 @@ impl Session {
         use super::execute::AttemptError;
         let id = statement_id(payload)
             .ok_or_else(|| AttemptError::Unavailable("malformed statement command".into()))?;
-        let stmt = self
-            .stmts
-            .map
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| AttemptError::Unavailable("statement closed".into()))?;
+        let closed = || AttemptError::Unavailable("statement closed".into());
+        let stmt = self.stmts.map.get(&id).ok_or_else(closed)?;
         let backend_id = match stmt.backend_id(backend) {
             Some(backend_id) => backend_id,
-            None => self.prepare_on(backend, id, &stmt.prepare).await?,
+            // Rare: the first execution routed to this backend.
+            None => {
+                let prepare = stmt.prepare.clone();
+                self.prepare_on(backend, id, &prepare).await?
+            }
         };
         if payload.first() != Some(&command::STMT_EXECUTE) {
             return Ok(with_id(payload, backend_id));
         }
-        let conn = self.conns[backend]
-            .as_mut()
-            .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Err(AttemptError::Unavailable("connection vanished".into()));
+        };
+        let stmt = self.stmts.map.get_mut(&id).ok_or_else(closed)?;
         for data in &stmt.long_data {
             conn.send(0, &with_id(data, backend_id))
                 .await
                 .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
         }
-        let seen = stmt.types_on.contains(&backend);
+        let seen = stmt.types.is_none() || stmt.types_on.contains(&backend);
         let bytes = execute_for_backend(
             payload,
             backend_id,
@@ -291,10 +292,7 @@ impl Session {
             stmt.types.as_deref(),
             seen,
         );
-        if let Some(stmt) = self.stmts.map.get_mut(&id)
-            && stmt.types.is_some()
-            && !seen
-        {
+        if !seen {
             stmt.types_on.push(backend);
         }
         Ok(bytes)
