@@ -160,7 +160,14 @@ pub async fn write_packet<W: AsyncWrite + Unpin>(
 ) -> Result<u8, PacketError> {
     let mut last_len = 0;
     for chunk in payload.chunks(MAX_PAYLOAD) {
-        w.write_all(&Header { len: chunk.len(), seq }.encode()).await?;
+        w.write_all(
+            &Header {
+                len: chunk.len(),
+                seq,
+            }
+            .encode(),
+        )
+        .await?;
         w.write_all(chunk).await?;
         seq = seq.wrapping_add(1);
         last_len = chunk.len();
@@ -205,7 +212,12 @@ mod tests {
             let mut expected = Vec::new();
             let next = encode_packet(9, &payload, &mut expected);
             let mut written = Vec::new();
-            assert_eq!(write_packet(&mut written, 9, &payload).await.expect("write"), next);
+            assert_eq!(
+                write_packet(&mut written, 9, &payload)
+                    .await
+                    .expect("write"),
+                next
+            );
             assert!(written == expected, "length {len}");
         }
     }
