@@ -12,9 +12,12 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod admin;
 pub mod backend;
 pub mod classifier;
 pub mod config;
+pub mod metrics;
+pub mod monitor;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

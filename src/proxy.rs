@@ -1,4 +1,4 @@
-//! Putting the pieces together: probe the primary, bind the listener, serve.
+//! Putting the pieces together: probe the primary, bind the listeners, start the monitor.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,27 +6,33 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminState};
 use crate::backend::{Backends, probe};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::server;
 use crate::session::Shared;
 use crate::session::handshake::OFFERED_CAPS;
+use crate::{monitor, server};
 
 /// Announced when neither the config nor the primary gives a version.
 const FALLBACK_VERSION: &str = "8.0.0-rwproxy";
 
-/// A running SQL proxy; dropping it stops the listener (sessions already running finish on
-/// their own when their clients leave).
+/// A running proxy; dropping it stops the listeners and the monitor (sessions already running
+/// finish on their own when their clients leave).
 #[derive(Debug)]
 pub struct Proxy {
     pub sql_addr: SocketAddr,
-    accept: JoinHandle<()>,
+    pub admin_addr: Option<SocketAddr>,
+    pub backends: Arc<Backends>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -58,13 +64,49 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
         .ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
     let listener = TcpListener::bind(listen).await?;
     let sql_addr = listener.local_addr()?;
-    let router = Router::new(backends, config.mysql.routing.reads_include_primary);
-    let shared = Arc::new(Shared::new(config, router, version, caps));
+    let metrics = Arc::new(Metrics::new(&backends));
+    let routing = &config.mysql.routing;
+    let router = Arc::new(Router::new(
+        backends.clone(),
+        routing.reads_include_primary,
+        config.monitor.all_replicas_down,
+    ));
+    let mut tasks = monitor::spawn(&config, backends.clone(), metrics.clone());
+    let admin_addr = match &config.admin {
+        Some(admin) => {
+            let addr: SocketAddr = admin
+                .listen
+                .get_ref()
+                .parse()
+                .map_err(std::io::Error::other)?;
+            let listener = TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let state = Arc::new(AdminState {
+                router: router.clone(),
+                metrics: metrics.clone(),
+                monitor: config.monitor.clone(),
+            });
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = admin::serve(listener, state).await {
+                    tracing::error!(error = %e, "admin listener stopped");
+                }
+            }));
+            tracing::info!(admin = %bound, "admin listening");
+            Some(bound)
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(config, router, metrics, version, caps));
     tracing::info!(%sql_addr, "SQL proxy listening");
-    let accept = tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         if let Err(e) = server::serve(listener, shared).await {
             tracing::error!(error = %e, "SQL listener stopped");
         }
-    });
-    Ok(Proxy { sql_addr, accept })
+    }));
+    Ok(Proxy {
+        sql_addr,
+        admin_addr,
+        backends,
+        tasks,
+    })
 }

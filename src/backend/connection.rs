@@ -90,6 +90,19 @@ pub struct BackendConn {
     pub caps: Caps,
     /// Sequence number of the last session-history entry this connection has run.
     pub applied: u64,
+    /// Counted in the backend's open connections (logged in).
+    counted: bool,
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        if self.counted {
+            self.backend
+                .health
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -132,8 +145,14 @@ impl BackendConn {
             writer: BufWriter::with_capacity(BUFFER, w),
             caps: Caps::empty(),
             applied: 0,
+            counted: false,
         };
         conn.login(login).await?;
+        conn.backend
+            .health
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn.counted = true;
         Ok(conn)
     }
 

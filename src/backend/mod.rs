@@ -6,15 +6,17 @@
 
 pub mod auth;
 mod connection;
+mod health;
 mod relay;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use auth as auth_plugins;
 pub use connection::{BackendConn, BackendError, Login, probe};
+pub use health::{Health, Sample, State};
 pub use relay::{RelayError, Side, relay_response};
 
 use crate::config::{Config, Role};
@@ -28,6 +30,8 @@ pub struct Backend {
     /// Milliseconds since `Backends::epoch` until which this backend is skipped for reads.
     skip_until_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// What the monitor says, and the counters shown on the status page.
+    pub health: Health,
 }
 
 impl Backend {
@@ -40,7 +44,9 @@ impl Backend {
 #[derive(Debug)]
 pub struct Backends {
     list: Vec<Arc<Backend>>,
-    primary: usize,
+    /// Index of the current primary: the configured one, or the one the monitor found when
+    /// `detect_primary` is on.
+    primary: AtomicUsize,
     epoch: Instant,
     retry_after: Duration,
 }
@@ -58,6 +64,7 @@ impl Backends {
                     role: b.role,
                     skip_until_ms: AtomicU64::new(0),
                     last_error: Mutex::new(None),
+                    health: Health::default(),
                 })
             })
             .collect();
@@ -67,7 +74,7 @@ impl Backends {
             .unwrap_or(0);
         Backends {
             list,
-            primary,
+            primary: AtomicUsize::new(primary),
             epoch: Instant::now(),
             retry_after: config.mysql.routing.retry_failed_after,
         }
@@ -82,7 +89,22 @@ impl Backends {
     }
 
     pub fn primary(&self) -> &Arc<Backend> {
-        &self.list[self.primary]
+        let index = self.primary.load(Ordering::Relaxed);
+        self.list.get(index).unwrap_or(&self.list[0])
+    }
+
+    /// Makes `index` the primary (a failover the monitor followed).
+    pub fn set_primary(&self, index: usize) {
+        if index < self.list.len() {
+            let old = self.primary.swap(index, Ordering::Relaxed);
+            if old != index {
+                tracing::warn!(old = %self.list[old].name, new = %self.list[index].name, "primary changed");
+            }
+        }
+    }
+
+    pub fn is_primary(&self, index: usize) -> bool {
+        self.primary.load(Ordering::Relaxed) == index
     }
 
     pub fn len(&self) -> usize {
@@ -93,15 +115,22 @@ impl Backends {
         self.list.is_empty()
     }
 
+    /// Time since these backends were set up (the proxy's start).
+    pub fn uptime(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether the data path currently believes the backend can serve.
+    /// Whether the backend can serve now: the monitor says it is up, and no connect to it
+    /// failed within `retry_failed_after`.
     pub fn is_usable(&self, index: usize) -> bool {
-        self.list
-            .get(index)
-            .is_some_and(|b| b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+        self.list.get(index).is_some_and(|b| {
+            b.health.state() == State::Up
+                && b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+        })
     }
 
     /// Records a failure seen by the data path (connect refused, connection lost).

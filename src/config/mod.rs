@@ -44,6 +44,92 @@ impl std::fmt::Display for Problem {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub mysql: MysqlConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// Backend health and replication-lag checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Checks run at all. Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Monitor login. Default: the first `[[mysql.users]]` entry. Needs `REPLICATION CLIENT`
+    /// (MariaDB: `SLAVE MONITOR`) for replica status, and with `heartbeat`, `CREATE`, `INSERT`,
+    /// `UPDATE` on the heartbeat table's database (on the primary; it replicates).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Time between checks. Default `"500ms"`.
+    #[serde(default = "default_interval", with = "duration::serde_str")]
+    pub interval: Duration,
+    /// Time one check may take. Default `"1s"`.
+    #[serde(default = "default_check_timeout", with = "duration::serde_str")]
+    pub timeout: Duration,
+    /// Consecutive good checks that bring a backend back. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive bad checks that take a backend out. Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// A replica further behind than this leaves the read pool. Default `"2s"`.
+    #[serde(default = "default_max_lag", with = "duration::serde_str")]
+    pub max_replication_lag: Duration,
+    /// rwproxy writes `ts = NOW(6)` to `heartbeat_table` on the primary every interval and
+    /// measures each replica's lag from it, in milliseconds. Default `true`; without it, lag is
+    /// `Seconds_Behind_Master` (whole seconds, and known to lie).
+    #[serde(default = "yes")]
+    pub heartbeat: bool,
+    /// Default `"rwproxy.heartbeat"`; created when missing (database too) if allowed.
+    #[serde(default = "default_heartbeat_table")]
+    pub heartbeat_table: String,
+    /// Where reads go when no replica is usable: `"primary"` (default), `"least_lagged"` (the
+    /// least-lagging replica that is still up), or `"error"`.
+    #[serde(default)]
+    pub all_replicas_down: AllReplicasDown,
+    /// Follow a failover done by another tool: the one backend with `read_only = OFF` is the
+    /// primary. Default `false`.
+    #[serde(default)]
+    pub detect_primary: bool,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            user: None,
+            password: None,
+            interval: default_interval(),
+            timeout: default_check_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+            max_replication_lag: default_max_lag(),
+            heartbeat: true,
+            heartbeat_table: default_heartbeat_table(),
+            all_replicas_down: AllReplicasDown::default(),
+            detect_primary: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllReplicasDown {
+    #[default]
+    Primary,
+    LeastLagged,
+    Error,
+}
+
+/// The admin HTTP listener: `/metrics`, `/status`, `/health`, and the status page at `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +208,24 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_retry_after() -> Duration {
     Duration::from_secs(2)
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_max_lag() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_heartbeat_table() -> String {
+    "rwproxy.heartbeat".into()
 }
 fn default_max_packet_size() -> usize {
     64 << 20
@@ -219,6 +323,16 @@ impl Config {
                 ),
             );
         }
+        self.validate_monitor(&mut report, text);
+        if let Some(admin) = &self.admin
+            && admin.listen.get_ref().parse::<SocketAddr>().is_err()
+        {
+            let msg = format!(
+                "{:?} is not an address like \"127.0.0.1:9090\"",
+                admin.listen.get_ref()
+            );
+            report("admin.listen".into(), line(admin.listen.span()), msg);
+        }
         if m.max_packet_size < 1024 {
             report(
                 "mysql.max_packet_size".into(),
@@ -227,6 +341,50 @@ impl Config {
             );
         }
         problems
+    }
+
+    fn validate_monitor(&self, report: &mut impl FnMut(String, usize, String), text: &str) {
+        let mon = &self.monitor;
+        let at = text
+            .lines()
+            .position(|l| l.trim() == "[monitor]")
+            .map_or(1, |i| i + 1);
+        if mon.rise == 0 || mon.fall == 0 {
+            report("monitor.rise/fall".into(), at, "must be at least 1".into());
+        }
+        if mon.interval.is_zero() || mon.timeout.is_zero() {
+            report(
+                "monitor.interval/timeout".into(),
+                at,
+                "must be greater than zero".into(),
+            );
+        }
+        let valid_table = mon.heartbeat_table.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !valid_table || mon.heartbeat_table.split('.').count() > 2 {
+            let msg = format!(
+                "{:?} is not a table name like \"rwproxy.heartbeat\"",
+                mon.heartbeat_table
+            );
+            report("monitor.heartbeat_table".into(), at, msg);
+        }
+    }
+
+    /// The monitor's login: its own, or the first client user's.
+    pub fn monitor_login(&self) -> (String, String) {
+        let first = self.mysql.users.first().map(Spanned::get_ref);
+        let user = self
+            .monitor
+            .user
+            .clone()
+            .or_else(|| first.map(|u| u.name.clone()));
+        let password = self
+            .monitor
+            .password
+            .clone()
+            .or_else(|| first.map(|u| u.password.clone()));
+        (user.unwrap_or_default(), password.unwrap_or_default())
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &BackendConfig> {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 pub use balance::{Balancer, RoundRobin};
 
 use crate::backend::Backends;
+use crate::backend::State;
 use crate::classifier::{Classification, Destination, Hint, Reason};
+use crate::config::AllReplicasDown;
 
 /// Where a statement goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +49,42 @@ pub struct SessionView {
 pub struct Router {
     backends: Arc<Backends>,
     reads_include_primary: bool,
+    all_replicas_down: AllReplicasDown,
     balancer: RoundRobin,
 }
 
 impl Router {
-    pub fn new(backends: Arc<Backends>, reads_include_primary: bool) -> Router {
+    pub fn new(
+        backends: Arc<Backends>,
+        reads_include_primary: bool,
+        all_replicas_down: AllReplicasDown,
+    ) -> Router {
         Router {
             backends,
             reads_include_primary,
+            all_replicas_down,
             balancer: RoundRobin::default(),
+        }
+    }
+
+    /// The backends that take reads right now, in configuration order (for status pages; it
+    /// does not advance the rotation).
+    pub fn read_pool(&self) -> Vec<usize> {
+        let primary = self.backends.primary().index;
+        let pool: Vec<usize> = (0..self.backends.len())
+            .filter(|&b| (b != primary || self.reads_include_primary) && self.backends.is_usable(b))
+            .collect();
+        if pool.iter().any(|&b| b != primary) {
+            return pool;
+        }
+        match self.all_replicas_down {
+            AllReplicasDown::Error => Vec::new(),
+            AllReplicasDown::Primary => vec![primary],
+            AllReplicasDown::LeastLagged => {
+                let mut order = self.read_rotation(&[], primary);
+                order.truncate(1);
+                order
+            }
         }
     }
 
@@ -123,23 +152,48 @@ impl Router {
         }
     }
 
-    /// The read pool in rotation order starting at the balancer's pick; unusable backends go
-    /// last, and the primary is the final fallback.
+    /// The read pool in rotation order starting at the balancer's pick, then the fallbacks:
+    /// per `all_replicas_down` when no replica is usable, and backends the monitor still calls
+    /// up but whose last connect failed.
     fn read_rotation(&self, excluded: &[bool], primary: usize) -> Vec<usize> {
         let all = self.backends.all();
-        let eligible = |index: usize| {
-            (index != primary || self.reads_include_primary)
-                && !excluded.get(index).copied().unwrap_or(false)
-        };
+        let allowed = |b: usize| !excluded.get(b).copied().unwrap_or(false);
+        let in_pool = |b: usize| allowed(b) && (b != primary || self.reads_include_primary);
         let mut order = Vec::with_capacity(all.len() + 1);
-        order.extend((0..all.len()).filter(|&b| eligible(b) && self.backends.is_usable(b)));
+        order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
         if let Some(start) = self.balancer.next(order.len()) {
             order.rotate_left(start);
         }
-        order.extend((0..all.len()).filter(|&b| eligible(b) && !self.backends.is_usable(b)));
+        if !order.iter().any(|&b| b != primary) {
+            match self.all_replicas_down {
+                AllReplicasDown::Primary => {}
+                AllReplicasDown::Error => return Vec::new(),
+                AllReplicasDown::LeastLagged => {
+                    let least = all
+                        .iter()
+                        .filter(|b| {
+                            b.index != primary
+                                && allowed(b.index)
+                                && b.health.state() == State::Lagging
+                        })
+                        .min_by_key(|b| b.health.lag().unwrap_or(std::time::Duration::MAX));
+                    if let Some(b) = least {
+                        order.insert(0, b.index);
+                    }
+                }
+            }
+        }
         if !order.contains(&primary) {
             order.push(primary);
         }
+        let skipped = (0..all.len()).filter(|&b| {
+            in_pool(b)
+                && !order.contains(&b)
+                && all[b].health.state() == State::Up
+                && !self.backends.is_usable(b)
+        });
+        let skipped: Vec<usize> = skipped.collect();
+        order.extend(skipped);
         order
     }
 }

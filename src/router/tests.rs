@@ -1,6 +1,6 @@
 use super::*;
 use crate::classifier::classify;
-use crate::config::Config;
+use crate::config::{AllReplicasDown, Config};
 
 fn router() -> Router {
     let config = Config::from_toml(
@@ -25,7 +25,11 @@ role = "replica"
 "#,
     )
     .expect("config");
-    Router::new(Arc::new(Backends::from_config(&config)), true)
+    Router::new(
+        Arc::new(Backends::from_config(&config)),
+        true,
+        AllReplicasDown::Primary,
+    )
 }
 
 #[test]
@@ -44,6 +48,11 @@ fn failed_backend_goes_last_and_excluded_is_skipped() {
     for _ in 0..4 {
         let order = r.candidates(Target::ReadPool, &[false, false, true]);
         assert_eq!(order, [0, 1], "usable first, failed after, excluded never");
+        assert_eq!(
+            r.read_pool(),
+            [0, 2],
+            "session exclusions are not the pool's"
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! relay the answer, and retry a read elsewhere when a backend fails before answering.
 
 use super::{Session, SessionError};
-use crate::backend::{BackendConn, Side, relay_response};
+use crate::backend::{BackendConn, Side, State, relay_response};
 use crate::classifier::{Classification, Destination, Effect, Reason, classify};
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -129,6 +129,7 @@ impl Session {
         class: Option<&Classification>,
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
+        let started = std::time::Instant::now();
         let retry_lost = decision.target == Target::ReadPool;
         let candidates = self
             .shared
@@ -136,9 +137,33 @@ impl Session {
             .candidates(decision.target, &self.state.excluded);
         let mut failures = Vec::new();
         for backend in candidates {
+            // The monitor says it is down: fail now rather than wait for a connect timeout. A
+            // pinned session still tries its own backend: its transaction lives there.
+            if !matches!(decision.target, Target::Backend(_))
+                && let Some(b) = self.shared.router.backends().get(backend)
+                && b.health.state() == State::Down
+            {
+                failures.push(format!(
+                    "{} ({}): down: {}",
+                    b.name,
+                    b.address,
+                    b.health.reason()
+                ));
+                continue;
+            }
             match self.attempt(backend, out, kind, statement_id).await {
                 Ok(outcome) => {
-                    self.shared.router.backends().mark_ok(backend);
+                    let backends = self.shared.router.backends();
+                    backends.mark_ok(backend);
+                    if let Some(b) = backends.get(backend) {
+                        b.health
+                            .queries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let took = started.elapsed();
+                    self.shared
+                        .metrics
+                        .query(backend, decision.target, decision.reason, took);
                     self.state.after_response(backend, &outcome, class);
                     return Ok(Some((outcome, backend)));
                 }
@@ -158,6 +183,9 @@ impl Session {
             Target::Backend(_) => "backend for this session",
             Target::ReadPool | Target::PreferPrimary => "backend",
         };
+        if failures.is_empty() {
+            failures.push("no replica is usable and all_replicas_down = \"error\"".to_string());
+        }
         let message = format!("rwproxy: no {what} available ({})", failures.join("; "));
         self.reply_err(2003, "HY000", &message).await?;
         Ok(None)

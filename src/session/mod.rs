@@ -22,6 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::backend::{BackendConn, Login};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::packet::{self, PacketError};
 use crate::protocol::{command, wire};
 use crate::router::Router;
@@ -33,7 +34,8 @@ pub use state::{History, SessionState};
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
-    pub router: Router,
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
     pub server_version: String,
     /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
     pub caps: Caps,
@@ -41,10 +43,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, router: Router, server_version: String, caps: Caps) -> Shared {
+    pub fn new(
+        config: Config,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        server_version: String,
+        caps: Caps,
+    ) -> Shared {
         Shared {
             config,
             router,
+            metrics,
             server_version,
             caps,
             next_id: AtomicU32::new(1),
@@ -99,11 +108,14 @@ enum Flow {
 pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let metrics = shared.metrics.clone();
+    metrics.client_connected();
     let result = async {
         let mut session = Session::accept(stream, peer, id, shared).await?;
         session.serve().await
     }
     .await;
+    metrics.client_disconnected();
     match result {
         Ok(()) => tracing::debug!(session = id, %peer, "client disconnected"),
         Err(SessionError::AccessDenied(user)) => {

@@ -215,6 +215,9 @@ impl Cluster {
              CREATE DATABASE {DATABASE};
              CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
              GRANT ALL PRIVILEGES ON {DATABASE}.* TO '{APP_USER}'@'%';
+             CREATE USER 'monitor'@'%' IDENTIFIED BY 'monitor';
+             GRANT SLAVE MONITOR, REPLICATION CLIENT ON *.* TO 'monitor'@'%';
+             GRANT ALL PRIVILEGES ON rwproxy.* TO 'monitor'@'%';
              CREATE USER 'reader'@'%' IDENTIFIED BY 'reader';
              GRANT SELECT ON {DATABASE}.* TO 'reader'@'%';"
         ))?;
@@ -255,7 +258,10 @@ impl Cluster {
 
     /// A config for rwproxy in front of this cluster.
     pub fn proxy_config(&self, listen: &str) -> String {
-        let mut out = format!(
+        let mut out = String::from(
+            "[monitor]\nuser = \"monitor\"\npassword = \"monitor\"\ninterval = \"500ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+        );
+        out += &format!(
             "[mysql]\nlisten = \"{listen}\"\nconnect_timeout = \"1s\"\n\n[[mysql.users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[mysql.users]]\nname = \"reader\"\npassword = \"reader\"\n"
         );
         for node in &self.nodes {

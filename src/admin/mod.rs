@@ -1,0 +1,123 @@
+//! The admin HTTP listener: `/metrics` (Prometheus), `/status` (JSON), `/health` (for
+//! orchestrators) and `/`, a self-contained status page.
+
+mod page;
+mod status;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::backend::{Backends, State};
+use crate::config::MonitorConfig;
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub monitor: MonitorConfig,
+}
+
+impl AdminState {
+    fn backends(&self) -> &Backends {
+        self.router.backends()
+    }
+}
+
+/// Serves admin requests until the listener fails.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(state.backends()),
+        ),
+        "/status" => respond(
+            StatusCode::OK,
+            "application/json",
+            status::snapshot(state).to_string(),
+        ),
+        "/health" => health(state),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::render(state),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// 200 when the proxy can reach a primary, 503 otherwise.
+fn health(state: &AdminState) -> Response<Full<Bytes>> {
+    let primary = state.backends().primary();
+    if primary.health.state() == State::Up {
+        respond(
+            StatusCode::OK,
+            "text/plain",
+            format!("ok: primary {} is up\n", primary.name),
+        )
+    } else {
+        let body = format!(
+            "primary {} is {}: {}\n",
+            primary.name,
+            primary.health.state().as_str(),
+            primary.health.reason()
+        );
+        respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+    }
+}

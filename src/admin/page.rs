@@ -1,0 +1,117 @@
+//! The status page: one self-contained HTML document (no scripts or assets from elsewhere),
+//! refreshed by the browser every two seconds.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::AdminState;
+use crate::backend::{Backend, Sample, State};
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Queries per second over the last ten seconds of samples.
+fn qps(samples: &[Sample]) -> f64 {
+    let Some(last) = samples.last() else {
+        return 0.0;
+    };
+    let first = samples
+        .iter()
+        .find(|s| last.at - s.at <= 10.0)
+        .unwrap_or(last);
+    let span = last.at - first.at;
+    if span <= 0.0 {
+        0.0
+    } else {
+        (last.queries - first.queries) as f64 / span
+    }
+}
+
+/// An SVG line of lag over the last five minutes, with the demotion threshold dashed.
+fn lag_chart(samples: &[Sample], threshold_ms: f64) -> String {
+    let (w, h) = (300.0, 40.0);
+    let now = samples.last().map_or(0.0, |s| s.at);
+    let peak = samples
+        .iter()
+        .filter_map(|s| s.lag_ms)
+        .fold(threshold_ms * 1.25, f64::max);
+    let y = |ms: f64| h - (ms / peak * h).min(h);
+    let points: Vec<String> = samples
+        .iter()
+        .filter_map(|s| {
+            s.lag_ms
+                .map(|ms| format!("{:.1},{:.1}", w - (now - s.at) / 300.0 * w, y(ms)))
+        })
+        .collect();
+    format!(
+        r##"<svg class="chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><line x1="0" x2="{w}" y1="{t:.1}" y2="{t:.1}" stroke="#c33" stroke-dasharray="3,3"/><polyline fill="none" stroke="#036" stroke-width="1.5" points="{p}"/></svg>"##,
+        t = y(threshold_ms),
+        p = points.join(" ")
+    )
+}
+
+fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
+    let h = &b.health;
+    let samples = h.history();
+    let s = h.state();
+    let class = match s {
+        State::Up => "up",
+        State::Lagging => "lagging",
+        State::ReplicationStopped | State::Down => "down",
+    };
+    let role = if state.backends().is_primary(b.index) {
+        "primary"
+    } else {
+        "replica"
+    };
+    let lag = h.lag().map_or("–".to_string(), |l| {
+        format!("{:.1} ms", l.as_secs_f64() * 1000.0)
+    });
+    let threshold = state.monitor.max_replication_lag.as_secs_f64() * 1000.0;
+    let _ = write!(
+        out,
+        "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{role}</td><td class=\"state\">{}</td><td>{}</td><td>{lag}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+        escape(&b.name),
+        escape(&b.address),
+        s.as_str(),
+        if in_pool { "yes" } else { "no" },
+        h.connections.load(Ordering::Relaxed),
+        h.queries.load(Ordering::Relaxed),
+        qps(&samples),
+        lag_chart(&samples, threshold),
+        escape(&h.reason()),
+    );
+}
+
+pub fn render(state: &AdminState) -> String {
+    let backends = state.backends();
+    let pool = state.router.read_pool();
+    let mut rows = String::new();
+    for b in backends.all() {
+        row(&mut rows, b, state, pool.contains(&b.index));
+    }
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>rwproxy status</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }} th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
+th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.state {{ color: #b60; }} tr.down td.state {{ color: #c00; font-weight: bold; }}
+</style></head><body>
+<h1>rwproxy</h1>
+<p>Up {uptime:.0} s. Primary: <b>{primary}</b>. Replicas leave the read pool above {lag:.3} s of lag.</p>
+<h2>MySQL backends</h2>
+<table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
+</body></html>
+"#,
+        uptime = backends.uptime().as_secs_f64(),
+        primary = escape(&backends.primary().name),
+        lag = state.monitor.max_replication_lag.as_secs_f64(),
+    )
+}

@@ -1,0 +1,43 @@
+//! The `/status` JSON document.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use super::AdminState;
+
+pub fn snapshot(state: &AdminState) -> Value {
+    let backends = state.backends();
+    let read_pool: Vec<&str> = state
+        .router
+        .read_pool()
+        .iter()
+        .filter_map(|i| backends.get(*i))
+        .map(|b| b.name.as_str())
+        .collect();
+    let list: Vec<Value> = backends
+        .all()
+        .iter()
+        .map(|b| {
+            let h = &b.health;
+            json!({
+                "name": b.name,
+                "address": b.address,
+                "role": if backends.is_primary(b.index) { "primary" } else { "replica" },
+                "state": h.state().as_str(),
+                "reason": h.reason(),
+                "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
+                "connections": h.connections.load(Ordering::Relaxed),
+                "queries_total": h.queries.load(Ordering::Relaxed),
+                "in_read_pool": read_pool.contains(&b.name.as_str()),
+            })
+        })
+        .collect();
+    json!({
+        "primary": backends.primary().name,
+        "read_pool": read_pool,
+        "max_replication_lag_seconds": state.monitor.max_replication_lag.as_secs_f64(),
+        "uptime_seconds": backends.uptime().as_secs_f64(),
+        "backends": list,
+    })
+}

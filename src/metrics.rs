@@ -1,0 +1,238 @@
+//! Prometheus metrics, owned by one proxy instance (no global recorder, so several proxies can
+//! live in one process, as they do in tests). Every series is registered once, with its full
+//! label set, when the proxy starts; the hot path only bumps handles.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::backend::{Backends, State};
+use crate::classifier::Reason;
+use crate::router::Target;
+
+const REASONS: [Reason; 14] = [
+    Reason::Read,
+    Reason::Write,
+    Reason::Transaction,
+    Reason::LockingRead,
+    Reason::SideEffectFunction,
+    Reason::UserVariable,
+    Reason::TemporaryTable,
+    Reason::SessionCommand,
+    Reason::SessionPinned,
+    Reason::Diagnostics,
+    Reason::NodeSpecific,
+    Reason::MultiStatement,
+    Reason::Hint,
+    Reason::Unknown,
+];
+const ROUTES: [&str; 4] = ["read", "primary", "all", "pinned"];
+/// Seconds: from half a millisecond to ten seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn route_index(target: Target) -> usize {
+    match target {
+        Target::ReadPool => 0,
+        Target::Primary => 1,
+        Target::PreferPrimary => 2,
+        Target::Backend(_) => 3,
+    }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(REASONS.len() - 1)
+}
+
+struct BackendSeries {
+    up: Gauge,
+    lag: Gauge,
+    states: Vec<(State, Gauge)>,
+    connections: Gauge,
+    demotions: Vec<(State, Counter)>,
+    check_duration: Histogram,
+    /// Indexed by route × reason.
+    queries: Vec<Counter>,
+}
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    backends: Vec<BackendSeries>,
+    query_duration: Histogram,
+    client_connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    pub fn new(backends: &Backends) -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let mut m = Metrics {
+            query_duration: recorder
+                .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
+            client_connections: recorder
+                .register_gauge(&Key::from_name("rwproxy_client_connections"), &METADATA),
+            backends: Vec::new(),
+            recorder,
+            handle,
+        };
+        m.backends = backends
+            .all()
+            .iter()
+            .map(|b| m.backend_series(&b.name, b.role))
+            .collect();
+        m
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
+        Key::from_parts(name, labels)
+    }
+
+    fn backend_series(&self, name: &str, role: crate::config::Role) -> BackendSeries {
+        let r = &self.recorder;
+        let role = match role {
+            crate::config::Role::Primary => "primary",
+            crate::config::Role::Replica => "replica",
+        };
+        let mut queries = Vec::with_capacity(ROUTES.len() * REASONS.len());
+        for route in ROUTES {
+            for reason in REASONS {
+                let key = Self::key(
+                    "rwproxy_queries_total",
+                    &[
+                        ("backend", name),
+                        ("route", route),
+                        ("reason", reason.as_str()),
+                    ],
+                );
+                queries.push(r.register_counter(&key, &METADATA));
+            }
+        }
+        BackendSeries {
+            up: r.register_gauge(
+                &Self::key("rwproxy_backend_up", &[("backend", name), ("role", role)]),
+                &METADATA,
+            ),
+            lag: r.register_gauge(
+                &Self::key(
+                    "rwproxy_backend_replication_lag_seconds",
+                    &[("backend", name)],
+                ),
+                &METADATA,
+            ),
+            states: State::ALL
+                .iter()
+                .map(|s| {
+                    let key = Self::key(
+                        "rwproxy_backend_state",
+                        &[("backend", name), ("state", s.as_str())],
+                    );
+                    (*s, r.register_gauge(&key, &METADATA))
+                })
+                .collect(),
+            connections: r.register_gauge(
+                &Self::key(
+                    "rwproxy_backend_connections",
+                    &[("backend", name), ("state", "in_use")],
+                ),
+                &METADATA,
+            ),
+            demotions: State::ALL[1..]
+                .iter()
+                .map(|s| {
+                    let key = Self::key(
+                        "rwproxy_backend_demotions_total",
+                        &[("backend", name), ("reason", s.as_str())],
+                    );
+                    (*s, r.register_counter(&key, &METADATA))
+                })
+                .collect(),
+            check_duration: r.register_histogram(
+                &Self::key(
+                    "rwproxy_monitor_check_duration_seconds",
+                    &[("backend", name)],
+                ),
+                &METADATA,
+            ),
+            queries,
+        }
+    }
+
+    /// One statement answered by `backend`.
+    pub fn query(&self, backend: usize, target: Target, reason: Reason, took: Duration) {
+        if let Some(series) = self.backends.get(backend)
+            && let Some(counter) = series
+                .queries
+                .get(route_index(target) * REASONS.len() + reason_index(reason))
+        {
+            counter.increment(1);
+        }
+        self.query_duration.record(took.as_secs_f64());
+    }
+
+    pub fn client_connected(&self) {
+        self.client_connections.increment(1.0);
+    }
+
+    pub fn client_disconnected(&self) {
+        self.client_connections.decrement(1.0);
+    }
+
+    pub fn monitor_check(&self, backend: usize, took: Duration) {
+        if let Some(series) = self.backends.get(backend) {
+            series.check_duration.record(took.as_secs_f64());
+        }
+    }
+
+    pub fn demotion(&self, backend: usize, state: State) {
+        if let Some((_, counter)) = self
+            .backends
+            .get(backend)
+            .and_then(|s| s.demotions.iter().find(|(st, _)| *st == state))
+        {
+            counter.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition, with backend gauges refreshed from live state.
+    pub fn render(&self, backends: &Backends) -> String {
+        for (backend, series) in backends.all().iter().zip(&self.backends) {
+            let state = backend.health.state();
+            series.up.set(if state == State::Down { 0.0 } else { 1.0 });
+            series
+                .lag
+                .set(backend.health.lag().map_or(f64::NAN, |l| l.as_secs_f64()));
+            for (s, gauge) in &series.states {
+                gauge.set(if *s == state { 1.0 } else { 0.0 });
+            }
+            series.connections.set(
+                backend
+                    .health
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
+        }
+        self.handle.render()
+    }
+}

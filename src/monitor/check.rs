@@ -1,0 +1,278 @@
+//! One check of one backend over the monitor's own connection.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
+
+use crate::backend::State;
+
+/// What one check found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `None` when the backend is fine, otherwise the state it would be in and why.
+    pub problem: Option<(State, String)>,
+    pub lag: Option<Duration>,
+    pub read_only: Option<bool>,
+}
+
+impl Report {
+    pub fn down(reason: impl Into<String>) -> Report {
+        Report {
+            problem: Some((State::Down, reason.into())),
+            lag: None,
+            read_only: None,
+        }
+    }
+}
+
+/// When rwproxy last wrote the heartbeat on the primary, shared by every backend's checker.
+#[derive(Debug, Default)]
+pub struct HeartbeatClock {
+    last_write: Mutex<Option<Instant>>,
+}
+
+impl HeartbeatClock {
+    fn wrote(&self) {
+        if let Ok(mut w) = self.last_write.lock() {
+            *w = Some(Instant::now());
+        }
+    }
+
+    fn age(&self) -> Option<Duration> {
+        self.last_write
+            .lock()
+            .ok()
+            .and_then(|w| w.map(|t| t.elapsed()))
+    }
+}
+
+/// The settings a checker needs.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub user: String,
+    pub password: String,
+    pub heartbeat_table: Option<String>,
+    pub max_lag: Duration,
+    pub read_only_check: bool,
+}
+
+pub struct Checker {
+    address: String,
+    settings: CheckSettings,
+    conn: Option<Conn>,
+    /// `SHOW REPLICA STATUS` is understood (MySQL ≥ 8.0.22, MariaDB ≥ 10.5); else `SLAVE`.
+    replica_syntax: bool,
+    heartbeat_ready: bool,
+    heartbeat_warned: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("{0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("{0}")]
+    Bad(String),
+}
+
+impl Checker {
+    pub fn new(address: String, settings: CheckSettings) -> Self {
+        Checker {
+            address,
+            settings,
+            conn: None,
+            replica_syntax: true,
+            heartbeat_ready: false,
+            heartbeat_warned: false,
+        }
+    }
+
+    /// Runs one check. `primary` says which role the backend has right now.
+    pub async fn check(&mut self, primary: bool, clock: &HeartbeatClock) -> Report {
+        match self.check_inner(primary, clock).await {
+            Ok(report) => report,
+            Err(e) => {
+                self.conn = None;
+                Report::down(e.to_string())
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut Conn, CheckError> {
+        if self.conn.is_none() {
+            let (host, port) = self
+                .address
+                .rsplit_once(':')
+                .ok_or_else(|| CheckError::Bad("bad address".into()))?;
+            let port = port
+                .parse()
+                .map_err(|_| CheckError::Bad("bad port".into()))?;
+            let opts = OptsBuilder::default()
+                .ip_or_hostname(host)
+                .tcp_port(port)
+                .user(Some(self.settings.user.clone()))
+                .pass(Some(self.settings.password.clone()))
+                .prefer_socket(false)
+                .stmt_cache_size(0);
+            self.conn = Some(Conn::new(opts).await?);
+            self.heartbeat_ready = false;
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| CheckError::Bad("no connection".into()))
+    }
+
+    async fn check_inner(
+        &mut self,
+        primary: bool,
+        clock: &HeartbeatClock,
+    ) -> Result<Report, CheckError> {
+        let read_only_check = self.settings.read_only_check;
+        let conn = self.connect().await?;
+        conn.ping().await?;
+        let read_only = if read_only_check {
+            let v: Option<u8> = conn.query_first("SELECT @@read_only").await?;
+            v.map(|v| v != 0)
+        } else {
+            None
+        };
+        if primary {
+            self.write_heartbeat(clock).await;
+            return Ok(Report {
+                problem: None,
+                lag: None,
+                read_only,
+            });
+        }
+        let mut report = self.replica_status().await?;
+        if let Some(lag) = self.heartbeat_lag(clock).await {
+            report.lag = Some(lag);
+        }
+        if report.problem.is_none()
+            && let Some(lag) = report.lag
+            && lag > self.settings.max_lag
+        {
+            let reason = format!(
+                "replication lag {:.3}s exceeds {:.3}s",
+                lag.as_secs_f64(),
+                self.settings.max_lag.as_secs_f64()
+            );
+            report.problem = Some((State::Lagging, reason));
+        }
+        report.read_only = read_only;
+        Ok(report)
+    }
+
+    /// Replica threads and `Seconds_Behind_*`.
+    async fn replica_status(&mut self) -> Result<Report, CheckError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| CheckError::Bad("no connection".into()))?;
+        let rows: Vec<Row> = if self.replica_syntax {
+            match conn.query("SHOW REPLICA STATUS").await {
+                Ok(rows) => rows,
+                Err(mysql_async::Error::Server(e)) if e.code == 1064 => {
+                    self.replica_syntax = false;
+                    conn.query("SHOW SLAVE STATUS").await?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            conn.query("SHOW SLAVE STATUS").await?
+        };
+        let Some(row) = rows.first() else {
+            return Ok(Report {
+                problem: Some((
+                    State::ReplicationStopped,
+                    "not configured as a replica".into(),
+                )),
+                lag: None,
+                read_only: None,
+            });
+        };
+        let text = |names: &[&str]| -> Option<String> {
+            names.iter().find_map(|n| {
+                row.get_opt::<Option<String>, _>(*n)
+                    .and_then(Result::ok)
+                    .flatten()
+            })
+        };
+        let io = text(&["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default();
+        let sql = text(&["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default();
+        let behind = text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            .and_then(|s| s.parse::<u64>().ok());
+        // IO = "Connecting" is a replica retrying its primary (perhaps down): it still serves a
+        // consistent copy, and the heartbeat says how old. Only stopped threads demote it.
+        if io == "No" || sql != "Yes" {
+            let error = text(&["Last_IO_Error", "Last_SQL_Error", "Last_Error"])
+                .into_iter()
+                .chain(text(&["Last_SQL_Error"]))
+                .find(|e| !e.is_empty())
+                .unwrap_or_default();
+            let reason = format!(
+                "replication threads IO={io} SQL={sql}{}{error}",
+                if error.is_empty() { "" } else { ": " }
+            );
+            return Ok(Report {
+                problem: Some((State::ReplicationStopped, reason)),
+                lag: None,
+                read_only: None,
+            });
+        }
+        Ok(Report {
+            problem: None,
+            lag: behind.map(Duration::from_secs),
+            read_only: None,
+        })
+    }
+
+    /// On the primary: creates the heartbeat table if needed and writes `ts = NOW(6)`.
+    async fn write_heartbeat(&mut self, clock: &HeartbeatClock) {
+        let Some(table) = self.settings.heartbeat_table.clone() else {
+            return;
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !self.heartbeat_ready {
+            let mut ddl = Vec::new();
+            if let Some((db, _)) = table.split_once('.') {
+                ddl.push(format!("CREATE DATABASE IF NOT EXISTS {db}"));
+            }
+            ddl.push(format!("CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"));
+            for statement in ddl {
+                if let Err(e) = conn.query_drop(&statement).await {
+                    tracing::debug!(%table, error = %e, "heartbeat table not created here");
+                }
+            }
+            self.heartbeat_ready = true;
+        }
+        let upsert = format!(
+            "INSERT INTO {table} (id, ts) VALUES (1, NOW(6)) ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
+        );
+        match conn.query_drop(&upsert).await {
+            Ok(()) => clock.wrote(),
+            Err(e) if !self.heartbeat_warned => {
+                self.heartbeat_warned = true;
+                tracing::warn!(%table, error = %e, "cannot write the heartbeat; lag falls back to Seconds_Behind_Master");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// On a replica: how far its copy of the heartbeat is behind, at millisecond resolution.
+    /// The row's age minus the age of the newest heartbeat written: a replica that has it is
+    /// 0 behind, whatever the interval.
+    async fn heartbeat_lag(&mut self, clock: &HeartbeatClock) -> Option<Duration> {
+        let table = self.settings.heartbeat_table.as_ref()?;
+        let since_write = clock.age()?;
+        let conn = self.conn.as_mut()?;
+        let sql =
+            format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {table} WHERE id = 1");
+        let age_us: i64 = conn.query_first(&sql).await.ok().flatten()?;
+        let age = Duration::from_micros(u64::try_from(age_us).unwrap_or(0));
+        Some(age.saturating_sub(since_write))
+    }
+}

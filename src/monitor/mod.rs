@@ -1,0 +1,147 @@
+//! The monitor: one task per backend, checking health and replication lag every `interval`
+//! on its own connections, moving backends in and out of the read pool with rise/fall
+//! hysteresis, and following a failover when asked to.
+
+mod check;
+mod hysteresis;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+
+pub use check::{CheckSettings, Checker, HeartbeatClock, Report};
+pub use hysteresis::Hysteresis;
+
+use crate::backend::{Backends, Sample, State};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// How long the status page's history reaches back.
+const HISTORY_SECONDS: f64 = 300.0;
+
+struct Context {
+    backends: Arc<Backends>,
+    metrics: Arc<Metrics>,
+    clock: HeartbeatClock,
+    config: crate::config::MonitorConfig,
+    settings: CheckSettings,
+}
+
+/// Starts one monitor task per backend; abort the handles to stop them.
+pub fn spawn(
+    config: &Config,
+    backends: Arc<Backends>,
+    metrics: Arc<Metrics>,
+) -> Vec<JoinHandle<()>> {
+    if !config.monitor.enabled {
+        return Vec::new();
+    }
+    let (user, password) = config.monitor_login();
+    let settings = CheckSettings {
+        user,
+        password,
+        heartbeat_table: config
+            .monitor
+            .heartbeat
+            .then(|| config.monitor.heartbeat_table.clone()),
+        max_lag: config.monitor.max_replication_lag,
+        read_only_check: config.monitor.detect_primary,
+    };
+    let ctx = Arc::new(Context {
+        backends,
+        metrics,
+        clock: HeartbeatClock::default(),
+        config: config.monitor.clone(),
+        settings,
+    });
+    (0..ctx.backends.len())
+        .map(|index| tokio::spawn(watch(ctx.clone(), index)))
+        .collect()
+}
+
+async fn watch(ctx: Arc<Context>, index: usize) {
+    let Some(backend) = ctx.backends.get(index).cloned() else {
+        return;
+    };
+    let mut checker = Checker::new(backend.address.clone(), ctx.settings.clone());
+    let mut hysteresis = Hysteresis::new(ctx.config.rise, ctx.config.fall);
+    let mut ticker = tokio::time::interval(ctx.config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let keep = (HISTORY_SECONDS / ctx.config.interval.as_secs_f64()).ceil() as usize;
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let primary = ctx.backends.is_primary(index);
+        let report = tokio::time::timeout(ctx.config.timeout, checker.check(primary, &ctx.clock))
+            .await
+            .unwrap_or_else(|_| {
+                Report::down(format!("check timed out after {:?}", ctx.config.timeout))
+            });
+        ctx.metrics.monitor_check(index, started.elapsed());
+        apply(&ctx, index, &mut hysteresis, report);
+        let sample = Sample {
+            at: ctx.backends.uptime().as_secs_f64(),
+            lag_ms: backend.health.lag().map(|l| l.as_secs_f64() * 1000.0),
+            queries: backend
+                .health
+                .queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        backend.health.record(sample, keep);
+    }
+}
+
+fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Report) {
+    let Some(backend) = ctx.backends.get(index) else {
+        return;
+    };
+    let health = &backend.health;
+    health.set_lag(report.lag);
+    health.set_read_only(report.read_only);
+    let old = health.state();
+    match (
+        hysteresis.observe(report.problem.is_none()),
+        &report.problem,
+    ) {
+        (Some(true), _) => health.set_state(State::Up, ""),
+        (Some(false), Some((state, reason))) => {
+            health.set_state(*state, reason);
+            ctx.metrics.demotion(index, *state);
+        }
+        // Still out: keep the state and reason current (lag value, lagging → down).
+        (None, Some((state, reason))) if !hysteresis.is_up() => health.set_state(*state, reason),
+        _ => {}
+    }
+    let new = health.state();
+    if new != old {
+        let reason = if new == State::Up {
+            "checks passed".to_string()
+        } else {
+            health.reason()
+        };
+        if new == State::Up {
+            tracing::info!(backend = %backend.name, from = old.as_str(), to = new.as_str(), %reason, "backend state changed");
+        } else {
+            tracing::warn!(backend = %backend.name, from = old.as_str(), to = new.as_str(), %reason, "backend state changed");
+        }
+    }
+    if ctx.config.detect_primary {
+        follow_failover(&ctx.backends);
+    }
+}
+
+/// With `detect_primary`: the one healthy backend with `read_only = OFF` is the primary.
+fn follow_failover(backends: &Backends) {
+    let writable: Vec<usize> = backends
+        .all()
+        .iter()
+        .filter(|b| b.health.read_only() == Some(false) && b.health.state() == State::Up)
+        .map(|b| b.index)
+        .collect();
+    if let [only] = writable.as_slice()
+        && !backends.is_primary(*only)
+    {
+        backends.set_primary(*only);
+    }
+}
