@@ -3,7 +3,7 @@
 # start their own MariaDB primary and two replicas as local processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh --python
+bash scripts/install-deps.sh --tests
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
