@@ -369,3 +369,40 @@ async fn status_page_renders_in_headless_chromium() {
     }
     assert!(dom.contains("<svg class=\"chart\""), "lag chart rendered");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detect_primary_follows_an_external_failover() {
+    let _serial = SERIAL.lock().await;
+    let text = cluster().proxy_config("127.0.0.1:0").replace(
+        "interval = \"500ms\"",
+        "interval = \"500ms\"\ndetect_primary = true",
+    );
+    let proxy = start_proxy_with(&text).await;
+    let mut conn = connect(&proxy).await;
+    // What a failover tool does: the old primary becomes read-only, replica2 writable.
+    sql(0, "SET GLOBAL read_only = ON").await;
+    sql(2, "STOP SLAVE; SET GLOBAL read_only = OFF").await;
+    let switched = wait_for(Duration::from_secs(10), || proxy.backends.is_primary(2)).await;
+    let restore = async {
+        sql(2, "SET GLOBAL read_only = ON; START SLAVE").await;
+        sql(0, "SET GLOBAL read_only = OFF").await;
+    };
+    let Some(took) = switched else {
+        restore.await;
+        panic!("primary not followed");
+    };
+    eprintln!("new primary followed after {took:?}");
+    let who: Option<u32> = conn
+        .query_first("SELECT @@server_id FOR UPDATE")
+        .await
+        .expect("locking read");
+    let (code, body) = http_get(proxy.admin_addr.expect("admin"), "/status").await;
+    restore.await;
+    assert_eq!(
+        who,
+        Some(3),
+        "writes and locking reads follow the new primary"
+    );
+    assert_eq!(code, 200);
+    assert!(body.contains("\"primary\":\"replica2\""), "{body}");
+}
