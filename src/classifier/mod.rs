@@ -6,9 +6,11 @@
 //! `SELECT 'FOR UPDATE'` is not a locking read. Anything not recognised goes to the primary.
 
 mod lexer;
+mod names;
 mod scan;
 
 use lexer::Lead;
+pub use names::{prepared_name, table_names};
 pub use scan::Features;
 
 /// Where a statement may be sent, before session state is considered.
@@ -80,12 +82,21 @@ pub enum Effect {
     Begin,
     /// `START TRANSACTION READ ONLY`: pinned to one read backend.
     BeginReadOnly,
-    /// `CREATE TEMPORARY TABLE`: the session's reads stay on the primary from now on.
+    /// `CREATE TEMPORARY TABLE`: reads stay on the primary while the session holds one.
     TemporaryTable,
-    /// `LOCK TABLES`, `GET_LOCK()`, text `PREPARE`: the session stays on the primary.
-    PinPrimary,
-    /// `UNLOCK TABLES`.
-    Unpin,
+    /// `DROP [TEMPORARY] TABLE`: may drop a temporary table.
+    DropTable,
+    /// `LOCK TABLES`: the session stays on the primary until `UNLOCK TABLES`.
+    LockTables,
+    UnlockTables,
+    /// `GET_LOCK()`: the session stays on the primary until its locks are released.
+    AdvisoryLock,
+    ReleaseLock,
+    ReleaseAllLocks,
+    /// Text `PREPARE name FROM …`: the session stays on the primary while one exists.
+    Prepare,
+    /// `DEALLOCATE PREPARE name`, `DROP PREPARE name`.
+    Deallocate,
     /// `SELECT … INTO @v`, `@v := …`, `SET @v = (SELECT …)`: user variables now live on the
     /// primary only, so later reads that use them go there.
     UserVariablesOnPrimary,
@@ -146,17 +157,22 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
         None => "",
     };
     match upper {
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "DROP" | "TRUNCATE"
-        | "RENAME" | "CALL" | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL"
-        | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL"
-        | "PURGE" | "RESET" | "CHANGE" | "STOP" | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE"
+        "DROP" => classify_drop(lead),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "TRUNCATE" | "RENAME"
+        | "CALL" | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL" | "ANALYZE"
+        | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL" | "PURGE"
+        | "RESET" | "CHANGE" | "STOP" | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE"
         | "SHUTDOWN" | "BACKUP" => Classification::new(Primary, Reason::Write),
         "CREATE" => classify_create(sql, lead),
-        "LOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::PinPrimary),
-        "UNLOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::Unpin),
-        "PREPARE" | "EXECUTE" | "DEALLOCATE" => {
-            Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::PinPrimary)
+        "LOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::LockTables),
+        "UNLOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::UnlockTables),
+        "PREPARE" => {
+            Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Prepare)
         }
+        "DEALLOCATE" => {
+            Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Deallocate)
+        }
+        "EXECUTE" => Classification::new(Primary, Reason::SessionPinned),
         "BEGIN" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
         "START" => classify_start(sql, lead),
         "XA" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
@@ -168,6 +184,15 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
             classify_read(sql)
         }
         _ => Classification::new(Primary, Reason::Unknown),
+    }
+}
+
+fn classify_drop(lead: &Lead) -> Classification {
+    let class = Classification::new(Destination::Primary, Reason::Write);
+    match lead.second_word.map(str::to_ascii_uppercase).as_deref() {
+        Some("PREPARE") => class.with_effect(Effect::Deallocate),
+        Some("TABLE" | "TEMPORARY" | "TABLES") => class.with_effect(Effect::DropTable),
+        _ => class,
     }
 }
 
@@ -258,12 +283,15 @@ fn classify_read(sql: &str) -> Classification {
             Reason::UserVariable,
             Effect::UserVariablesOnPrimary,
         )
-    } else if f.takes_lock {
-        (
-            Destination::Primary,
-            Reason::SideEffectFunction,
-            Effect::PinPrimary,
-        )
+    } else if f.takes_lock || f.releases_lock || f.releases_all_locks {
+        let effect = if f.takes_lock {
+            Effect::AdvisoryLock
+        } else if f.releases_all_locks {
+            Effect::ReleaseAllLocks
+        } else {
+            Effect::ReleaseLock
+        };
+        (Destination::Primary, Reason::SideEffectFunction, effect)
     } else if f.side_effect_function {
         (
             Destination::Primary,
@@ -286,3 +314,16 @@ fn classify_read(sql: &str) -> Classification {
 
 #[cfg(test)]
 mod tests;
+
+/// For `EXPLAIN ROUTE <statement>` (answered by rwproxy itself), the statement to explain.
+pub fn explain_route_target(sql: &str) -> Option<&str> {
+    let lead = lexer::lead(sql);
+    let first = lead.first_word?;
+    let second = lead.second_word?;
+    if !first.eq_ignore_ascii_case("EXPLAIN") || !second.eq_ignore_ascii_case("ROUTE") {
+        return None;
+    }
+    // `second` is a slice of `sql`: the statement starts right after it.
+    let end = second.as_ptr() as usize - sql.as_ptr() as usize + second.len();
+    sql.get(end..).map(str::trim)
+}

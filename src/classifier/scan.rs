@@ -18,8 +18,6 @@ const PRIMARY_FUNCTIONS: &[&str] = &[
     "WAIT_FOR_EXECUTED_GTID_SET",
     "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS",
     "SLEEP",
-    "RELEASE_LOCK",
-    "RELEASE_ALL_LOCKS",
     "IS_FREE_LOCK",
     "IS_USED_LOCK",
     "UUID_SHORT",
@@ -43,6 +41,8 @@ pub struct Features {
     pub reads_user_variable: bool,
     pub side_effect_function: bool,
     pub takes_lock: bool,
+    pub releases_lock: bool,
+    pub releases_all_locks: bool,
     pub diagnostics: bool,
     pub subquery: bool,
     pub read_only_transaction: bool,
@@ -140,6 +140,10 @@ fn scan_name(f: &mut Features, value: &str, call: bool) {
         f.diagnostics = true;
     } else if is(LOCK_FUNCTIONS) {
         f.takes_lock = true;
+    } else if value.eq_ignore_ascii_case("RELEASE_LOCK") {
+        f.releases_lock = true;
+    } else if value.eq_ignore_ascii_case("RELEASE_ALL_LOCKS") {
+        f.releases_all_locks = true;
     } else if is(PRIMARY_FUNCTIONS) {
         f.side_effect_function = true;
     }

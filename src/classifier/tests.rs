@@ -72,7 +72,7 @@ fn locking_reads_and_side_effects_go_to_primary() {
     }
     assert_eq!(
         classify("SELECT GET_LOCK('a', 1)").effect,
-        Effect::PinPrimary
+        Effect::AdvisoryLock
     );
 }
 
@@ -122,8 +122,8 @@ fn transactions_and_session_commands() {
         classify("CREATE TEMPORARY TABLE tt (a int)").effect,
         Effect::TemporaryTable
     );
-    assert_eq!(classify("LOCK TABLES t WRITE").effect, Effect::PinPrimary);
-    assert_eq!(classify("UNLOCK TABLES").effect, Effect::Unpin);
+    assert_eq!(classify("LOCK TABLES t WRITE").effect, Effect::LockTables);
+    assert_eq!(classify("UNLOCK TABLES").effect, Effect::UnlockTables);
 }
 
 #[test]
@@ -162,4 +162,18 @@ fn huge_insert_is_not_tokenized() {
     }
     sql.push_str("(0, 'y')");
     assert_eq!(dest(&sql), Destination::Primary);
+}
+
+#[test]
+fn explain_route_is_recognised() {
+    assert_eq!(
+        explain_route_target("EXPLAIN ROUTE SELECT 1"),
+        Some("SELECT 1")
+    );
+    assert_eq!(
+        explain_route_target("explain  route\n UPDATE t SET a = 1"),
+        Some("UPDATE t SET a = 1")
+    );
+    assert_eq!(explain_route_target("EXPLAIN SELECT 1"), None);
+    assert_eq!(explain_route_target("SELECT 1"), None);
 }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Picks the position of the next backend among `n` candidates.
 pub trait Balancer {
     fn next(&self, n: usize) -> Option<usize>;
+    /// What `next` would return, without moving on (for explaining a decision).
+    fn peek(&self, n: usize) -> Option<usize>;
 }
 
 /// Strict rotation shared by every session, so short sessions still spread evenly.
@@ -16,6 +18,10 @@ pub struct RoundRobin {
 impl Balancer for RoundRobin {
     fn next(&self, n: usize) -> Option<usize> {
         (n > 0).then(|| self.counter.fetch_add(1, Ordering::Relaxed) % n)
+    }
+
+    fn peek(&self, n: usize) -> Option<usize> {
+        (n > 0).then(|| self.counter.load(Ordering::Relaxed) % n)
     }
 }
 

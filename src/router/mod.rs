@@ -81,7 +81,7 @@ impl Router {
             AllReplicasDown::Error => Vec::new(),
             AllReplicasDown::Primary => vec![primary],
             AllReplicasDown::LeastLagged => {
-                let mut order = self.read_rotation(&[], primary);
+                let mut order = self.read_rotation(&[], primary, false);
                 order.truncate(1);
                 order
             }
@@ -132,6 +132,19 @@ impl Router {
         }
     }
 
+    /// The backend `candidates` would try first, without advancing the rotation.
+    pub fn would_pick(&self, target: Target, excluded: &[bool]) -> Option<usize> {
+        let primary = self.backends.primary().index;
+        match target {
+            Target::Primary | Target::PreferPrimary => Some(primary),
+            Target::Backend(b) => Some(b),
+            Target::ReadPool => self
+                .read_rotation(excluded, primary, false)
+                .first()
+                .copied(),
+        }
+    }
+
     /// Backends to try for `target`, best first. `excluded` marks backends this session must not
     /// use (a session command failed to replay there).
     pub fn candidates(&self, target: Target, excluded: &[bool]) -> Vec<usize> {
@@ -139,11 +152,11 @@ impl Router {
         match target {
             Target::Primary => vec![primary],
             Target::Backend(b) => vec![b],
-            Target::ReadPool => self.read_rotation(excluded, primary),
+            Target::ReadPool => self.read_rotation(excluded, primary, true),
             Target::PreferPrimary => {
                 let mut order = vec![primary];
                 order.extend(
-                    self.read_rotation(excluded, primary)
+                    self.read_rotation(excluded, primary, true)
                         .into_iter()
                         .filter(|b| *b != primary),
                 );
@@ -155,13 +168,18 @@ impl Router {
     /// The read pool in rotation order starting at the balancer's pick, then the fallbacks:
     /// per `all_replicas_down` when no replica is usable, and backends the monitor still calls
     /// up but whose last connect failed.
-    fn read_rotation(&self, excluded: &[bool], primary: usize) -> Vec<usize> {
+    fn read_rotation(&self, excluded: &[bool], primary: usize, advance: bool) -> Vec<usize> {
         let all = self.backends.all();
         let allowed = |b: usize| !excluded.get(b).copied().unwrap_or(false);
         let in_pool = |b: usize| allowed(b) && (b != primary || self.reads_include_primary);
         let mut order = Vec::with_capacity(all.len() + 1);
         order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
-        if let Some(start) = self.balancer.next(order.len()) {
+        let start = if advance {
+            self.balancer.next(order.len())
+        } else {
+            self.balancer.peek(order.len())
+        };
+        if let Some(start) = start {
             order.rotate_left(start);
         }
         if !order.iter().any(|&b| b != primary) {

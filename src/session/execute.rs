@@ -3,7 +3,9 @@
 
 use super::{Session, SessionError};
 use crate::backend::{BackendConn, Side, State, relay_response};
-use crate::classifier::{Classification, Destination, Effect, Reason, classify};
+use crate::classifier::{
+    Classification, Destination, Effect, Reason, classify, explain_route_target,
+};
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
 use std::borrow::Cow;
@@ -28,16 +30,18 @@ pub(super) enum AttemptError {
 
 impl Session {
     pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify(&String::from_utf8_lossy(
-            payload.get(1..).unwrap_or_default(),
-        ));
+        let sql = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
+        if let Some(statement) = explain_route_target(&sql) {
+            return self.explain_route(statement).await;
+        }
+        let class = classify(&sql);
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
             .run(
                 decision,
                 Outgoing::Raw(&payload),
                 ResponseKind::Query,
-                Some(&class),
+                Some((&class, &sql)),
                 None,
             )
             .await?;
@@ -63,7 +67,7 @@ impl Session {
                 decision,
                 Outgoing::Raw(&payload),
                 ResponseKind::Query,
-                Some(&class),
+                Some((&class, "")),
                 None,
             )
             .await?;
@@ -126,7 +130,7 @@ impl Session {
         decision: Decision,
         out: Outgoing<'_>,
         kind: ResponseKind,
-        class: Option<&Classification>,
+        statement: Option<(&Classification, &str)>,
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
@@ -164,7 +168,12 @@ impl Session {
                     self.shared
                         .metrics
                         .query(backend, decision.target, decision.reason, took);
-                    self.state.after_response(backend, &outcome, class);
+                    self.state.after_response(backend, &outcome);
+                    if let Some((class, sql)) = statement
+                        && outcome.error.is_none()
+                    {
+                        self.state.after_statement(class, sql);
+                    }
                     return Ok(Some((outcome, backend)));
                 }
                 Err(AttemptError::Unavailable(why)) => failures.push(why),

@@ -7,6 +7,7 @@
 
 mod control;
 mod execute;
+mod explain;
 pub mod handshake;
 mod prepared;
 mod state;

@@ -154,13 +154,17 @@ impl Session {
             stmt.types_on.clear();
         }
         let class = stmt.class;
+        // Only statements that change routing state need their text again (GET_LOCK, …).
+        let effect_sql = (class.effect != crate::classifier::Effect::None).then(|| {
+            String::from_utf8_lossy(stmt.prepare.get(1..).unwrap_or_default()).into_owned()
+        });
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
             .run(
                 decision,
                 Outgoing::Statement(&payload),
                 ResponseKind::Execute,
-                Some(&class),
+                effect_sql.as_deref().map(|sql| (&class, sql)),
                 None,
             )
             .await?;

@@ -1,7 +1,9 @@
 //! What a client session remembers between statements: pins, session commands to replay on
 //! every backend connection, and the server status the client last saw.
 
-use crate::classifier::{Classification, Effect};
+use std::collections::HashSet;
+
+use crate::classifier::{Classification, Effect, prepared_name, table_names};
 use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome};
 use crate::router::SessionView;
 
@@ -76,6 +78,10 @@ pub struct SessionState {
     pub status: u16,
     /// Backends removed from this session because a session command failed there.
     pub excluded: Vec<bool>,
+    temporary_tables: HashSet<String>,
+    prepared: HashSet<String>,
+    advisory_locks: u32,
+    table_locks: bool,
 }
 
 impl SessionState {
@@ -85,33 +91,51 @@ impl SessionState {
             history: History::default(),
             status: AUTOCOMMIT,
             excluded: vec![false; backends],
+            temporary_tables: HashSet::new(),
+            prepared: HashSet::new(),
+            advisory_locks: 0,
+            table_locks: false,
         }
     }
 
     /// Updates pins from a finished response on `backend`. The backend's IN_TRANS and
     /// AUTOCOMMIT flags are the truth about transactions, whatever the statement looked like.
-    pub fn after_response(
-        &mut self,
-        backend: usize,
-        outcome: &Outcome,
-        class: Option<&Classification>,
-    ) {
+    pub fn after_response(&mut self, backend: usize, outcome: &Outcome) {
         self.view.last = Some(backend);
         if let Some(status) = outcome.status {
             self.status = status;
             let in_transaction = status & IN_TRANS != 0 || status & AUTOCOMMIT == 0;
             self.view.pinned = in_transaction.then_some(backend);
         }
-        if outcome.error.is_some() {
-            return;
+    }
+
+    /// Applies what a statement that succeeded does to routing: temporary tables, locks,
+    /// text prepared statements, user variables kept on the primary.
+    pub fn after_statement(&mut self, class: &Classification, sql: &str) {
+        match class.effect {
+            Effect::TemporaryTable => self.temporary_tables.extend(table_names(sql)),
+            Effect::DropTable => {
+                for name in table_names(sql) {
+                    self.temporary_tables.remove(&name);
+                }
+            }
+            Effect::LockTables => self.table_locks = true,
+            Effect::UnlockTables => self.table_locks = false,
+            Effect::AdvisoryLock => self.advisory_locks += 1,
+            Effect::ReleaseLock => self.advisory_locks = self.advisory_locks.saturating_sub(1),
+            Effect::ReleaseAllLocks => self.advisory_locks = 0,
+            Effect::Prepare => self.prepared.extend(prepared_name(sql)),
+            Effect::Deallocate => {
+                if let Some(name) = prepared_name(sql) {
+                    self.prepared.remove(&name);
+                }
+            }
+            Effect::UserVariablesOnPrimary => self.view.user_variables_on_primary = true,
+            Effect::None | Effect::Begin | Effect::BeginReadOnly | Effect::UseDatabase => {}
         }
-        match class.map(|c| c.effect) {
-            Some(Effect::TemporaryTable) => self.view.temporary_tables = true,
-            Some(Effect::PinPrimary) => self.view.primary_locked = true,
-            Some(Effect::Unpin) => self.view.primary_locked = false,
-            Some(Effect::UserVariablesOnPrimary) => self.view.user_variables_on_primary = true,
-            _ => {}
-        }
+        self.view.temporary_tables = !self.temporary_tables.is_empty();
+        self.view.primary_locked =
+            self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
     }
 
     /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
@@ -159,17 +183,37 @@ mod tests {
     }
 
     #[test]
+    fn temporary_tables_locks_and_prepared_statements_hold_the_primary() {
+        use crate::classifier::classify;
+        let mut s = SessionState::new(3);
+        let mut run = |sql: &str| {
+            s.after_statement(&classify(sql), sql);
+            (s.view.temporary_tables, s.view.primary_locked)
+        };
+        assert_eq!(run("CREATE TEMPORARY TABLE t1 (a INT)"), (true, false));
+        assert_eq!(run("CREATE TEMPORARY TABLE t2 (a INT)"), (true, false));
+        assert_eq!(run("DROP TEMPORARY TABLE t1"), (true, false));
+        assert_eq!(run("DROP TABLE t2"), (false, false));
+        assert_eq!(run("SELECT GET_LOCK('a', 1)"), (false, true));
+        assert_eq!(run("SELECT RELEASE_LOCK('a')"), (false, false));
+        assert_eq!(run("LOCK TABLES t WRITE"), (false, true));
+        assert_eq!(run("UNLOCK TABLES"), (false, false));
+        assert_eq!(run("PREPARE s FROM 'SELECT 1'"), (false, true));
+        assert_eq!(run("DEALLOCATE PREPARE s"), (false, false));
+    }
+
+    #[test]
     fn status_flags_pin_and_unpin() {
         let mut s = SessionState::new(3);
         let with = |status| Outcome {
             status: Some(status),
             ..Outcome::default()
         };
-        s.after_response(0, &with(IN_TRANS | AUTOCOMMIT), None);
+        s.after_response(0, &with(IN_TRANS | AUTOCOMMIT));
         assert_eq!(s.view.pinned, Some(0));
-        s.after_response(0, &with(AUTOCOMMIT), None);
+        s.after_response(0, &with(AUTOCOMMIT));
         assert_eq!(s.view.pinned, None);
-        s.after_response(0, &with(0), None);
+        s.after_response(0, &with(0));
         assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins");
         s.after_response(
             0,
@@ -177,7 +221,6 @@ mod tests {
                 error: Some(1064),
                 ..Outcome::default()
             },
-            None,
         );
         assert_eq!(s.view.pinned, Some(0), "an error keeps the pin");
     }

@@ -1,0 +1,57 @@
+//! `EXPLAIN ROUTE <statement>`: rwproxy answers with where the statement would go and why,
+//! without running it.
+
+use mysql_common::constants::CapabilityFlags as Caps;
+
+use super::{Session, SessionError};
+use crate::classifier::classify;
+use crate::protocol::{packet, wire};
+use crate::router::Target;
+
+impl Session {
+    pub(super) async fn explain_route(&mut self, statement: &str) -> Result<(), SessionError> {
+        let class = classify(statement);
+        let router = self.shared.router.clone();
+        let decision = router.decide(&class, &self.state.view);
+        let destination = match decision.target {
+            Target::ReadPool => "read",
+            Target::Primary => "primary",
+            Target::PreferPrimary => "all",
+            Target::Backend(_) if self.state.view.pinned.is_some() => "pinned",
+            Target::Backend(_) => "last",
+        };
+        let backend = router
+            .would_pick(decision.target, &self.state.excluded)
+            .and_then(|b| router.backends().get(b).map(|b| b.name.clone()))
+            .unwrap_or_else(|| "none".into());
+        let row = [destination, backend.as_str(), decision.reason.as_str()];
+        self.write_text_result(&["destination", "backend", "reason"], &row)
+            .await
+    }
+
+    /// A one-row text result set written by rwproxy itself.
+    async fn write_text_result(
+        &mut self,
+        columns: &[&str],
+        row: &[&str],
+    ) -> Result<(), SessionError> {
+        let deprecate_eof = self.login.client_caps.contains(Caps::CLIENT_DEPRECATE_EOF);
+        let mut packets: Vec<Vec<u8>> = vec![vec![columns.len() as u8]];
+        packets.extend(columns.iter().map(|c| wire::text_column(c)));
+        if !deprecate_eof {
+            packets.push(wire::eof_packet(self.state.status, false));
+        }
+        let mut values = Vec::new();
+        for value in row {
+            wire::put_lenenc_str(&mut values, value.as_bytes());
+        }
+        packets.push(values);
+        packets.push(wire::eof_packet(self.state.status, deprecate_eof));
+        for p in &packets {
+            self.seq = packet::write_packet(&mut self.writer, self.seq, p).await?;
+        }
+        use tokio::io::AsyncWriteExt;
+        self.writer.flush().await?;
+        Ok(())
+    }
+}
