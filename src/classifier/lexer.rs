@@ -104,3 +104,85 @@ pub fn hint_in(comment: &[u8]) -> Option<Hint> {
         None
     }
 }
+
+/// True when nothing in the statement can make a read anything but a plain read: no word that
+/// marks a locking read, a side effect, a write or a hint, no `@`, `;`, `:=` and no executable
+/// comment. It looks at every word, inside strings and comments too, so it can only err towards
+/// "not plain", which sends the statement on to the full token scan. Unbalanced quotes are
+/// not plain either.
+pub fn plainly_read(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    let mut quotes = [0usize; 3];
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            if suspicious_word(&bytes[start..i]) {
+                return false;
+            }
+            continue;
+        }
+        match b {
+            b'@' | b';' | b':' => return false,
+            b'\'' => quotes[0] += 1,
+            b'"' => quotes[1] += 1,
+            b'`' => quotes[2] += 1,
+            b'/' if bytes.get(i + 1) == Some(&b'*')
+                && matches!(bytes.get(i + 2), Some(b'!' | b'M')) =>
+            {
+                return false;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // An odd count may be an unterminated string (or an escaped quote): let the tokenizer judge.
+    quotes.iter().all(|q| q % 2 == 0)
+}
+
+fn suspicious_word(word: &[u8]) -> bool {
+    let mut buf = [0u8; 40];
+    let Some(slot) = buf.get_mut(..word.len()) else {
+        return false;
+    };
+    slot.copy_from_slice(word);
+    slot.make_ascii_uppercase();
+    matches!(
+        &*slot,
+        b"FOR"
+            | b"LOCK"
+            | b"INTO"
+            | b"NOWAIT"
+            | b"SKIP"
+            | b"INSERT"
+            | b"UPDATE"
+            | b"DELETE"
+            | b"REPLACE"
+            | b"NEXT"
+            | b"SQL_CALC_FOUND_ROWS"
+            | b"FOUND_ROWS"
+            | b"ROW_COUNT"
+            | b"LAST_INSERT_ID"
+            | b"NEXTVAL"
+            | b"LASTVAL"
+            | b"SETVAL"
+            | b"MASTER_POS_WAIT"
+            | b"MASTER_GTID_WAIT"
+            | b"WAIT_FOR_EXECUTED_GTID_SET"
+            | b"WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS"
+            | b"SLEEP"
+            | b"IS_FREE_LOCK"
+            | b"IS_USED_LOCK"
+            | b"UUID_SHORT"
+            | b"BENCHMARK"
+            | b"SOURCE_POS_WAIT"
+            | b"GET_LOCK"
+            | b"RELEASE_LOCK"
+            | b"RELEASE_ALL_LOCKS"
+            | b"RWPROXY"
+    )
+}

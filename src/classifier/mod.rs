@@ -179,7 +179,7 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
         "COMMIT" | "ROLLBACK" => Classification::new(Primary, Reason::Transaction),
         "USE" => Classification::new(All, Reason::SessionCommand).with_effect(Effect::UseDatabase),
         "SET" => classify_set(sql, lead),
-        "SHOW" => classify_show(lead),
+        "SHOW" => classify_show(sql, lead),
         "SELECT" | "WITH" | "TABLE" | "VALUES" | "(" | "DESCRIBE" | "DESC" | "EXPLAIN" | "HELP" => {
             classify_read(sql)
         }
@@ -253,14 +253,19 @@ fn classify_set(sql: &str, lead: &Lead) -> Classification {
     Classification::new(Destination::All, Reason::SessionCommand)
 }
 
-fn classify_show(lead: &Lead) -> Classification {
-    let next = lead.second_word.unwrap_or("").to_ascii_uppercase();
+fn classify_show(sql: &str, lead: &Lead) -> Classification {
+    let mut words = lexer::words_after(sql, lead.first_word_end, 2);
+    let mut next = words.next().unwrap_or("").to_ascii_uppercase();
+    if next == "FULL" {
+        // SHOW FULL PROCESSLIST is node-specific; SHOW FULL COLUMNS / TABLES are not.
+        next = words.next().unwrap_or("").to_ascii_uppercase();
+    }
     match next.as_str() {
         "WARNINGS" | "ERRORS" | "COUNT" => {
             Classification::new(Destination::Last, Reason::Diagnostics)
         }
-        "MASTER" | "BINARY" | "BINLOG" | "SLAVE" | "REPLICA" | "PROCESSLIST" | "FULL"
-        | "CREATE" | "ENGINE" | "ALL" | "RELAYLOG" | "GRANTS" => {
+        "MASTER" | "BINARY" | "BINLOG" | "SLAVE" | "REPLICA" | "PROCESSLIST" | "CREATE"
+        | "ENGINE" | "ALL" | "RELAYLOG" | "GRANTS" => {
             Classification::new(Destination::Primary, Reason::NodeSpecific)
         }
         _ => Classification::new(Destination::Read, Reason::Read),
@@ -268,6 +273,11 @@ fn classify_show(lead: &Lead) -> Classification {
 }
 
 fn classify_read(sql: &str) -> Classification {
+    // Most reads contain nothing that could change their route: a byte scan proves it without
+    // tokenizing. Anything it is unsure of goes through the token scan below.
+    if lexer::plainly_read(sql) {
+        return Classification::new(Destination::Read, Reason::Read);
+    }
     let f = scan::scan(sql);
     let (destination, reason, effect) = if f.tokenize_failed {
         (Destination::Primary, Reason::Unknown, Effect::None)

@@ -177,3 +177,31 @@ fn explain_route_is_recognised() {
     assert_eq!(explain_route_target("EXPLAIN SELECT 1"), None);
     assert_eq!(explain_route_target("SELECT 1"), None);
 }
+
+#[test]
+fn the_byte_scan_never_clears_what_the_token_scan_would_route_elsewhere() {
+    for sql in [
+        "SELECT * FROM t FOR UPDATE",
+        "select last_insert_id()",
+        "SELECT @v",
+        "SELECT 1; DELETE FROM t",
+        "SELECT /*!50000 SQL_CALC_FOUND_ROWS */ 1",
+        "SELECT 1 /* rwproxy:primary */",
+        "SELECT a FROM t LOCK IN SHARE MODE",
+        "SELECT GET_LOCK('x', 1)",
+        "WITH x AS (SELECT 1) UPDATE t SET a = 1",
+    ] {
+        assert!(!lexer::plainly_read(sql), "{sql}");
+    }
+    assert!(lexer::plainly_read("SELECT c FROM sbtest1 WHERE id = 5021"));
+    assert!(!lexer::plainly_read("SELECT 'unterminated"));
+    assert!(
+        !lexer::plainly_read("SELECT 'for update' AS x"),
+        "a keyword in a string is only suspicious"
+    );
+    assert_eq!(
+        classify("SELECT 'for update' AS x").destination,
+        Destination::Read,
+        "the token scan clears it"
+    );
+}
