@@ -54,6 +54,7 @@ struct BackendSeries {
     lag: Gauge,
     states: Vec<(State, Gauge)>,
     connections: Gauge,
+    idle: Gauge,
     demotions: Vec<(State, Counter)>,
     check_duration: Histogram,
     /// Indexed by route × reason.
@@ -158,6 +159,13 @@ impl Metrics {
                 ),
                 &METADATA,
             ),
+            idle: r.register_gauge(
+                &Self::key(
+                    "rwproxy_backend_connections",
+                    &[("backend", name), ("state", "idle")],
+                ),
+                &METADATA,
+            ),
             demotions: State::ALL[1..]
                 .iter()
                 .map(|s| {
@@ -226,6 +234,7 @@ impl Metrics {
             for (s, gauge) in &series.states {
                 gauge.set(if *s == state { 1.0 } else { 0.0 });
             }
+            series.idle.set(backend.pool.idle_count() as f64);
             series.connections.set(
                 backend
                     .health

@@ -619,3 +619,112 @@ async fn a_client_starting_with_caching_sha2_is_switched_to_native() {
     let reply = raw.query("SELECT 1").await.expect("query");
     assert_eq!(reply[4], 1, "one column");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_connections_are_reused_clean_across_sessions() {
+    let proxy = start_proxy().await;
+    let mut first = connect(&proxy).await;
+    first
+        .query_drop("SET @secret = 'left behind'")
+        .await
+        .expect("set");
+    first
+        .query_drop("SET time_zone = '+07:00'")
+        .await
+        .expect("set");
+    first
+        .query_drop("CREATE TEMPORARY TABLE pool_tmp (a INT)")
+        .await
+        .expect("temporary");
+    let id_first: u64 = first
+        .query_first("SELECT CONNECTION_ID() /* rwproxy:primary */")
+        .await
+        .expect("id")
+        .expect("row");
+    first.disconnect().await.expect("disconnect");
+    // The release happens as the session ends; give it a moment.
+    let mut reused = false;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if proxy.backends.primary().pool.idle_count() > 0 {
+            reused = true;
+            break;
+        }
+    }
+    assert!(reused, "the primary connection went back to the pool");
+    let mut second = connect(&proxy).await;
+    let id_second: u64 = second
+        .query_first("SELECT CONNECTION_ID() /* rwproxy:primary */")
+        .await
+        .expect("id")
+        .expect("row");
+    assert_eq!(
+        id_first, id_second,
+        "the same backend connection serves the next session"
+    );
+    let row: (Option<String>, String) = second
+        .query_first("SELECT @secret, @@time_zone /* rwproxy:primary */")
+        .await
+        .expect("select")
+        .expect("row");
+    assert_eq!(
+        row,
+        (None, "SYSTEM".to_string()),
+        "no state leaks between sessions"
+    );
+    let err = second
+        .query_drop("SELECT * FROM pool_tmp")
+        .await
+        .expect_err("temporary table gone");
+    assert!(err.to_string().contains("doesn't exist"), "{err}");
+    let db: Option<String> = second
+        .query_first("SELECT DATABASE() /* rwproxy:primary */")
+        .await
+        .expect("db");
+    assert_eq!(db.as_deref(), Some(DATABASE));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_makes_a_client_wait_then_fail_clearly() {
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"300ms\"")
+        .replacen(
+            "role = \"primary\"",
+            "role = \"primary\"\nmax_connections = 1",
+            1,
+        );
+    let proxy = common::start_proxy_with(&text).await;
+    let mut holder = connect(&proxy).await;
+    holder.query_drop("BEGIN").await.expect("begin");
+    holder
+        .query_drop("DO 1")
+        .await
+        .expect("holds the only primary connection");
+    let mut waiter = connect(&proxy).await;
+    let started = std::time::Instant::now();
+    let err = waiter
+        .query_drop("DO 2")
+        .await
+        .expect_err("no primary connection free");
+    let waited = started.elapsed();
+    assert!(err.to_string().contains("max_connections"), "{err}");
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "waited {waited:?}"
+    );
+    holder.query_drop("COMMIT").await.expect("commit");
+    drop(holder);
+    let mut ok = false;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if waiter.query_drop("DO 3").await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "the connection freed by the first session serves the second"
+    );
+}

@@ -62,12 +62,21 @@ pub enum BackendError {
         backend: String,
         source: PacketError,
     },
+    #[error("{backend}: all {max} connections (max_connections) are in use; waited {waited:?}")]
+    Exhausted {
+        backend: String,
+        max: usize,
+        waited: Duration,
+    },
 }
 
 impl BackendError {
     /// Whether the backend itself is unreachable (as opposed to refusing these credentials).
     pub fn is_unreachable(&self) -> bool {
-        !matches!(self, BackendError::Refused { .. })
+        !matches!(
+            self,
+            BackendError::Refused { .. } | BackendError::Exhausted { .. }
+        )
     }
 }
 
@@ -92,6 +101,12 @@ pub struct BackendConn {
     pub applied: u64,
     /// Counted in the backend's open connections (logged in).
     counted: bool,
+    /// The login this connection was opened with, for the pool.
+    pub(super) key: super::pool::PoolKey,
+    /// A command was sent and its response not fully read: not reusable.
+    pub busy: bool,
+    /// Held while the connection exists, when the backend has `max_connections`.
+    pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for BackendConn {
@@ -146,6 +161,9 @@ impl BackendConn {
             caps: Caps::empty(),
             applied: 0,
             counted: false,
+            key: super::pool::PoolKey::of(login),
+            busy: false,
+            permit: None,
         };
         conn.login(login).await?;
         conn.backend

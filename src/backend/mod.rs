@@ -7,6 +7,7 @@
 pub mod auth;
 mod connection;
 mod health;
+mod pool;
 mod relay;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use auth as auth_plugins;
 pub use connection::{BackendConn, BackendError, Login, probe};
 pub use health::{Health, Sample, State};
+pub use pool::{Pool, PoolKey, checkout, release};
 pub use relay::{RelayError, Side, relay_response};
 
 use crate::config::{Config, Role};
@@ -32,6 +34,8 @@ pub struct Backend {
     last_error: Mutex<Option<String>>,
     /// What the monitor says, and the counters shown on the status page.
     pub health: Health,
+    /// Idle connections for reuse, and the `max_connections` cap.
+    pub pool: Pool,
 }
 
 impl Backend {
@@ -65,6 +69,7 @@ impl Backends {
                     skip_until_ms: AtomicU64::new(0),
                     last_error: Mutex::new(None),
                     health: Health::default(),
+                    pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
                 })
             })
             .collect();

@@ -155,6 +155,10 @@ pub struct MysqlConfig {
     /// start-up, or `"8.0.0-rwproxy"` when the primary cannot be reached then.
     #[serde(default)]
     pub server_version: Option<String>,
+    /// Idle backend connections kept per backend for reuse by later sessions (each reset with
+    /// COM_RESET_CONNECTION before it is reused). Default 16; 0 disables pooling.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +182,10 @@ pub struct BackendConfig {
     /// `host:port`.
     pub address: String,
     pub role: Role,
+    /// Most connections rwproxy opens to this backend (in use and idle); 0 = no limit. A client
+    /// that would need one more waits up to `mysql.connect_timeout`, then gets an error.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +234,9 @@ fn default_max_lag() -> Duration {
 }
 fn default_heartbeat_table() -> String {
     "rwproxy.heartbeat".into()
+}
+fn default_max_idle() -> usize {
+    16
 }
 fn default_max_packet_size() -> usize {
     64 << 20

@@ -10,7 +10,7 @@ use super::handshake::{self, ChangeUser, ClientLogin};
 use super::prepared::Statements;
 use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState, Shared};
 use crate::backend::auth_plugins::NATIVE;
-use crate::backend::{Login, relay_response};
+use crate::backend::{Login, relay_response, release};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
 
@@ -129,7 +129,7 @@ impl Session {
             self.deny(&request.user, !proof.is_empty()).await?;
             return Ok(Flow::Quit);
         };
-        self.drop_all_connections();
+        self.release_connections().await;
         self.state.reset();
         self.stmts = Statements::default();
         self.login.user = user.name;
@@ -188,9 +188,13 @@ impl Session {
         self.stmts.forget_backend(index);
     }
 
-    fn drop_all_connections(&mut self) {
+    /// Gives every backend connection back to its pool (reset there); statements go too.
+    pub(super) async fn release_connections(&mut self) {
         for index in 0..self.conns.len() {
-            self.drop_connection(index);
+            if let Some(conn) = self.conns[index].take() {
+                release(conn).await;
+            }
+            self.stmts.forget_backend(index);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! relay the answer, and retry a read elsewhere when a backend fails before answering.
 
 use super::{Session, SessionError};
-use crate::backend::{BackendConn, Side, State, relay_response};
+use crate::backend::{Side, State, checkout, relay_response};
 use crate::classifier::{
     Classification, Destination, Effect, Reason, classify, explain_route_target,
 };
@@ -218,12 +218,16 @@ impl Session {
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
+        conn.busy = true;
         if let Err(e) = conn.send(0, &bytes).await {
             self.backend_failed(backend, &e.to_string());
             return Err(AttemptError::Lost(e.to_string()));
         }
         match relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id).await {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                conn.busy = false;
+                Ok(outcome)
+            }
             Err(e) if e.side == Side::Client => Err(AttemptError::Fatal(SessionError::ClientIo(
                 std::io::Error::other(e.message),
             ))),
@@ -268,7 +272,7 @@ impl Session {
             return Err(AttemptError::Unavailable(format!("no backend #{backend}")));
         };
         let timeout = self.shared.config.mysql.connect_timeout;
-        match BackendConn::connect(target, &self.login, timeout).await {
+        match checkout(&target, &self.login, timeout).await {
             Ok(conn) => {
                 self.conns[backend] = Some(conn);
                 Ok(())

@@ -111,11 +111,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let metrics = shared.metrics.clone();
     metrics.client_connected();
-    let result = async {
-        let mut session = Session::accept(stream, peer, id, shared).await?;
-        session.serve().await
-    }
-    .await;
+    let result = match Session::accept(stream, peer, id, shared).await {
+        Ok(mut session) => {
+            let served = session.serve().await;
+            session.release_connections().await;
+            served
+        }
+        Err(e) => Err(e),
+    };
     metrics.client_disconnected();
     match result {
         Ok(()) => tracing::debug!(session = id, %peer, "client disconnected"),
