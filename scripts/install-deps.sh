@@ -9,18 +9,35 @@ missing=()
 { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1; } || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
-# The status-page test renders the page in headless Chromium.
-[ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1 && missing+=(chromium)
+if [ "${1:-}" = "--tests" ]; then
+  # The status-page test renders the page in headless Chromium; mysqlclient builds against
+  # libmariadb.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  pkg-config --exists libmariadb 2>/dev/null || missing+=(libmariadb-dev pkg-config)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--tests" ] && ! python3 -c 'import pymysql' 2>/dev/null; then
-  echo "installing: PyMySQL"
-  python3 -m pip install --quiet pymysql 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages pymysql 2>/dev/null \
-    || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pymysql >/dev/null
-  python3 -c 'import pymysql'
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
+if [ "${1:-}" = "--tests" ]; then
+  if ! python3 -c 'import pymysql, MySQLdb, pytest' 2>/dev/null; then
+    echo "installing: PyMySQL, mysqlclient, pytest"
+    pip_install pymysql mysqlclient pytest
+    python3 -c 'import pymysql, MySQLdb, pytest'
+  fi
+  # mysqlclient's own test suite ships only in its sdist: fetch the installed version's.
+  suite="$(dirname "$0")/../target/mysqlclient-suite"
+  if ! ls "$suite"/mysqlclient-*/tests/configdb.py >/dev/null 2>&1; then
+    version=$(python3 -c 'import MySQLdb; print(".".join(map(str, MySQLdb.version_info[:3])))')
+    echo "fetching the mysqlclient $version test suite"
+    mkdir -p "$suite"
+    python3 -m pip download --quiet --no-deps --no-binary :all: -d "$suite" "mysqlclient==$version"
+    tar -xzf "$suite/mysqlclient-$version.tar.gz" -C "$suite"
+  fi
 fi

@@ -100,3 +100,77 @@ async fn pymysql_checks_pass_through_the_proxy() {
     );
     assert!(stdout.contains("pymysql: all checks passed"), "{stdout}");
 }
+
+/// pytest's summary line, e.g. "182 passed, 1 skipped in 2.70s", as (outcome, count) pairs.
+fn pytest_counts(output: &str) -> Vec<(String, u32)> {
+    let summary = output
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed") || l.contains(" failed"))
+        .unwrap_or("");
+    let mut counts: Vec<(String, u32)> = summary
+        .split(|c: char| c == ',' || c == '=')
+        .filter_map(|part| {
+            let mut words = part.split_whitespace();
+            let n = words.next()?.parse().ok()?;
+            Some((words.next()?.to_string(), n))
+        })
+        .collect();
+    counts.sort();
+    counts
+}
+
+async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
+    let cnf = std::env::temp_dir().join(format!(
+        "rwproxy-mysqlclient-{}-{port}.cnf",
+        std::process::id()
+    ));
+    let text = format!(
+        "[MySQLdb-tests]\nhost=127.0.0.1\nport={port}\nuser={APP_USER}\npassword={APP_PASSWORD}\ndatabase={DATABASE}\n"
+    );
+    std::fs::write(&cnf, text).expect("write option file");
+    let out = Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .current_dir(suite)
+        .env("TESTDB", &cnf)
+        .output()
+        .await
+        .expect("run pytest");
+    let _ = std::fs::remove_file(&cnf);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (pytest_counts(&text), text)
+}
+
+/// mysqlclient's own test suite (from its sdist, fetched by scripts/install-deps.sh) gives
+/// the same results through rwproxy as against the primary directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysqlclient_test_suite_matches_a_direct_connection() {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mysqlclient-suite");
+    let suite = std::fs::read_dir(&base)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.join("tests/configdb.py").exists())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no mysqlclient suite under {}: run scripts/install-deps.sh --tests",
+                base.display()
+            )
+        });
+    let proxy = start_proxy().await;
+    let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
+    let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
+    eprintln!("mysqlclient suite direct: {direct:?}; through rwproxy: {through:?}");
+    let passed = direct
+        .iter()
+        .find(|(k, _)| k == "passed")
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        passed >= 100,
+        "the suite ran against the primary: {direct:?}\n{direct_text}"
+    );
+    assert_eq!(through, direct, "through rwproxy:\n{through_text}");
+}
