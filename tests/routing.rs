@@ -362,3 +362,68 @@ async fn explain_route_answers_without_running_the_statement() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_command_that_fails_on_a_replica_removes_it_from_the_session() {
+    // A database that exists on the primary only (created outside the binlog).
+    tokio::task::spawn_blocking(|| {
+        common::cluster().primary().sql(
+            "SET sql_log_bin = 0; CREATE DATABASE IF NOT EXISTS primary_only; GRANT ALL ON primary_only.* TO 'app'@'%'; SET sql_log_bin = 1;",
+        )
+    })
+    .await
+    .expect("join")
+    .expect("create primary-only database");
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    assert_eq!(
+        servers(&mut conn, 3).await,
+        BTreeSet::from(ALL),
+        "replicas in use before"
+    );
+    conn.query_drop("USE primary_only")
+        .await
+        .expect("use works on the primary");
+    for _ in 0..6 {
+        let (db, id): (String, u32) = first(&mut conn, "SELECT DATABASE(), @@server_id").await;
+        assert_eq!(
+            (db.as_str(), id),
+            ("primary_only", 1),
+            "replicas that cannot follow leave the session"
+        );
+    }
+    let mut other = connect(&proxy).await;
+    assert_eq!(
+        servers(&mut other, 6).await,
+        BTreeSet::from(ALL),
+        "other sessions keep every replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_only_writes_holds_no_replica_connections() {
+    let proxy = start_proxy().await;
+    // No driver start-up queries: a raw session that only writes.
+    let mut raw = common::raw::RawClient::connect(
+        &proxy.sql_addr.to_string(),
+        "app",
+        "app",
+        common::cluster::DATABASE,
+        true,
+    )
+    .await
+    .expect("raw");
+    raw.query("DO 1").await.expect("write");
+    let open = |i: usize| {
+        proxy.backends.get(i).map(|b| {
+            b.health
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    assert_eq!(
+        (open(0), open(1), open(2)),
+        (Some(1), Some(0), Some(0)),
+        "lazy connections"
+    );
+}
