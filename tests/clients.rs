@@ -109,7 +109,7 @@ fn pytest_counts(output: &str) -> Vec<(String, u32)> {
         .find(|l| l.contains(" passed") || l.contains(" failed"))
         .unwrap_or("");
     let mut counts: Vec<(String, u32)> = summary
-        .split(|c: char| c == ',' || c == '=')
+        .split([',', '='])
         .filter_map(|part| {
             let mut words = part.split_whitespace();
             let n = words.next()?.parse().ok()?;
