@@ -14,7 +14,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Backend;
 use super::connection::{BackendConn, BackendError, Login};
-use super::relay::relay_response;
 use crate::protocol::{ResponseKind, command};
 
 /// The connection-level settings a pooled connection must share with the session using it.
@@ -111,17 +110,7 @@ async fn select_database(conn: &mut BackendConn, database: Option<&str>) -> bool
     let Some(db) = database else { return true };
     let mut payload = vec![command::INIT_DB];
     payload.extend_from_slice(db.as_bytes());
-    if conn.send(0, &payload).await.is_err() {
-        return false;
-    }
-    let outcome = relay_response(
-        conn,
-        ResponseKind::Query,
-        &mut tokio::io::empty(),
-        &mut tokio::io::sink(),
-        None,
-    )
-    .await;
+    let outcome = conn.run_silently(&payload, ResponseKind::Query).await;
     matches!(outcome, Ok(o) if o.error.is_none())
 }
 
@@ -132,17 +121,9 @@ pub async fn release(mut conn: BackendConn) {
     if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
         return;
     }
-    if conn.send(0, &[command::RESET_CONNECTION]).await.is_err() {
-        return;
-    }
-    let reset = relay_response(
-        &mut conn,
-        ResponseKind::Query,
-        &mut tokio::io::empty(),
-        &mut tokio::io::sink(),
-        None,
-    )
-    .await;
+    let reset = conn
+        .run_silently(&[command::RESET_CONNECTION], ResponseKind::Query)
+        .await;
     if !matches!(reset, Ok(o) if o.error.is_none()) {
         return;
     }

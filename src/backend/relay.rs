@@ -237,3 +237,24 @@ where
     }
     Ok(())
 }
+
+impl BackendConn {
+    /// Sends a command rwproxy issues on its own behalf (a replayed `SET`, a lazy prepare, a
+    /// reset) and reads its whole response without passing anything to a client.
+    pub async fn run_silently(
+        &mut self,
+        payload: &[u8],
+        kind: ResponseKind,
+    ) -> Result<Outcome, String> {
+        self.send(0, payload).await.map_err(|e| e.to_string())?;
+        relay_response(
+            self,
+            kind,
+            &mut tokio::io::empty(),
+            &mut tokio::io::sink(),
+            None,
+        )
+        .await
+        .map_err(|e| e.message)
+    }
+}

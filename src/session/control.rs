@@ -10,7 +10,7 @@ use super::handshake::{self, ChangeUser, ClientLogin};
 use super::prepared::Statements;
 use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState, Shared};
 use crate::backend::auth_plugins::NATIVE;
-use crate::backend::{Login, relay_response, release};
+use crate::backend::{Login, release};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
 
@@ -150,18 +150,9 @@ impl Session {
                 continue;
             };
             let reset = async {
-                conn.send(0, &[command::RESET_CONNECTION])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let outcome = relay_response(
-                    conn,
-                    ResponseKind::Query,
-                    &mut tokio::io::empty(),
-                    &mut tokio::io::sink(),
-                    None,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let outcome = conn
+                    .run_silently(&[command::RESET_CONNECTION], ResponseKind::Query)
+                    .await?;
                 if outcome.error.is_some() {
                     Err("reset refused".to_string())
                 } else {

@@ -298,19 +298,7 @@ impl Session {
         let pending: Vec<(u64, Vec<u8>)> =
             self.state.history.pending(conn.applied).cloned().collect();
         for (seq, payload) in pending {
-            let result = async {
-                conn.send(0, &payload).await.map_err(|e| e.to_string())?;
-                relay_response(
-                    conn,
-                    ResponseKind::Query,
-                    &mut tokio::io::empty(),
-                    &mut tokio::io::sink(),
-                    None,
-                )
-                .await
-                .map_err(|e| e.to_string())
-            }
-            .await;
+            let result = conn.run_silently(&payload, ResponseKind::Query).await;
             match result {
                 Ok(outcome) if outcome.error.is_none() => conn.applied = seq,
                 Ok(outcome) => {

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use super::execute::Outgoing;
 use super::{Session, SessionError};
-use crate::backend::relay_response;
 use crate::classifier::{Classification, classify};
 use crate::protocol::{ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -235,21 +234,12 @@ impl Session {
             let Some(conn) = self.conns[backend].as_mut() else {
                 continue;
             };
-            let reset = async {
-                conn.send(0, &with_id(payload, backend_id))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                relay_response(
-                    conn,
-                    ResponseKind::Query,
-                    &mut tokio::io::empty(),
-                    &mut tokio::io::sink(),
-                    None,
-                )
+            let reset = with_id(payload, backend_id);
+            if conn
+                .run_silently(&reset, ResponseKind::Query)
                 .await
-                .map_err(|e| e.to_string())
-            };
-            if reset.await.is_err() {
+                .is_err()
+            {
                 self.drop_connection(backend);
             }
         }
@@ -314,18 +304,10 @@ impl Session {
             .as_mut()
             .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
         let name = conn.backend.name.clone();
-        conn.send(0, prepare)
+        let outcome = conn
+            .run_silently(prepare, ResponseKind::Prepare)
             .await
-            .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
-        let outcome = relay_response(
-            conn,
-            ResponseKind::Prepare,
-            &mut tokio::io::empty(),
-            &mut tokio::io::sink(),
-            None,
-        )
-        .await
-        .map_err(|e| AttemptError::Unavailable(e.message))?;
+            .map_err(AttemptError::Unavailable)?;
         let prepared = outcome.prepared.ok_or_else(|| {
             AttemptError::Unavailable(format!("{name}: statement could not be prepared there"))
         })?;
