@@ -20,7 +20,12 @@ cargo build --release --quiet --bin rwproxy --example cluster
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  if [ -n "${RWPID:-}" ] && ! kill -0 "$RWPID" 2>/dev/null; then
+    echo "rwproxy exited during the run; its log:"; tail -40 "$work/rwproxy.log"
+  fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
+}
 trap cleanup EXIT
 
 target/release/examples/cluster --cluster-only >"$work/cluster.out" 2>&1 &
@@ -33,8 +38,10 @@ config=$(awk '/^config:/ { print $2 }' "$work/cluster.out")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RWPORT=$(free_port); HAPORT=$(free_port)
-sed "s/^listen = .*/listen = \"127.0.0.1:$RWPORT\"/" "$config" >"$work/rwproxy.toml"
-RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
+# The [mysql] section's listen address (the [admin] one keeps its free port).
+awk -v port="$RWPORT" '/^\[/ { section = $0 } section == "[mysql]" && /^listen = / { $0 = "listen = \"127.0.0.1:" port "\"" } { print }' \
+  "$config" >"$work/rwproxy.toml"
+RUST_BACKTRACE=1 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
 RWPID=$!; pids+=($RWPID)
 cat >"$work/haproxy.cfg" <<CFG
 global

@@ -81,6 +81,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     ) -> Result<Outcome, RelayError> {
         let mut continued = false;
         loop {
+            if !continued && let Some(outcome) = self.relay_buffered_run(tracker).await? {
+                return Ok(outcome);
+            }
             let header = self.backend_header().await?;
             if continued {
                 // The tail of a logical packet over 16 MiB: opaque bytes.
@@ -132,6 +135,48 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                 }
             }
         }
+    }
+
+    /// The fast path for rows and column definitions: every complete packet already in the
+    /// read buffer that the tracker need not see whole is accounted for and copied to the client
+    /// in one write. Returns the outcome if the run ended the response.
+    async fn relay_buffered_run(
+        &mut self,
+        tracker: &mut ResponseTracker,
+    ) -> Result<Option<Outcome>, RelayError> {
+        let buf = self.conn.reader.buffer();
+        let mut end = 0;
+        let mut done = None;
+        while done.is_none() && buf.len() >= end + 5 {
+            let header = Header::decode([buf[end], buf[end + 1], buf[end + 2], buf[end + 3]]);
+            let first = buf[end + 4];
+            if header.len == 0
+                || header.is_continued()
+                || buf.len() < end + 4 + header.len
+                || tracker.needs_payload(first, header.len)
+            {
+                break;
+            }
+            match tracker.accept(first, header.len, &[]) {
+                Ok(Progress::More) => {}
+                Ok(Progress::Done(outcome)) => done = Some(outcome),
+                Ok(Progress::LocalInfile) | Err(_) => {
+                    return Err(self.fail(Side::Backend, "unexpected packet in a row run".into()));
+                }
+            }
+            end += 4 + header.len;
+        }
+        if end > 0 {
+            self.touched = true;
+            let write = self.client_w.write_all(&buf[..end]).await;
+            write.map_err(|e| RelayError {
+                side: Side::Client,
+                touched_client: true,
+                message: e.to_string(),
+            })?;
+            self.conn.reader.consume(end);
+        }
+        Ok(done)
     }
 
     async fn backend_header(&mut self) -> Result<Header, RelayError> {
