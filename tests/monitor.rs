@@ -406,3 +406,71 @@ async fn detect_primary_follows_an_external_failover() {
     assert_eq!(code, 200);
     assert!(body.contains("\"primary\":\"replica2\""), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_replica_lags_reads_go_to_the_primary_or_the_least_lagged() {
+    let _serial = SERIAL.lock().await;
+    let config = |policy: &str| {
+        cluster()
+            .proxy_config("127.0.0.1:0")
+            .replace(
+                "interval = \"500ms\"",
+                &format!("interval = \"500ms\"\nmax_replication_lag = \"1s\"\nall_replicas_down = \"{policy}\""),
+            )
+            .replacen("[[mysql.users]]", "[mysql.routing]\nreads_include_primary = false\n\n[[mysql.users]]", 1)
+    };
+    let to_primary = start_proxy_with(&config("primary")).await;
+    let to_least = start_proxy_with(&config("least_lagged")).await;
+    let mut a = connect(&to_primary).await;
+    let mut b = connect(&to_least).await;
+    sql(
+        1,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 3; START SLAVE;",
+    )
+    .await;
+    sql(
+        2,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 8; START SLAVE;",
+    )
+    .await;
+    let lagging = |p: &Proxy| state(p, 1) == State::Lagging && state(p, 2) == State::Lagging;
+    let both = wait_for(Duration::from_secs(15), || {
+        lagging(&to_primary) && lagging(&to_least)
+    })
+    .await;
+    let lag = |i: usize| to_least.backends.get(i).and_then(|b| b.health.lag());
+    // Both lags grow alike until replica1's settles at its 3 s delay.
+    let apart = wait_for(
+        Duration::from_secs(10),
+        || matches!((lag(1), lag(2)), (Some(l1), Some(l2)) if l2 > l1 + Duration::from_millis(800)),
+    )
+    .await;
+    let (lag1, lag2) = (lag(1), lag(2));
+    let seen_a = servers_used(&mut a, 4).await;
+    let seen_b = servers_used(&mut b, 4).await;
+    sql(
+        1,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;",
+    )
+    .await;
+    sql(
+        2,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;",
+    )
+    .await;
+    assert!(
+        both.is_some() && apart.is_some(),
+        "both replicas demoted for lag, lags apart"
+    );
+    assert_eq!(seen_a, BTreeSet::from([1]), "all_replicas_down = primary");
+    assert_eq!(
+        seen_b,
+        BTreeSet::from([2]),
+        "least_lagged picks replica1 ({lag1:?} vs {lag2:?})"
+    );
+    let back = wait_for(Duration::from_secs(30), || {
+        state(&to_least, 1) == State::Up && state(&to_least, 2) == State::Up
+    })
+    .await;
+    assert!(back.is_some(), "replicas caught up");
+}

@@ -427,3 +427,20 @@ async fn a_session_that_only_writes_holds_no_replica_connections() {
         "lazy connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_specific_statements_go_to_the_primary() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    for _ in 0..3 {
+        let rows: Vec<mysql_async::Row> = conn
+            .query("SHOW PROCESSLIST")
+            .await
+            .expect("show processlist");
+        let own: u64 = first(&mut conn, "SELECT CONNECTION_ID() /* rwproxy:primary */").await;
+        assert!(
+            rows.iter().any(|r| r.get::<u64, _>(0) == Some(own)),
+            "SHOW PROCESSLIST comes from the primary"
+        );
+    }
+}

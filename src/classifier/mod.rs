@@ -175,6 +175,13 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
         "EXECUTE" => Classification::new(Primary, Reason::SessionPinned),
         "BEGIN" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
         "START" => classify_start(sql, lead),
+        "GET"
+            if lead
+                .second_word
+                .is_some_and(|w| w.eq_ignore_ascii_case("DIAGNOSTICS")) =>
+        {
+            Classification::new(Destination::Last, Reason::Diagnostics)
+        }
         "XA" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
         "COMMIT" | "ROLLBACK" => Classification::new(Primary, Reason::Transaction),
         "USE" => Classification::new(All, Reason::SessionCommand).with_effect(Effect::UseDatabase),
