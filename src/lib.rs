@@ -8,7 +8,10 @@
 //! - [`backend`]: the backends (health as seen by the data path) and connections to them.
 //! - [`session`]: one client connection, from handshake to quit, as a small state machine.
 //! - [`server`]: the listener that starts sessions.
-//! - [`proxy`]: start-up: probe the primary, bind, serve.
+//! - [`monitor`]: health and replication-lag checks that move backends in and out of reads.
+//! - [`metrics`]: Prometheus series, owned by one proxy instance.
+//! - [`admin`]: the admin HTTP listener: `/metrics`, `/status`, `/health`, status page.
+//! - [`proxy`]: start-up: probe the primary, bind, start the monitor, serve.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 

@@ -297,6 +297,30 @@ impl Config {
                 report(format!("mysql.users[{i}].name"), line(user.span()), msg);
             }
         }
+        self.validate_backends(&mut report, text);
+        self.validate_monitor(&mut report, text);
+        if let Some(admin) = &self.admin
+            && admin.listen.get_ref().parse::<SocketAddr>().is_err()
+        {
+            let msg = format!(
+                "{:?} is not an address like \"127.0.0.1:9090\"",
+                admin.listen.get_ref()
+            );
+            report("admin.listen".into(), line(admin.listen.span()), msg);
+        }
+        if m.max_packet_size < 1024 {
+            report(
+                "mysql.max_packet_size".into(),
+                1,
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        problems
+    }
+
+    fn validate_backends(&self, report: &mut impl FnMut(String, usize, String), text: &str) {
+        let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+        let m = &self.mysql;
         for (i, b) in m.backends.iter().enumerate() {
             let at = line(b.span());
             let backend = b.get_ref();
@@ -334,24 +358,6 @@ impl Config {
                 ),
             );
         }
-        self.validate_monitor(&mut report, text);
-        if let Some(admin) = &self.admin
-            && admin.listen.get_ref().parse::<SocketAddr>().is_err()
-        {
-            let msg = format!(
-                "{:?} is not an address like \"127.0.0.1:9090\"",
-                admin.listen.get_ref()
-            );
-            report("admin.listen".into(), line(admin.listen.span()), msg);
-        }
-        if m.max_packet_size < 1024 {
-            report(
-                "mysql.max_packet_size".into(),
-                1,
-                "must be at least 1024 bytes".into(),
-            );
-        }
-        problems
     }
 
     fn validate_monitor(&self, report: &mut impl FnMut(String, usize, String), text: &str) {
