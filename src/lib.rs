@@ -10,6 +10,7 @@
 //! - [`server`]: the listener that starts sessions.
 //! - [`monitor`]: health and replication-lag checks that move backends in and out of reads.
 //! - [`metrics`]: Prometheus series, owned by one proxy instance.
+//! - [`http`]: the HTTP load balancer for the web tier.
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/status`, `/health`, status page.
 //! - [`proxy`]: start-up: probe the primary, bind, start the monitor, serve.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod backend;
 pub mod classifier;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod monitor;
 pub mod protocol;

@@ -24,6 +24,8 @@ const FALLBACK_VERSION: &str = "8.0.0-rwproxy";
 pub struct Proxy {
     pub sql_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub http: Option<Arc<crate::http::Balancer>>,
     pub backends: Arc<Backends>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -96,6 +98,14 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
         }
         None => None,
     };
+    let (http_addr, http) = match config.http.clone() {
+        Some(http_config) => {
+            let (addr, balancer, http_tasks) = crate::http::start(http_config).await?;
+            tasks.extend(http_tasks);
+            (Some(addr), Some(balancer))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared::new(config, router, metrics, version, caps));
     tracing::info!(%sql_addr, "SQL proxy listening");
     tasks.push(tokio::spawn(async move {
@@ -106,6 +116,8 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     Ok(Proxy {
         sql_addr,
         admin_addr,
+        http_addr,
+        http,
         backends,
         tasks,
     })

@@ -3,6 +3,7 @@
 //! problems at once.
 
 mod duration;
+mod http;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::parse_duration;
+pub use http::{Algorithm, HttpConfig, HttpHealthConfig, HttpServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +50,9 @@ pub struct Config {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The HTTP load balancer; off when absent.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
 }
 
 /// Backend health and replication-lag checks.
@@ -299,6 +304,7 @@ impl Config {
         }
         self.validate_backends(&mut report, text);
         self.validate_monitor(&mut report, text);
+        self.validate_http(&mut report, text);
         if let Some(admin) = &self.admin
             && admin.listen.get_ref().parse::<SocketAddr>().is_err()
         {
@@ -357,6 +363,53 @@ impl Config {
                     "exactly one backend with role = \"primary\" is required, found {primaries}"
                 ),
             );
+        }
+    }
+
+    fn validate_http(&self, report: &mut impl FnMut(String, usize, String), text: &str) {
+        let Some(http) = &self.http else { return };
+        let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+        if http.listen.get_ref().parse::<SocketAddr>().is_err() {
+            let msg = format!(
+                "{:?} is not an address like \"127.0.0.1:8080\"",
+                http.listen.get_ref()
+            );
+            report("http.listen".into(), line(http.listen.span()), msg);
+        }
+        if http.servers.is_empty() {
+            report(
+                "http.servers".into(),
+                line(http.listen.span()),
+                "at least one [[http.servers]] entry is required".into(),
+            );
+        }
+        for (i, s) in http.servers.iter().enumerate() {
+            let server = s.get_ref();
+            if server.name.is_empty()
+                || http.servers[..i]
+                    .iter()
+                    .any(|o| o.get_ref().name == server.name)
+            {
+                report(
+                    format!("http.servers[{i}].name"),
+                    line(s.span()),
+                    format!("server name {:?} is empty or repeated", server.name),
+                );
+            }
+            if !is_host_port(&server.address) {
+                report(
+                    format!("http.servers[{i}].address"),
+                    line(s.span()),
+                    format!("{:?} is not host:port", server.address),
+                );
+            }
+            if server.weight == 0 {
+                report(
+                    format!("http.servers[{i}].weight"),
+                    line(s.span()),
+                    "must be at least 1".into(),
+                );
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod raw;
+pub mod web;
 
 use std::sync::OnceLock;
 

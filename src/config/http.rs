@@ -1,0 +1,110 @@
+//! The `[http]` section: the embedded HTTP load balancer for the web tier.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the balancer listens on, e.g. `"127.0.0.1:8080"`.
+    pub listen: Spanned<String>,
+    /// `"round_robin"` (default), `"least_connections"` or `"random_two"`.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub servers: Vec<Spanned<HttpServerConfig>>,
+    #[serde(default)]
+    pub health: HttpHealthConfig,
+    /// Time to open a connection to a server. Default `"1s"`.
+    #[serde(default = "default_connect_timeout", with = "duration::serde_str")]
+    pub connect_timeout: Duration,
+    /// Time from sending a request to the response headers. Default `"30s"`.
+    #[serde(default = "default_response_timeout", with = "duration::serde_str")]
+    pub response_timeout: Duration,
+    /// Largest request body accepted; a larger one gets 413. Default 10 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    RandomTwo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServerConfig {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Share of requests relative to the other servers. Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Takes traffic only when every non-backup server is down. Default `false`.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthConfig {
+    /// Checked with GET; 2xx is healthy. Default `"/health"`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Default `"1s"`.
+    #[serde(default = "default_interval", with = "duration::serde_str")]
+    pub interval: Duration,
+    /// Default `"1s"`.
+    #[serde(default = "default_interval", with = "duration::serde_str")]
+    pub timeout: Duration,
+    /// Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for HttpHealthConfig {
+    fn default() -> Self {
+        HttpHealthConfig {
+            path: default_path(),
+            interval: default_interval(),
+            timeout: default_interval(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_path() -> String {
+    "/health".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_body() -> usize {
+    10 << 20
+}

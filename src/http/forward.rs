@@ -1,0 +1,162 @@
+//! Forwarding one request: body limit, forwarding headers, server choice, redispatch and retry.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::Balancer;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
+fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
+    let client = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.clone(),
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let for_part = if peer.is_ipv6() {
+        format!("\"[{client}]\"")
+    } else {
+        client
+    };
+    let forwarded = format!("for={for_part};proto=http;host=\"{host}\"");
+    for (name, value) in [
+        ("x-forwarded-for", xff),
+        ("x-forwarded-proto", "http".to_string()),
+        ("x-forwarded-host", host),
+        ("forwarded", forwarded),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    balancer: &Balancer,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let body = match Limited::new(body, balancer.config.max_body_size)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, peer);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut retried = false;
+    for index in balancer.servers.order() {
+        let server = &balancer.servers.list[index];
+        let Ok(uri) = format!("http://{}{path}", server.address).parse::<hyper::Uri>() else {
+            continue;
+        };
+        let mut upstream = Request::new(Full::new(body.clone()));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = parts.headers.clone();
+        server.active.fetch_add(1, Ordering::Relaxed);
+        let sent = tokio::time::timeout(
+            balancer.config.response_timeout,
+            balancer.client.request(upstream),
+        )
+        .await;
+        server.active.fetch_sub(1, Ordering::Relaxed);
+        match sent {
+            Ok(Ok(response)) => {
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, body.boxed());
+            }
+            // Nothing reached the server: any request may go to the next one.
+            Ok(Err(e)) if e.is_connect() => server.observe(false, &format!("connect failed: {e}")),
+            Ok(Err(e)) => {
+                server.observe(false, &format!("request failed: {e}"));
+                if !idempotent(&parts.method) || retried {
+                    return plain(StatusCode::BAD_GATEWAY, "the server failed to answer");
+                }
+                retried = true;
+            }
+            Err(_) => {
+                return plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the server did not answer in time",
+                );
+            }
+        }
+    }
+    plain(StatusCode::SERVICE_UNAVAILABLE, "no server available")
+}

@@ -1,0 +1,123 @@
+//! The web servers behind the balancer: health with rise/fall, active requests, selection.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::config::{Algorithm, HttpConfig};
+use crate::monitor::Hysteresis;
+use crate::router::{Balancer, RoundRobin};
+
+#[derive(Debug)]
+pub struct HttpServer {
+    pub name: String,
+    pub address: String,
+    pub weight: u32,
+    pub backup: bool,
+    up: AtomicBool,
+    hysteresis: Mutex<Hysteresis>,
+    /// Requests being served by this server now.
+    pub active: AtomicUsize,
+}
+
+impl HttpServer {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records one check (active or passive); logs and returns when the server changed sides.
+    pub fn observe(&self, good: bool, why: &str) {
+        let Ok(mut h) = self.hysteresis.lock() else {
+            return;
+        };
+        if let Some(up) = h.observe(good) {
+            self.up.store(up, Ordering::Relaxed);
+            if up {
+                tracing::info!(server = %self.name, "HTTP server up");
+            } else {
+                tracing::warn!(server = %self.name, reason = %why, "HTTP server down");
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Servers {
+    pub list: Vec<HttpServer>,
+    algorithm: Algorithm,
+    rotation: RoundRobin,
+}
+
+impl Servers {
+    pub fn new(config: &HttpConfig) -> Servers {
+        let list = config
+            .servers
+            .iter()
+            .map(|s| {
+                let s = s.get_ref();
+                HttpServer {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    weight: s.weight.max(1),
+                    backup: s.backup,
+                    up: AtomicBool::new(true),
+                    hysteresis: Mutex::new(Hysteresis::new(config.health.rise, config.health.fall)),
+                    active: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Servers {
+            list,
+            algorithm: config.algorithm,
+            rotation: RoundRobin::default(),
+        }
+    }
+
+    /// Servers to try for one request, best first: the algorithm's pick among healthy active
+    /// servers (backups when none is up), then the others as redispatch targets.
+    pub fn order(&self) -> Vec<usize> {
+        let up = |backup: bool| -> Vec<usize> {
+            (0..self.list.len())
+                .filter(|&i| self.list[i].is_up() && self.list[i].backup == backup)
+                .collect()
+        };
+        let mut pool = up(false);
+        if pool.is_empty() {
+            pool = up(true);
+        }
+        if pool.is_empty() {
+            return pool;
+        }
+        let first = match self.algorithm {
+            Algorithm::RoundRobin => self.weighted_round_robin(&pool),
+            Algorithm::LeastConnections => self.least_loaded(&pool),
+            Algorithm::RandomTwo => {
+                let a = pool[rand::random_range(0..pool.len())];
+                let b = pool[rand::random_range(0..pool.len())];
+                self.least_loaded(&[a, b])
+            }
+        };
+        let mut order = vec![first];
+        order.extend(pool.iter().copied().filter(|&i| i != first));
+        order
+    }
+
+    fn weighted_round_robin(&self, pool: &[usize]) -> usize {
+        let slots: Vec<usize> = pool
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i, self.list[i].weight as usize))
+            .collect();
+        self.rotation
+            .next(slots.len())
+            .map_or(pool[0], |at| slots[at])
+    }
+
+    fn least_loaded(&self, pool: &[usize]) -> usize {
+        let load = |i: usize| {
+            self.list[i].active.load(Ordering::Relaxed) as f64 / f64::from(self.list[i].weight)
+        };
+        pool.iter()
+            .copied()
+            .min_by(|a, b| load(*a).total_cmp(&load(*b)))
+            .unwrap_or(pool[0])
+    }
+}

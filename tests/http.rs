@@ -1,0 +1,194 @@
+//! The HTTP load balancer against real HTTP servers on loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::web::WebServer;
+use common::{start_proxy_with, wait_for};
+use rwproxy::proxy::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A proxy whose SQL side points nowhere (unused here) and whose HTTP side balances `servers`.
+async fn balancer(servers: &[(&WebServer, &str)]) -> Proxy {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut text = format!(
+        "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
+    );
+    for (server, extra) in servers {
+        text += &format!(
+            "\n[[http.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
+            server.name, server.addr
+        );
+    }
+    start_proxy_with(&text).await
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+async fn request(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let addr = proxy.http_addr.expect("http listener");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shop.example\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream.write_all(body).await.expect("send body");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn names(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = request(proxy, "GET", "/", "", b"").await;
+        assert_eq!(status, 200, "{body}");
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_is_exact_and_weights_are_honoured() {
+    let (web1, web2) = (
+        WebServer::start("web1").await,
+        WebServer::start("web2").await,
+    );
+    let proxy = balancer(&[(&web1, ""), (&web2, "")]).await;
+    assert_eq!(
+        names(&proxy, 10).await,
+        BTreeMap::from([("web1".into(), 5), ("web2".into(), 5)])
+    );
+    let proxy = balancer(&[(&web1, "weight = 3"), (&web2, "")]).await;
+    assert_eq!(
+        names(&proxy, 8).await,
+        BTreeMap::from([("web1".into(), 6), ("web2".into(), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_costs_no_failed_request_and_rejoins_after_rise() {
+    let mut web1 = WebServer::start("web1").await;
+    let web2 = WebServer::start("web2").await;
+    let proxy = balancer(&[(&web1, ""), (&web2, "")]).await;
+    let addr1 = web1.addr;
+    let mut failures = 0;
+    for i in 0..60 {
+        if i == 20 {
+            web1.stop();
+        }
+        let (status, _) = request(&proxy, "GET", "/", "", b"").await;
+        failures += usize::from(status != 200);
+    }
+    assert_eq!(failures, 0, "connect failures are redispatched");
+    let server = |i: usize| proxy.http.as_ref().expect("http").servers.list[i].is_up();
+    assert!(
+        wait_for(Duration::from_secs(3), || !server(0))
+            .await
+            .is_some(),
+        "web1 leaves the rotation"
+    );
+    let _web1 = WebServer::start_on("web1", addr1).await;
+    let back = wait_for(Duration::from_secs(5), || server(0)).await;
+    assert!(back.is_some(), "web1 rejoins after rise checks");
+    assert_eq!(names(&proxy, 4).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_serves_only_when_every_active_server_is_down_then_503() {
+    let mut web1 = WebServer::start("web1").await;
+    let mut web2 = WebServer::start("web2").await;
+    let mut spare = WebServer::start("spare").await;
+    let proxy = balancer(&[(&web1, ""), (&web2, ""), (&spare, "backup = true")]).await;
+    assert!(!names(&proxy, 6).await.contains_key("spare"));
+    web1.sick.store(true, std::sync::atomic::Ordering::Relaxed);
+    web2.sick.store(true, std::sync::atomic::Ordering::Relaxed);
+    let servers = &proxy.http.as_ref().expect("http").servers;
+    let down = wait_for(Duration::from_secs(3), || {
+        !servers.list[0].is_up() && !servers.list[1].is_up()
+    })
+    .await;
+    assert!(down.is_some());
+    assert_eq!(
+        names(&proxy, 3).await,
+        BTreeMap::from([("spare".into(), 3)])
+    );
+    web1.stop();
+    web2.stop();
+    spare.stop();
+    let all_down = wait_for(Duration::from_secs(3), || !servers.list[2].is_up()).await;
+    assert!(all_down.is_some());
+    let started = std::time::Instant::now();
+    let (status, body) = request(&proxy, "GET", "/", "", b"").await;
+    assert_eq!((status, body.trim()), (503, "no server available"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "503 at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_are_added() {
+    let web1 = WebServer::start("web1").await;
+    let proxy = balancer(&[(&web1, "")]).await;
+    let (status, body) = request(
+        &proxy,
+        "GET",
+        "/headers",
+        "X-Forwarded-For: 203.0.113.9\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("xff=203.0.113.9, 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("proto=http\n") && body.contains("xhost=shop.example\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("forwarded=for=127.0.0.1;proto=http;host=\"shop.example\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("host=shop.example\n"),
+        "Host is preserved: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_limit_gives_413_and_post_is_sent_once() {
+    let web1 = WebServer::start("web1").await;
+    let proxy = balancer(&[(&web1, "")]).await;
+    let big = vec![b'x'; 11 << 20];
+    let (status, _) = request(&proxy, "POST", "/upload", "", &big).await;
+    assert_eq!(status, 413);
+    let before = web1.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = request(&proxy, "POST", "/orders", "", b"{\"id\": 1}").await;
+    assert_eq!((status, body.as_str()), (200, "web1"));
+    assert_eq!(
+        web1.hits.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1,
+        "POST reached the server once"
+    );
+}
