@@ -41,9 +41,7 @@ fn mix(c: &mut Criterion) {
             black_box(classify(black_box(STATEMENTS[i])))
         })
     });
-    c.bench_function("classify/point_select", |b| {
-        b.iter(|| black_box(classify(black_box(STATEMENTS[0]))))
-    });
+    c.bench_function("classify/point_select", |b| b.iter(|| black_box(classify(black_box(STATEMENTS[0])))));
 }
 
 fn load_corpus() -> Vec<String> {
@@ -97,9 +95,7 @@ fn huge_insert(c: &mut Criterion) {
         i += 1;
     }
     sql.push_str("(0, 'end')");
-    c.bench_function("classify/insert_1mb", |b| {
-        b.iter(|| black_box(classify(black_box(&sql))))
-    });
+    c.bench_function("classify/insert_1mb", |b| b.iter(|| black_box(classify(black_box(&sql)))));
 }
 
 criterion_group!(benches, mix, corpus, huge_insert);

@@ -47,11 +47,7 @@ fn track(c: &mut Criterion) {
         b.iter(|| {
             let mut t = ResponseTracker::new(ResponseKind::Query, false);
             for (first, len, payload) in &packets {
-                let body: &[u8] = if t.needs_payload(*first, *len) {
-                    payload
-                } else {
-                    &[]
-                };
+                let body: &[u8] = if t.needs_payload(*first, *len) { payload } else { &[] };
                 black_box(t.accept(*first, *len, body).ok());
             }
         })

@@ -14,19 +14,12 @@ use rwproxy::config::Config;
 async fn main() -> Result<(), String> {
     let listen = std::env::var("RWPROXY_LISTEN").unwrap_or_else(|_| "127.0.0.1:6033".into());
     println!("starting MariaDB primary and two replicas…");
-    let cluster = tokio::task::spawn_blocking(cluster::Cluster::start)
-        .await
-        .map_err(|e| e.to_string())??;
+    let cluster = tokio::task::spawn_blocking(cluster::Cluster::start).await.map_err(|e| e.to_string())??;
     let text = cluster.proxy_config(&listen);
     let path = cluster.base.join("rwproxy.toml");
     std::fs::write(&path, &text).map_err(|e| e.to_string())?;
     for node in &cluster.nodes {
-        println!(
-            "  {:<9} 127.0.0.1:{}  (mariadb -uroot -S {})",
-            node.name,
-            node.port,
-            node.socket.display()
-        );
+        println!("  {:<9} 127.0.0.1:{}  (mariadb -uroot -S {})", node.name, node.port, node.socket.display());
     }
     if std::env::args().any(|a| a == "--cluster-only") {
         println!("config: {}", path.display());
@@ -36,14 +29,8 @@ async fn main() -> Result<(), String> {
         return Ok(());
     }
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-    let proxy = rwproxy::proxy::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "rwproxy listening on {} (config: {})",
-        proxy.sql_addr,
-        path.display()
-    );
+    let proxy = rwproxy::proxy::start(config).await.map_err(|e| e.to_string())?;
+    println!("rwproxy listening on {} (config: {})", proxy.sql_addr, path.display());
     println!(
         "try:  mariadb -h127.0.0.1 -P{} -u{} -p{} {}",
         proxy.sql_addr.port(),

@@ -29,9 +29,8 @@ const REASONS: [Reason; 14] = [
 ];
 const ROUTES: [&str; 4] = ["read", "primary", "all", "pinned"];
 /// Seconds: from half a millisecond to ten seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 fn route_index(target: Target) -> usize {
     match target {
@@ -43,10 +42,7 @@ fn route_index(target: Target) -> usize {
 }
 
 fn reason_index(reason: Reason) -> usize {
-    REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or(REASONS.len() - 1)
+    REASONS.iter().position(|r| *r == reason).unwrap_or(REASONS.len() - 1)
 }
 
 struct BackendSeries {
@@ -94,19 +90,12 @@ impl Metrics {
             recorder,
             handle,
         };
-        m.backends = backends
-            .all()
-            .iter()
-            .map(|b| m.backend_series(&b.name, b.role))
-            .collect();
+        m.backends = backends.all().iter().map(|b| m.backend_series(&b.name, b.role)).collect();
         m
     }
 
     fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-        let labels: Vec<Label> = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect();
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
         Key::from_parts(name, labels)
     }
 
@@ -121,11 +110,7 @@ impl Metrics {
             for reason in REASONS {
                 let key = Self::key(
                     "rwproxy_queries_total",
-                    &[
-                        ("backend", name),
-                        ("route", route),
-                        ("reason", reason.as_str()),
-                    ],
+                    &[("backend", name), ("route", route), ("reason", reason.as_str())],
                 );
                 queries.push(r.register_counter(&key, &METADATA));
             }
@@ -136,34 +121,22 @@ impl Metrics {
                 &METADATA,
             ),
             lag: r.register_gauge(
-                &Self::key(
-                    "rwproxy_backend_replication_lag_seconds",
-                    &[("backend", name)],
-                ),
+                &Self::key("rwproxy_backend_replication_lag_seconds", &[("backend", name)]),
                 &METADATA,
             ),
             states: State::ALL
                 .iter()
                 .map(|s| {
-                    let key = Self::key(
-                        "rwproxy_backend_state",
-                        &[("backend", name), ("state", s.as_str())],
-                    );
+                    let key = Self::key("rwproxy_backend_state", &[("backend", name), ("state", s.as_str())]);
                     (*s, r.register_gauge(&key, &METADATA))
                 })
                 .collect(),
             connections: r.register_gauge(
-                &Self::key(
-                    "rwproxy_backend_connections",
-                    &[("backend", name), ("state", "in_use")],
-                ),
+                &Self::key("rwproxy_backend_connections", &[("backend", name), ("state", "in_use")]),
                 &METADATA,
             ),
             idle: r.register_gauge(
-                &Self::key(
-                    "rwproxy_backend_connections",
-                    &[("backend", name), ("state", "idle")],
-                ),
+                &Self::key("rwproxy_backend_connections", &[("backend", name), ("state", "idle")]),
                 &METADATA,
             ),
             demotions: State::ALL[1..]
@@ -177,10 +150,7 @@ impl Metrics {
                 })
                 .collect(),
             check_duration: r.register_histogram(
-                &Self::key(
-                    "rwproxy_monitor_check_duration_seconds",
-                    &[("backend", name)],
-                ),
+                &Self::key("rwproxy_monitor_check_duration_seconds", &[("backend", name)]),
                 &METADATA,
             ),
             queries,
@@ -190,9 +160,8 @@ impl Metrics {
     /// One statement answered by `backend`.
     pub fn query(&self, backend: usize, target: Target, reason: Reason, took: Duration) {
         if let Some(series) = self.backends.get(backend)
-            && let Some(counter) = series
-                .queries
-                .get(route_index(target) * REASONS.len() + reason_index(reason))
+            && let Some(counter) =
+                series.queries.get(route_index(target) * REASONS.len() + reason_index(reason))
         {
             counter.increment(1);
         }
@@ -214,10 +183,8 @@ impl Metrics {
     }
 
     pub fn demotion(&self, backend: usize, state: State) {
-        if let Some((_, counter)) = self
-            .backends
-            .get(backend)
-            .and_then(|s| s.demotions.iter().find(|(st, _)| *st == state))
+        if let Some((_, counter)) =
+            self.backends.get(backend).and_then(|s| s.demotions.iter().find(|(st, _)| *st == state))
         {
             counter.increment(1);
         }
@@ -228,20 +195,54 @@ impl Metrics {
         for (backend, series) in backends.all().iter().zip(&self.backends) {
             let state = backend.health.state();
             series.up.set(if state == State::Down { 0.0 } else { 1.0 });
-            series
-                .lag
-                .set(backend.health.lag().map_or(f64::NAN, |l| l.as_secs_f64()));
+            series.lag.set(backend.health.lag().map_or(f64::NAN, |l| l.as_secs_f64()));
             for (s, gauge) in &series.states {
                 gauge.set(if *s == state { 1.0 } else { 0.0 });
             }
             series.idle.set(backend.pool.idle_count() as f64);
-            series.connections.set(
-                backend
-                    .health
-                    .connections
-                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
-            );
+            series
+                .connections
+                .set(backend.health.connections.load(std::sync::atomic::Ordering::Relaxed) as f64);
         }
         self.handle.render()
+    }
+}
+
+/// The series of one HTTP server, named after HAProxy's exporter so dashboards carry over.
+#[derive(Debug, Clone)]
+pub struct HttpServerSeries {
+    /// `rwproxy_http_requests_total{server,code}` for 1xx … 5xx.
+    pub responses: [Counter; 5],
+    pub up: Gauge,
+    pub active: Gauge,
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub health_failures: Counter,
+}
+
+impl Metrics {
+    /// Registers the series of one HTTP server.
+    pub fn http_server(&self, server: &str) -> HttpServerSeries {
+        let r = &self.recorder;
+        let labels = [("server", server)];
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+            r.register_counter(
+                &Self::key("rwproxy_http_requests_total", &[("server", server), ("code", code)]),
+                &METADATA,
+            )
+        });
+        let series = HttpServerSeries {
+            responses,
+            up: r.register_gauge(&Self::key("rwproxy_http_server_up", &labels), &METADATA),
+            active: r
+                .register_gauge(&Self::key("rwproxy_http_server_active_connections", &labels), &METADATA),
+            duration: r
+                .register_histogram(&Self::key("rwproxy_http_request_duration_seconds", &labels), &METADATA),
+            retries: r.register_counter(&Self::key("rwproxy_http_retries_total", &labels), &METADATA),
+            health_failures: r
+                .register_counter(&Self::key("rwproxy_http_health_check_failures_total", &labels), &METADATA),
+        };
+        series.up.set(1.0);
+        series
     }
 }

@@ -27,6 +27,7 @@ pub struct Proxy {
     pub http_addr: Option<SocketAddr>,
     pub http: Option<Arc<crate::http::Balancer>>,
     pub backends: Arc<Backends>,
+    pub metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -47,8 +48,7 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     // backends would not honour, since their packets reach it unchanged.
     let caps = match &probed {
         Some((_, primary_caps)) => {
-            OFFERED_CAPS
-                & (*primary_caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS)
+            OFFERED_CAPS & (*primary_caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS)
         }
         None => {
             tracing::warn!(%primary, "primary not reachable at start-up; offering default capabilities");
@@ -61,9 +61,7 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
         .clone()
         .or_else(|| probed.map(|(v, _)| v))
         .unwrap_or_else(|| FALLBACK_VERSION.to_string());
-    let listen = config
-        .listen_addr()
-        .ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
+    let listen = config.listen_addr().ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
     let listener = TcpListener::bind(listen).await?;
     let sql_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(&backends));
@@ -76,11 +74,7 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     let mut tasks = monitor::spawn(&config, backends.clone(), metrics.clone());
     let admin_addr = match &config.admin {
         Some(admin) => {
-            let addr: SocketAddr = admin
-                .listen
-                .get_ref()
-                .parse()
-                .map_err(std::io::Error::other)?;
+            let addr: SocketAddr = admin.listen.get_ref().parse().map_err(std::io::Error::other)?;
             let listener = TcpListener::bind(addr).await?;
             let bound = listener.local_addr()?;
             let state = Arc::new(AdminState {
@@ -100,25 +94,18 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     };
     let (http_addr, http) = match config.http.clone() {
         Some(http_config) => {
-            let (addr, balancer, http_tasks) = crate::http::start(http_config).await?;
+            let (addr, balancer, http_tasks) = crate::http::start(http_config, &metrics).await?;
             tasks.extend(http_tasks);
             (Some(addr), Some(balancer))
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared::new(config, router, metrics, version, caps));
+    let shared = Arc::new(Shared::new(config, router, metrics.clone(), version, caps));
     tracing::info!(%sql_addr, "SQL proxy listening");
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server::serve(listener, shared).await {
             tracing::error!(error = %e, "SQL listener stopped");
         }
     }));
-    Ok(Proxy {
-        sql_addr,
-        admin_addr,
-        http_addr,
-        http,
-        backends,
-        tasks,
-    })
+    Ok(Proxy { sql_addr, admin_addr, http_addr, http, backends, metrics, tasks })
 }

@@ -3,22 +3,14 @@
 use std::process::Command;
 
 fn rwproxy(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rwproxy"))
-        .args(args)
-        .output()
-        .expect("run rwproxy")
+    Command::new(env!("CARGO_BIN_EXE_rwproxy")).args(args).output().expect("run rwproxy")
 }
 
 #[test]
 fn example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rwproxy.toml");
     let out = rwproxy(&["--check-config", path]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -34,23 +26,14 @@ fn invalid_config_lists_every_problem_with_key_and_line_and_exits_2() {
     let out = rwproxy(&["--check-config", path.to_str().expect("utf-8 path")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("mysql.backends[1].address") && stderr.contains("line "),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("exactly one backend with role = \"primary\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("mysql.backends[1].address") && stderr.contains("line "), "{stderr}");
+    assert!(stderr.contains("exactly one backend with role = \"primary\""), "{stderr}");
 
     std::fs::write(&path, "[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").expect("write");
     let out = rwproxy(&["--check-config", path.to_str().expect("utf-8 path")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr.contains("bogus") && stderr.contains("line 3"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bogus") && stderr.contains("line 3"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -62,8 +45,5 @@ fn help_and_version() {
     let out = rwproxy(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("--config") && help.contains("--check-config"),
-        "{help}"
-    );
+    assert!(help.contains("--config") && help.contains("--check-config"), "{help}");
 }

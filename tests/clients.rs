@@ -25,11 +25,7 @@ async fn mariadb(port: u16, sql: &str, extra: &[&str]) -> std::process::Output {
 }
 
 fn stdout_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mariadb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "mariadb failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -70,21 +66,21 @@ async fn mariadb_cli_load_data_local_infile() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.trim(), "5000\t12497500");
     replicated().await;
-    let out = stdout_ok(&mariadb(port, "SELECT COUNT(*) FROM infile_t; SELECT COUNT(*) FROM infile_t; SELECT COUNT(*) FROM infile_t;", &[]).await);
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["5000", "5000", "5000"],
-        "replicated to every read backend"
+    let out = stdout_ok(
+        &mariadb(
+            port,
+            "SELECT COUNT(*) FROM infile_t; SELECT COUNT(*) FROM infile_t; SELECT COUNT(*) FROM infile_t;",
+            &[],
+        )
+        .await,
     );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["5000", "5000", "5000"], "replicated to every read backend");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pymysql_checks_pass_through_the_proxy() {
     let proxy = start_proxy().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/pymysql_check.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pymysql_check.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(proxy.sql_addr.port().to_string())
@@ -103,11 +99,7 @@ async fn pymysql_checks_pass_through_the_proxy() {
 
 /// pytest's summary line, e.g. "182 passed, 1 skipped in 2.70s", as (outcome, count) pairs.
 fn pytest_counts(output: &str) -> Vec<(String, u32)> {
-    let summary = output
-        .lines()
-        .rev()
-        .find(|l| l.contains(" passed") || l.contains(" failed"))
-        .unwrap_or("");
+    let summary = output.lines().rev().find(|l| l.contains(" passed") || l.contains(" failed")).unwrap_or("");
     let mut counts: Vec<(String, u32)> = summary
         .split([',', '='])
         .filter_map(|part| {
@@ -121,10 +113,7 @@ fn pytest_counts(output: &str) -> Vec<(String, u32)> {
 }
 
 async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
-    let cnf = std::env::temp_dir().join(format!(
-        "rwproxy-mysqlclient-{}-{port}.cnf",
-        std::process::id()
-    ));
+    let cnf = std::env::temp_dir().join(format!("rwproxy-mysqlclient-{}-{port}.cnf", std::process::id()));
     let text = format!(
         "[MySQLdb-tests]\nhost=127.0.0.1\nport={port}\nuser={APP_USER}\npassword={APP_PASSWORD}\ndatabase={DATABASE}\n"
     );
@@ -149,28 +138,16 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
     let suite = std::fs::read_dir(&base)
         .ok()
         .and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.join("tests/configdb.py").exists())
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.join("tests/configdb.py").exists())
         })
         .unwrap_or_else(|| {
-            panic!(
-                "no mysqlclient suite under {}: run scripts/install-deps.sh --tests",
-                base.display()
-            )
+            panic!("no mysqlclient suite under {}: run scripts/install-deps.sh --tests", base.display())
         });
     let proxy = start_proxy().await;
     let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
     let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
     eprintln!("mysqlclient suite direct: {direct:?}; through rwproxy: {through:?}");
-    let passed = direct
-        .iter()
-        .find(|(k, _)| k == "passed")
-        .map_or(0, |(_, n)| *n);
-    assert!(
-        passed >= 100,
-        "the suite ran against the primary: {direct:?}\n{direct_text}"
-    );
+    let passed = direct.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
+    assert!(passed >= 100, "the suite ran against the primary: {direct:?}\n{direct_text}");
     assert_eq!(through, direct, "through rwproxy:\n{through_text}");
 }

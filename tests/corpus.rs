@@ -14,11 +14,8 @@ fn label(d: Destination) -> &'static str {
 }
 
 fn corpus() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/corpus/statements.tsv"
-    ))
-    .expect("corpus");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/statements.tsv"))
+        .expect("corpus");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('\t'))
@@ -29,21 +26,13 @@ fn corpus() -> Vec<(String, String)> {
 #[test]
 fn corpus_is_classified_as_labelled() {
     let corpus = corpus();
-    assert!(
-        corpus.len() >= 300,
-        "corpus has {} statements",
-        corpus.len()
-    );
+    assert!(corpus.len() >= 300, "corpus has {} statements", corpus.len());
     let mut wrong = Vec::new();
     let mut unsafe_reads = Vec::new();
     for (expected, sql) in &corpus {
         // A primary hint sends any statement to the primary.
         let class = classify(sql);
-        let got = if class.hint == Some(Hint::Primary) {
-            "primary"
-        } else {
-            label(class.destination)
-        };
+        let got = if class.hint == Some(Hint::Primary) { "primary" } else { label(class.destination) };
         if got != expected {
             wrong.push(format!("{expected} → {got}: {sql:?}"));
             if got == "read" {
@@ -55,11 +44,5 @@ fn corpus_is_classified_as_labelled() {
         unsafe_reads.is_empty(),
         "statements that must not reach a replica were classified READ: {unsafe_reads:#?}"
     );
-    assert!(
-        wrong.is_empty(),
-        "{} of {} misclassified:\n{}",
-        wrong.len(),
-        corpus.len(),
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "{} of {} misclassified:\n{}", wrong.len(), corpus.len(), wrong.join("\n"));
 }

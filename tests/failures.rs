@@ -30,10 +30,7 @@ async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() 
     }
     assert_eq!(before, BTreeSet::from([1, 2, 3]));
     let victim = &cluster().replicas()[1];
-    tokio::task::spawn_blocking(move || cluster().replicas()[1].kill())
-        .await
-        .expect("join")
-        .expect("kill");
+    tokio::task::spawn_blocking(move || cluster().replicas()[1].kill()).await.expect("join").expect("kill");
     let mut during = BTreeSet::new();
     for i in 0..30 {
         let id: u32 = conn
@@ -45,10 +42,7 @@ async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() 
     }
     assert_eq!(during, BTreeSet::from([1, 2]), "{} is dead", victim.name);
     let mut other = connect(&proxy).await;
-    assert!(
-        server_id(&mut other).await < 3,
-        "new sessions avoid the dead replica too"
-    );
+    assert!(server_id(&mut other).await < 3, "new sessions avoid the dead replica too");
     tokio::task::spawn_blocking(move || cluster().replicas()[1].restart())
         .await
         .expect("join")
@@ -58,11 +52,7 @@ async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() 
     for _ in 0..9 {
         after.insert(server_id(&mut conn).await);
     }
-    assert_eq!(
-        after,
-        BTreeSet::from([1, 2, 3]),
-        "restarted replica is back in rotation"
-    );
+    assert_eq!(after, BTreeSet::from([1, 2, 3]), "restarted replica is back in rotation");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,42 +61,23 @@ async fn a_dead_primary_gives_a_clear_error_and_reads_go_on() {
     let dead_port = dead.local_addr().expect("addr").port();
     drop(dead);
     let primary = cluster().primary().address();
-    let text = cluster()
-        .proxy_config("127.0.0.1:0")
-        .replace(&primary, &format!("127.0.0.1:{dead_port}"));
+    let text = cluster().proxy_config("127.0.0.1:0").replace(&primary, &format!("127.0.0.1:{dead_port}"));
     let proxy = start_proxy_with(&text).await;
     let mut conn = connect(&proxy).await;
     // Session commands fall back to a replica when the primary is gone.
-    conn.query_drop("SET time_zone = '+02:00'")
-        .await
-        .expect("set with the primary down");
+    conn.query_drop("SET time_zone = '+02:00'").await.expect("set with the primary down");
     for _ in 0..4 {
-        let row: Option<(u32, String)> = conn
-            .query_first("SELECT @@server_id, @@time_zone")
-            .await
-            .expect("read");
+        let row: Option<(u32, String)> =
+            conn.query_first("SELECT @@server_id, @@time_zone").await.expect("read");
         let (id, tz) = row.expect("row");
         assert!(id == 2 || id == 3, "read served by a replica, got {id}");
         assert_eq!(tz, "+02:00");
     }
-    let err = conn
-        .query_drop("INSERT INTO t VALUES (1)")
-        .await
-        .expect_err("no primary");
-    let mysql_async::Error::Server(e) = err else {
-        panic!("ERR packet expected, got {err:?}")
-    };
+    let err = conn.query_drop("INSERT INTO t VALUES (1)").await.expect_err("no primary");
+    let mysql_async::Error::Server(e) = err else { panic!("ERR packet expected, got {err:?}") };
     assert_eq!(e.code, 2003);
-    assert!(
-        e.message.starts_with("rwproxy: no primary available ("),
-        "{}",
-        e.message
-    );
-    assert!(
-        e.message.contains(&format!("127.0.0.1:{dead_port}")),
-        "names the address: {}",
-        e.message
-    );
+    assert!(e.message.starts_with("rwproxy: no primary available ("), "{}", e.message);
+    assert!(e.message.contains(&format!("127.0.0.1:{dead_port}")), "names the address: {}", e.message);
     assert!(server_id(&mut conn).await >= 2, "the session survives");
 }
 
@@ -130,55 +101,33 @@ async fn malformed_packets_close_only_that_client() {
     let mut bystander = connect(&proxy).await;
 
     // A command packet with the wrong sequence id.
-    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true)
-        .await
-        .expect("raw");
+    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("raw");
     raw.stream
-        .write_all(&[
-            9, 0, 0, 7, 3, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1',
-        ])
+        .write_all(&[9, 0, 0, 7, 3, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1'])
         .await
         .expect("write");
-    assert!(
-        closed(&mut raw.stream).await,
-        "out-of-order packet closes the client"
-    );
+    assert!(closed(&mut raw.stream).await, "out-of-order packet closes the client");
 
     // A packet announcing more than max_packet_size.
-    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true)
-        .await
-        .expect("raw");
+    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("raw");
     let mut huge = Vec::new();
     for _ in 0..5 {
         huge.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0]);
         huge.extend(std::iter::repeat_n(b'x', 0xFF_FFFF));
     }
     let _ = raw.stream.write_all(&huge).await;
-    assert!(
-        closed(&mut raw.stream).await,
-        "oversized packet closes the client"
-    );
+    assert!(closed(&mut raw.stream).await, "oversized packet closes the client");
 
     // Garbage instead of a login.
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let mut greeting = [0u8; 128];
     let _ = stream.read(&mut greeting).await.expect("greeting");
-    stream
-        .write_all(&[5, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0x00])
-        .await
-        .expect("write");
+    stream.write_all(&[5, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0x00]).await.expect("write");
     assert!(closed(&mut stream).await, "garbage login closes the client");
 
     // Truncated packet, then EOF.
-    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true)
-        .await
-        .expect("raw");
-    raw.stream
-        .write_all(&[50, 0, 0, 0, 3, b'S'])
-        .await
-        .expect("write");
+    let mut raw = RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("raw");
+    raw.stream.write_all(&[50, 0, 0, 0, 3, b'S']).await.expect("write");
     raw.stream.shutdown().await.expect("shutdown");
     drop(raw);
 

@@ -12,10 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A proxy whose SQL side points nowhere (unused here) and whose HTTP side balances `servers`.
 async fn balancer(servers: &[(&WebServer, &str)]) -> Proxy {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let mut text = format!(
         "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
     );
@@ -29,13 +26,7 @@ async fn balancer(servers: &[(&WebServer, &str)]) -> Proxy {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
-async fn request(
-    proxy: &Proxy,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &[u8],
-) -> (u16, String) {
+async fn request(proxy: &Proxy, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
     let addr = proxy.http_addr.expect("http listener");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
@@ -47,15 +38,8 @@ async fn request(
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -71,20 +55,11 @@ async fn names(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_is_exact_and_weights_are_honoured() {
-    let (web1, web2) = (
-        WebServer::start("web1").await,
-        WebServer::start("web2").await,
-    );
+    let (web1, web2) = (WebServer::start("web1").await, WebServer::start("web2").await);
     let proxy = balancer(&[(&web1, ""), (&web2, "")]).await;
-    assert_eq!(
-        names(&proxy, 10).await,
-        BTreeMap::from([("web1".into(), 5), ("web2".into(), 5)])
-    );
+    assert_eq!(names(&proxy, 10).await, BTreeMap::from([("web1".into(), 5), ("web2".into(), 5)]));
     let proxy = balancer(&[(&web1, "weight = 3"), (&web2, "")]).await;
-    assert_eq!(
-        names(&proxy, 8).await,
-        BTreeMap::from([("web1".into(), 6), ("web2".into(), 2)])
-    );
+    assert_eq!(names(&proxy, 8).await, BTreeMap::from([("web1".into(), 6), ("web2".into(), 2)]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,12 +78,7 @@ async fn a_killed_server_costs_no_failed_request_and_rejoins_after_rise() {
     }
     assert_eq!(failures, 0, "connect failures are redispatched");
     let server = |i: usize| proxy.http.as_ref().expect("http").servers.list[i].is_up();
-    assert!(
-        wait_for(Duration::from_secs(3), || !server(0))
-            .await
-            .is_some(),
-        "web1 leaves the rotation"
-    );
+    assert!(wait_for(Duration::from_secs(3), || !server(0)).await.is_some(), "web1 leaves the rotation");
     let _web1 = WebServer::start_on("web1", addr1).await;
     let back = wait_for(Duration::from_secs(5), || server(0)).await;
     assert!(back.is_some(), "web1 rejoins after rise checks");
@@ -125,15 +95,10 @@ async fn backup_serves_only_when_every_active_server_is_down_then_503() {
     web1.sick.store(true, std::sync::atomic::Ordering::Relaxed);
     web2.sick.store(true, std::sync::atomic::Ordering::Relaxed);
     let servers = &proxy.http.as_ref().expect("http").servers;
-    let down = wait_for(Duration::from_secs(3), || {
-        !servers.list[0].is_up() && !servers.list[1].is_up()
-    })
-    .await;
+    let down =
+        wait_for(Duration::from_secs(3), || !servers.list[0].is_up() && !servers.list[1].is_up()).await;
     assert!(down.is_some());
-    assert_eq!(
-        names(&proxy, 3).await,
-        BTreeMap::from([("spare".into(), 3)])
-    );
+    assert_eq!(names(&proxy, 3).await, BTreeMap::from([("spare".into(), 3)]));
     web1.stop();
     web2.stop();
     spare.stop();
@@ -142,38 +107,19 @@ async fn backup_serves_only_when_every_active_server_is_down_then_503() {
     let started = std::time::Instant::now();
     let (status, body) = request(&proxy, "GET", "/", "", b"").await;
     assert_eq!((status, body.trim()), (503, "no server available"));
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "503 at once"
-    );
+    assert!(started.elapsed() < Duration::from_millis(500), "503 at once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_headers_are_added() {
     let web1 = WebServer::start("web1").await;
     let proxy = balancer(&[(&web1, "")]).await;
-    let (status, body) = request(
-        &proxy,
-        "GET",
-        "/headers",
-        "X-Forwarded-For: 203.0.113.9\r\n",
-        b"",
-    )
-    .await;
+    let (status, body) = request(&proxy, "GET", "/headers", "X-Forwarded-For: 203.0.113.9\r\n", b"").await;
     assert_eq!(status, 200);
     assert!(body.contains("xff=203.0.113.9, 127.0.0.1\n"), "{body}");
-    assert!(
-        body.contains("proto=http\n") && body.contains("xhost=shop.example\n"),
-        "{body}"
-    );
-    assert!(
-        body.contains("forwarded=for=127.0.0.1;proto=http;host=\"shop.example\""),
-        "{body}"
-    );
-    assert!(
-        body.contains("host=shop.example\n"),
-        "Host is preserved: {body}"
-    );
+    assert!(body.contains("proto=http\n") && body.contains("xhost=shop.example\n"), "{body}");
+    assert!(body.contains("forwarded=for=127.0.0.1;proto=http;host=\"shop.example\""), "{body}");
+    assert!(body.contains("host=shop.example\n"), "Host is preserved: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,4 +137,41 @@ async fn body_limit_gives_413_and_post_is_sent_once() {
         before + 1,
         "POST reached the server once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_is_retried_for_get_but_never_for_post() {
+    let (web1, web2) = (WebServer::start("web1").await, WebServer::start("web2").await);
+    let proxy = balancer(&[(&web1, ""), (&web2, "")]).await;
+    let hits = || {
+        web1.hits.load(std::sync::atomic::Ordering::Relaxed)
+            + web2.hits.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (status, _) = request(&proxy, "POST", "/drop", "", b"order=1").await;
+    assert_eq!(status, 502, "a POST whose body was sent is not retried");
+    assert_eq!(hits(), 1, "the POST reached one server once");
+    let (status, _) = request(&proxy, "GET", "/drop", "", b"").await;
+    assert_eq!(status, 502, "both servers drop it: one retry, then 502");
+    assert_eq!(hits(), 3, "the GET was tried twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_metrics_are_exported() {
+    let web1 = WebServer::start("web1").await;
+    let proxy = balancer(&[(&web1, "")]).await;
+    for _ in 0..3 {
+        assert_eq!(request(&proxy, "GET", "/", "", b"").await.0, 200);
+    }
+    let dump = proxy.metrics.render(&proxy.backends);
+    for needle in [
+        "rwproxy_http_requests_total{server=\"web1\",code=\"2xx\"} 3",
+        "rwproxy_http_requests_total{server=\"web1\",code=\"5xx\"} 0",
+        "rwproxy_http_server_up{server=\"web1\"} 1",
+        "rwproxy_http_server_active_connections{server=\"web1\"} 0",
+        "rwproxy_http_request_duration_seconds_bucket{server=\"web1\"",
+        "rwproxy_http_retries_total{server=\"web1\"} 0",
+        "rwproxy_http_health_check_failures_total{server=\"web1\"} 0",
+    ] {
+        assert!(dump.contains(needle), "missing {needle} in\n{dump}");
+    }
 }

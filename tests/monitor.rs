@@ -43,60 +43,30 @@ async fn a_lagging_replica_leaves_the_read_pool_and_comes_back_after_catching_up
         "interval = \"500ms\"\nmax_replication_lag = \"1s\"\nrise = 2\nfall = 3",
     );
     let proxy = start_proxy_with(&text).await;
-    let lag_known = wait_for(Duration::from_secs(10), || {
-        proxy
-            .backends
-            .get(1)
-            .is_some_and(|b| b.health.lag().is_some())
-    })
-    .await;
+    let lag_known =
+        wait_for(Duration::from_secs(10), || proxy.backends.get(1).is_some_and(|b| b.health.lag().is_some()))
+            .await;
     assert!(lag_known.is_some(), "heartbeat lag is measured");
-    let lag = proxy
-        .backends
-        .get(1)
-        .and_then(|b| b.health.lag())
-        .expect("lag");
-    assert!(
-        lag < Duration::from_millis(500),
-        "an idle replica is not behind: {lag:?}"
-    );
+    let lag = proxy.backends.get(1).and_then(|b| b.health.lag()).expect("lag");
+    assert!(lag < Duration::from_millis(500), "an idle replica is not behind: {lag:?}");
 
-    sql(
-        1,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 4; START SLAVE;",
-    )
-    .await;
-    let demoted = wait_for(Duration::from_secs(15), || {
-        state(&proxy, 1) == State::Lagging
-    })
-    .await;
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 4; START SLAVE;").await;
+    let demoted = wait_for(Duration::from_secs(15), || state(&proxy, 1) == State::Lagging).await;
     let demoted = demoted.expect("replica1 demoted for lag");
     eprintln!("lag demotion: {demoted:?} after MASTER_DELAY = 4 (max lag 1 s, fall 3 × 500 ms)");
     let mut conn = connect(&proxy).await;
-    assert_eq!(
-        servers_used(&mut conn, 12).await,
-        BTreeSet::from([1, 3]),
-        "no reads on the lagging replica"
-    );
+    assert_eq!(servers_used(&mut conn, 12).await, BTreeSet::from([1, 3]), "no reads on the lagging replica");
     let (_, status) = http_get(proxy.admin_addr.expect("admin"), "/status").await;
-    assert!(
-        status.contains("\"state\":\"lagging\"") && status.contains("replication lag"),
-        "{status}"
-    );
+    assert!(status.contains("\"state\":\"lagging\"") && status.contains("replication lag"), "{status}");
 
-    sql(
-        1,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;",
-    )
-    .await;
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;").await;
     let back = wait_for(Duration::from_secs(20), || state(&proxy, 1) == State::Up).await;
     let back = back.expect("replica1 re-admitted");
     eprintln!("re-admission: {back:?} after MASTER_DELAY = 0 (rise 2 × 500 ms)");
     assert_eq!(servers_used(&mut conn, 6).await, BTreeSet::from([1, 2, 3]));
     let (_, metrics) = http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
     assert!(
-        metrics
-            .contains("rwproxy_backend_demotions_total{backend=\"replica1\",reason=\"lagging\"} 1"),
+        metrics.contains("rwproxy_backend_demotions_total{backend=\"replica1\",reason=\"lagging\"} 1"),
         "{metrics}"
     );
 }
@@ -108,26 +78,19 @@ async fn stopped_replication_everywhere_sends_reads_to_the_primary() {
     sql(1, "STOP SLAVE SQL_THREAD").await;
     sql(2, "STOP SLAVE SQL_THREAD").await;
     let out = wait_for(Duration::from_secs(10), || {
-        state(&proxy, 1) == State::ReplicationStopped
-            && state(&proxy, 2) == State::ReplicationStopped
+        state(&proxy, 1) == State::ReplicationStopped && state(&proxy, 2) == State::ReplicationStopped
     })
     .await;
-    assert!(
-        out.is_some(),
-        "both replicas demoted: {:?} {:?}",
-        state(&proxy, 1),
-        state(&proxy, 2)
-    );
+    assert!(out.is_some(), "both replicas demoted: {:?} {:?}", state(&proxy, 1), state(&proxy, 2));
     let mut conn = connect(&proxy).await;
     assert_eq!(servers_used(&mut conn, 6).await, BTreeSet::from([1]));
     let reason = proxy.backends.get(1).expect("backend").health.reason();
     assert!(reason.contains("SQL=No"), "{reason}");
     sql(1, "START SLAVE SQL_THREAD").await;
     sql(2, "START SLAVE SQL_THREAD").await;
-    let back = wait_for(Duration::from_secs(10), || {
-        state(&proxy, 1) == State::Up && state(&proxy, 2) == State::Up
-    })
-    .await;
+    let back =
+        wait_for(Duration::from_secs(10), || state(&proxy, 1) == State::Up && state(&proxy, 2) == State::Up)
+            .await;
     assert!(back.is_some());
 }
 
@@ -193,10 +156,7 @@ async fn a_killed_replica_is_demoted_and_readmitted_and_an_inflight_read_is_retr
         row
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    tokio::task::spawn_blocking(|| cluster().nodes[1].kill())
-        .await
-        .expect("join")
-        .expect("kill");
+    tokio::task::spawn_blocking(|| cluster().nodes[1].kill()).await.expect("join").expect("kill");
     let row = slow.await.expect("join").expect("row");
     assert_eq!(row.1, 3, "the read was retried on replica2");
     let down = wait_for(Duration::from_secs(10), || state(&proxy, 1) == State::Down).await;
@@ -204,10 +164,7 @@ async fn a_killed_replica_is_demoted_and_readmitted_and_an_inflight_read_is_retr
     assert!(down.is_some());
     let mut conn = connect(&proxy).await;
     assert_eq!(servers_used(&mut conn, 4).await, BTreeSet::from([3]));
-    tokio::task::spawn_blocking(|| cluster().nodes[1].restart())
-        .await
-        .expect("join")
-        .expect("restart");
+    tokio::task::spawn_blocking(|| cluster().nodes[1].restart()).await.expect("join").expect("restart");
     let up = wait_for(Duration::from_secs(20), || state(&proxy, 1) == State::Up).await;
     eprintln!("restarted replica re-admitted after {up:?}");
     assert!(up.is_some());
@@ -221,13 +178,8 @@ async fn a_dead_primary_keeps_reads_flowing_and_fails_writes_at_once() {
     let admin = proxy.admin_addr.expect("admin");
     assert_eq!(http_get(admin, "/health").await.0, 200);
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE IF NOT EXISTS dp_t (id INT)")
-        .await
-        .expect("create");
-    tokio::task::spawn_blocking(|| cluster().nodes[0].kill())
-        .await
-        .expect("join")
-        .expect("kill");
+    conn.query_drop("CREATE TABLE IF NOT EXISTS dp_t (id INT)").await.expect("create");
+    tokio::task::spawn_blocking(|| cluster().nodes[0].kill()).await.expect("join").expect("kill");
     let down = wait_for(Duration::from_secs(10), || state(&proxy, 0) == State::Down).await;
     assert!(down.is_some(), "primary marked down");
     let (code, body) = http_get(admin, "/health").await;
@@ -237,35 +189,22 @@ async fn a_dead_primary_keeps_reads_flowing_and_fails_writes_at_once() {
         assert!(id == 2 || id == 3, "reads served by replicas, got {id}");
     }
     let started = std::time::Instant::now();
-    let err = conn
-        .query_drop("INSERT INTO dp_t VALUES (1)")
-        .await
-        .expect_err("write must fail");
+    let err = conn.query_drop("INSERT INTO dp_t VALUES (1)").await.expect_err("write must fail");
     let took = started.elapsed();
     assert!(
-        err.to_string().contains("rwproxy: no primary available")
-            && err.to_string().contains("down"),
+        err.to_string().contains("rwproxy: no primary available") && err.to_string().contains("down"),
         "{err}"
     );
-    assert!(
-        took < Duration::from_millis(500),
-        "fails at once, took {took:?}"
-    );
-    tokio::task::spawn_blocking(|| cluster().nodes[0].restart())
-        .await
-        .expect("join")
-        .expect("restart");
+    assert!(took < Duration::from_millis(500), "fails at once, took {took:?}");
+    tokio::task::spawn_blocking(|| cluster().nodes[0].restart()).await.expect("join").expect("restart");
     let up = wait_for(Duration::from_secs(20), || state(&proxy, 0) == State::Up).await;
     assert!(up.is_some());
-    conn.query_drop("INSERT INTO dp_t VALUES (2)")
-        .await
-        .expect("writes work again");
+    conn.query_drop("INSERT INTO dp_t VALUES (2)").await.expect("writes work again");
     assert_eq!(http_get(admin, "/health").await.0, 200);
     // Replicas reconnect on their own (MASTER_CONNECT_RETRY = 1).
-    let replicating = wait_for(Duration::from_secs(20), || {
-        state(&proxy, 1) == State::Up && state(&proxy, 2) == State::Up
-    })
-    .await;
+    let replicating =
+        wait_for(Duration::from_secs(20), || state(&proxy, 1) == State::Up && state(&proxy, 2) == State::Up)
+            .await;
     assert!(replicating.is_some());
 }
 
@@ -277,13 +216,9 @@ async fn admin_endpoints_describe_backends_and_routing() {
     let mut conn = connect(&proxy).await;
     servers_used(&mut conn, 6).await;
     conn.query_drop("DO 1").await.expect("write");
-    let lag_known = wait_for(Duration::from_secs(10), || {
-        proxy
-            .backends
-            .get(2)
-            .is_some_and(|b| b.health.lag().is_some())
-    })
-    .await;
+    let lag_known =
+        wait_for(Duration::from_secs(10), || proxy.backends.get(2).is_some_and(|b| b.health.lag().is_some()))
+            .await;
     assert!(lag_known.is_some());
     let (code, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(code, 200);
@@ -314,16 +249,9 @@ async fn admin_endpoints_describe_backends_and_routing() {
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
     assert_eq!(status["primary"], "primary");
-    assert_eq!(
-        status["read_pool"],
-        serde_json::json!(["primary", "replica1", "replica2"])
-    );
+    assert_eq!(status["read_pool"], serde_json::json!(["primary", "replica1", "replica2"]));
     assert_eq!(status["backends"][1]["state"], "up");
-    assert!(
-        status["backends"][1]["lag_seconds"]
-            .as_f64()
-            .is_some_and(|l| l < 1.0)
-    );
+    assert!(status["backends"][1]["lag_seconds"].as_f64().is_some_and(|l| l < 1.0));
     let (code, page) = http_get(admin, "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<table id=\"backends\"") && page.contains("replica2"));
@@ -339,18 +267,8 @@ async fn status_page_renders_in_headless_chromium() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let profile = std::env::temp_dir().join(format!("rwproxy-chromium-{}", std::process::id()));
     let out = tokio::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--dump-dom")
         .arg(format!("http://{admin}/"))
@@ -373,10 +291,9 @@ async fn status_page_renders_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread")]
 async fn detect_primary_follows_an_external_failover() {
     let _serial = SERIAL.lock().await;
-    let text = cluster().proxy_config("127.0.0.1:0").replace(
-        "interval = \"500ms\"",
-        "interval = \"500ms\"\ndetect_primary = true",
-    );
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("interval = \"500ms\"", "interval = \"500ms\"\ndetect_primary = true");
     let proxy = start_proxy_with(&text).await;
     let mut conn = connect(&proxy).await;
     // What a failover tool does: the old primary becomes read-only, replica2 writable.
@@ -392,17 +309,10 @@ async fn detect_primary_follows_an_external_failover() {
         panic!("primary not followed");
     };
     eprintln!("new primary followed after {took:?}");
-    let who: Option<u32> = conn
-        .query_first("SELECT @@server_id FOR UPDATE")
-        .await
-        .expect("locking read");
+    let who: Option<u32> = conn.query_first("SELECT @@server_id FOR UPDATE").await.expect("locking read");
     let (code, body) = http_get(proxy.admin_addr.expect("admin"), "/status").await;
     restore.await;
-    assert_eq!(
-        who,
-        Some(3),
-        "writes and locking reads follow the new primary"
-    );
+    assert_eq!(who, Some(3), "writes and locking reads follow the new primary");
     assert_eq!(code, 200);
     assert!(body.contains("\"primary\":\"replica2\""), "{body}");
 }
@@ -415,29 +325,24 @@ async fn when_every_replica_lags_reads_go_to_the_primary_or_the_least_lagged() {
             .proxy_config("127.0.0.1:0")
             .replace(
                 "interval = \"500ms\"",
-                &format!("interval = \"500ms\"\nmax_replication_lag = \"1s\"\nall_replicas_down = \"{policy}\""),
+                &format!(
+                    "interval = \"500ms\"\nmax_replication_lag = \"1s\"\nall_replicas_down = \"{policy}\""
+                ),
             )
-            .replacen("[[mysql.users]]", "[mysql.routing]\nreads_include_primary = false\n\n[[mysql.users]]", 1)
+            .replacen(
+                "[[mysql.users]]",
+                "[mysql.routing]\nreads_include_primary = false\n\n[[mysql.users]]",
+                1,
+            )
     };
     let to_primary = start_proxy_with(&config("primary")).await;
     let to_least = start_proxy_with(&config("least_lagged")).await;
     let mut a = connect(&to_primary).await;
     let mut b = connect(&to_least).await;
-    sql(
-        1,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 3; START SLAVE;",
-    )
-    .await;
-    sql(
-        2,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 8; START SLAVE;",
-    )
-    .await;
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 3; START SLAVE;").await;
+    sql(2, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 8; START SLAVE;").await;
     let lagging = |p: &Proxy| state(p, 1) == State::Lagging && state(p, 2) == State::Lagging;
-    let both = wait_for(Duration::from_secs(15), || {
-        lagging(&to_primary) && lagging(&to_least)
-    })
-    .await;
+    let both = wait_for(Duration::from_secs(15), || lagging(&to_primary) && lagging(&to_least)).await;
     let lag = |i: usize| to_least.backends.get(i).and_then(|b| b.health.lag());
     // Both lags grow alike until replica1's settles at its 3 s delay.
     let apart = wait_for(
@@ -448,26 +353,11 @@ async fn when_every_replica_lags_reads_go_to_the_primary_or_the_least_lagged() {
     let (lag1, lag2) = (lag(1), lag(2));
     let seen_a = servers_used(&mut a, 4).await;
     let seen_b = servers_used(&mut b, 4).await;
-    sql(
-        1,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;",
-    )
-    .await;
-    sql(
-        2,
-        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;",
-    )
-    .await;
-    assert!(
-        both.is_some() && apart.is_some(),
-        "both replicas demoted for lag, lags apart"
-    );
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;").await;
+    sql(2, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;").await;
+    assert!(both.is_some() && apart.is_some(), "both replicas demoted for lag, lags apart");
     assert_eq!(seen_a, BTreeSet::from([1]), "all_replicas_down = primary");
-    assert_eq!(
-        seen_b,
-        BTreeSet::from([2]),
-        "least_lagged picks replica1 ({lag1:?} vs {lag2:?})"
-    );
+    assert_eq!(seen_b, BTreeSet::from([2]), "least_lagged picks replica1 ({lag1:?} vs {lag2:?})");
     let back = wait_for(Duration::from_secs(30), || {
         state(&to_least, 1) == State::Up && state(&to_least, 2) == State::Up
     })

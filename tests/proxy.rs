@@ -35,35 +35,23 @@ async fn reads_exclude_primary_when_configured() {
     );
     let proxy = common::start_proxy_with(&text).await;
     let mut conn = connect(&proxy).await;
-    assert_eq!(
-        distribution(&mut conn, 10).await,
-        BTreeMap::from([(2, 5), (3, 5)])
-    );
+    assert_eq!(distribution(&mut conn, 10).await, BTreeMap::from([(2, 5), (3, 5)]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_land_on_the_primary() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE writes_t (id INT PRIMARY KEY, who INT)")
-        .await
-        .expect("create");
+    conn.query_drop("CREATE TABLE writes_t (id INT PRIMARY KEY, who INT)").await.expect("create");
     for i in 0..12 {
         // A write that reached a read_only replica would fail: `app` cannot bypass read_only.
-        conn.exec_drop("INSERT INTO writes_t VALUES (?, @@server_id)", (i,))
+        conn.exec_drop("INSERT INTO writes_t VALUES (?, @@server_id)", (i,)).await.expect("insert");
+        conn.query_drop(format!("UPDATE writes_t SET who = @@server_id WHERE id = {i}"))
             .await
-            .expect("insert");
-        conn.query_drop(format!(
-            "UPDATE writes_t SET who = @@server_id WHERE id = {i}"
-        ))
-        .await
-        .expect("update");
+            .expect("update");
     }
     let mut direct = connect_direct(cluster().primary().port).await;
-    let whos: Vec<u32> = direct
-        .query("SELECT who FROM writes_t")
-        .await
-        .expect("select");
+    let whos: Vec<u32> = direct.query("SELECT who FROM writes_t").await.expect("select");
     assert_eq!(whos, vec![1; 12]);
 }
 
@@ -71,66 +59,34 @@ async fn writes_land_on_the_primary() {
 async fn transactions_stay_on_the_primary_and_rollback_works() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE tx_t (id INT PRIMARY KEY)")
-        .await
-        .expect("create");
+    conn.query_drop("CREATE TABLE tx_t (id INT PRIMARY KEY)").await.expect("create");
     for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE"] {
         conn.query_drop(begin).await.expect("begin");
-        assert_eq!(
-            distribution(&mut conn, 6).await,
-            BTreeMap::from([(1, 6)]),
-            "{begin}"
-        );
-        conn.query_drop("INSERT INTO tx_t VALUES (1)")
-            .await
-            .expect("insert");
-        let inside: Option<u32> = conn
-            .query_first("SELECT COUNT(*) FROM tx_t")
-            .await
-            .expect("count");
+        assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]), "{begin}");
+        conn.query_drop("INSERT INTO tx_t VALUES (1)").await.expect("insert");
+        let inside: Option<u32> = conn.query_first("SELECT COUNT(*) FROM tx_t").await.expect("count");
         assert_eq!(inside, Some(1), "the transaction sees its own write");
         conn.query_drop("ROLLBACK").await.expect("rollback");
     }
     replicated().await;
-    let after: Vec<u32> = conn
-        .query("SELECT COUNT(*) FROM tx_t")
-        .await
-        .expect("count");
+    let after: Vec<u32> = conn.query("SELECT COUNT(*) FROM tx_t").await.expect("count");
     assert_eq!(after, vec![0], "rolled back everywhere");
-    assert_eq!(
-        distribution(&mut conn, 3).await.len(),
-        3,
-        "reads spread again after the transaction"
-    );
+    assert_eq!(distribution(&mut conn, 3).await.len(), 3, "reads spread again after the transaction");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn autocommit_off_pins_until_turned_back_on() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE ac_t (id INT PRIMARY KEY)")
-        .await
-        .expect("create");
-    conn.query_drop("SET autocommit = 0")
-        .await
-        .expect("autocommit off");
+    conn.query_drop("CREATE TABLE ac_t (id INT PRIMARY KEY)").await.expect("create");
+    conn.query_drop("SET autocommit = 0").await.expect("autocommit off");
     assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]));
-    conn.query_drop("INSERT INTO ac_t VALUES (7)")
-        .await
-        .expect("insert");
+    conn.query_drop("INSERT INTO ac_t VALUES (7)").await.expect("insert");
     conn.query_drop("ROLLBACK").await.expect("rollback");
-    conn.query_drop("INSERT INTO ac_t VALUES (8)")
-        .await
-        .expect("insert");
+    conn.query_drop("INSERT INTO ac_t VALUES (8)").await.expect("insert");
     conn.query_drop("COMMIT").await.expect("commit");
-    assert_eq!(
-        distribution(&mut conn, 3).await,
-        BTreeMap::from([(1, 3)]),
-        "still pinned: autocommit is off"
-    );
-    conn.query_drop("SET autocommit = 1")
-        .await
-        .expect("autocommit on");
+    assert_eq!(distribution(&mut conn, 3).await, BTreeMap::from([(1, 3)]), "still pinned: autocommit is off");
+    conn.query_drop("SET autocommit = 1").await.expect("autocommit on");
     replicated().await;
     assert_eq!(distribution(&mut conn, 6).await.len(), 3);
     let ids: Vec<u32> = conn.query("SELECT id FROM ac_t").await.expect("select");
@@ -143,36 +99,23 @@ async fn read_only_transaction_is_pinned_to_one_read_backend() {
     let mut conn = connect(&proxy).await;
     let mut used = Vec::new();
     for _ in 0..3 {
-        conn.query_drop("START TRANSACTION READ ONLY")
-            .await
-            .expect("begin");
+        conn.query_drop("START TRANSACTION READ ONLY").await.expect("begin");
         let seen = distribution(&mut conn, 5).await;
-        assert_eq!(
-            seen.len(),
-            1,
-            "one backend for the whole transaction: {seen:?}"
-        );
+        assert_eq!(seen.len(), 1, "one backend for the whole transaction: {seen:?}");
         used.extend(seen.keys().copied());
         conn.query_drop("COMMIT").await.expect("commit");
     }
     used.sort_unstable();
     used.dedup();
-    assert!(
-        used.len() >= 2,
-        "successive READ ONLY transactions rotate: {used:?}"
-    );
+    assert!(used.len() >= 2, "successive READ ONLY transactions rotate: {used:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_variables_follow_the_session_to_every_backend() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("SET time_zone = '+05:00'")
-        .await
-        .expect("set");
-    conn.query_drop("SET @greeting = 'hello'")
-        .await
-        .expect("set user variable");
+    conn.query_drop("SET time_zone = '+05:00'").await.expect("set");
+    conn.query_drop("SET @greeting = 'hello'").await.expect("set user variable");
     let mut servers = Vec::new();
     for _ in 0..6 {
         let row: (String, String, u32) = conn
@@ -185,9 +128,7 @@ async fn session_variables_follow_the_session_to_every_backend() {
     }
     servers.sort_unstable();
     assert_eq!(servers, [1, 1, 2, 2, 3, 3]);
-    conn.query_drop("USE information_schema")
-        .await
-        .expect("use");
+    conn.query_drop("USE information_schema").await.expect("use");
     for _ in 0..3 {
         let db: Option<String> = conn.query_first("SELECT DATABASE()").await.expect("select");
         assert_eq!(db.as_deref(), Some("information_schema"));
@@ -199,10 +140,8 @@ async fn hints_override_routing() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
     for _ in 0..6 {
-        let id: Option<u32> = conn
-            .query_first("SELECT /* rwproxy:primary */ @@server_id")
-            .await
-            .expect("select");
+        let id: Option<u32> =
+            conn.query_first("SELECT /* rwproxy:primary */ @@server_id").await.expect("select");
         assert_eq!(id, Some(1));
     }
     // LAST_INSERT_ID() goes to the primary by default; a replica hint sends it to the read pool.
@@ -240,19 +179,12 @@ async fn column_definitions_and_rows_are_byte_identical_to_a_direct_connection()
     let proxy_addr = proxy.sql_addr.to_string();
     let primary_addr = cluster().primary().address();
     for deprecate_eof in [false, true] {
-        let mut via =
-            RawClient::connect(&proxy_addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof)
-                .await
-                .expect("raw via proxy");
-        let mut direct = RawClient::connect(
-            &primary_addr,
-            APP_USER,
-            APP_PASSWORD,
-            DATABASE,
-            deprecate_eof,
-        )
-        .await
-        .expect("raw direct");
+        let mut via = RawClient::connect(&proxy_addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof)
+            .await
+            .expect("raw via proxy");
+        let mut direct = RawClient::connect(&primary_addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof)
+            .await
+            .expect("raw direct");
         for sql in [
             "SELECT * FROM types_t ORDER BY id",
             "SELECT nosuch FROM types_t",
@@ -272,13 +204,8 @@ async fn column_definitions_and_rows_are_byte_identical_to_a_direct_connection()
 async fn errors_pass_through_with_code_state_and_message() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    let err = conn
-        .query_drop("SELECT * FROM no_such_table")
-        .await
-        .expect_err("must fail");
-    let mysql_async::Error::Server(e) = err else {
-        panic!("server error expected, got {err:?}")
-    };
+    let err = conn.query_drop("SELECT * FROM no_such_table").await.expect_err("must fail");
+    let mysql_async::Error::Server(e) = err else { panic!("server error expected, got {err:?}") };
     assert_eq!((e.code, e.state.as_str()), (1146, "42S02"));
     assert_eq!(e.message, "Table 'appdb.no_such_table' doesn't exist");
     // The session goes on.
@@ -289,30 +216,17 @@ async fn errors_pass_through_with_code_state_and_message() {
 async fn a_20_mib_row_round_trips() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE big_t (id INT PRIMARY KEY, data LONGBLOB)")
-        .await
-        .expect("create");
-    let data: Vec<u8> = (0..20 * 1024 * 1024)
-        .map(|i: u32| (i % 251) as u8)
-        .collect();
-    conn.exec_drop("INSERT INTO big_t VALUES (1, ?)", (data.clone(),))
-        .await
-        .expect("insert 20 MiB");
+    conn.query_drop("CREATE TABLE big_t (id INT PRIMARY KEY, data LONGBLOB)").await.expect("create");
+    let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    conn.exec_drop("INSERT INTO big_t VALUES (1, ?)", (data.clone(),)).await.expect("insert 20 MiB");
     replicated().await;
     for _ in 0..3 {
-        let got: Option<Vec<u8>> = conn
-            .query_first("SELECT data FROM big_t WHERE id = 1")
-            .await
-            .expect("select");
+        let got: Option<Vec<u8>> =
+            conn.query_first("SELECT data FROM big_t WHERE id = 1").await.expect("select");
         assert!(got.as_ref() == Some(&data), "20 MiB row differs");
-        let got: Option<Vec<u8>> = conn
-            .exec_first("SELECT data FROM big_t WHERE id = ?", (1,))
-            .await
-            .expect("exec");
-        assert!(
-            got.as_ref() == Some(&data),
-            "20 MiB row differs (binary protocol)"
-        );
+        let got: Option<Vec<u8>> =
+            conn.exec_first("SELECT data FROM big_t WHERE id = ?", (1,)).await.expect("exec");
+        assert!(got.as_ref() == Some(&data), "20 MiB row differs (binary protocol)");
     }
 }
 
@@ -320,21 +234,16 @@ async fn a_20_mib_row_round_trips() {
 async fn multi_statements_and_procedures_return_every_result() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop(
-        "CREATE PROCEDURE two_results() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END",
-    )
-    .await
-    .expect("create procedure");
+    conn.query_drop("CREATE PROCEDURE two_results() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END")
+        .await
+        .expect("create procedure");
     for sql in ["CALL two_results()", "SELECT 1 AS a; SELECT 2 AS b, 3 AS c"] {
         let mut result = conn.query_iter(sql).await.expect("query");
         let first: Vec<u32> = result.collect().await.expect("first set");
         let second: Vec<(u32, u32)> = result.collect().await.expect("second set");
         drop(result);
         assert_eq!((first, second), (vec![1], vec![(2, 3)]), "{sql}");
-        assert!(
-            server_id(&mut conn).await >= 1,
-            "session usable after {sql}"
-        );
+        assert!(server_id(&mut conn).await >= 1, "session usable after {sql}");
     }
 }
 
@@ -342,71 +251,37 @@ async fn multi_statements_and_procedures_return_every_result() {
 async fn prepared_statements_run_on_both_routes_with_one_id() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE ps_t (id INT PRIMARY KEY, v VARCHAR(10))")
-        .await
-        .expect("create");
-    let insert = conn
-        .prep("INSERT INTO ps_t VALUES (?, ?)")
-        .await
-        .expect("prepare insert");
+    conn.query_drop("CREATE TABLE ps_t (id INT PRIMARY KEY, v VARCHAR(10))").await.expect("create");
+    let insert = conn.prep("INSERT INTO ps_t VALUES (?, ?)").await.expect("prepare insert");
     for i in 0..6 {
-        conn.exec_drop(&insert, (i, format!("v{i}")))
-            .await
-            .expect("execute insert");
+        conn.exec_drop(&insert, (i, format!("v{i}"))).await.expect("execute insert");
     }
     replicated().await;
-    let select = conn
-        .prep("SELECT @@server_id, v FROM ps_t WHERE id = ?")
-        .await
-        .expect("prepare select");
+    let select = conn.prep("SELECT @@server_id, v FROM ps_t WHERE id = ?").await.expect("prepare select");
     let mut servers = Vec::new();
     for i in 0..6 {
-        let row: Option<(u32, String)> = conn
-            .exec_first(&select, (i,))
-            .await
-            .expect("execute select");
+        let row: Option<(u32, String)> = conn.exec_first(&select, (i,)).await.expect("execute select");
         let (server, v) = row.expect("row");
         assert_eq!(v, format!("v{i}"));
         servers.push(server);
     }
     servers.sort_unstable();
-    assert_eq!(
-        servers,
-        [1, 1, 2, 2, 3, 3],
-        "reads rotate; the statement is prepared lazily where needed"
-    );
+    assert_eq!(servers, [1, 1, 2, 2, 3, 3], "reads rotate; the statement is prepared lazily where needed");
     conn.close(select).await.expect("close");
     conn.close(insert).await.expect("close");
-    let rows: Vec<Row> = conn
-        .exec("SELECT ? + 1, ?", (41, Value::NULL))
-        .await
-        .expect("exec");
+    let rows: Vec<Row> = conn.exec("SELECT ? + 1, ?", (41, Value::NULL)).await.expect("exec");
     assert_eq!(rows.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_is_access_denied() {
     let proxy = start_proxy().await;
-    let err = Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, "wrong"))
-        .await
-        .expect_err("must fail");
-    let mysql_async::Error::Server(e) = err else {
-        panic!("server error expected, got {err:?}")
-    };
+    let err = Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, "wrong")).await.expect_err("must fail");
+    let mysql_async::Error::Server(e) = err else { panic!("server error expected, got {err:?}") };
     assert_eq!((e.code, e.state.as_str()), (1045, "28000"));
-    assert!(
-        e.message
-            .starts_with("Access denied for user 'app'@'127.0.0.1'"),
-        "{}",
-        e.message
-    );
-    let err = Conn::new(common::opts(proxy.sql_addr.port(), "nobody", "x"))
-        .await
-        .expect_err("must fail");
-    assert!(
-        matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045),
-        "{err:?}"
-    );
+    assert!(e.message.starts_with("Access denied for user 'app'@'127.0.0.1'"), "{}", e.message);
+    let err = Conn::new(common::opts(proxy.sql_addr.port(), "nobody", "x")).await.expect_err("must fail");
+    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -415,33 +290,20 @@ async fn reset_connection_and_change_user_reset_session_state() {
     let mut conn = connect(&proxy).await;
     conn.query_drop("SET @v = 5").await.expect("set");
     conn.query_drop("BEGIN").await.expect("begin");
-    assert!(
-        conn.reset().await.expect("reset"),
-        "COM_RESET_CONNECTION supported"
-    );
+    assert!(conn.reset().await.expect("reset"), "COM_RESET_CONNECTION supported");
     let v: Option<Option<u32>> = conn.query_first("SELECT @v").await.expect("select");
     assert_eq!(v, Some(None), "user variable gone");
-    assert_eq!(
-        distribution(&mut conn, 6).await.len(),
-        3,
-        "transaction pin gone"
-    );
+    assert_eq!(distribution(&mut conn, 6).await.len(), 3, "transaction pin gone");
     let change = mysql_async::ChangeUserOpts::default()
         .with_user(Some("reader".into()))
         .with_pass(Some("reader".into()));
     conn.change_user(change).await.expect("change user");
-    let user: Option<String> = conn
-        .query_first("SELECT CURRENT_USER()")
-        .await
-        .expect("select");
+    let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.expect("select");
     assert_eq!(user.as_deref(), Some("reader@%"));
     let bad = mysql_async::ChangeUserOpts::default()
         .with_user(Some("reader".into()))
         .with_pass(Some("nope".into()));
-    assert!(
-        conn.change_user(bad).await.is_err(),
-        "wrong password on change user is refused"
-    );
+    assert!(conn.change_user(bad).await.is_err(), "wrong password on change user is refused");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,38 +311,20 @@ async fn ping_init_db_and_unsupported_commands() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
     conn.ping().await.expect("ping");
-    let mut raw = RawClient::connect(
-        &proxy.sql_addr.to_string(),
-        APP_USER,
-        APP_PASSWORD,
-        DATABASE,
-        true,
-    )
-    .await
-    .expect("raw");
+    let mut raw = RawClient::connect(&proxy.sql_addr.to_string(), APP_USER, APP_PASSWORD, DATABASE, true)
+        .await
+        .expect("raw");
     let reply = raw
-        .command(
-            b"\x02information_schema",
-            rwproxy::protocol::ResponseKind::Query,
-        )
+        .command(b"\x02information_schema", rwproxy::protocol::ResponseKind::Query)
         .await
         .expect("init db");
     assert_eq!(reply[4], 0x00, "COM_INIT_DB answered OK");
     let reply = raw.query("SELECT DATABASE()").await.expect("select");
-    assert!(
-        reply.windows(18).any(|w| w == b"information_schema"),
-        "database changed"
-    );
-    let reply = raw
-        .command(&[0x0D], rwproxy::protocol::ResponseKind::Query)
-        .await
-        .expect("COM_DEBUG");
+    assert!(reply.windows(18).any(|w| w == b"information_schema"), "database changed");
+    let reply = raw.command(&[0x0D], rwproxy::protocol::ResponseKind::Query).await.expect("COM_DEBUG");
     assert_eq!(reply[4], 0xFF, "unsupported command gets ERR");
     assert!(String::from_utf8_lossy(&reply).contains("not supported"));
-    let reply = raw
-        .command(&[0x09], rwproxy::protocol::ResponseKind::Single)
-        .await
-        .expect("COM_STATISTICS");
+    let reply = raw.command(&[0x09], rwproxy::protocol::ResponseKind::Single).await.expect("COM_STATISTICS");
     assert!(String::from_utf8_lossy(&reply).contains("Uptime"));
 }
 
@@ -503,21 +347,12 @@ fn execute_one_blob(id: u32, cursor: bool, bind_types: bool) -> Vec<u8> {
 async fn long_data_cursors_and_statement_reset_across_backends() {
     use rwproxy::protocol::ResponseKind;
     let proxy = start_proxy().await;
-    let mut raw = RawClient::connect(
-        &proxy.sql_addr.to_string(),
-        APP_USER,
-        APP_PASSWORD,
-        DATABASE,
-        false,
-    )
-    .await
-    .expect("raw");
+    let mut raw = RawClient::connect(&proxy.sql_addr.to_string(), APP_USER, APP_PASSWORD, DATABASE, false)
+        .await
+        .expect("raw");
     let mut prepare = vec![0x16];
     prepare.extend_from_slice(b"SELECT CONCAT(?, '|', @@server_id)");
-    let reply = raw
-        .command(&prepare, ResponseKind::Prepare)
-        .await
-        .expect("prepare");
+    let reply = raw.command(&prepare, ResponseKind::Prepare).await.expect("prepare");
     assert_eq!(reply[4], 0x00, "prepare OK");
     let id = u32::from_le_bytes([reply[5], reply[6], reply[7], reply[8]]);
     let mut servers = std::collections::BTreeSet::new();
@@ -531,29 +366,16 @@ async fn long_data_cursors_and_statement_reset_across_backends() {
             .expect("send long data");
         // Types only on the first execution: later backends get them from the proxy.
         let reply = raw
-            .command(
-                &execute_one_blob(id, false, round == 0),
-                ResponseKind::Execute,
-            )
+            .command(&execute_one_blob(id, false, round == 0), ResponseKind::Execute)
             .await
             .expect("execute");
         let text = String::from_utf8_lossy(&reply).into_owned();
-        assert!(
-            text.contains(&format!("chunk-{round}|")),
-            "long data reached the backend: {text:?}"
-        );
-        let server = text
-            .split(&format!("chunk-{round}|"))
-            .nth(1)
-            .and_then(|s| s.chars().next())
-            .expect("server id");
+        assert!(text.contains(&format!("chunk-{round}|")), "long data reached the backend: {text:?}");
+        let server =
+            text.split(&format!("chunk-{round}|")).nth(1).and_then(|s| s.chars().next()).expect("server id");
         servers.insert(server);
     }
-    assert_eq!(
-        servers.len(),
-        3,
-        "executions rotated over every read backend: {servers:?}"
-    );
+    assert_eq!(servers.len(), 3, "executions rotated over every read backend: {servers:?}");
 
     // A cursor: the execute answers with metadata only; rows come from COM_STMT_FETCH on the
     // backend that holds the cursor.
@@ -561,45 +383,27 @@ async fn long_data_cursors_and_statement_reset_across_backends() {
     long_data.extend_from_slice(&id.to_le_bytes());
     long_data.extend_from_slice(&[0, 0]);
     long_data.extend_from_slice(b"cursor");
-    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &long_data)
-        .await
-        .expect("send long data");
+    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &long_data).await.expect("send long data");
     let reply = raw
         .command(&execute_one_blob(id, true, false), ResponseKind::Execute)
         .await
         .expect("execute with cursor");
-    assert!(
-        !String::from_utf8_lossy(&reply).contains("cursor|"),
-        "no rows before fetch"
-    );
+    assert!(!String::from_utf8_lossy(&reply).contains("cursor|"), "no rows before fetch");
     let mut fetch = vec![0x1C];
     fetch.extend_from_slice(&id.to_le_bytes());
     fetch.extend_from_slice(&10u32.to_le_bytes());
-    let reply = raw
-        .command(&fetch, ResponseKind::Rows)
-        .await
-        .expect("fetch");
-    assert!(
-        String::from_utf8_lossy(&reply).contains("cursor|"),
-        "fetch returns the row"
-    );
+    let reply = raw.command(&fetch, ResponseKind::Rows).await.expect("fetch");
+    assert!(String::from_utf8_lossy(&reply).contains("cursor|"), "fetch returns the row");
 
     let mut reset = vec![0x1A];
     reset.extend_from_slice(&id.to_le_bytes());
-    let reply = raw
-        .command(&reset, ResponseKind::Query)
-        .await
-        .expect("reset");
+    let reply = raw.command(&reset, ResponseKind::Query).await.expect("reset");
     assert_eq!(reply[4], 0x00, "COM_STMT_RESET answered OK");
     let mut close = vec![0x19];
     close.extend_from_slice(&id.to_le_bytes());
-    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &close)
-        .await
-        .expect("close");
-    let reply = raw
-        .command(&execute_one_blob(id, false, true), ResponseKind::Execute)
-        .await
-        .expect("execute closed");
+    rwproxy::protocol::packet::write_packet(&mut raw.stream, 0, &close).await.expect("close");
+    let reply =
+        raw.command(&execute_one_blob(id, false, true), ResponseKind::Execute).await.expect("execute closed");
     assert_eq!(reply[4], 0xFF, "a closed statement is unknown");
     assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1243);
 }
@@ -624,23 +428,11 @@ async fn a_client_starting_with_caching_sha2_is_switched_to_native() {
 async fn backend_connections_are_reused_clean_across_sessions() {
     let proxy = start_proxy().await;
     let mut first = connect(&proxy).await;
-    first
-        .query_drop("SET @secret = 'left behind'")
-        .await
-        .expect("set");
-    first
-        .query_drop("SET time_zone = '+07:00'")
-        .await
-        .expect("set");
-    first
-        .query_drop("CREATE TEMPORARY TABLE pool_tmp (a INT)")
-        .await
-        .expect("temporary");
-    let id_first: u64 = first
-        .query_first("SELECT CONNECTION_ID() /* rwproxy:primary */")
-        .await
-        .expect("id")
-        .expect("row");
+    first.query_drop("SET @secret = 'left behind'").await.expect("set");
+    first.query_drop("SET time_zone = '+07:00'").await.expect("set");
+    first.query_drop("CREATE TEMPORARY TABLE pool_tmp (a INT)").await.expect("temporary");
+    let id_first: u64 =
+        first.query_first("SELECT CONNECTION_ID() /* rwproxy:primary */").await.expect("id").expect("row");
     first.disconnect().await.expect("disconnect");
     // The release happens as the session ends; give it a moment.
     let mut reused = false;
@@ -653,34 +445,18 @@ async fn backend_connections_are_reused_clean_across_sessions() {
     }
     assert!(reused, "the primary connection went back to the pool");
     let mut second = connect(&proxy).await;
-    let id_second: u64 = second
-        .query_first("SELECT CONNECTION_ID() /* rwproxy:primary */")
-        .await
-        .expect("id")
-        .expect("row");
-    assert_eq!(
-        id_first, id_second,
-        "the same backend connection serves the next session"
-    );
+    let id_second: u64 =
+        second.query_first("SELECT CONNECTION_ID() /* rwproxy:primary */").await.expect("id").expect("row");
+    assert_eq!(id_first, id_second, "the same backend connection serves the next session");
     let row: (Option<String>, String) = second
         .query_first("SELECT @secret, @@time_zone /* rwproxy:primary */")
         .await
         .expect("select")
         .expect("row");
-    assert_eq!(
-        row,
-        (None, "SYSTEM".to_string()),
-        "no state leaks between sessions"
-    );
-    let err = second
-        .query_drop("SELECT * FROM pool_tmp")
-        .await
-        .expect_err("temporary table gone");
+    assert_eq!(row, (None, "SYSTEM".to_string()), "no state leaks between sessions");
+    let err = second.query_drop("SELECT * FROM pool_tmp").await.expect_err("temporary table gone");
     assert!(err.to_string().contains("doesn't exist"), "{err}");
-    let db: Option<String> = second
-        .query_first("SELECT DATABASE() /* rwproxy:primary */")
-        .await
-        .expect("db");
+    let db: Option<String> = second.query_first("SELECT DATABASE() /* rwproxy:primary */").await.expect("db");
     assert_eq!(db.as_deref(), Some(DATABASE));
 }
 
@@ -689,30 +465,17 @@ async fn max_connections_makes_a_client_wait_then_fail_clearly() {
     let text = cluster()
         .proxy_config("127.0.0.1:0")
         .replace("connect_timeout = \"1s\"", "connect_timeout = \"300ms\"")
-        .replacen(
-            "role = \"primary\"",
-            "role = \"primary\"\nmax_connections = 1",
-            1,
-        );
+        .replacen("role = \"primary\"", "role = \"primary\"\nmax_connections = 1", 1);
     let proxy = common::start_proxy_with(&text).await;
     let mut holder = connect(&proxy).await;
     holder.query_drop("BEGIN").await.expect("begin");
-    holder
-        .query_drop("DO 1")
-        .await
-        .expect("holds the only primary connection");
+    holder.query_drop("DO 1").await.expect("holds the only primary connection");
     let mut waiter = connect(&proxy).await;
     let started = std::time::Instant::now();
-    let err = waiter
-        .query_drop("DO 2")
-        .await
-        .expect_err("no primary connection free");
+    let err = waiter.query_drop("DO 2").await.expect_err("no primary connection free");
     let waited = started.elapsed();
     assert!(err.to_string().contains("max_connections"), "{err}");
-    assert!(
-        waited >= std::time::Duration::from_millis(250),
-        "waited {waited:?}"
-    );
+    assert!(waited >= std::time::Duration::from_millis(250), "waited {waited:?}");
     holder.query_drop("COMMIT").await.expect("commit");
     drop(holder);
     let mut ok = false;
@@ -723,8 +486,5 @@ async fn max_connections_makes_a_client_wait_then_fail_clearly() {
             break;
         }
     }
-    assert!(
-        ok,
-        "the connection freed by the first session serves the second"
-    );
+    assert!(ok, "the connection freed by the first session serves the second");
 }

@@ -52,10 +52,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) -> std::io::Re
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&req, &state)) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
@@ -66,38 +63,22 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
 
 fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(state.backends()),
-        ),
-        "/status" => respond(
-            StatusCode::OK,
-            "application/json",
-            status::snapshot(state).to_string(),
-        ),
+        "/metrics" => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(state.backends()))
+        }
+        "/status" => respond(StatusCode::OK, "application/json", status::snapshot(state).to_string()),
         "/health" => health(state),
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page::render(state),
-        ),
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -106,11 +87,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
 fn health(state: &AdminState) -> Response<Full<Bytes>> {
     let primary = state.backends().primary();
     if primary.health.state() == State::Up {
-        respond(
-            StatusCode::OK,
-            "text/plain",
-            format!("ok: primary {} is up\n", primary.name),
-        )
+        respond(StatusCode::OK, "text/plain", format!("ok: primary {} is up\n", primary.name))
     } else {
         let body = format!(
             "primary {} is {}: {}\n",

@@ -8,10 +8,7 @@ use super::AdminState;
 use crate::backend::{Backend, Sample, State};
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Queries per second over the last ten seconds of samples.
@@ -19,33 +16,20 @@ fn qps(samples: &[Sample]) -> f64 {
     let Some(last) = samples.last() else {
         return 0.0;
     };
-    let first = samples
-        .iter()
-        .find(|s| last.at - s.at <= 10.0)
-        .unwrap_or(last);
+    let first = samples.iter().find(|s| last.at - s.at <= 10.0).unwrap_or(last);
     let span = last.at - first.at;
-    if span <= 0.0 {
-        0.0
-    } else {
-        (last.queries - first.queries) as f64 / span
-    }
+    if span <= 0.0 { 0.0 } else { (last.queries - first.queries) as f64 / span }
 }
 
 /// An SVG line of lag over the last five minutes, with the demotion threshold dashed.
 fn lag_chart(samples: &[Sample], threshold_ms: f64) -> String {
     let (w, h) = (300.0, 40.0);
     let now = samples.last().map_or(0.0, |s| s.at);
-    let peak = samples
-        .iter()
-        .filter_map(|s| s.lag_ms)
-        .fold(threshold_ms * 1.25, f64::max);
+    let peak = samples.iter().filter_map(|s| s.lag_ms).fold(threshold_ms * 1.25, f64::max);
     let y = |ms: f64| h - (ms / peak * h).min(h);
     let points: Vec<String> = samples
         .iter()
-        .filter_map(|s| {
-            s.lag_ms
-                .map(|ms| format!("{:.1},{:.1}", w - (now - s.at) / 300.0 * w, y(ms)))
-        })
+        .filter_map(|s| s.lag_ms.map(|ms| format!("{:.1},{:.1}", w - (now - s.at) / 300.0 * w, y(ms))))
         .collect();
     format!(
         r##"<svg class="chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><line x1="0" x2="{w}" y1="{t:.1}" y2="{t:.1}" stroke="#c33" stroke-dasharray="3,3"/><polyline fill="none" stroke="#036" stroke-width="1.5" points="{p}"/></svg>"##,
@@ -63,14 +47,8 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         State::Lagging => "lagging",
         State::ReplicationStopped | State::Down => "down",
     };
-    let role = if state.backends().is_primary(b.index) {
-        "primary"
-    } else {
-        "replica"
-    };
-    let lag = h.lag().map_or("–".to_string(), |l| {
-        format!("{:.1} ms", l.as_secs_f64() * 1000.0)
-    });
+    let role = if state.backends().is_primary(b.index) { "primary" } else { "replica" };
+    let lag = h.lag().map_or("–".to_string(), |l| format!("{:.1} ms", l.as_secs_f64() * 1000.0));
     let threshold = state.monitor.max_replication_lag.as_secs_f64() * 1000.0;
     let _ = write!(
         out,

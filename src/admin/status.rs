@@ -8,13 +8,8 @@ use super::AdminState;
 
 pub fn snapshot(state: &AdminState) -> Value {
     let backends = state.backends();
-    let read_pool: Vec<&str> = state
-        .router
-        .read_pool()
-        .iter()
-        .filter_map(|i| backends.get(*i))
-        .map(|b| b.name.as_str())
-        .collect();
+    let read_pool: Vec<&str> =
+        state.router.read_pool().iter().filter_map(|i| backends.get(*i)).map(|b| b.name.as_str()).collect();
     let list: Vec<Value> = backends
         .all()
         .iter()

@@ -44,14 +44,8 @@ mod tests {
     #[test]
     fn native_response_is_20_bytes_and_empty_password_is_empty() {
         let nonce = [7u8; 20];
-        assert_eq!(
-            auth_response(NATIVE, &nonce, b"pw").map(|v| v.len()),
-            Some(20)
-        );
-        assert_eq!(
-            auth_response(CACHING_SHA2, &nonce, b"pw").map(|v| v.len()),
-            Some(32)
-        );
+        assert_eq!(auth_response(NATIVE, &nonce, b"pw").map(|v| v.len()), Some(20));
+        assert_eq!(auth_response(CACHING_SHA2, &nonce, b"pw").map(|v| v.len()), Some(32));
         assert_eq!(auth_response(NATIVE, &nonce, b""), Some(Vec::new()));
         assert_eq!(auth_response(b"dialog", &nonce, b"pw"), None);
     }
@@ -60,12 +54,8 @@ mod tests {
     fn garbage_key_is_an_error() {
         assert!(encrypt_password(b"pw", &[1; 20], b"not a key").is_none());
         assert!(
-            encrypt_password(
-                b"pw",
-                &[1; 20],
-                b"-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----"
-            )
-            .is_none()
+            encrypt_password(b"pw", &[1; 20], b"-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----")
+                .is_none()
         );
     }
 }

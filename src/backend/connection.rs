@@ -38,45 +38,23 @@ pub const PASSED_CAPS: Caps = Caps::CLIENT_LONG_PASSWORD
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} ({address}): connect failed: {source}")]
-    Connect {
-        backend: String,
-        address: String,
-        source: std::io::Error,
-    },
+    Connect { backend: String, address: String, source: std::io::Error },
     #[error("{backend} ({address}): connect timed out after {timeout:?}")]
-    Timeout {
-        backend: String,
-        address: String,
-        timeout: Duration,
-    },
+    Timeout { backend: String, address: String, timeout: Duration },
     #[error("{backend}: {message}")]
-    Refused {
-        backend: String,
-        code: u16,
-        message: String,
-    },
+    Refused { backend: String, code: u16, message: String },
     #[error("{backend}: protocol error: {message}")]
     Protocol { backend: String, message: String },
     #[error("{backend}: {source}")]
-    Packet {
-        backend: String,
-        source: PacketError,
-    },
+    Packet { backend: String, source: PacketError },
     #[error("{backend}: all {max} connections (max_connections) are in use; waited {waited:?}")]
-    Exhausted {
-        backend: String,
-        max: usize,
-        waited: Duration,
-    },
+    Exhausted { backend: String, max: usize, waited: Duration },
 }
 
 impl BackendError {
     /// Whether the backend itself is unreachable (as opposed to refusing these credentials).
     pub fn is_unreachable(&self) -> bool {
-        !matches!(
-            self,
-            BackendError::Refused { .. } | BackendError::Exhausted { .. }
-        )
+        !matches!(self, BackendError::Refused { .. } | BackendError::Exhausted { .. })
     }
 }
 
@@ -112,19 +90,14 @@ pub struct BackendConn {
 impl Drop for BackendConn {
     fn drop(&mut self) {
         if self.counted {
-            self.backend
-                .health
-                .connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.backend.health.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
 
 impl std::fmt::Debug for BackendConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendConn")
-            .field("backend", &self.backend.name)
-            .finish()
+        f.debug_struct("BackendConn").field("backend", &self.backend.name).finish()
     }
 }
 
@@ -145,13 +118,11 @@ impl BackendConn {
     }
 
     async fn connect_inner(backend: Arc<Backend>, login: &Login) -> Result<Self, BackendError> {
-        let stream = TcpStream::connect(&backend.address)
-            .await
-            .map_err(|source| BackendError::Connect {
-                backend: backend.name.clone(),
-                address: backend.address.clone(),
-                source,
-            })?;
+        let stream = TcpStream::connect(&backend.address).await.map_err(|source| BackendError::Connect {
+            backend: backend.name.clone(),
+            address: backend.address.clone(),
+            source,
+        })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut conn = BackendConn {
@@ -166,25 +137,17 @@ impl BackendConn {
             permit: None,
         };
         conn.login(login).await?;
-        conn.backend
-            .health
-            .connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn.backend.health.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         conn.counted = true;
         Ok(conn)
     }
 
     fn protocol(&self, message: impl Into<String>) -> BackendError {
-        BackendError::Protocol {
-            backend: self.backend.name.clone(),
-            message: message.into(),
-        }
+        BackendError::Protocol { backend: self.backend.name.clone(), message: message.into() }
     }
 
     fn refused(&self, payload: &[u8]) -> BackendError {
-        let code = payload
-            .get(1..3)
-            .map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+        let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
         let text = payload.get(9..).unwrap_or_default();
         BackendError::Refused {
             backend: self.backend.name.clone(),
@@ -198,14 +161,8 @@ impl BackendConn {
         let name = &self.backend.name;
         match packet::read_logical(&mut self.reader, usize::MAX).await {
             Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(BackendError::Packet {
-                backend: name.clone(),
-                source: PacketError::Truncated,
-            }),
-            Err(source) => Err(BackendError::Packet {
-                backend: name.clone(),
-                source,
-            }),
+            Ok(None) => Err(BackendError::Packet { backend: name.clone(), source: PacketError::Truncated }),
+            Err(source) => Err(BackendError::Packet { backend: name.clone(), source }),
         }
     }
 
@@ -217,10 +174,7 @@ impl BackendConn {
             Ok::<_, PacketError>(())
         }
         .await;
-        result.map_err(|source| BackendError::Packet {
-            backend: self.backend.name.clone(),
-            source,
-        })
+        result.map_err(|source| BackendError::Packet { backend: self.backend.name.clone(), source })
     }
 
     async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
@@ -235,9 +189,7 @@ impl BackendConn {
         let wanted_format = login.client_caps & FORMAT_CAPS;
         if !server_caps.contains(wanted_format) {
             let missing = wanted_format.difference(server_caps);
-            return Err(self.protocol(format!(
-                "server lacks capabilities the client uses: {missing:?}"
-            )));
+            return Err(self.protocol(format!("server lacks capabilities the client uses: {missing:?}")));
         }
         let mut caps = wanted_format
             | (login.client_caps & PASSED_CAPS & server_caps)
@@ -276,8 +228,7 @@ impl BackendConn {
         if let Some(byte) = payload.get_mut(8) {
             *byte = login.collation;
         }
-        self.send(greeting.last_seq.wrapping_add(1), &payload)
-            .await?;
+        self.send(greeting.last_seq.wrapping_add(1), &payload).await?;
         self.finish_auth(plugin, nonce, login).await
     }
 
@@ -303,10 +254,7 @@ impl BackendConn {
                     plugin = switch.auth_plugin().as_bytes().to_vec();
                     nonce = switch.plugin_data().to_vec();
                     let data = auth::auth_response(&plugin, &nonce, password).ok_or_else(|| {
-                        self.protocol(format!(
-                            "unsupported auth plugin {}",
-                            String::from_utf8_lossy(&plugin)
-                        ))
+                        self.protocol(format!("unsupported auth plugin {}", String::from_utf8_lossy(&plugin)))
                     })?;
                     self.send(seq, &data).await?;
                 }
@@ -333,10 +281,7 @@ impl BackendConn {
         use std::task::{Context, Poll, Waker};
         use tokio::io::AsyncBufRead;
         let mut cx = Context::from_waker(Waker::noop());
-        !matches!(
-            std::pin::Pin::new(&mut self.reader).poll_fill_buf(&mut cx),
-            Poll::Pending
-        )
+        !matches!(std::pin::Pin::new(&mut self.reader).poll_fill_buf(&mut cx), Poll::Pending)
     }
 
     pub fn deprecate_eof(&self) -> bool {
@@ -350,13 +295,8 @@ pub async fn probe(address: &str, timeout: Duration) -> Option<(String, Caps)> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.ok()?;
         let greeting = packet::read_logical(&mut stream, 1 << 16).await.ok()??;
-        let handshake = ParseBuf(&greeting.payload)
-            .parse::<HandshakePacket>(())
-            .ok()?;
-        Some((
-            handshake.server_version_str().into_owned(),
-            handshake.capabilities(),
-        ))
+        let handshake = ParseBuf(&greeting.payload).parse::<HandshakePacket>(()).ok()?;
+        Some((handshake.server_version_str().into_owned(), handshake.capabilities()))
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }

@@ -18,12 +18,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
-        State::Up,
-        State::Lagging,
-        State::ReplicationStopped,
-        State::Down,
-    ];
+    pub const ALL: [State; 4] = [State::Up, State::Lagging, State::ReplicationStopped, State::Down];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,10 +118,7 @@ impl Health {
     }
 
     pub fn set_read_only(&self, read_only: Option<bool>) {
-        self.read_only.store(
-            read_only.map_or(0, |r| if r { 2 } else { 1 }),
-            Ordering::Relaxed,
-        );
+        self.read_only.store(read_only.map_or(0, |r| if r { 2 } else { 1 }), Ordering::Relaxed);
     }
 
     /// Appends a sample, keeping at most `keep`.
@@ -140,10 +132,7 @@ impl Health {
     }
 
     pub fn history(&self) -> Vec<Sample> {
-        self.history
-            .lock()
-            .map(|h| h.iter().copied().collect())
-            .unwrap_or_default()
+        self.history.lock().map(|h| h.iter().copied().collect()).unwrap_or_default()
     }
 
     pub fn set_lag(&self, lag: Option<Duration>) {

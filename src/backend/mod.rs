@@ -73,10 +73,7 @@ impl Backends {
                 })
             })
             .collect();
-        let primary = list
-            .iter()
-            .position(|b| b.role == Role::Primary)
-            .unwrap_or(0);
+        let primary = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
         Backends {
             list,
             primary: AtomicUsize::new(primary),
@@ -133,16 +130,14 @@ impl Backends {
     /// failed within `retry_failed_after`.
     pub fn is_usable(&self, index: usize) -> bool {
         self.list.get(index).is_some_and(|b| {
-            b.health.state() == State::Up
-                && b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+            b.health.state() == State::Up && b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms()
         })
     }
 
     /// Records a failure seen by the data path (connect refused, connection lost).
     pub fn mark_failed(&self, index: usize, error: &str) {
         if let Some(b) = self.list.get(index) {
-            let until =
-                self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
+            let until = self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
             b.skip_until_ms.store(until, Ordering::Relaxed);
             if let Ok(mut last) = b.last_error.lock() {
                 *last = Some(error.to_string());

@@ -26,11 +26,7 @@ pub struct PoolKey {
 
 impl PoolKey {
     pub fn of(login: &Login) -> PoolKey {
-        PoolKey {
-            user: login.user.clone(),
-            collation: login.collation,
-            caps: login.client_caps.bits(),
-        }
+        PoolKey { user: login.user.clone(), collation: login.collation, caps: login.client_caps.bits() }
     }
 }
 
@@ -45,12 +41,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(max_connections: usize, max_idle: usize) -> Pool {
         let permits = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
-        Pool {
-            idle: Mutex::new(Vec::new()),
-            permits,
-            max_connections,
-            max_idle,
-        }
+        Pool { idle: Mutex::new(Vec::new()), permits, max_connections, max_idle }
     }
 
     pub fn idle_count(&self) -> usize {
@@ -121,9 +112,7 @@ pub async fn release(mut conn: BackendConn) {
     if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
         return;
     }
-    let reset = conn
-        .run_silently(&[command::RESET_CONNECTION], ResponseKind::Query)
-        .await;
+    let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query).await;
     if !matches!(reset, Ok(o) if o.error.is_none()) {
         return;
     }

@@ -49,29 +49,15 @@ where
     CW: AsyncWrite + Unpin,
 {
     let mut tracker = ResponseTracker::new(kind, conn.deprecate_eof());
-    let mut relay = Relay {
-        conn,
-        client_r,
-        client_w,
-        touched: false,
-        scratch: Vec::new(),
-    };
+    let mut relay = Relay { conn, client_r, client_w, touched: false, scratch: Vec::new() };
     let outcome = relay.run(&mut tracker, statement_id).await?;
-    relay
-        .client_w
-        .flush()
-        .await
-        .map_err(|e| relay.fail(Side::Client, e.to_string()))?;
+    relay.client_w.flush().await.map_err(|e| relay.fail(Side::Client, e.to_string()))?;
     Ok(outcome)
 }
 
 impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     fn fail(&self, side: Side, message: String) -> RelayError {
-        RelayError {
-            side,
-            touched_client: self.touched,
-            message,
-        }
+        RelayError { side, touched_client: self.touched, message }
     }
 
     async fn run(
@@ -201,10 +187,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
 
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
         self.touched = true;
-        self.client_w
-            .write_all(bytes)
-            .await
-            .map_err(|e| self.fail(Side::Client, e.to_string()))
+        self.client_w.write_all(bytes).await.map_err(|e| self.fail(Side::Client, e.to_string()))
     }
 
     /// Copies `len` payload bytes from the backend to the client.
@@ -218,10 +201,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     /// LOCAL INFILE: the client sends the file as packets ending with an empty one; they go to
     /// the backend unchanged, and the backend then answers as usual.
     async fn upload_local_infile(&mut self) -> Result<(), RelayError> {
-        self.client_w
-            .flush()
-            .await
-            .map_err(|e| self.fail(Side::Client, e.to_string()))?;
+        self.client_w.flush().await.map_err(|e| self.fail(Side::Client, e.to_string()))?;
         // Bounded by the client: every iteration consumes one client packet.
         loop {
             let header = match packet::read_header(&mut *self.client_r).await {
@@ -239,22 +219,14 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             let copied = copy_exact(&mut *self.client_r, &mut self.conn.writer, header.len).await;
             // Flip sides: here the client is the reader and the backend the writer.
             copied.map_err(|(side, m)| {
-                let side = if side == Side::Backend {
-                    Side::Client
-                } else {
-                    Side::Backend
-                };
+                let side = if side == Side::Backend { Side::Client } else { Side::Backend };
                 self.fail(side, m)
             })?;
             if header.len == 0 {
                 break;
             }
         }
-        self.conn
-            .writer
-            .flush()
-            .await
-            .map_err(|e| self.fail(Side::Backend, e.to_string()))
+        self.conn.writer.flush().await.map_err(|e| self.fail(Side::Backend, e.to_string()))
     }
 }
 
@@ -266,17 +238,12 @@ where
     W: AsyncWrite + Unpin,
 {
     while len > 0 {
-        let chunk = from
-            .fill_buf()
-            .await
-            .map_err(|e| (Side::Backend, e.to_string()))?;
+        let chunk = from.fill_buf().await.map_err(|e| (Side::Backend, e.to_string()))?;
         if chunk.is_empty() {
             return Err((Side::Backend, PacketError::Truncated.to_string()));
         }
         let n = chunk.len().min(len);
-        to.write_all(&chunk[..n])
-            .await
-            .map_err(|e| (Side::Client, e.to_string()))?;
+        to.write_all(&chunk[..n]).await.map_err(|e| (Side::Client, e.to_string()))?;
         from.consume(n);
         len -= n;
     }
@@ -286,20 +253,10 @@ where
 impl BackendConn {
     /// Sends a command rwproxy issues on its own behalf (a replayed `SET`, a lazy prepare, a
     /// reset) and reads its whole response without passing anything to a client.
-    pub async fn run_silently(
-        &mut self,
-        payload: &[u8],
-        kind: ResponseKind,
-    ) -> Result<Outcome, String> {
+    pub async fn run_silently(&mut self, payload: &[u8], kind: ResponseKind) -> Result<Outcome, String> {
         self.send(0, payload).await.map_err(|e| e.to_string())?;
-        relay_response(
-            self,
-            kind,
-            &mut tokio::io::empty(),
-            &mut tokio::io::sink(),
-            None,
-        )
-        .await
-        .map_err(|e| e.message)
+        relay_response(self, kind, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+            .await
+            .map_err(|e| e.message)
     }
 }

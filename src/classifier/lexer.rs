@@ -18,18 +18,10 @@ pub fn lead(sql: &str) -> Lead<'_> {
     let mut hint = None;
     let start = skip_space_and_comments(sql, 0, &mut hint);
     let Some((first, end)) = word_at(sql, start) else {
-        return Lead {
-            hint,
-            ..Lead::default()
-        };
+        return Lead { hint, ..Lead::default() };
     };
     let second = words_after(sql, end, 1).next();
-    Lead {
-        first_word: Some(first),
-        first_word_end: end,
-        second_word: second,
-        hint,
-    }
+    Lead { first_word: Some(first), first_word_end: end, second_word: second, hint }
 }
 
 /// Up to `limit` words after byte `pos`, skipping whitespace and comments; stops at anything
@@ -54,11 +46,7 @@ fn word_at(sql: &str, pos: usize) -> Option<(&str, usize)> {
     if bytes.get(pos) == Some(&b'(') {
         return Some(("(", pos + 1));
     }
-    let len = bytes
-        .get(pos..)?
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
+    let len = bytes.get(pos..)?.iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
     (len > 0).then(|| (&sql[pos..pos + len], pos + len))
 }
 
@@ -71,16 +59,14 @@ fn skip_space_and_comments(sql: &str, mut pos: usize, hint: &mut Option<Hint>) -
             pos += 1;
         }
         let rest = &bytes[pos.min(bytes.len())..];
-        let comment_end = if rest.starts_with(b"/*")
-            && !rest.starts_with(b"/*!")
-            && !rest.starts_with(b"/*M!")
-        {
-            find(rest, b"*/").map_or(rest.len(), |i| i + 2)
-        } else if rest.starts_with(b"#") || rest.starts_with(b"-- ") || rest.starts_with(b"--\t") {
-            find(rest, b"\n").map_or(rest.len(), |i| i + 1)
-        } else {
-            return pos;
-        };
+        let comment_end =
+            if rest.starts_with(b"/*") && !rest.starts_with(b"/*!") && !rest.starts_with(b"/*M!") {
+                find(rest, b"*/").map_or(rest.len(), |i| i + 2)
+            } else if rest.starts_with(b"#") || rest.starts_with(b"-- ") || rest.starts_with(b"--\t") {
+                find(rest, b"\n").map_or(rest.len(), |i| i + 1)
+            } else {
+                return pos;
+            };
         if let Some(h) = hint_in(&rest[..comment_end]) {
             *hint = Some(h);
         }
@@ -131,9 +117,7 @@ pub fn plainly_read(sql: &str) -> bool {
             b'\'' => quotes[0] += 1,
             b'"' => quotes[1] += 1,
             b'`' => quotes[2] += 1,
-            b'/' if bytes.get(i + 1) == Some(&b'*')
-                && matches!(bytes.get(i + 2), Some(b'!' | b'M')) =>
-            {
+            b'/' if bytes.get(i + 1) == Some(&b'*') && matches!(bytes.get(i + 2), Some(b'!' | b'M')) => {
                 return false;
             }
             _ => {}

@@ -116,13 +116,7 @@ pub struct Classification {
 
 impl Classification {
     fn new(destination: Destination, reason: Reason) -> Self {
-        Classification {
-            destination,
-            reason,
-            effect: Effect::None,
-            hint: None,
-            reads_user_variables: false,
-        }
+        Classification { destination, reason, effect: Effect::None, hint: None, reads_user_variables: false }
     }
 
     fn with_effect(mut self, effect: Effect) -> Self {
@@ -158,28 +152,21 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
     };
     match upper {
         "DROP" => classify_drop(lead),
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "TRUNCATE" | "RENAME"
-        | "CALL" | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL" | "ANALYZE"
-        | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL" | "PURGE"
-        | "RESET" | "CHANGE" | "STOP" | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE"
-        | "SHUTDOWN" | "BACKUP" => Classification::new(Primary, Reason::Write),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "TRUNCATE" | "RENAME" | "CALL"
+        | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL" | "ANALYZE" | "OPTIMIZE" | "REPAIR"
+        | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL" | "PURGE" | "RESET" | "CHANGE" | "STOP"
+        | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE" | "SHUTDOWN" | "BACKUP" => {
+            Classification::new(Primary, Reason::Write)
+        }
         "CREATE" => classify_create(sql, lead),
         "LOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::LockTables),
         "UNLOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::UnlockTables),
-        "PREPARE" => {
-            Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Prepare)
-        }
-        "DEALLOCATE" => {
-            Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Deallocate)
-        }
+        "PREPARE" => Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Prepare),
+        "DEALLOCATE" => Classification::new(Primary, Reason::SessionPinned).with_effect(Effect::Deallocate),
         "EXECUTE" => Classification::new(Primary, Reason::SessionPinned),
         "BEGIN" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
         "START" => classify_start(sql, lead),
-        "GET"
-            if lead
-                .second_word
-                .is_some_and(|w| w.eq_ignore_ascii_case("DIAGNOSTICS")) =>
-        {
+        "GET" if lead.second_word.is_some_and(|w| w.eq_ignore_ascii_case("DIAGNOSTICS")) => {
             Classification::new(Destination::Last, Reason::Diagnostics)
         }
         "XA" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
@@ -204,47 +191,30 @@ fn classify_drop(lead: &Lead) -> Classification {
 }
 
 fn classify_create(sql: &str, lead: &Lead) -> Classification {
-    let temporary = lexer::words_after(sql, lead.first_word_end, 3)
-        .any(|w| w.eq_ignore_ascii_case("TEMPORARY"));
+    let temporary =
+        lexer::words_after(sql, lead.first_word_end, 3).any(|w| w.eq_ignore_ascii_case("TEMPORARY"));
     let class = Classification::new(Destination::Primary, Reason::Write);
-    if temporary {
-        class.with_effect(Effect::TemporaryTable)
-    } else {
-        class
-    }
+    if temporary { class.with_effect(Effect::TemporaryTable) } else { class }
 }
 
 fn classify_start(sql: &str, lead: &Lead) -> Classification {
     let mut words = lexer::words_after(sql, lead.first_word_end, 8);
-    if !words
-        .next()
-        .is_some_and(|w| w.eq_ignore_ascii_case("TRANSACTION"))
-    {
+    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("TRANSACTION")) {
         return Classification::new(Destination::Primary, Reason::Write); // START SLAVE and friends
     }
     let features = scan::scan(sql);
     if features.read_only_transaction {
-        Classification::new(Destination::Read, Reason::Transaction)
-            .with_effect(Effect::BeginReadOnly)
+        Classification::new(Destination::Read, Reason::Transaction).with_effect(Effect::BeginReadOnly)
     } else {
         Classification::new(Destination::Primary, Reason::Transaction).with_effect(Effect::Begin)
     }
 }
 
 fn classify_set(sql: &str, lead: &Lead) -> Classification {
-    let second = lexer::words_after(sql, lead.first_word_end, 1)
-        .next()
-        .unwrap_or("");
+    let second = lexer::words_after(sql, lead.first_word_end, 1).next().unwrap_or("");
     // SET TRANSACTION applies to the next transaction, which runs on the primary; SET GLOBAL is
     // not session state; SET STATEMENT … FOR runs one statement.
-    let primary_only = [
-        "TRANSACTION",
-        "GLOBAL",
-        "STATEMENT",
-        "PASSWORD",
-        "ROLE",
-        "DEFAULT",
-    ];
+    let primary_only = ["TRANSACTION", "GLOBAL", "STATEMENT", "PASSWORD", "ROLE", "DEFAULT"];
     if primary_only.iter().any(|w| second.eq_ignore_ascii_case(w)) {
         return Classification::new(Destination::Primary, Reason::Write);
     }
@@ -268,13 +238,9 @@ fn classify_show(sql: &str, lead: &Lead) -> Classification {
         next = words.next().unwrap_or("").to_ascii_uppercase();
     }
     match next.as_str() {
-        "WARNINGS" | "ERRORS" | "COUNT" => {
-            Classification::new(Destination::Last, Reason::Diagnostics)
-        }
-        "MASTER" | "BINARY" | "BINLOG" | "SLAVE" | "REPLICA" | "PROCESSLIST" | "CREATE"
-        | "ENGINE" | "ALL" | "RELAYLOG" | "GRANTS" => {
-            Classification::new(Destination::Primary, Reason::NodeSpecific)
-        }
+        "WARNINGS" | "ERRORS" | "COUNT" => Classification::new(Destination::Last, Reason::Diagnostics),
+        "MASTER" | "BINARY" | "BINLOG" | "SLAVE" | "REPLICA" | "PROCESSLIST" | "CREATE" | "ENGINE"
+        | "ALL" | "RELAYLOG" | "GRANTS" => Classification::new(Destination::Primary, Reason::NodeSpecific),
         _ => Classification::new(Destination::Read, Reason::Read),
     }
 }
@@ -295,11 +261,7 @@ fn classify_read(sql: &str) -> Classification {
     } else if f.locking {
         (Destination::Primary, Reason::LockingRead, Effect::None)
     } else if f.assigns_user_variable {
-        (
-            Destination::Primary,
-            Reason::UserVariable,
-            Effect::UserVariablesOnPrimary,
-        )
+        (Destination::Primary, Reason::UserVariable, Effect::UserVariablesOnPrimary)
     } else if f.takes_lock || f.releases_lock || f.releases_all_locks {
         let effect = if f.takes_lock {
             Effect::AdvisoryLock
@@ -310,23 +272,13 @@ fn classify_read(sql: &str) -> Classification {
         };
         (Destination::Primary, Reason::SideEffectFunction, effect)
     } else if f.side_effect_function {
-        (
-            Destination::Primary,
-            Reason::SideEffectFunction,
-            Effect::None,
-        )
+        (Destination::Primary, Reason::SideEffectFunction, Effect::None)
     } else if f.diagnostics {
         (Destination::Last, Reason::Diagnostics, Effect::None)
     } else {
         (Destination::Read, Reason::Read, Effect::None)
     };
-    Classification {
-        destination,
-        reason,
-        effect,
-        hint: f.hint,
-        reads_user_variables: f.reads_user_variable,
-    }
+    Classification { destination, reason, effect, hint: f.hint, reads_user_variables: f.reads_user_variable }
 }
 
 #[cfg(test)]

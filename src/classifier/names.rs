@@ -63,9 +63,9 @@ pub fn table_names(sql: &str) -> Vec<String> {
 /// `DROP PREPARE name`, lowercased.
 pub fn prepared_name(sql: &str) -> Option<String> {
     let tokens = tokens(sql);
-    let at = tokens.iter().position(|t| {
-        is_keyword(Some(t), Keyword::PREPARE) || is_keyword(Some(t), Keyword::EXECUTE)
-    })?;
+    let at = tokens
+        .iter()
+        .position(|t| is_keyword(Some(t), Keyword::PREPARE) || is_keyword(Some(t), Keyword::EXECUTE))?;
     match tokens.get(at + 1) {
         Some(Token::Word(w)) => Some(w.value.to_lowercase()),
         _ => None,
@@ -79,28 +79,16 @@ mod tests {
     #[test]
     fn table_names_are_found() {
         assert_eq!(table_names("CREATE TEMPORARY TABLE tmp (a INT)"), ["tmp"]);
-        assert_eq!(
-            table_names("CREATE TEMPORARY TABLE IF NOT EXISTS `Odd Name` LIKE t"),
-            ["odd name"]
-        );
-        assert_eq!(
-            table_names("DROP TEMPORARY TABLE IF EXISTS a, db.b"),
-            ["a", "b"]
-        );
+        assert_eq!(table_names("CREATE TEMPORARY TABLE IF NOT EXISTS `Odd Name` LIKE t"), ["odd name"]);
+        assert_eq!(table_names("DROP TEMPORARY TABLE IF EXISTS a, db.b"), ["a", "b"]);
         assert_eq!(table_names("DROP TABLE x"), ["x"]);
         assert!(table_names("SELECT 1").is_empty());
     }
 
     #[test]
     fn prepared_names_are_found() {
-        assert_eq!(
-            prepared_name("PREPARE s1 FROM 'SELECT 1'").as_deref(),
-            Some("s1")
-        );
-        assert_eq!(
-            prepared_name("DEALLOCATE PREPARE S1").as_deref(),
-            Some("s1")
-        );
+        assert_eq!(prepared_name("PREPARE s1 FROM 'SELECT 1'").as_deref(), Some("s1"));
+        assert_eq!(prepared_name("DEALLOCATE PREPARE S1").as_deref(), Some("s1"));
         assert_eq!(prepared_name("DROP PREPARE s1").as_deref(), Some("s1"));
         assert_eq!(prepared_name("SELECT 1"), None);
     }

@@ -55,10 +55,7 @@ pub fn scan(sql: &str) -> Features {
         f.tokenize_failed = true;
         return f;
     };
-    let words: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
+    let words: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
     for t in &tokens {
         if let Token::Whitespace(
             Whitespace::MultiLineComment(c) | Whitespace::SingleLineComment { comment: c, .. },
@@ -98,9 +95,7 @@ fn scan_word(
 ) {
     let call = matches!(next, Some(Token::LParen));
     match keyword {
-        Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE
-            if i > 0 && !call =>
-        {
+        Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::REPLACE if i > 0 && !call => {
             // `FOR UPDATE` is a locking read, anything else a data change (`WITH … UPDATE`).
             f.writes |= keyword != Keyword::UPDATE || !f.locking;
         }
@@ -124,9 +119,7 @@ fn scan_word(
 fn scan_name(f: &mut Features, value: &str, call: bool) {
     if let Some(var) = value.strip_prefix('@') {
         if var.starts_with('@') {
-            f.side_effect_function |= PRIMARY_VARIABLES
-                .iter()
-                .any(|v| v.eq_ignore_ascii_case(value));
+            f.side_effect_function |= PRIMARY_VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(value));
         } else {
             f.reads_user_variable = true;
         }

@@ -50,10 +50,7 @@ fn locking_reads_and_side_effects_go_to_primary() {
         ("SELECT * FROM t FOR UPDATE", Reason::LockingRead),
         ("SELECT * FROM t FOR SHARE", Reason::LockingRead),
         ("SELECT * FROM t LOCK IN SHARE MODE", Reason::LockingRead),
-        (
-            "SELECT * FROM t FOR UPDATE SKIP LOCKED",
-            Reason::LockingRead,
-        ),
+        ("SELECT * FROM t FOR UPDATE SKIP LOCKED", Reason::LockingRead),
         ("SELECT LAST_INSERT_ID() AS id", Reason::SideEffectFunction),
         ("SELECT last_insert_id() + 1", Reason::SideEffectFunction),
         ("SELECT @@identity", Reason::SideEffectFunction),
@@ -64,24 +61,14 @@ fn locking_reads_and_side_effects_go_to_primary() {
         ("SELECT @v := 1", Reason::UserVariable),
     ] {
         let c = classify(sql);
-        assert_eq!(
-            (c.destination, c.reason),
-            (Destination::Primary, reason),
-            "{sql}"
-        );
+        assert_eq!((c.destination, c.reason), (Destination::Primary, reason), "{sql}");
     }
-    assert_eq!(
-        classify("SELECT GET_LOCK('a', 1)").effect,
-        Effect::AdvisoryLock
-    );
+    assert_eq!(classify("SELECT GET_LOCK('a', 1)").effect, Effect::AdvisoryLock);
 }
 
 #[test]
 fn strings_and_comments_do_not_fool_it() {
-    assert_eq!(
-        dest("SELECT 'FOR UPDATE', \"INSERT\" FROM t"),
-        Destination::Read
-    );
+    assert_eq!(dest("SELECT 'FOR UPDATE', \"INSERT\" FROM t"), Destination::Read);
     assert_eq!(dest("SELECT `update` FROM t"), Destination::Read);
     assert_eq!(dest("SELECT 1 /* FOR UPDATE */"), Destination::Read);
     assert_eq!(dest("SELECT 'LAST_INSERT_ID()'"), Destination::Read);
@@ -91,37 +78,19 @@ fn strings_and_comments_do_not_fool_it() {
 fn transactions_and_session_commands() {
     assert_eq!(classify("BEGIN").effect, Effect::Begin);
     assert_eq!(classify("START TRANSACTION").effect, Effect::Begin);
-    assert_eq!(
-        classify("start transaction read write").effect,
-        Effect::Begin
-    );
+    assert_eq!(classify("start transaction read write").effect, Effect::Begin);
     let ro = classify("START TRANSACTION READ ONLY");
-    assert_eq!(
-        (ro.destination, ro.effect),
-        (Destination::Read, Effect::BeginReadOnly)
-    );
+    assert_eq!((ro.destination, ro.effect), (Destination::Read, Effect::BeginReadOnly));
     assert_eq!(dest("SET time_zone = '+05:00'"), Destination::All);
     assert_eq!(dest("SET NAMES utf8mb4"), Destination::All);
     assert_eq!(dest("SET autocommit = 0"), Destination::All);
     assert_eq!(dest("SET @v = 5"), Destination::All);
     assert_eq!(dest("USE appdb"), Destination::All);
-    assert_eq!(
-        dest("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
-        Destination::Primary
-    );
-    assert_eq!(
-        dest("SET GLOBAL max_connections = 10"),
-        Destination::Primary
-    );
+    assert_eq!(dest("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Destination::Primary);
+    assert_eq!(dest("SET GLOBAL max_connections = 10"), Destination::Primary);
     let sub = classify("SET @m = (SELECT MAX(id) FROM t)");
-    assert_eq!(
-        (sub.destination, sub.effect),
-        (Destination::Primary, Effect::UserVariablesOnPrimary)
-    );
-    assert_eq!(
-        classify("CREATE TEMPORARY TABLE tt (a int)").effect,
-        Effect::TemporaryTable
-    );
+    assert_eq!((sub.destination, sub.effect), (Destination::Primary, Effect::UserVariablesOnPrimary));
+    assert_eq!(classify("CREATE TEMPORARY TABLE tt (a int)").effect, Effect::TemporaryTable);
     assert_eq!(classify("LOCK TABLES t WRITE").effect, Effect::LockTables);
     assert_eq!(classify("UNLOCK TABLES").effect, Effect::UnlockTables);
 }
@@ -130,27 +99,15 @@ fn transactions_and_session_commands() {
 fn diagnostics_go_to_last() {
     assert_eq!(dest("SHOW WARNINGS"), Destination::Last);
     assert_eq!(dest("SELECT FOUND_ROWS()"), Destination::Last);
-    assert_eq!(
-        dest("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1"),
-        Destination::Last
-    );
+    assert_eq!(dest("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1"), Destination::Last);
     assert_eq!(dest("SHOW SLAVE STATUS"), Destination::Primary);
 }
 
 #[test]
 fn hints() {
-    assert_eq!(
-        classify("/* rwproxy:primary */ SELECT 1").hint,
-        Some(Hint::Primary)
-    );
-    assert_eq!(
-        classify("SELECT 1 /* rwproxy:replica */").hint,
-        Some(Hint::Replica)
-    );
-    assert_eq!(
-        classify("SELECT 1 -- rwproxy:primary\n").hint,
-        Some(Hint::Primary)
-    );
+    assert_eq!(classify("/* rwproxy:primary */ SELECT 1").hint, Some(Hint::Primary));
+    assert_eq!(classify("SELECT 1 /* rwproxy:replica */").hint, Some(Hint::Replica));
+    assert_eq!(classify("SELECT 1 -- rwproxy:primary\n").hint, Some(Hint::Primary));
     assert_eq!(classify("SELECT 1").hint, None);
 }
 
@@ -166,14 +123,8 @@ fn huge_insert_is_not_tokenized() {
 
 #[test]
 fn explain_route_is_recognised() {
-    assert_eq!(
-        explain_route_target("EXPLAIN ROUTE SELECT 1"),
-        Some("SELECT 1")
-    );
-    assert_eq!(
-        explain_route_target("explain  route\n UPDATE t SET a = 1"),
-        Some("UPDATE t SET a = 1")
-    );
+    assert_eq!(explain_route_target("EXPLAIN ROUTE SELECT 1"), Some("SELECT 1"));
+    assert_eq!(explain_route_target("explain  route\n UPDATE t SET a = 1"), Some("UPDATE t SET a = 1"));
     assert_eq!(explain_route_target("EXPLAIN SELECT 1"), None);
     assert_eq!(explain_route_target("SELECT 1"), None);
 }
@@ -195,10 +146,7 @@ fn the_byte_scan_never_clears_what_the_token_scan_would_route_elsewhere() {
     }
     assert!(lexer::plainly_read("SELECT c FROM sbtest1 WHERE id = 5021"));
     assert!(!lexer::plainly_read("SELECT 'unterminated"));
-    assert!(
-        !lexer::plainly_read("SELECT 'for update' AS x"),
-        "a keyword in a string is only suspicious"
-    );
+    assert!(!lexer::plainly_read("SELECT 'for update' AS x"), "a keyword in a string is only suspicious");
     assert_eq!(
         classify("SELECT 'for update' AS x").destination,
         Destination::Read,

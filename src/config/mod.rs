@@ -18,10 +18,7 @@ pub use http::{Algorithm, HttpConfig, HttpHealthConfig, HttpServerConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{0}")]
     Parse(String),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -206,10 +203,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            reads_include_primary: true,
-            retry_failed_after: default_retry_after(),
-        }
+        RoutingConfig { reads_include_primary: true, retry_failed_after: default_retry_after() }
     }
 }
 
@@ -249,10 +243,8 @@ fn default_max_packet_size() -> usize {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text)
     }
 
@@ -260,43 +252,25 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let problems = config.validate(text);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// Every problem in the config, each with its key and line.
     pub fn validate(&self, text: &str) -> Vec<Problem> {
         let line = |span: std::ops::Range<usize>| line_of(text, span.start);
         let mut problems = Vec::new();
-        let mut report = |key: String, at: usize, message: String| {
-            problems.push(Problem {
-                key,
-                line: at,
-                message,
-            })
-        };
+        let mut report =
+            |key: String, at: usize, message: String| problems.push(Problem { key, line: at, message });
         let m = &self.mysql;
         if m.listen.get_ref().parse::<SocketAddr>().is_err() {
-            let msg = format!(
-                "{:?} is not an address like \"127.0.0.1:6033\"",
-                m.listen.get_ref()
-            );
+            let msg = format!("{:?} is not an address like \"127.0.0.1:6033\"", m.listen.get_ref());
             report("mysql.listen".into(), line(m.listen.span()), msg);
         }
         if m.users.is_empty() {
-            report(
-                "mysql.users".into(),
-                1,
-                "at least one [[mysql.users]] entry is required".into(),
-            );
+            report("mysql.users".into(), 1, "at least one [[mysql.users]] entry is required".into());
         }
         for (i, user) in m.users.iter().enumerate() {
-            let dup = m.users[..i]
-                .iter()
-                .any(|u| u.get_ref().name == user.get_ref().name);
+            let dup = m.users[..i].iter().any(|u| u.get_ref().name == user.get_ref().name);
             if user.get_ref().name.is_empty() || dup {
                 let msg = format!("user name {:?} is empty or repeated", user.get_ref().name);
                 report(format!("mysql.users[{i}].name"), line(user.span()), msg);
@@ -308,18 +282,11 @@ impl Config {
         if let Some(admin) = &self.admin
             && admin.listen.get_ref().parse::<SocketAddr>().is_err()
         {
-            let msg = format!(
-                "{:?} is not an address like \"127.0.0.1:9090\"",
-                admin.listen.get_ref()
-            );
+            let msg = format!("{:?} is not an address like \"127.0.0.1:9090\"", admin.listen.get_ref());
             report("admin.listen".into(), line(admin.listen.span()), msg);
         }
         if m.max_packet_size < 1024 {
-            report(
-                "mysql.max_packet_size".into(),
-                1,
-                "must be at least 1024 bytes".into(),
-            );
+            report("mysql.max_packet_size".into(), 1, "must be at least 1024 bytes".into());
         }
         problems
     }
@@ -330,11 +297,7 @@ impl Config {
         for (i, b) in m.backends.iter().enumerate() {
             let at = line(b.span());
             let backend = b.get_ref();
-            if backend.name.is_empty()
-                || m.backends[..i]
-                    .iter()
-                    .any(|o| o.get_ref().name == backend.name)
-            {
+            if backend.name.is_empty() || m.backends[..i].iter().any(|o| o.get_ref().name == backend.name) {
                 report(
                     format!("mysql.backends[{i}].name"),
                     at,
@@ -349,19 +312,13 @@ impl Config {
                 );
             }
         }
-        let primaries = m
-            .backends
-            .iter()
-            .filter(|b| b.get_ref().role == Role::Primary)
-            .count();
+        let primaries = m.backends.iter().filter(|b| b.get_ref().role == Role::Primary).count();
         if primaries != 1 {
             let at = m.backends.first().map_or(1, |b| line(b.span()));
             report(
                 "mysql.backends".into(),
                 at,
-                format!(
-                    "exactly one backend with role = \"primary\" is required, found {primaries}"
-                ),
+                format!("exactly one backend with role = \"primary\" is required, found {primaries}"),
             );
         }
     }
@@ -370,10 +327,7 @@ impl Config {
         let Some(http) = &self.http else { return };
         let line = |span: std::ops::Range<usize>| line_of(text, span.start);
         if http.listen.get_ref().parse::<SocketAddr>().is_err() {
-            let msg = format!(
-                "{:?} is not an address like \"127.0.0.1:8080\"",
-                http.listen.get_ref()
-            );
+            let msg = format!("{:?} is not an address like \"127.0.0.1:8080\"", http.listen.get_ref());
             report("http.listen".into(), line(http.listen.span()), msg);
         }
         if http.servers.is_empty() {
@@ -385,11 +339,7 @@ impl Config {
         }
         for (i, s) in http.servers.iter().enumerate() {
             let server = s.get_ref();
-            if server.name.is_empty()
-                || http.servers[..i]
-                    .iter()
-                    .any(|o| o.get_ref().name == server.name)
-            {
+            if server.name.is_empty() || http.servers[..i].iter().any(|o| o.get_ref().name == server.name) {
                 report(
                     format!("http.servers[{i}].name"),
                     line(s.span()),
@@ -404,39 +354,26 @@ impl Config {
                 );
             }
             if server.weight == 0 {
-                report(
-                    format!("http.servers[{i}].weight"),
-                    line(s.span()),
-                    "must be at least 1".into(),
-                );
+                report(format!("http.servers[{i}].weight"), line(s.span()), "must be at least 1".into());
             }
         }
     }
 
     fn validate_monitor(&self, report: &mut impl FnMut(String, usize, String), text: &str) {
         let mon = &self.monitor;
-        let at = text
-            .lines()
-            .position(|l| l.trim() == "[monitor]")
-            .map_or(1, |i| i + 1);
+        let at = text.lines().position(|l| l.trim() == "[monitor]").map_or(1, |i| i + 1);
         if mon.rise == 0 || mon.fall == 0 {
             report("monitor.rise/fall".into(), at, "must be at least 1".into());
         }
         if mon.interval.is_zero() || mon.timeout.is_zero() {
-            report(
-                "monitor.interval/timeout".into(),
-                at,
-                "must be greater than zero".into(),
-            );
+            report("monitor.interval/timeout".into(), at, "must be greater than zero".into());
         }
-        let valid_table = mon.heartbeat_table.split('.').all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
+        let valid_table = mon
+            .heartbeat_table
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
         if !valid_table || mon.heartbeat_table.split('.').count() > 2 {
-            let msg = format!(
-                "{:?} is not a table name like \"rwproxy.heartbeat\"",
-                mon.heartbeat_table
-            );
+            let msg = format!("{:?} is not a table name like \"rwproxy.heartbeat\"", mon.heartbeat_table);
             report("monitor.heartbeat_table".into(), at, msg);
         }
     }
@@ -444,16 +381,8 @@ impl Config {
     /// The monitor's login: its own, or the first client user's.
     pub fn monitor_login(&self) -> (String, String) {
         let first = self.mysql.users.first().map(Spanned::get_ref);
-        let user = self
-            .monitor
-            .user
-            .clone()
-            .or_else(|| first.map(|u| u.name.clone()));
-        let password = self
-            .monitor
-            .password
-            .clone()
-            .or_else(|| first.map(|u| u.password.clone()));
+        let user = self.monitor.user.clone().or_else(|| first.map(|u| u.name.clone()));
+        let password = self.monitor.password.clone().or_else(|| first.map(|u| u.password.clone()));
         (user.unwrap_or_default(), password.unwrap_or_default())
     }
 
@@ -462,11 +391,7 @@ impl Config {
     }
 
     pub fn user(&self, name: &[u8]) -> Option<&UserConfig> {
-        self.mysql
-            .users
-            .iter()
-            .map(Spanned::get_ref)
-            .find(|u| u.name.as_bytes() == name)
+        self.mysql.users.iter().map(Spanned::get_ref).find(|u| u.name.as_bytes() == name)
     }
 
     pub fn listen_addr(&self) -> Option<SocketAddr> {
@@ -482,8 +407,7 @@ fn is_host_port(address: &str) -> bool {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(1, |before| before.matches('\n').count() + 1)
+    text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -522,34 +446,25 @@ role = "replica"
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = GOOD.replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
-        let err = Config::from_toml(&text)
-            .expect_err("unknown key")
-            .to_string();
+        let err = Config::from_toml(&text).expect_err("unknown key").to_string();
         assert!(err.contains("weight") && err.contains("line 19"), "{err}");
     }
 
     #[test]
     fn every_problem_is_reported_with_its_line() {
-        let text = GOOD
-            .replace("\"primary\"\n", "\"replica\"\n")
-            .replace("127.0.0.1:3307", "nowhere");
+        let text = GOOD.replace("\"primary\"\n", "\"replica\"\n").replace("127.0.0.1:3307", "nowhere");
         let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
             panic!("expected validation problems");
         };
         let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
-        assert!(
-            keys.contains(&("mysql.backends[1].address", 15)),
-            "{keys:?}"
-        );
+        assert!(keys.contains(&("mysql.backends[1].address", 15)), "{keys:?}");
         assert!(keys.iter().any(|(k, _)| *k == "mysql.backends"), "{keys:?}");
     }
 
     #[test]
     fn bad_duration_is_a_parse_error() {
         let text = GOOD.replace("500ms", "soon");
-        let err = Config::from_toml(&text)
-            .expect_err("bad duration")
-            .to_string();
+        let err = Config::from_toml(&text).expect_err("bad duration").to_string();
         assert!(err.contains("soon") && err.contains("line 4"), "{err}");
     }
 }

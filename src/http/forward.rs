@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -27,14 +28,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{text}\n")))
-        .map_err(|never| match never {})
-        .boxed();
+    let body = Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}).boxed();
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 
@@ -62,16 +59,8 @@ fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
         Some(previous) => format!("{previous}, {client}"),
         None => client.clone(),
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let for_part = if peer.is_ipv6() {
-        format!("\"[{client}]\"")
-    } else {
-        client
-    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let for_part = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
     let forwarded = format!("for={for_part};proto=http;host=\"{host}\"");
     for (name, value) in [
         ("x-forwarded-for", xff),
@@ -92,32 +81,54 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-pub async fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    balancer: &Balancer,
-) -> Response<Body> {
+/// How a request ended, for the access log (after HAProxy's termination states: the side
+/// that ended it, then the phase).
+struct Ending {
+    response: Response<Body>,
+    server: Option<usize>,
+    termination: &'static str,
+}
+
+fn ended(status: StatusCode, text: &str, server: Option<usize>, termination: &'static str) -> Ending {
+    Ending { response: plain(status, text), server, termination }
+}
+
+/// Forwards one request and writes its access-log line.
+pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Response<Body> {
+    let started = Instant::now();
+    let line = format!("{} {}", req.method(), req.uri().path());
+    let ending = forward(req, peer, balancer).await;
+    let took = started.elapsed();
+    let status = ending.response.status();
+    let server_name =
+        ending.server.and_then(|i| balancer.servers.list.get(i)).map_or("-", |s| s.name.as_str());
+    if let Some(server) = ending.server.and_then(|i| balancer.servers.list.get(i)) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        server.metrics.responses[class].increment(1);
+        server.metrics.duration.record(took.as_secs_f64());
+    }
+    tracing::info!(
+        target: "rwproxy::access",
+        "{peer} {server_name} \"{line}\" {} {:.1}ms {}",
+        status.as_u16(),
+        took.as_secs_f64() * 1000.0,
+        ending.termination
+    );
+    ending.response
+}
+
+async fn forward(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Ending {
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, balancer.config.max_body_size)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(body, balancer.config.max_body_size).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return ended(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", None, "PR");
         }
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+        Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
     };
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, peer);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut retried = false;
     for index in balancer.servers.order() {
         let server = &balancer.servers.list[index];
@@ -129,34 +140,44 @@ pub async fn handle(
         *upstream.uri_mut() = uri;
         *upstream.headers_mut() = parts.headers.clone();
         server.active.fetch_add(1, Ordering::Relaxed);
-        let sent = tokio::time::timeout(
-            balancer.config.response_timeout,
-            balancer.client.request(upstream),
-        )
-        .await;
+        server.metrics.active.increment(1.0);
+        let sent =
+            tokio::time::timeout(balancer.config.response_timeout, balancer.client.request(upstream)).await;
         server.active.fetch_sub(1, Ordering::Relaxed);
+        server.metrics.active.decrement(1.0);
         match sent {
             Ok(Ok(response)) => {
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
-                return Response::from_parts(head, body.boxed());
+                let termination = if retried { "-R" } else { "--" };
+                return Ending {
+                    response: Response::from_parts(head, body.boxed()),
+                    server: Some(index),
+                    termination,
+                };
             }
             // Nothing reached the server: any request may go to the next one.
-            Ok(Err(e)) if e.is_connect() => server.observe(false, &format!("connect failed: {e}")),
+            Ok(Err(e)) if e.is_connect() => {
+                server.observe(false, &format!("connect failed: {e}"));
+                server.metrics.retries.increment(1);
+            }
             Ok(Err(e)) => {
                 server.observe(false, &format!("request failed: {e}"));
                 if !idempotent(&parts.method) || retried {
-                    return plain(StatusCode::BAD_GATEWAY, "the server failed to answer");
+                    return ended(StatusCode::BAD_GATEWAY, "the server failed to answer", Some(index), "SH");
                 }
+                server.metrics.retries.increment(1);
                 retried = true;
             }
             Err(_) => {
-                return plain(
+                return ended(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the server did not answer in time",
+                    Some(index),
+                    "sH",
                 );
             }
         }
     }
-    plain(StatusCode::SERVICE_UNAVAILABLE, "no server available")
+    ended(StatusCode::SERVICE_UNAVAILABLE, "no server available", None, "SC")
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 pub use servers::{HttpServer, Servers};
 
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
 
 type UpstreamClient = Client<HttpConnector, http_body_util::Full<Bytes>>;
 
@@ -33,9 +34,7 @@ pub struct Balancer {
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balancer")
-            .field("servers", &self.servers)
-            .finish_non_exhaustive()
+        f.debug_struct("Balancer").field("servers", &self.servers).finish_non_exhaustive()
     }
 }
 
@@ -43,26 +42,18 @@ impl std::fmt::Debug for Balancer {
 /// the tasks (abort them to stop).
 pub async fn start(
     config: HttpConfig,
+    metrics: &Metrics,
 ) -> std::io::Result<(SocketAddr, Arc<Balancer>, Vec<JoinHandle<()>>)> {
-    let addr: SocketAddr = config
-        .listen
-        .get_ref()
-        .parse()
-        .map_err(std::io::Error::other)?;
+    let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    let balancer = Arc::new(Balancer {
-        servers: Servers::new(&config),
-        config,
-        client,
-    });
-    let mut tasks: Vec<JoinHandle<()>> = (0..balancer.servers.list.len())
-        .map(|i| tokio::spawn(health_checks(balancer.clone(), i)))
-        .collect();
+    let balancer = Arc::new(Balancer { servers: Servers::new(&config, metrics), config, client });
+    let mut tasks: Vec<JoinHandle<()>> =
+        (0..balancer.servers.list.len()).map(|i| tokio::spawn(health_checks(balancer.clone(), i))).collect();
     let serving = balancer.clone();
     tasks.push(tokio::spawn(async move { serve(listener, serving).await }));
     tracing::info!(http = %bound, "HTTP balancer listening");
@@ -84,14 +75,10 @@ async fn serve(listener: TcpListener, balancer: Arc<Balancer>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let balancer = balancer.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer).await)
-                }
+                async move { Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer).await) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
+            if let Err(e) =
+                http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await
             {
                 tracing::debug!(error = %e, "HTTP client connection ended");
             }
@@ -118,9 +105,7 @@ async fn health_checks(balancer: Arc<Balancer>, index: usize) {
         };
         match result {
             Ok(Ok(resp)) if resp.status().is_success() => server.observe(true, ""),
-            Ok(Ok(resp)) => {
-                server.observe(false, &format!("health check returned {}", resp.status()))
-            }
+            Ok(Ok(resp)) => server.observe(false, &format!("health check returned {}", resp.status())),
             Ok(Err(e)) => server.observe(false, &format!("health check failed: {e}")),
             Err(_) => server.observe(false, "health check timed out"),
         }

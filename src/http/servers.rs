@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::config::{Algorithm, HttpConfig};
+use crate::metrics::{HttpServerSeries, Metrics};
 use crate::monitor::Hysteresis;
 use crate::router::{Balancer, RoundRobin};
 
@@ -17,6 +18,7 @@ pub struct HttpServer {
     hysteresis: Mutex<Hysteresis>,
     /// Requests being served by this server now.
     pub active: AtomicUsize,
+    pub metrics: HttpServerSeries,
 }
 
 impl HttpServer {
@@ -31,6 +33,7 @@ impl HttpServer {
         };
         if let Some(up) = h.observe(good) {
             self.up.store(up, Ordering::Relaxed);
+            self.metrics.up.set(if up { 1.0 } else { 0.0 });
             if up {
                 tracing::info!(server = %self.name, "HTTP server up");
             } else {
@@ -48,7 +51,7 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn new(config: &HttpConfig) -> Servers {
+    pub fn new(config: &HttpConfig, metrics: &Metrics) -> Servers {
         let list = config
             .servers
             .iter()
@@ -62,23 +65,18 @@ impl Servers {
                     up: AtomicBool::new(true),
                     hysteresis: Mutex::new(Hysteresis::new(config.health.rise, config.health.fall)),
                     active: AtomicUsize::new(0),
+                    metrics: metrics.http_server(&s.name),
                 }
             })
             .collect();
-        Servers {
-            list,
-            algorithm: config.algorithm,
-            rotation: RoundRobin::default(),
-        }
+        Servers { list, algorithm: config.algorithm, rotation: RoundRobin::default() }
     }
 
     /// Servers to try for one request, best first: the algorithm's pick among healthy active
     /// servers (backups when none is up), then the others as redispatch targets.
     pub fn order(&self) -> Vec<usize> {
         let up = |backup: bool| -> Vec<usize> {
-            (0..self.list.len())
-                .filter(|&i| self.list[i].is_up() && self.list[i].backup == backup)
-                .collect()
+            (0..self.list.len()).filter(|&i| self.list[i].is_up() && self.list[i].backup == backup).collect()
         };
         let mut pool = up(false);
         if pool.is_empty() {
@@ -102,22 +100,14 @@ impl Servers {
     }
 
     fn weighted_round_robin(&self, pool: &[usize]) -> usize {
-        let slots: Vec<usize> = pool
-            .iter()
-            .flat_map(|&i| std::iter::repeat_n(i, self.list[i].weight as usize))
-            .collect();
-        self.rotation
-            .next(slots.len())
-            .map_or(pool[0], |at| slots[at])
+        let slots: Vec<usize> =
+            pool.iter().flat_map(|&i| std::iter::repeat_n(i, self.list[i].weight as usize)).collect();
+        self.rotation.next(slots.len()).map_or(pool[0], |at| slots[at])
     }
 
     fn least_loaded(&self, pool: &[usize]) -> usize {
-        let load = |i: usize| {
-            self.list[i].active.load(Ordering::Relaxed) as f64 / f64::from(self.list[i].weight)
-        };
-        pool.iter()
-            .copied()
-            .min_by(|a, b| load(*a).total_cmp(&load(*b)))
-            .unwrap_or(pool[0])
+        let load =
+            |i: usize| self.list[i].active.load(Ordering::Relaxed) as f64 / f64::from(self.list[i].weight);
+        pool.iter().copied().min_by(|a, b| load(*a).total_cmp(&load(*b))).unwrap_or(pool[0])
     }
 }

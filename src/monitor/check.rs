@@ -19,11 +19,7 @@ pub struct Report {
 
 impl Report {
     pub fn down(reason: impl Into<String>) -> Report {
-        Report {
-            problem: Some((State::Down, reason.into())),
-            lag: None,
-            read_only: None,
-        }
+        Report { problem: Some((State::Down, reason.into())), lag: None, read_only: None }
     }
 }
 
@@ -41,10 +37,7 @@ impl HeartbeatClock {
     }
 
     fn age(&self) -> Option<Duration> {
-        self.last_write
-            .lock()
-            .ok()
-            .and_then(|w| w.map(|t| t.elapsed()))
+        self.last_write.lock().ok().and_then(|w| w.map(|t| t.elapsed()))
     }
 }
 
@@ -101,13 +94,9 @@ impl Checker {
 
     async fn connect(&mut self) -> Result<&mut Conn, CheckError> {
         if self.conn.is_none() {
-            let (host, port) = self
-                .address
-                .rsplit_once(':')
-                .ok_or_else(|| CheckError::Bad("bad address".into()))?;
-            let port = port
-                .parse()
-                .map_err(|_| CheckError::Bad("bad port".into()))?;
+            let (host, port) =
+                self.address.rsplit_once(':').ok_or_else(|| CheckError::Bad("bad address".into()))?;
+            let port = port.parse().map_err(|_| CheckError::Bad("bad port".into()))?;
             let opts = OptsBuilder::default()
                 .ip_or_hostname(host)
                 .tcp_port(port)
@@ -118,16 +107,10 @@ impl Checker {
             self.conn = Some(Conn::new(opts).await?);
             self.heartbeat_ready = false;
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| CheckError::Bad("no connection".into()))
+        self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))
     }
 
-    async fn check_inner(
-        &mut self,
-        primary: bool,
-        clock: &HeartbeatClock,
-    ) -> Result<Report, CheckError> {
+    async fn check_inner(&mut self, primary: bool, clock: &HeartbeatClock) -> Result<Report, CheckError> {
         let read_only_check = self.settings.read_only_check;
         let conn = self.connect().await?;
         conn.ping().await?;
@@ -139,11 +122,7 @@ impl Checker {
         };
         if primary {
             self.write_heartbeat(clock).await;
-            return Ok(Report {
-                problem: None,
-                lag: None,
-                read_only,
-            });
+            return Ok(Report { problem: None, lag: None, read_only });
         }
         let mut report = self.replica_status().await?;
         if let Some(lag) = self.heartbeat_lag(clock).await {
@@ -166,10 +145,7 @@ impl Checker {
 
     /// Replica threads and `Seconds_Behind_*`.
     async fn replica_status(&mut self) -> Result<Report, CheckError> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| CheckError::Bad("no connection".into()))?;
+        let conn = self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))?;
         let rows: Vec<Row> = if self.replica_syntax {
             match conn.query("SHOW REPLICA STATUS").await {
                 Ok(rows) => rows,
@@ -184,25 +160,18 @@ impl Checker {
         };
         let Some(row) = rows.first() else {
             return Ok(Report {
-                problem: Some((
-                    State::ReplicationStopped,
-                    "not configured as a replica".into(),
-                )),
+                problem: Some((State::ReplicationStopped, "not configured as a replica".into())),
                 lag: None,
                 read_only: None,
             });
         };
         let text = |names: &[&str]| -> Option<String> {
-            names.iter().find_map(|n| {
-                row.get_opt::<Option<String>, _>(*n)
-                    .and_then(Result::ok)
-                    .flatten()
-            })
+            names.iter().find_map(|n| row.get_opt::<Option<String>, _>(*n).and_then(Result::ok).flatten())
         };
         let io = text(&["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default();
         let sql = text(&["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default();
-        let behind = text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
-            .and_then(|s| s.parse::<u64>().ok());
+        let behind =
+            text(&["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|s| s.parse::<u64>().ok());
         // IO = "Connecting" is a replica retrying its primary (perhaps down): it still serves a
         // consistent copy, and the heartbeat says how old. Only stopped threads demote it.
         if io == "No" || sql != "Yes" {
@@ -221,11 +190,7 @@ impl Checker {
                 read_only: None,
             });
         }
-        Ok(Report {
-            problem: None,
-            lag: behind.map(Duration::from_secs),
-            read_only: None,
-        })
+        Ok(Report { problem: None, lag: behind.map(Duration::from_secs), read_only: None })
     }
 
     /// On the primary: creates the heartbeat table if needed and writes `ts = NOW(6)`.
@@ -241,7 +206,9 @@ impl Checker {
             if let Some((db, _)) = table.split_once('.') {
                 ddl.push(format!("CREATE DATABASE IF NOT EXISTS {db}"));
             }
-            ddl.push(format!("CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"));
+            ddl.push(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"
+            ));
             for statement in ddl {
                 if let Err(e) = conn.query_drop(&statement).await {
                     tracing::debug!(%table, error = %e, "heartbeat table not created here");
@@ -269,8 +236,7 @@ impl Checker {
         let table = self.settings.heartbeat_table.as_ref()?;
         let since_write = clock.age()?;
         let conn = self.conn.as_mut()?;
-        let sql =
-            format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {table} WHERE id = 1");
+        let sql = format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {table} WHERE id = 1");
         let age_us: i64 = conn.query_first(&sql).await.ok().flatten()?;
         let age = Duration::from_micros(u64::try_from(age_us).unwrap_or(0));
         Some(age.saturating_sub(since_write))

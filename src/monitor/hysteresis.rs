@@ -13,13 +13,7 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// Starts `up`: a proxy that just started serves with what it was given until checks say no.
     pub fn new(rise: u32, fall: u32) -> Self {
-        Hysteresis {
-            rise: rise.max(1),
-            fall: fall.max(1),
-            good_streak: 0,
-            bad_streak: 0,
-            up: true,
-        }
+        Hysteresis { rise: rise.max(1), fall: fall.max(1), good_streak: 0, bad_streak: 0, up: true }
     }
 
     pub fn is_up(&self) -> bool {
@@ -35,11 +29,7 @@ impl Hysteresis {
             self.bad_streak += 1;
             self.good_streak = 0;
         }
-        let flip = if self.up {
-            self.bad_streak >= self.fall
-        } else {
-            self.good_streak >= self.rise
-        };
+        let flip = if self.up { self.bad_streak >= self.fall } else { self.good_streak >= self.rise };
         if flip {
             self.up = !self.up;
             Some(self.up)
@@ -67,15 +57,8 @@ mod tests {
     fn a_value_hovering_at_the_threshold_does_not_flap() {
         let mut h = Hysteresis::new(2, 3);
         // good, bad, good, bad, … never three bad or (once out) two good in a row.
-        let pattern = [
-            true, false, false, true, false, true, false, false, true, false,
-        ];
-        let flips = pattern
-            .iter()
-            .cycle()
-            .take(200)
-            .filter_map(|g| h.observe(*g))
-            .count();
+        let pattern = [true, false, false, true, false, true, false, false, true, false];
+        let flips = pattern.iter().cycle().take(200).filter_map(|g| h.observe(*g)).count();
         assert_eq!(flips, 0);
     }
 }

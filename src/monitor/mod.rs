@@ -29,11 +29,7 @@ struct Context {
 }
 
 /// Starts one monitor task per backend; abort the handles to stop them.
-pub fn spawn(
-    config: &Config,
-    backends: Arc<Backends>,
-    metrics: Arc<Metrics>,
-) -> Vec<JoinHandle<()>> {
+pub fn spawn(config: &Config, backends: Arc<Backends>, metrics: Arc<Metrics>) -> Vec<JoinHandle<()>> {
     if !config.monitor.enabled {
         return Vec::new();
     }
@@ -41,10 +37,7 @@ pub fn spawn(
     let settings = CheckSettings {
         user,
         password,
-        heartbeat_table: config
-            .monitor
-            .heartbeat
-            .then(|| config.monitor.heartbeat_table.clone()),
+        heartbeat_table: config.monitor.heartbeat.then(|| config.monitor.heartbeat_table.clone()),
         max_lag: config.monitor.max_replication_lag,
         read_only_check: config.monitor.detect_primary,
     };
@@ -55,9 +48,7 @@ pub fn spawn(
         config: config.monitor.clone(),
         settings,
     });
-    (0..ctx.backends.len())
-        .map(|index| tokio::spawn(watch(ctx.clone(), index)))
-        .collect()
+    (0..ctx.backends.len()).map(|index| tokio::spawn(watch(ctx.clone(), index))).collect()
 }
 
 async fn watch(ctx: Arc<Context>, index: usize) {
@@ -75,18 +66,13 @@ async fn watch(ctx: Arc<Context>, index: usize) {
         let primary = ctx.backends.is_primary(index);
         let report = tokio::time::timeout(ctx.config.timeout, checker.check(primary, &ctx.clock))
             .await
-            .unwrap_or_else(|_| {
-                Report::down(format!("check timed out after {:?}", ctx.config.timeout))
-            });
+            .unwrap_or_else(|_| Report::down(format!("check timed out after {:?}", ctx.config.timeout)));
         ctx.metrics.monitor_check(index, started.elapsed());
         apply(&ctx, index, &mut hysteresis, report);
         let sample = Sample {
             at: ctx.backends.uptime().as_secs_f64(),
             lag_ms: backend.health.lag().map(|l| l.as_secs_f64() * 1000.0),
-            queries: backend
-                .health
-                .queries
-                .load(std::sync::atomic::Ordering::Relaxed),
+            queries: backend.health.queries.load(std::sync::atomic::Ordering::Relaxed),
         };
         backend.health.record(sample, keep);
     }
@@ -100,10 +86,7 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     health.set_lag(report.lag);
     health.set_read_only(report.read_only);
     let old = health.state();
-    match (
-        hysteresis.observe(report.problem.is_none()),
-        &report.problem,
-    ) {
+    match (hysteresis.observe(report.problem.is_none()), &report.problem) {
         (Some(true), _) => health.set_state(State::Up, ""),
         (Some(false), Some((state, reason))) => {
             health.set_state(*state, reason);
@@ -115,11 +98,7 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     }
     let new = health.state();
     if new != old {
-        let reason = if new == State::Up {
-            "checks passed".to_string()
-        } else {
-            health.reason()
-        };
+        let reason = if new == State::Up { "checks passed".to_string() } else { health.reason() };
         if new == State::Up {
             tracing::info!(backend = %backend.name, from = old.as_str(), to = new.as_str(), %reason, "backend state changed");
         } else {

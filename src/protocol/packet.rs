@@ -53,13 +53,7 @@ pub fn encode_packet(mut seq: u8, payload: &[u8], out: &mut Vec<u8>) -> u8 {
     let mut chunks = payload.chunks(MAX_PAYLOAD);
     let mut last_len = 0;
     for chunk in chunks.by_ref() {
-        out.extend_from_slice(
-            &Header {
-                len: chunk.len(),
-                seq,
-            }
-            .encode(),
-        );
+        out.extend_from_slice(&Header { len: chunk.len(), seq }.encode());
         out.extend_from_slice(chunk);
         seq = seq.wrapping_add(1);
         last_len = chunk.len();
@@ -79,11 +73,7 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Heade
     while filled < 4 {
         let n = r.read(&mut buf[filled..]).await?;
         if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(PacketError::Truncated)
-            };
+            return if filled == 0 { Ok(None) } else { Err(PacketError::Truncated) };
         }
         filled += n;
     }
@@ -126,10 +116,7 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
     let mut header = first;
     loop {
         if payload.len() + header.len > max {
-            return Err(PacketError::TooLarge {
-                len: payload.len() + header.len,
-                max,
-            });
+            return Err(PacketError::TooLarge { len: payload.len() + header.len, max });
         }
         read_payload_into(r, header.len, &mut payload).await?;
         if !header.is_continued() {
@@ -138,17 +125,10 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
         let expected = header.seq.wrapping_add(1);
         header = read_header(r).await?.ok_or(PacketError::Truncated)?;
         if header.seq != expected {
-            return Err(PacketError::OutOfOrder {
-                expected,
-                got: header.seq,
-            });
+            return Err(PacketError::OutOfOrder { expected, got: header.seq });
         }
     }
-    Ok(Some(Logical {
-        payload,
-        first_seq: first.seq,
-        last_seq: header.seq,
-    }))
+    Ok(Some(Logical { payload, first_seq: first.seq, last_seq: header.seq }))
 }
 
 /// Writes one logical packet (not flushed): header and payload straight into `w`, which is
@@ -160,14 +140,7 @@ pub async fn write_packet<W: AsyncWrite + Unpin>(
 ) -> Result<u8, PacketError> {
     let mut last_len = 0;
     for chunk in payload.chunks(MAX_PAYLOAD) {
-        w.write_all(
-            &Header {
-                len: chunk.len(),
-                seq,
-            }
-            .encode(),
-        )
-        .await?;
+        w.write_all(&Header { len: chunk.len(), seq }.encode()).await?;
         w.write_all(chunk).await?;
         seq = seq.wrapping_add(1);
         last_len = chunk.len();
@@ -185,10 +158,7 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = Header {
-            len: 0x12_3456,
-            seq: 7,
-        };
+        let h = Header { len: 0x12_3456, seq: 7 };
         assert_eq!(Header::decode(h.encode()), h);
     }
 
@@ -199,10 +169,7 @@ mod tests {
         let next = encode_packet(0, &payload, &mut out);
         assert_eq!(next, 2, "a full packet is followed by an empty one");
         assert_eq!(out.len(), 4 + MAX_PAYLOAD + 4);
-        assert_eq!(
-            Header::decode([out[0], out[1], out[2], out[3]]).len,
-            MAX_PAYLOAD
-        );
+        assert_eq!(Header::decode([out[0], out[1], out[2], out[3]]).len, MAX_PAYLOAD);
     }
 
     #[tokio::test]
@@ -212,12 +179,7 @@ mod tests {
             let mut expected = Vec::new();
             let next = encode_packet(9, &payload, &mut expected);
             let mut written = Vec::new();
-            assert_eq!(
-                write_packet(&mut written, 9, &payload)
-                    .await
-                    .expect("write"),
-                next
-            );
+            assert_eq!(write_packet(&mut written, 9, &payload).await.expect("write"), next);
             assert!(written == expected, "length {len}");
         }
     }
@@ -228,10 +190,7 @@ mod tests {
         let mut wire = Vec::new();
         encode_packet(3, &payload, &mut wire);
         let mut r = &wire[..];
-        let got = read_logical(&mut r, usize::MAX)
-            .await
-            .expect("read")
-            .expect("packet");
+        let got = read_logical(&mut r, usize::MAX).await.expect("read").expect("packet");
         assert_eq!(got.payload, payload);
         assert_eq!((got.first_seq, got.last_seq), (3, 4));
     }
@@ -241,20 +200,11 @@ mod tests {
         let mut wire = Vec::new();
         encode_packet(0, &[0u8; 100], &mut wire);
         let mut r = &wire[..];
-        assert!(matches!(
-            read_logical(&mut r, 50).await,
-            Err(PacketError::TooLarge { .. })
-        ));
+        assert!(matches!(read_logical(&mut r, 50).await, Err(PacketError::TooLarge { .. })));
         let mut r = &wire[..60];
-        assert!(matches!(
-            read_logical(&mut r, 1000).await,
-            Err(PacketError::Truncated)
-        ));
+        assert!(matches!(read_logical(&mut r, 1000).await, Err(PacketError::Truncated)));
         let mut r = &wire[..2];
-        assert!(matches!(
-            read_logical(&mut r, 1000).await,
-            Err(PacketError::Truncated)
-        ));
+        assert!(matches!(read_logical(&mut r, 1000).await, Err(PacketError::Truncated)));
         let mut r: &[u8] = &[];
         assert!(matches!(read_logical(&mut r, 1000).await, Ok(None)));
     }

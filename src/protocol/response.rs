@@ -81,29 +81,15 @@ pub struct ResponseTracker {
 
 impl ResponseTracker {
     pub fn new(kind: ResponseKind, deprecate_eof: bool) -> Self {
-        let state = if kind == ResponseKind::Rows {
-            State::Rows
-        } else {
-            State::First
-        };
-        ResponseTracker {
-            state,
-            kind,
-            deprecate_eof,
-            prepared: None,
-        }
+        let state = if kind == ResponseKind::Rows { State::Rows } else { State::First };
+        ResponseTracker { state, kind, deprecate_eof, prepared: None }
     }
 
     /// True when the end-of-rows marker may be this packet: 0xFE with a short payload. (A row
     /// starting with 0xFE is an 8-byte length string, so its packet is at least 9 bytes, and with
     /// DEPRECATE_EOF such a row is over 16 MiB.)
     fn is_terminator(&self, first: u8, len: usize) -> bool {
-        first == 0xFE
-            && if self.deprecate_eof {
-                len < super::packet::MAX_PAYLOAD
-            } else {
-                len < 9
-            }
+        first == 0xFE && if self.deprecate_eof { len < super::packet::MAX_PAYLOAD } else { len < 9 }
     }
 
     /// Whether the relay must read this packet's whole payload before calling `accept`.
@@ -117,12 +103,7 @@ impl ResponseTracker {
 
     /// Feeds one logical packet: its first byte, its length, and its payload when
     /// `needs_payload` said so (an empty slice otherwise).
-    pub fn accept(
-        &mut self,
-        first: u8,
-        len: usize,
-        payload: &[u8],
-    ) -> Result<Progress, ResponseError> {
+    pub fn accept(&mut self, first: u8, len: usize, payload: &[u8]) -> Result<Progress, ResponseError> {
         match self.state {
             State::First => self.on_first(first, len, payload),
             State::ColumnDefs(n) => {
@@ -167,37 +148,21 @@ impl ResponseTracker {
 
     fn progress(&self) -> Progress {
         if self.state == State::Done {
-            Progress::Done(Outcome {
-                prepared: self.prepared,
-                ..Outcome::default()
-            })
+            Progress::Done(Outcome { prepared: self.prepared, ..Outcome::default() })
         } else {
             Progress::More
         }
     }
 
     fn expect_eof(&self, first: u8, len: usize) -> Result<(), ResponseError> {
-        if self.is_terminator(first, len) {
-            Ok(())
-        } else {
-            Err(ResponseError::Malformed("EOF"))
-        }
+        if self.is_terminator(first, len) { Ok(()) } else { Err(ResponseError::Malformed("EOF")) }
     }
 
     fn after_params(&self, cols: u16) -> State {
-        if cols == 0 {
-            State::Done
-        } else {
-            State::PrepareColumns(cols)
-        }
+        if cols == 0 { State::Done } else { State::PrepareColumns(cols) }
     }
 
-    fn on_first(
-        &mut self,
-        first: u8,
-        len: usize,
-        payload: &[u8],
-    ) -> Result<Progress, ResponseError> {
+    fn on_first(&mut self, first: u8, len: usize, payload: &[u8]) -> Result<Progress, ResponseError> {
         match (self.kind, first) {
             (ResponseKind::Single, _) => Ok(self.finish(Outcome::default())),
             (_, 0xFF) => Ok(self.finish(error_outcome(payload))),
@@ -212,8 +177,7 @@ impl ResponseTracker {
             }
             (_, 0xFB) => Ok(Progress::LocalInfile),
             _ => {
-                let (count, _) =
-                    lenenc_int(payload).ok_or(ResponseError::Malformed("column count"))?;
+                let (count, _) = lenenc_int(payload).ok_or(ResponseError::Malformed("column count"))?;
                 if count == 0 {
                     return Err(ResponseError::Malformed("column count"));
                 }
@@ -230,33 +194,18 @@ impl ResponseTracker {
         let statement_id = u32::from_le_bytes([payload[1], payload[2], payload[3], payload[4]]);
         let columns = u16::from_le_bytes([payload[5], payload[6]]);
         let params = u16::from_le_bytes([payload[7], payload[8]]);
-        self.prepared = Some(Prepared {
-            statement_id,
-            columns,
-            params,
-        });
-        self.state = if params > 0 {
-            State::PrepareParams(params, columns)
-        } else {
-            self.after_params(columns)
-        };
+        self.prepared = Some(Prepared { statement_id, columns, params });
+        self.state =
+            if params > 0 { State::PrepareParams(params, columns) } else { self.after_params(columns) };
         Ok(self.progress())
     }
 
-    fn on_columns_eof(
-        &mut self,
-        first: u8,
-        len: usize,
-        payload: &[u8],
-    ) -> Result<Progress, ResponseError> {
+    fn on_columns_eof(&mut self, first: u8, len: usize, payload: &[u8]) -> Result<Progress, ResponseError> {
         self.expect_eof(first, len)?;
         let status = self.terminator_status(payload)?;
         if self.kind == ResponseKind::Execute && status & CURSOR_EXISTS != 0 {
             // A cursor was opened: rows come later, through COM_STMT_FETCH.
-            return Ok(self.finish(Outcome {
-                status: Some(status),
-                ..Outcome::default()
-            }));
+            return Ok(self.finish(Outcome { status: Some(status), ..Outcome::default() }));
         }
         self.state = State::Rows;
         Ok(Progress::More)
@@ -271,20 +220,13 @@ impl ResponseTracker {
         }
         let status = self.terminator_status(payload)?;
         if self.kind == ResponseKind::Rows {
-            return Ok(self.finish(Outcome {
-                status: Some(status),
-                ..Outcome::default()
-            }));
+            return Ok(self.finish(Outcome { status: Some(status), ..Outcome::default() }));
         }
         Ok(self.end_of_result(status))
     }
 
     fn terminator_status(&self, payload: &[u8]) -> Result<u16, ResponseError> {
-        let status = if self.deprecate_eof {
-            status_of_ok(payload)
-        } else {
-            status_of_eof(payload)
-        };
+        let status = if self.deprecate_eof { status_of_ok(payload) } else { status_of_eof(payload) };
         status.ok_or(ResponseError::Malformed("EOF"))
     }
 
@@ -294,10 +236,7 @@ impl ResponseTracker {
             self.state = State::First;
             Progress::More
         } else {
-            self.finish(Outcome {
-                status: Some(status),
-                ..Outcome::default()
-            })
+            self.finish(Outcome { status: Some(status), ..Outcome::default() })
         }
     }
 
@@ -317,10 +256,7 @@ fn error_outcome(payload: &[u8]) -> Outcome {
         [_, lo, hi, ..] => Some(u16::from_le_bytes([*lo, *hi])),
         _ => Some(0),
     };
-    Outcome {
-        error: code,
-        ..Outcome::default()
-    }
+    Outcome { error: code, ..Outcome::default() }
 }
 
 #[cfg(test)]
@@ -331,11 +267,7 @@ mod tests {
         packets
             .iter()
             .map(|p| {
-                let payload = if t.needs_payload(p[0], p.len()) {
-                    *p
-                } else {
-                    &[][..]
-                };
+                let payload = if t.needs_payload(p[0], p.len()) { *p } else { &[][..] };
                 t.accept(p[0], p.len(), payload).expect("valid packet")
             })
             .collect()
@@ -349,46 +281,21 @@ mod tests {
     fn ok_ends_a_query() {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         let got = feed(&mut t, &[&[0, 1, 0, 3, 0, 0, 0]]);
-        assert_eq!(
-            got[0],
-            Progress::Done(Outcome {
-                status: Some(3),
-                ..Default::default()
-            })
-        );
+        assert_eq!(got[0], Progress::Done(Outcome { status: Some(3), ..Default::default() }));
     }
 
     #[test]
     fn result_set_with_old_eof() {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
-        let got = feed(
-            &mut t,
-            &[&[1], COLDEF, EOF_END, &[1, b'x'], &[0xFB], EOF_END],
-        );
+        let got = feed(&mut t, &[&[1], COLDEF, EOF_END, &[1, b'x'], &[0xFB], EOF_END]);
         assert_eq!(got[..5], [Progress::More; 5]);
-        assert_eq!(
-            got[5],
-            Progress::Done(Outcome {
-                status: Some(2),
-                ..Default::default()
-            })
-        );
+        assert_eq!(got[5], Progress::Done(Outcome { status: Some(2), ..Default::default() }));
     }
 
     #[test]
     fn multi_results_then_ok() {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
-        let got = feed(
-            &mut t,
-            &[
-                &[1],
-                COLDEF,
-                EOF_END,
-                &[1, b'x'],
-                EOF_MORE,
-                &[0, 0, 0, 2, 0, 0, 0],
-            ],
-        );
+        let got = feed(&mut t, &[&[1], COLDEF, EOF_END, &[1, b'x'], EOF_MORE, &[0, 0, 0, 2, 0, 0, 0]]);
         assert!(matches!(got[5], Progress::Done(_)));
         assert!(got[..5].iter().all(|p| *p == Progress::More));
     }
@@ -398,37 +305,19 @@ mod tests {
         let mut t = ResponseTracker::new(ResponseKind::Query, true);
         let ok_end: &[u8] = &[0xFE, 0, 0, 2, 0, 0, 0];
         let got = feed(&mut t, &[&[2], COLDEF, COLDEF, &[1, b'x', 1, b'y'], ok_end]);
-        assert!(matches!(
-            got[4],
-            Progress::Done(Outcome {
-                status: Some(2),
-                ..
-            })
-        ));
+        assert!(matches!(got[4], Progress::Done(Outcome { status: Some(2), .. })));
     }
 
     #[test]
     fn error_mid_rows_ends_response() {
         let mut t = ResponseTracker::new(ResponseKind::Query, true);
-        let got = feed(
-            &mut t,
-            &[&[1], COLDEF, &[1, b'x'], &[0xFF, 0x10, 0x04, b'#']],
-        );
-        assert!(matches!(
-            got[3],
-            Progress::Done(Outcome {
-                error: Some(0x0410),
-                ..
-            })
-        ));
+        let got = feed(&mut t, &[&[1], COLDEF, &[1, b'x'], &[0xFF, 0x10, 0x04, b'#']]);
+        assert!(matches!(got[3], Progress::Done(Outcome { error: Some(0x0410), .. })));
     }
 
     #[test]
     fn long_row_starting_with_fe_is_not_a_terminator() {
-        let t = ResponseTracker {
-            state: State::Rows,
-            ..ResponseTracker::new(ResponseKind::Query, false)
-        };
+        let t = ResponseTracker { state: State::Rows, ..ResponseTracker::new(ResponseKind::Query, false) };
         assert!(!t.needs_payload(0xFE, 20));
     }
 
@@ -437,18 +326,8 @@ mod tests {
         let mut t = ResponseTracker::new(ResponseKind::Prepare, false);
         let ok: &[u8] = &[0, 7, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0];
         let got = feed(&mut t, &[ok, COLDEF, COLDEF, EOF_END, COLDEF, EOF_END]);
-        let prepared = Prepared {
-            statement_id: 7,
-            columns: 1,
-            params: 2,
-        };
-        assert_eq!(
-            got[5],
-            Progress::Done(Outcome {
-                prepared: Some(prepared),
-                ..Default::default()
-            })
-        );
+        let prepared = Prepared { statement_id: 7, columns: 1, params: 2 };
+        assert_eq!(got[5], Progress::Done(Outcome { prepared: Some(prepared), ..Default::default() }));
         assert!(got[..5].iter().all(|p| *p == Progress::More));
     }
 
@@ -471,10 +350,7 @@ mod tests {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         assert_eq!(feed(&mut t, &[&[0xFB, b'f']])[0], Progress::LocalInfile);
         t.after_local_infile();
-        assert!(matches!(
-            feed(&mut t, &[&[0, 1, 0, 2, 0, 0, 0]])[0],
-            Progress::Done(_)
-        ));
+        assert!(matches!(feed(&mut t, &[&[0, 1, 0, 2, 0, 0, 0]])[0], Progress::Done(_)));
     }
 
     #[test]

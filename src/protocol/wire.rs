@@ -12,10 +12,7 @@ pub fn lenenc_int(buf: &[u8]) -> Option<(u64, usize)> {
         _ => return None,
     };
     let bytes = rest.get(..width)?;
-    let value = bytes
-        .iter()
-        .rev()
-        .fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    let value = bytes.iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
     Some((value, 1 + width))
 }
 
@@ -118,16 +115,7 @@ mod tests {
 
     #[test]
     fn lenenc_round_trip() {
-        for v in [
-            0u64,
-            250,
-            251,
-            0xFFFF,
-            0x1_0000,
-            0xFF_FFFF,
-            0x100_0000,
-            u64::MAX,
-        ] {
+        for v in [0u64, 250, 251, 0xFFFF, 0x1_0000, 0xFF_FFFF, 0x100_0000, u64::MAX] {
             let mut out = Vec::new();
             put_lenenc_int(&mut out, v);
             assert_eq!(lenenc_int(&out), Some((v, out.len())), "value {v}");
@@ -149,10 +137,7 @@ mod tests {
     #[test]
     fn err_packet_layout() {
         let p = err_packet(1045, "28000", "Access denied");
-        assert_eq!(
-            &p[..9],
-            &[0xFF, 0x15, 0x04, b'#', b'2', b'8', b'0', b'0', b'0']
-        );
+        assert_eq!(&p[..9], &[0xFF, 0x15, 0x04, b'#', b'2', b'8', b'0', b'0', b'0']);
         assert_eq!(&p[9..], b"Access denied");
     }
 }

@@ -59,12 +59,7 @@ impl Router {
         reads_include_primary: bool,
         all_replicas_down: AllReplicasDown,
     ) -> Router {
-        Router {
-            backends,
-            reads_include_primary,
-            all_replicas_down,
-            balancer: RoundRobin::default(),
-        }
+        Router { backends, reads_include_primary, all_replicas_down, balancer: RoundRobin::default() }
     }
 
     /// The backends that take reads right now, in configuration order (for status pages; it
@@ -124,10 +119,7 @@ impl Router {
         }
         match class.destination {
             Destination::Read => decision(Target::ReadPool, class.reason),
-            Destination::Last => decision(
-                view.last.map_or(Target::ReadPool, Target::Backend),
-                class.reason,
-            ),
+            Destination::Last => decision(view.last.map_or(Target::ReadPool, Target::Backend), class.reason),
             Destination::Primary | Destination::All => decision(Target::Primary, class.reason),
         }
     }
@@ -138,10 +130,7 @@ impl Router {
         match target {
             Target::Primary | Target::PreferPrimary => Some(primary),
             Target::Backend(b) => Some(b),
-            Target::ReadPool => self
-                .read_rotation(excluded, primary, false)
-                .first()
-                .copied(),
+            Target::ReadPool => self.read_rotation(excluded, primary, false).first().copied(),
         }
     }
 
@@ -156,9 +145,7 @@ impl Router {
             Target::PreferPrimary => {
                 let mut order = vec![primary];
                 order.extend(
-                    self.read_rotation(excluded, primary, true)
-                        .into_iter()
-                        .filter(|b| *b != primary),
+                    self.read_rotation(excluded, primary, true).into_iter().filter(|b| *b != primary),
                 );
                 order
             }
@@ -174,11 +161,7 @@ impl Router {
         let in_pool = |b: usize| allowed(b) && (b != primary || self.reads_include_primary);
         let mut order = Vec::with_capacity(all.len() + 1);
         order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
-        let start = if advance {
-            self.balancer.next(order.len())
-        } else {
-            self.balancer.peek(order.len())
-        };
+        let start = if advance { self.balancer.next(order.len()) } else { self.balancer.peek(order.len()) };
         if let Some(start) = start {
             order.rotate_left(start);
         }
@@ -190,9 +173,7 @@ impl Router {
                     let least = all
                         .iter()
                         .filter(|b| {
-                            b.index != primary
-                                && allowed(b.index)
-                                && b.health.state() == State::Lagging
+                            b.index != primary && allowed(b.index) && b.health.state() == State::Lagging
                         })
                         .min_by_key(|b| b.health.lag().unwrap_or(std::time::Duration::MAX));
                     if let Some(b) = least {

@@ -25,19 +25,13 @@ role = "replica"
 "#,
     )
     .expect("config");
-    Router::new(
-        Arc::new(Backends::from_config(&config)),
-        true,
-        AllReplicasDown::Primary,
-    )
+    Router::new(Arc::new(Backends::from_config(&config)), true, AllReplicasDown::Primary)
 }
 
 #[test]
 fn reads_rotate_over_all_three() {
     let r = router();
-    let firsts: Vec<usize> = (0..6)
-        .map(|_| r.candidates(Target::ReadPool, &[])[0])
-        .collect();
+    let firsts: Vec<usize> = (0..6).map(|_| r.candidates(Target::ReadPool, &[])[0]).collect();
     assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
 }
 
@@ -48,11 +42,7 @@ fn failed_backend_goes_last_and_excluded_is_skipped() {
     for _ in 0..4 {
         let order = r.candidates(Target::ReadPool, &[false, false, true]);
         assert_eq!(order, [0, 1], "usable first, failed after, excluded never");
-        assert_eq!(
-            r.read_pool(),
-            [0, 2],
-            "session exclusions are not the pool's"
-        );
+        assert_eq!(r.read_pool(), [0, 2], "session exclusions are not the pool's");
     }
 }
 
@@ -60,30 +50,12 @@ fn failed_backend_goes_last_and_excluded_is_skipped() {
 fn pins_and_session_state_win() {
     let r = router();
     let read = classify("SELECT 1");
-    let view = SessionView {
-        pinned: Some(2),
-        ..Default::default()
-    };
+    let view = SessionView { pinned: Some(2), ..Default::default() };
     assert_eq!(r.decide(&read, &view).target, Target::Backend(2));
-    let view = SessionView {
-        temporary_tables: true,
-        ..Default::default()
-    };
-    assert_eq!(
-        r.decide(&read, &view),
-        Decision {
-            target: Target::Primary,
-            reason: Reason::TemporaryTable
-        }
-    );
-    let view = SessionView {
-        user_variables_on_primary: true,
-        ..Default::default()
-    };
-    assert_eq!(
-        r.decide(&classify("SELECT @v"), &view).target,
-        Target::Primary
-    );
+    let view = SessionView { temporary_tables: true, ..Default::default() };
+    assert_eq!(r.decide(&read, &view), Decision { target: Target::Primary, reason: Reason::TemporaryTable });
+    let view = SessionView { user_variables_on_primary: true, ..Default::default() };
+    assert_eq!(r.decide(&classify("SELECT @v"), &view).target, Target::Primary);
     assert_eq!(r.decide(&read, &view).target, Target::ReadPool);
 }
 
@@ -91,22 +63,10 @@ fn pins_and_session_state_win() {
 fn hints() {
     let r = router();
     let view = SessionView::default();
+    assert_eq!(r.decide(&classify("SELECT 1 /* rwproxy:primary */"), &view).target, Target::Primary);
     assert_eq!(
-        r.decide(&classify("SELECT 1 /* rwproxy:primary */"), &view)
-            .target,
-        Target::Primary
-    );
-    assert_eq!(
-        r.decide(
-            &classify("SELECT LAST_INSERT_ID() /* rwproxy:replica */"),
-            &view
-        )
-        .target,
+        r.decide(&classify("SELECT LAST_INSERT_ID() /* rwproxy:replica */"), &view).target,
         Target::ReadPool
     );
-    assert_eq!(
-        r.decide(&classify("DELETE FROM t /* rwproxy:replica */"), &view)
-            .target,
-        Target::Primary
-    );
+    assert_eq!(r.decide(&classify("DELETE FROM t /* rwproxy:replica */"), &view).target, Target::Primary);
 }

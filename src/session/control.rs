@@ -40,8 +40,7 @@ impl Session {
                 database: None,
                 collation: handshake::DEFAULT_COLLATION,
                 client_caps: shared.caps,
-                max_packet_size: u32::try_from(shared.config.mysql.max_packet_size)
-                    .unwrap_or(u32::MAX),
+                max_packet_size: u32::try_from(shared.config.mysql.max_packet_size).unwrap_or(u32::MAX),
             },
             conns: (0..backends).map(|_| None).collect(),
             state: SessionState::new(backends),
@@ -49,12 +48,8 @@ impl Session {
             seq: 0,
             shared,
         };
-        let greeting = handshake::greeting(
-            &session.shared.server_version,
-            id,
-            &session.salt,
-            session.shared.caps,
-        );
+        let greeting =
+            handshake::greeting(&session.shared.server_version, id, &session.salt, session.shared.caps);
         session.write_reply(&greeting).await?;
         let response = session.read_auth_packet().await?;
         let login = handshake::parse_login(&response, session.shared.caps)?;
@@ -73,26 +68,18 @@ impl Session {
 
     /// The client's password proof for mysql_native_password: the one it sent if it used that
     /// plugin, otherwise the answer to an AuthSwitchRequest.
-    async fn native_proof(
-        &mut self,
-        plugin: Option<&[u8]>,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>, SessionError> {
+    async fn native_proof(&mut self, plugin: Option<&[u8]>, data: Vec<u8>) -> Result<Vec<u8>, SessionError> {
         if plugin.is_none_or(|p| p == NATIVE) && (data.is_empty() || data.len() == 20) {
             return Ok(data);
         }
-        self.write_reply(&handshake::auth_switch(&self.salt))
-            .await?;
+        self.write_reply(&handshake::auth_switch(&self.salt)).await?;
         self.read_auth_packet().await
     }
 
     async fn authenticate(&mut self, login: ClientLogin) -> Result<(), SessionError> {
-        let proof = self
-            .native_proof(Some(&login.plugin), login.auth_data.clone())
-            .await?;
+        let proof = self.native_proof(Some(&login.plugin), login.auth_data.clone()).await?;
         let user = self.shared.config.user(login.user.as_bytes()).cloned();
-        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof))
-        else {
+        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof)) else {
             self.deny(&login.user, !proof.is_empty()).await?;
             return Err(SessionError::AccessDenied(login.user));
         };
@@ -115,17 +102,12 @@ impl Session {
     /// COM_CHANGE_USER: re-authenticates the client; backend connections are closed and reopened
     /// lazily as the new user, and every pin, replayed setting and statement is forgotten.
     pub(super) async fn change_user(&mut self, payload: Vec<u8>) -> Result<Flow, SessionError> {
-        let request: ChangeUser = handshake::parse_change_user(
-            payload.get(1..).unwrap_or_default(),
-            self.login.client_caps,
-        )
-        .ok_or(SessionError::Malformed("COM_CHANGE_USER"))?;
-        let proof = self
-            .native_proof(request.plugin.as_deref(), request.auth_data.clone())
-            .await?;
+        let request: ChangeUser =
+            handshake::parse_change_user(payload.get(1..).unwrap_or_default(), self.login.client_caps)
+                .ok_or(SessionError::Malformed("COM_CHANGE_USER"))?;
+        let proof = self.native_proof(request.plugin.as_deref(), request.auth_data.clone()).await?;
         let user = self.shared.config.user(request.user.as_bytes()).cloned();
-        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof))
-        else {
+        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof)) else {
             self.deny(&request.user, !proof.is_empty()).await?;
             return Ok(Flow::Quit);
         };
@@ -150,14 +132,8 @@ impl Session {
                 continue;
             };
             let reset = async {
-                let outcome = conn
-                    .run_silently(&[command::RESET_CONNECTION], ResponseKind::Query)
-                    .await?;
-                if outcome.error.is_some() {
-                    Err("reset refused".to_string())
-                } else {
-                    Ok(())
-                }
+                let outcome = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query).await?;
+                if outcome.error.is_some() { Err("reset refused".to_string()) } else { Ok(()) }
             };
             match reset.await {
                 Ok(()) => conn.applied = 0,

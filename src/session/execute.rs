@@ -3,9 +3,7 @@
 
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response};
-use crate::classifier::{
-    Classification, Destination, Effect, Reason, classify, explain_route_target,
-};
+use crate::classifier::{Classification, Destination, Effect, Reason, classify, explain_route_target};
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
 use std::borrow::Cow;
@@ -37,13 +35,7 @@ impl Session {
         let class = classify(&sql);
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
-            .run(
-                decision,
-                Outgoing::Raw(&payload),
-                ResponseKind::Query,
-                Some((&class, &sql)),
-                None,
-            )
+            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None)
             .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
@@ -63,13 +55,7 @@ impl Session {
         let class = session_class();
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
-            .run(
-                decision,
-                Outgoing::Raw(&payload),
-                ResponseKind::Query,
-                Some((&class, "")),
-                None,
-            )
+            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, "")), None)
             .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
@@ -94,31 +80,14 @@ impl Session {
     pub(super) async fn field_list(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let class = classify("SELECT 1");
         let decision = self.shared.router.decide(&class, &self.state.view);
-        self.run(
-            decision,
-            Outgoing::Raw(&payload),
-            ResponseKind::Rows,
-            None,
-            None,
-        )
-        .await?;
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None).await?;
         Ok(())
     }
 
     /// COM_STATISTICS describes the primary.
     pub(super) async fn statistics(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let decision = Decision {
-            target: Target::Primary,
-            reason: Reason::NodeSpecific,
-        };
-        self.run(
-            decision,
-            Outgoing::Raw(&payload),
-            ResponseKind::Single,
-            None,
-            None,
-        )
-        .await?;
+        let decision = Decision { target: Target::Primary, reason: Reason::NodeSpecific };
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Single, None, None).await?;
         Ok(())
     }
 
@@ -135,10 +104,7 @@ impl Session {
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
         let retry_lost = decision.target == Target::ReadPool;
-        let candidates = self
-            .shared
-            .router
-            .candidates(decision.target, &self.state.excluded);
+        let candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
         let mut failures = Vec::new();
         for backend in candidates {
             // The monitor says it is down: fail now rather than wait for a connect timeout. A
@@ -147,12 +113,7 @@ impl Session {
                 && let Some(b) = self.shared.router.backends().get(backend)
                 && b.health.state() == State::Down
             {
-                failures.push(format!(
-                    "{} ({}): down: {}",
-                    b.name,
-                    b.address,
-                    b.health.reason()
-                ));
+                failures.push(format!("{} ({}): down: {}", b.name, b.address, b.health.reason()));
                 continue;
             }
             match self.attempt(backend, out, kind, statement_id).await {
@@ -160,14 +121,10 @@ impl Session {
                     let backends = self.shared.router.backends();
                     backends.mark_ok(backend);
                     if let Some(b) = backends.get(backend) {
-                        b.health
-                            .queries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        b.health.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     let took = started.elapsed();
-                    self.shared
-                        .metrics
-                        .query(backend, decision.target, decision.reason, took);
+                    self.shared.metrics.query(backend, decision.target, decision.reason, took);
                     self.state.after_response(backend, &outcome);
                     if let Some((class, sql)) = statement
                         && outcome.error.is_none()
@@ -179,8 +136,7 @@ impl Session {
                 Err(AttemptError::Unavailable(why)) => failures.push(why),
                 Err(AttemptError::Lost(why)) if retry_lost => failures.push(why),
                 Err(AttemptError::Lost(why)) => {
-                    let message =
-                        format!("rwproxy: lost connection to backend during query ({why})");
+                    let message = format!("rwproxy: lost connection to backend during query ({why})");
                     self.reply_err(2013, "HY000", &message).await?;
                     return Ok(None);
                 }
@@ -211,9 +167,7 @@ impl Session {
         self.replay_history(backend).await?;
         let bytes: Cow<'_, [u8]> = match out {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
-            Outgoing::Statement(bytes) => {
-                Cow::Owned(self.statement_for_backend(backend, bytes).await?)
-            }
+            Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
@@ -228,9 +182,9 @@ impl Session {
                 conn.busy = false;
                 Ok(outcome)
             }
-            Err(e) if e.side == Side::Client => Err(AttemptError::Fatal(SessionError::ClientIo(
-                std::io::Error::other(e.message),
-            ))),
+            Err(e) if e.side == Side::Client => {
+                Err(AttemptError::Fatal(SessionError::ClientIo(std::io::Error::other(e.message))))
+            }
             Err(e) => {
                 self.backend_failed(backend, &e.message);
                 if e.touched_client {
@@ -279,10 +233,7 @@ impl Session {
             }
             Err(e) => {
                 if e.is_unreachable() {
-                    self.shared
-                        .router
-                        .backends()
-                        .mark_failed(backend, &e.to_string());
+                    self.shared.router.backends().mark_failed(backend, &e.to_string());
                 }
                 Err(AttemptError::Unavailable(e.to_string()))
             }
@@ -295,8 +246,7 @@ impl Session {
         let Some(conn) = self.conns[backend].as_mut() else {
             return Ok(());
         };
-        let pending: Vec<(u64, Vec<u8>)> =
-            self.state.history.pending(conn.applied).cloned().collect();
+        let pending: Vec<(u64, Vec<u8>)> = self.state.history.pending(conn.applied).cloned().collect();
         for (seq, payload) in pending {
             let result = conn.run_silently(&payload, ResponseKind::Query).await;
             match result {
@@ -332,10 +282,7 @@ fn session_class() -> Classification {
 /// The database named by `USE db` (backquotes removed).
 fn database_of_use(sql: &str) -> Option<String> {
     let rest = sql.trim().get(3..)?.trim().trim_end_matches(';').trim();
-    let name = rest
-        .strip_prefix('`')
-        .and_then(|r| r.strip_suffix('`'))
-        .unwrap_or(rest);
+    let name = rest.strip_prefix('`').and_then(|r| r.strip_suffix('`')).unwrap_or(rest);
     (!name.is_empty()).then(|| name.replace("``", "`"))
 }
 
@@ -343,14 +290,8 @@ fn database_of_use(sql: &str) -> Option<String> {
 mod tests {
     #[test]
     fn use_statement_names_database() {
-        assert_eq!(
-            super::database_of_use("USE appdb").as_deref(),
-            Some("appdb")
-        );
-        assert_eq!(
-            super::database_of_use("use `my db`;").as_deref(),
-            Some("my db")
-        );
+        assert_eq!(super::database_of_use("USE appdb").as_deref(), Some("appdb"));
+        assert_eq!(super::database_of_use("use `my db`;").as_deref(), Some("my db"));
         assert_eq!(super::database_of_use("USE").as_deref(), None);
     }
 }

@@ -102,10 +102,7 @@ pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, Handsha
             .db_name()
             .filter(|d| !d.is_empty())
             .map(|d| String::from_utf8_lossy(d).into_owned()),
-        plugin: response
-            .auth_plugin()
-            .map(|p| p.as_bytes().to_vec())
-            .unwrap_or_else(|| NATIVE.to_vec()),
+        plugin: response.auth_plugin().map(|p| p.as_bytes().to_vec()).unwrap_or_else(|| NATIVE.to_vec()),
         auth_data: response.scramble_buf().to_vec(),
     })
 }
@@ -155,11 +152,8 @@ pub fn parse_change_user(body: &[u8], caps: Caps) -> Option<ChangeUser> {
         [lo, _hi, tail @ ..] => (Some(*lo), tail),
         _ => (None, rest),
     };
-    let plugin = if caps.contains(Caps::CLIENT_PLUGIN_AUTH) {
-        split_nul(rest).map(|(p, _)| p.to_vec())
-    } else {
-        None
-    };
+    let plugin =
+        if caps.contains(Caps::CLIENT_PLUGIN_AUTH) { split_nul(rest).map(|(p, _)| p.to_vec()) } else { None };
     Some(ChangeUser {
         user: String::from_utf8_lossy(user).into_owned(),
         auth_data,
@@ -182,9 +176,7 @@ mod tests {
     fn greeting_parses_back() {
         let salt = new_salt();
         let bytes = greeting("10.11.6-MariaDB", 42, &salt, OFFERED_CAPS);
-        let parsed = ParseBuf(&bytes)
-            .parse::<HandshakePacket>(())
-            .expect("greeting");
+        let parsed = ParseBuf(&bytes).parse::<HandshakePacket>(()).expect("greeting");
         assert_eq!(parsed.connection_id(), 42);
         assert_eq!(parsed.nonce(), salt.to_vec());
         assert_eq!(parsed.capabilities(), OFFERED_CAPS);
@@ -207,11 +199,7 @@ mod tests {
         let body = b"bob\0\x03abcdb\0\x2d\x00mysql_native_password\0";
         let cu = parse_change_user(body, Caps::CLIENT_PLUGIN_AUTH).expect("parse");
         assert_eq!(
-            (
-                cu.user.as_str(),
-                cu.auth_data.as_slice(),
-                cu.database.as_deref()
-            ),
+            (cu.user.as_str(), cu.auth_data.as_slice(), cu.database.as_deref()),
             ("bob", &b"abc"[..], Some("db"))
         );
         assert_eq!(cu.plugin.as_deref(), Some(NATIVE));

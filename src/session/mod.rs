@@ -51,14 +51,7 @@ impl Shared {
         server_version: String,
         caps: Caps,
     ) -> Shared {
-        Shared {
-            config,
-            router,
-            metrics,
-            server_version,
-            caps,
-            next_id: AtomicU32::new(1),
-        }
+        Shared { config, router, metrics, server_version, caps, next_id: AtomicU32::new(1) }
     }
 }
 
@@ -183,13 +176,7 @@ impl Session {
         self.write_reply(&wire::ok_packet(self.state.status)).await
     }
 
-    async fn reply_err(
-        &mut self,
-        code: u16,
-        sql_state: &str,
-        message: &str,
-    ) -> Result<(), SessionError> {
-        self.write_reply(&wire::err_packet(code, sql_state, message))
-            .await
+    async fn reply_err(&mut self, code: u16, sql_state: &str, message: &str) -> Result<(), SessionError> {
+        self.write_reply(&wire::err_packet(code, sql_state, message)).await
     }
 }

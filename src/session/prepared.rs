@@ -33,10 +33,7 @@ struct Statement {
 
 impl Statement {
     fn backend_id(&self, backend: usize) -> Option<u32> {
-        self.on
-            .iter()
-            .find(|(b, _)| *b == backend)
-            .map(|(_, id)| *id)
+        self.on.iter().find(|(b, _)| *b == backend).map(|(_, id)| *id)
     }
 }
 
@@ -60,9 +57,7 @@ impl Statements {
 }
 
 fn statement_id(payload: &[u8]) -> Option<u32> {
-    payload
-        .get(1..5)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    payload.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn with_id(payload: &[u8], id: u32) -> Vec<u8> {
@@ -101,21 +96,11 @@ fn execute_for_backend(
 
 impl Session {
     pub(super) async fn stmt_prepare(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify(&String::from_utf8_lossy(
-            payload.get(1..).unwrap_or_default(),
-        ));
+        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
         let decision = self.shared.router.decide(&class, &self.state.view);
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;
-        let ran = self
-            .run(
-                decision,
-                Outgoing::Raw(&payload),
-                ResponseKind::Prepare,
-                None,
-                Some(id),
-            )
-            .await?;
+        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id)).await?;
         if let Some((outcome, backend)) = ran
             && let Some(prepared) = outcome.prepared
         {
@@ -154,9 +139,8 @@ impl Session {
         }
         let class = stmt.class;
         // Only statements that change routing state need their text again (GET_LOCK, …).
-        let effect_sql = (class.effect != crate::classifier::Effect::None).then(|| {
-            String::from_utf8_lossy(stmt.prepare.get(1..).unwrap_or_default()).into_owned()
-        });
+        let effect_sql = (class.effect != crate::classifier::Effect::None)
+            .then(|| String::from_utf8_lossy(stmt.prepare.get(1..).unwrap_or_default()).into_owned());
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
             .run(
@@ -184,18 +168,9 @@ impl Session {
         let Some(backend) = self.stmts.map.get(&id).and_then(|s| s.cursor_on) else {
             return self.unknown_statement(id, "mysqld_stmt_fetch").await;
         };
-        let decision = Decision {
-            target: Target::Backend(backend),
-            reason: crate::classifier::Reason::SessionPinned,
-        };
-        self.run(
-            decision,
-            Outgoing::Statement(&payload),
-            ResponseKind::Rows,
-            None,
-            None,
-        )
-        .await?;
+        let decision =
+            Decision { target: Target::Backend(backend), reason: crate::classifier::Reason::SessionPinned };
+        self.run(decision, Outgoing::Statement(&payload), ResponseKind::Rows, None, None).await?;
         Ok(())
     }
 
@@ -235,11 +210,7 @@ impl Session {
                 continue;
             };
             let reset = with_id(payload, backend_id);
-            if conn
-                .run_silently(&reset, ResponseKind::Query)
-                .await
-                .is_err()
-            {
+            if conn.run_silently(&reset, ResponseKind::Query).await.is_err() {
                 self.drop_connection(backend);
             }
         }
@@ -279,13 +250,7 @@ impl Session {
                 .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
         }
         let seen = stmt.types.is_none() || stmt.types_on.contains(&backend);
-        let bytes = execute_for_backend(
-            payload,
-            backend_id,
-            stmt.params,
-            stmt.types.as_deref(),
-            seen,
-        );
+        let bytes = execute_for_backend(payload, backend_id, stmt.params, stmt.types.as_deref(), seen);
         if !seen {
             stmt.types_on.push(backend);
         }
@@ -304,10 +269,8 @@ impl Session {
             .as_mut()
             .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
         let name = conn.backend.name.clone();
-        let outcome = conn
-            .run_silently(prepare, ResponseKind::Prepare)
-            .await
-            .map_err(AttemptError::Unavailable)?;
+        let outcome =
+            conn.run_silently(prepare, ResponseKind::Prepare).await.map_err(AttemptError::Unavailable)?;
         let prepared = outcome.prepared.ok_or_else(|| {
             AttemptError::Unavailable(format!("{name}: statement could not be prepared there"))
         })?;

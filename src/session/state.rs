@@ -20,8 +20,7 @@ impl History {
     /// earlier one, so the history stays as long as the set of distinct settings.
     pub fn push(&mut self, payload: &[u8]) {
         let key = setting_key(payload);
-        self.entries
-            .retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
+        self.entries.retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
         self.next += 1;
         self.entries.push((self.next, payload.to_vec()));
     }
@@ -61,12 +60,7 @@ fn setting_key(payload: &[u8]) -> Option<String> {
     if rest.contains(',') || rest.contains('\'') && rest.matches('\'').count() > 2 {
         return None;
     }
-    let name = rest
-        .split(['=', ' '])
-        .next()?
-        .trim()
-        .trim_start_matches("session.")
-        .trim_start_matches("@@");
+    let name = rest.split(['=', ' ']).next()?.trim().trim_start_matches("session.").trim_start_matches("@@");
     (!name.is_empty()).then(|| format!("set:{name}"))
 }
 
@@ -134,8 +128,7 @@ impl SessionState {
             Effect::None | Effect::Begin | Effect::BeginReadOnly | Effect::UseDatabase => {}
         }
         self.view.temporary_tables = !self.temporary_tables.is_empty();
-        self.view.primary_locked =
-            self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
+        self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
     }
 
     /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
@@ -161,17 +154,11 @@ mod tests {
         h.push(&query("SET NAMES utf8mb4"));
         h.push(&query("SET time_zone = '+05:00'"));
         h.push(&query("SET NAMES utf8mb4"));
-        let texts: Vec<_> = h
-            .pending(0)
-            .map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned())
-            .collect();
+        let texts: Vec<_> =
+            h.pending(0).map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned()).collect();
         assert_eq!(texts, ["SET time_zone = '+05:00'", "SET NAMES utf8mb4"]);
         assert_eq!(h.pending(h.head()).count(), 0);
-        assert_eq!(
-            h.pending(3).count(),
-            1,
-            "a connection that ran the first three misses one"
-        );
+        assert_eq!(h.pending(3).count(), 1, "a connection that ran the first three misses one");
     }
 
     #[test]
@@ -205,23 +192,14 @@ mod tests {
     #[test]
     fn status_flags_pin_and_unpin() {
         let mut s = SessionState::new(3);
-        let with = |status| Outcome {
-            status: Some(status),
-            ..Outcome::default()
-        };
+        let with = |status| Outcome { status: Some(status), ..Outcome::default() };
         s.after_response(0, &with(IN_TRANS | AUTOCOMMIT));
         assert_eq!(s.view.pinned, Some(0));
         s.after_response(0, &with(AUTOCOMMIT));
         assert_eq!(s.view.pinned, None);
         s.after_response(0, &with(0));
         assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins");
-        s.after_response(
-            0,
-            &Outcome {
-                error: Some(1064),
-                ..Outcome::default()
-            },
-        );
+        s.after_response(0, &Outcome { error: Some(1064), ..Outcome::default() });
         assert_eq!(s.view.pinned, Some(0), "an error keeps the pin");
     }
 }

@@ -42,10 +42,7 @@ pub struct Cluster {
 
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -61,17 +58,11 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 fn is_root() -> bool {
-    run(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    run(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
 fn mariadbd() -> &'static str {
-    if Path::new("/usr/sbin/mariadbd").exists() {
-        "/usr/sbin/mariadbd"
-    } else {
-        "mariadbd"
-    }
+    if Path::new("/usr/sbin/mariadbd").exists() { "/usr/sbin/mariadbd" } else { "mariadbd" }
 }
 
 impl Node {
@@ -101,9 +92,7 @@ impl Node {
         if is_root() {
             cmd.arg("--user=root");
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start mariadbd: {e}"))?;
+        let child = cmd.spawn().map_err(|e| format!("cannot start mariadbd: {e}"))?;
         *self.process.lock().map_err(|e| e.to_string())? = Some(child);
         self.wait_ready()
     }
@@ -117,8 +106,7 @@ impl Node {
             if let Some(child) = self.process.lock().map_err(|e| e.to_string())?.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let log =
-                    std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
                 return Err(format!("{} exited with {status}:\n{log}", self.name));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -196,11 +184,7 @@ impl Cluster {
                 process: Mutex::new(None),
             });
         }
-        let cluster = Cluster {
-            base: base.to_path_buf(),
-            nodes,
-            guardian: Mutex::new(Some(guardian)),
-        };
+        let cluster = Cluster { base: base.to_path_buf(), nodes, guardian: Mutex::new(Some(guardian)) };
         for node in &cluster.nodes {
             node.start()?;
         }
@@ -242,11 +226,7 @@ impl Cluster {
 
     /// Waits until every running replica has applied everything the primary has written.
     pub fn wait_replicated(&self) -> Result<(), String> {
-        let pos = self
-            .primary()
-            .sql("SELECT @@gtid_binlog_pos")?
-            .trim()
-            .to_string();
+        let pos = self.primary().sql("SELECT @@gtid_binlog_pos")?.trim().to_string();
         for replica in self.replicas() {
             let waited = replica.sql(&format!("SELECT MASTER_GTID_WAIT('{pos}', 30)"))?;
             if waited.trim() != "0" {

@@ -17,16 +17,14 @@ use rwproxy::proxy::{self, Proxy};
 /// The cluster of this test binary, started on first use and torn down when the binary exits.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        Cluster::start().unwrap_or_else(|e| panic!("cannot start the MariaDB cluster: {e}"))
-    })
+    CLUSTER
+        .get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("cannot start the MariaDB cluster: {e}")))
 }
 
 /// A proxy on a free port in front of the cluster, with `extra` appended to its `[mysql]`
 /// config (e.g. routing options).
 pub async fn start_proxy_with(config_text: &str) -> Proxy {
-    let config = Config::from_toml(config_text)
-        .unwrap_or_else(|e| panic!("test config: {e}\n{config_text}"));
+    let config = Config::from_toml(config_text).unwrap_or_else(|e| panic!("test config: {e}\n{config_text}"));
     proxy::start(config).await.expect("proxy starts")
 }
 
@@ -46,23 +44,16 @@ pub fn opts(port: u16, user: &str, password: &str) -> OptsBuilder {
 }
 
 pub async fn connect(proxy: &Proxy) -> Conn {
-    Conn::new(opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD))
-        .await
-        .expect("connect through proxy")
+    Conn::new(opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD)).await.expect("connect through proxy")
 }
 
 /// A direct connection to a cluster node, bypassing the proxy.
 pub async fn connect_direct(port: u16) -> Conn {
-    Conn::new(opts(port, APP_USER, APP_PASSWORD))
-        .await
-        .expect("direct connect")
+    Conn::new(opts(port, APP_USER, APP_PASSWORD)).await.expect("direct connect")
 }
 
 pub async fn server_id(conn: &mut Conn) -> u32 {
-    conn.query_first("SELECT @@server_id")
-        .await
-        .expect("query")
-        .expect("a row")
+    conn.query_first("SELECT @@server_id").await.expect("query").expect("a row")
 }
 
 /// Waits (off the async threads) until the replicas have applied every write so far.
@@ -76,29 +67,14 @@ pub async fn replicated() {
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to admin");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to admin");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
+    stream.write_all(request.as_bytes()).await.expect("send request");
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .expect("read response");
+    stream.read_to_end(&mut response).await.expect("read response");
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 

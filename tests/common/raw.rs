@@ -42,15 +42,7 @@ impl RawClient {
         db: &str,
         deprecate_eof: bool,
     ) -> Result<RawClient, String> {
-        Self::login(
-            address,
-            user,
-            password,
-            db,
-            deprecate_eof,
-            "mysql_native_password",
-        )
-        .await
+        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password").await
     }
 
     /// Logs in starting with `plugin`; follows an AuthSwitchRequest to mysql_native_password.
@@ -75,9 +67,7 @@ impl RawClient {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let mut stream = TcpStream::connect(address).await.map_err(|e| err(&e))?;
         let greeting = read(&mut stream).await?;
-        let handshake = ParseBuf(&greeting.payload)
-            .parse::<HandshakePacket>(())
-            .map_err(|e| err(&e))?;
+        let handshake = ParseBuf(&greeting.payload).parse::<HandshakePacket>(()).map_err(|e| err(&e))?;
         let nonce = handshake.nonce();
         let scramble = if plugin == "caching_sha2_password" {
             mysql_common::scramble::scramble_sha256(&nonce, password.as_bytes()).map(|s| s.to_vec())
@@ -96,43 +86,28 @@ impl RawClient {
         );
         let mut payload = Vec::new();
         response.serialize(&mut payload);
-        packet::write_packet(&mut stream, 1, &payload)
-            .await
-            .map_err(|e| err(&e))?;
+        packet::write_packet(&mut stream, 1, &payload).await.map_err(|e| err(&e))?;
         let mut reply = read(&mut stream).await?;
         if reply.payload.first() == Some(&0xFE) {
-            let switch = ParseBuf(&reply.payload)
-                .parse::<AuthSwitchRequest>(())
-                .map_err(|e| err(&e))?;
+            let switch = ParseBuf(&reply.payload).parse::<AuthSwitchRequest>(()).map_err(|e| err(&e))?;
             if switch.auth_plugin().as_bytes() != b"mysql_native_password" {
                 return Err("switched to an unexpected plugin".into());
             }
-            let proof =
-                mysql_common::scramble::scramble_native(switch.plugin_data(), password.as_bytes())
-                    .ok_or("scramble")?;
+            let proof = mysql_common::scramble::scramble_native(switch.plugin_data(), password.as_bytes())
+                .ok_or("scramble")?;
             let seq = reply.last_seq.wrapping_add(1);
-            packet::write_packet(&mut stream, seq, &proof)
-                .await
-                .map_err(|e| err(&e))?;
+            packet::write_packet(&mut stream, seq, &proof).await.map_err(|e| err(&e))?;
             reply = read(&mut stream).await?;
         }
         if reply.payload.first() != Some(&0) {
-            return Err(format!(
-                "login failed: {:?}",
-                String::from_utf8_lossy(&reply.payload)
-            ));
+            return Err(format!("login failed: {:?}", String::from_utf8_lossy(&reply.payload)));
         }
-        Ok(RawClient {
-            stream,
-            deprecate_eof,
-        })
+        Ok(RawClient { stream, deprecate_eof })
     }
 
     /// Sends a command and returns every byte of the response, headers included.
     pub async fn command(&mut self, payload: &[u8], kind: ResponseKind) -> Result<Vec<u8>, String> {
-        packet::write_packet(&mut self.stream, 0, payload)
-            .await
-            .map_err(|e| e.to_string())?;
+        packet::write_packet(&mut self.stream, 0, payload).await.map_err(|e| e.to_string())?;
         self.stream.flush().await.map_err(|e| e.to_string())?;
         let mut tracker = ResponseTracker::new(kind, self.deprecate_eof);
         let mut out = Vec::new();
@@ -146,11 +121,7 @@ impl RawClient {
             out.extend_from_slice(&encoded);
             let first = p.payload.first().copied().unwrap_or(0);
             match tracker
-                .accept(
-                    first,
-                    p.payload.len().min(packet::MAX_PAYLOAD - 1),
-                    &p.payload,
-                )
+                .accept(first, p.payload.len().min(packet::MAX_PAYLOAD - 1), &p.payload)
                 .map_err(|e| e.to_string())?
             {
                 Progress::Done(_) => return Ok(out),

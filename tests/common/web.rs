@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A web server: `/` → its name, `/health` → 200 (or 503 when `sick`), `/headers` → the
+/// A web server: `/` → its name, `/drop` → connection closed without an answer, `/health` → 200 (or 503 when `sick`), `/headers` → the
 /// forwarding headers it received, anything else → its name; counts requests.
 pub struct WebServer {
     pub name: &'static str,
@@ -49,10 +49,16 @@ impl WebServer {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (h, s) = (h.clone(), s.clone());
-                        async move { Ok::<_, std::convert::Infallible>(answer(name, req, &h, &s).await) }
+                        async move {
+                            // `/drop` closes the connection without an answer, like a crash.
+                            if req.uri().path() == "/drop" {
+                                h.fetch_add(1, Ordering::Relaxed);
+                                return Err(std::io::Error::other("dropped"));
+                            }
+                            Ok(answer(name, req, &h, &s).await)
+                        }
                     });
-                    let connection =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = connection => {}
                         _ = stopped.changed() => {}
@@ -60,14 +66,7 @@ impl WebServer {
                 });
             }
         });
-        WebServer {
-            name,
-            addr,
-            hits,
-            sick,
-            task: Some(task),
-            stop,
-        }
+        WebServer { name, addr, hits, sick, task: Some(task), stop }
     }
 
     /// Stops accepting and closes the listener: connections are refused from now on.
@@ -93,11 +92,8 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/health" {
-        let status = if sick.load(Ordering::Relaxed) {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        };
+        let status =
+            if sick.load(Ordering::Relaxed) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
         *r.status_mut() = status;
         return r;
@@ -105,12 +101,7 @@ async fn answer(
     hits.fetch_add(1, Ordering::Relaxed);
     let body = if path == "/headers" {
         let h = req.headers();
-        let get = |n: &str| {
-            h.get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
         format!(
             "xff={}\nproto={}\nxhost={}\nforwarded={}\nhost={}\n",
             get("x-forwarded-for"),
