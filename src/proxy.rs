@@ -72,12 +72,21 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
         config.monitor.all_replicas_down,
     ));
     let mut tasks = monitor::spawn(&config, backends.clone(), metrics.clone());
+    let (http_addr, http) = match config.http.clone() {
+        Some(http_config) => {
+            let (addr, balancer, http_tasks) = crate::http::start(http_config, &metrics).await?;
+            tasks.extend(http_tasks);
+            (Some(addr), Some(balancer))
+        }
+        None => (None, None),
+    };
     let admin_addr = match &config.admin {
         Some(admin) => {
             let addr: SocketAddr = admin.listen.get_ref().parse().map_err(std::io::Error::other)?;
             let listener = TcpListener::bind(addr).await?;
             let bound = listener.local_addr()?;
             let state = Arc::new(AdminState {
+                http: http.clone(),
                 router: router.clone(),
                 metrics: metrics.clone(),
                 monitor: config.monitor.clone(),
@@ -91,14 +100,6 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
             Some(bound)
         }
         None => None,
-    };
-    let (http_addr, http) = match config.http.clone() {
-        Some(http_config) => {
-            let (addr, balancer, http_tasks) = crate::http::start(http_config, &metrics).await?;
-            tasks.extend(http_tasks);
-            (Some(addr), Some(balancer))
-        }
-        None => (None, None),
     };
     let shared = Arc::new(Shared::new(config, router, metrics.clone(), version, caps));
     tracing::info!(%sql_addr, "SQL proxy listening");

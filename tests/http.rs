@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn balancer(servers: &[(&WebServer, &str)]) -> Proxy {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let mut text = format!(
-        "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
+        "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
     );
     for (server, extra) in servers {
         text += &format!(
@@ -174,4 +174,18 @@ async fn http_metrics_are_exported() {
     ] {
         assert!(dump.contains(needle), "missing {needle} in\n{dump}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_and_status_document_list_http_servers() {
+    let (web1, web2) = (WebServer::start("web1").await, WebServer::start("web2").await);
+    let proxy = balancer(&[(&web1, ""), (&web2, "backup = true")]).await;
+    let admin = proxy.admin_addr.expect("admin");
+    let (code, page) = common::http_get(admin, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<table id=\"http-servers\">") && page.contains("<td>web2</td>"), "{page}");
+    let (_, status) = common::http_get(admin, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status["http_servers"][1]["backup"], true);
+    assert_eq!(status["http_servers"][0]["up"], true);
 }

@@ -27,6 +27,8 @@ pub struct AdminState {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
     pub monitor: MonitorConfig,
+    /// The HTTP balancer, when configured.
+    pub http: Option<Arc<crate::http::Balancer>>,
 }
 
 impl AdminState {

@@ -65,6 +65,27 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
     );
 }
 
+/// The HTTP servers table, when the balancer is on.
+fn http_table(state: &AdminState) -> String {
+    let Some(http) = &state.http else { return String::new() };
+    let mut rows = String::new();
+    for server in &http.servers.list {
+        let (class, up) = if server.is_up() { ("up", "up") } else { ("down", "down") };
+        let _ = write!(
+            rows,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td class=\"state\">{up}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&server.name),
+            escape(&server.address),
+            server.weight,
+            if server.backup { "yes" } else { "no" },
+            server.active.load(Ordering::Relaxed),
+        );
+    }
+    format!(
+        "<h2>HTTP servers</h2>\n<table id=\"http-servers\"><thead><tr><th>server</th><th>address</th><th>state</th><th>weight</th><th>backup</th><th>active</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+}
+
 pub fn render(state: &AdminState) -> String {
     let backends = state.backends();
     let pool = state.router.read_pool();
@@ -85,11 +106,13 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <h2>MySQL backends</h2>
 <table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
+{http}
 <p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 </body></html>
 "#,
         uptime = backends.uptime().as_secs_f64(),
         primary = escape(&backends.primary().name),
         lag = state.monitor.max_replication_lag.as_secs_f64(),
+        http = http_table(state),
     )
 }

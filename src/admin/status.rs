@@ -28,7 +28,23 @@ pub fn snapshot(state: &AdminState) -> Value {
             })
         })
         .collect();
+    let http: Vec<Value> = state
+        .http
+        .iter()
+        .flat_map(|h| h.servers.list.iter())
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "address": s.address,
+                "up": s.is_up(),
+                "weight": s.weight,
+                "backup": s.backup,
+                "active": s.active.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
     json!({
+        "http_servers": http,
         "primary": backends.primary().name,
         "read_pool": read_pool,
         "max_replication_lag_seconds": state.monitor.max_replication_lag.as_secs_f64(),
