@@ -189,3 +189,29 @@ async fn the_status_page_and_status_document_list_http_servers() {
     assert_eq!(status["http_servers"][1]["backup"], true);
     assert_eq!(status["http_servers"][0]["up"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgraded_connections_pass_through_both_ways() {
+    let web1 = WebServer::start("web1").await;
+    let proxy = balancer(&[(&web1, "")]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.http_addr.expect("http")).await.expect("connect");
+    let head = "GET /echo HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("101 in time")
+        .expect("read");
+    let response = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("upgrade: echo"), "{response}");
+    for message in ["ping", "a longer message through the proxy"] {
+        stream.write_all(message.as_bytes()).await.expect("send frame");
+        let mut got = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut got))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert_eq!(got, message.as_bytes());
+    }
+}

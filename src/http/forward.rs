@@ -35,6 +35,22 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// Whether the request asks to switch protocols (WebSocket and the like).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+}
+
+/// Removes hop-by-hop headers; an upgrade keeps `Connection: upgrade` and `Upgrade`, which the
+/// server needs to see.
+fn strip_for_forwarding(headers: &mut HeaderMap) {
+    let upgrade = wants_upgrade(headers).then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -117,7 +133,8 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balance
     ending.response
 }
 
-async fn forward(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Ending {
+async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Ending {
+    let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = match Limited::new(body, balancer.config.max_body_size).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -126,8 +143,9 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) 
         }
         Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
     };
-    strip_hop_by_hop(&mut parts.headers);
+    strip_for_forwarding(&mut parts.headers);
     add_forwarding(&mut parts.headers, peer);
+    let mut client_upgrade = client_upgrade;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut retried = false;
     for index in balancer.servers.order() {
@@ -146,7 +164,17 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) 
         server.active.fetch_sub(1, Ordering::Relaxed);
         server.metrics.active.decrement(1.0);
         match sent {
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_side) = client_upgrade.take()
+                {
+                    splice_upgraded(client_side, hyper::upgrade::on(&mut response));
+                    return Ending {
+                        response: response.map(|b| b.boxed()),
+                        server: Some(index),
+                        termination: "--",
+                    };
+                }
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let termination = if retried { "-R" } else { "--" };
@@ -180,4 +208,23 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) 
         }
     }
     ended(StatusCode::SERVICE_UNAVAILABLE, "no server available", None, "SC")
+}
+
+/// After a 101, the client's and the server's connections are joined byte for byte until either
+/// side closes.
+fn splice_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, server) = match tokio::try_join!(client, server) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut server = hyper_util::rt::TokioIo::new(server);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            tracing::debug!(error = %e, "upgraded connection ended");
+        }
+    });
 }

@@ -58,7 +58,8 @@ impl WebServer {
                             Ok(answer(name, req, &h, &s).await)
                         }
                     });
-                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
                     tokio::select! {
                         _ = connection => {}
                         _ = stopped.changed() => {}
@@ -86,11 +87,26 @@ impl Drop for WebServer {
 
 async fn answer(
     name: &str,
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
     hits: &AtomicUsize,
     sick: &AtomicBool,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if path == "/echo" && req.headers().contains_key(hyper::header::UPGRADE) {
+        // A protocol switch, then an echo of every byte: what a WebSocket echo does on the wire.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("echo"));
+        r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+        return r;
+    }
     if path == "/health" {
         let status =
             if sick.load(Ordering::Relaxed) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
