@@ -112,20 +112,21 @@ fn ended(status: StatusCode, text: &str, server: Option<usize>, termination: &'s
 /// Forwards one request and writes its access-log line.
 pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Response<Body> {
     let started = Instant::now();
-    let line = format!("{} {}", req.method(), req.uri().path());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let ending = forward(req, peer, balancer).await;
     let took = started.elapsed();
     let status = ending.response.status();
-    let server_name =
-        ending.server.and_then(|i| balancer.servers.list.get(i)).map_or("-", |s| s.name.as_str());
-    if let Some(server) = ending.server.and_then(|i| balancer.servers.list.get(i)) {
+    let server = ending.server.and_then(|i| balancer.servers.list.get(i));
+    if let Some(server) = server {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         server.metrics.responses[class].increment(1);
         server.metrics.duration.record(took.as_secs_f64());
     }
+    // Arguments are only formatted when the access log is enabled.
     tracing::info!(
         target: "rwproxy::access",
-        "{peer} {server_name} \"{line}\" {} {:.1}ms {}",
+        "{peer} {} \"{method} {path}\" {} {:.1}ms {}",
+        server.map_or("-", |s| s.name.as_str()),
         status.as_u16(),
         took.as_secs_f64() * 1000.0,
         ending.termination
@@ -136,21 +137,34 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balance
 async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Ending {
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, balancer.config.max_body_size).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return ended(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", None, "PR");
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        match Limited::new(body, balancer.config.max_body_size).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return ended(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", None, "PR");
+            }
+            Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
         }
-        Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
     };
     strip_for_forwarding(&mut parts.headers);
     add_forwarding(&mut parts.headers, peer);
     let mut client_upgrade = client_upgrade;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     let mut retried = false;
     for index in balancer.servers.order() {
         let server = &balancer.servers.list[index];
-        let Ok(uri) = format!("http://{}{path}", server.address).parse::<hyper::Uri>() else {
+        let Ok(uri) = hyper::Uri::builder()
+            .scheme("http")
+            .authority(server.address.as_str())
+            .path_and_query(path.clone())
+            .build()
+        else {
             continue;
         };
         let mut upstream = Request::new(Full::new(body.clone()));

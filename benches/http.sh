@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# HTTP balancing on one machine, in one run: wrk against (a) one web server directly,
+# (b) rwproxy's balancer over two web servers, (c) HAProxy in HTTP mode over the same two,
+# with keep-alive. Prints requests/s and p99 latency side by side.
+#
+#   benches/http.sh [seconds per run, default 10] [connections, default 64]
+#
+# Installs wrk and haproxy from Debian's packages when missing. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-10}
+CONNECTIONS=${2:-64}
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+for tool in wrk haproxy; do
+  command -v "$tool" >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
+done
+cargo build --release --quiet --bin rwproxy --example web
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+W1=$(free_port); W2=$(free_port); RW=$(free_port); HA=$(free_port); DEAD=$(free_port)
+
+target/release/examples/web "127.0.0.1:$W1" web1 >/dev/null & pids+=($!)
+target/release/examples/web "127.0.0.1:$W2" web2 >/dev/null & pids+=($!)
+cat >"$work/rwproxy.toml" <<CFG
+[mysql]
+listen = "127.0.0.1:0"
+[[mysql.users]]
+name = "unused"
+password = "unused"
+[[mysql.backends]]
+name = "unused"
+address = "127.0.0.1:$DEAD"
+role = "primary"
+[monitor]
+enabled = false
+[http]
+listen = "127.0.0.1:$RW"
+[[http.servers]]
+name = "web1"
+address = "127.0.0.1:$W1"
+[[http.servers]]
+name = "web2"
+address = "127.0.0.1:$W2"
+CFG
+RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
+cat >"$work/haproxy.cfg" <<CFG
+global
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind 127.0.0.1:$HA
+    default_backend servers
+backend servers
+    balance roundrobin
+    server web1 127.0.0.1:$W1
+    server web2 127.0.0.1:$W2
+CFG
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+sleep 1
+
+printf '\n%-10s %12s %10s\n' target "requests/s" "p99 ms"
+run() {
+  local out rps p99
+  out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:$2/")
+  rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+  p99=$(echo "$out" | awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 } printf "%.2f", v }')
+  printf '%-10s %12s %10s\n' "$1" "$rps" "$p99"
+}
+run direct "$W1"
+run rwproxy "$RW"
+run haproxy "$HA"
