@@ -2,22 +2,31 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::session::{self, Shared};
 
-/// Accepts clients until the listener fails; each client runs in its own task.
+/// The next connection. Accept errors (running out of file descriptors, a connection reset
+/// before it was accepted) must not end a listener: they are logged and retried after a short
+/// pause. `what` names the listener in the log.
+pub async fn next_connection(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts SQL clients for ever; each client runs in its own task.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Running out of file descriptors must not end the proxy; back off briefly.
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = next_connection(&listener, "sql").await;
         tokio::spawn(session::run(stream, peer, shared.clone()));
     }
 }

@@ -40,14 +40,7 @@ impl AdminState {
 /// Serves admin requests until the listener fails.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) -> std::io::Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, _) = crate::server::next_connection(&listener, "admin").await;
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -62,14 +62,7 @@ pub async fn start(
 
 async fn serve(listener: TcpListener, balancer: Arc<Balancer>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::server::next_connection(&listener, "http").await;
         let _ = stream.set_nodelay(true);
         let balancer = balancer.clone();
         tokio::spawn(async move {
