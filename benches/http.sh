@@ -5,15 +5,12 @@
 #
 #   benches/http.sh [seconds per run, default 10] [connections, default 64]
 #
-# Installs wrk and haproxy from Debian's packages when missing. Loopback only.
+# Installs wrk and haproxy (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-64}
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-for tool in wrk haproxy; do
-  command -v "$tool" >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
-done
+bash scripts/install-deps.sh --bench
 cargo build --release --quiet --bin rwproxy --example web
 
 work=$(mktemp -d)

@@ -6,16 +6,12 @@
 #
 #   benches/sysbench.sh [seconds per run, default 10] [client threads, default 8]
 #
-# Installs sysbench, haproxy and MariaDB from Debian's packages when missing. Loopback only.
+# Installs sysbench, haproxy and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 THREADS=${2:-8}
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-bash scripts/install-deps.sh
-for tool in sysbench haproxy; do
-  command -v "$tool" >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
-done
+bash scripts/install-deps.sh --bench
 cargo build --release --quiet --bin rwproxy --example cluster
 
 work=$(mktemp -d)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, when missing, what the tests and the local demo need on Debian/Ubuntu:
-# MariaDB server and client, and (with --tests, for the test suite) PyMySQL and Chromium.
+# MariaDB server and client; with --tests also what the test suite needs (PyMySQL, mysqlclient,
+# pytest, Chromium); with --bench the benchmarks' tools (sysbench, HAProxy, wrk).
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -9,6 +10,11 @@ missing=()
 { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1; } || missing+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+if [ "${1:-}" = "--bench" ]; then
+  for tool in sysbench haproxy wrk; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+fi
 if [ "${1:-}" = "--tests" ]; then
   # The status-page test renders the page in headless Chromium; mysqlclient builds against
   # libmariadb.

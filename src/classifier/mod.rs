@@ -115,7 +115,7 @@ pub struct Classification {
 }
 
 impl Classification {
-    fn new(destination: Destination, reason: Reason) -> Self {
+    pub fn new(destination: Destination, reason: Reason) -> Self {
         Classification { destination, reason, effect: Effect::None, hint: None, reads_user_variables: false }
     }
 

@@ -78,7 +78,7 @@ impl Session {
 
     /// COM_FIELD_LIST is a read of table metadata.
     pub(super) async fn field_list(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify("SELECT 1");
+        let class = Classification::new(Destination::Read, Reason::Read);
         let decision = self.shared.router.decide(&class, &self.state.view);
         self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None).await?;
         Ok(())
@@ -273,10 +273,9 @@ impl Session {
     }
 }
 
+/// COM_INIT_DB and COM_SET_OPTION route like `USE` and `SET`: session commands.
 fn session_class() -> Classification {
-    let mut class = classify("SET @rwproxy_session_command = 1");
-    class.reason = Reason::SessionCommand;
-    class
+    Classification::new(Destination::All, Reason::SessionCommand)
 }
 
 /// The database named by `USE db` (backquotes removed).
