@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -32,10 +32,9 @@ fn main() -> ExitCode {
     let Some(path) = args.config else {
         return ExitCode::from(2);
     };
-    let config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(e) => return report(&path, &e),
-    };
+    if let Err(e) = Config::load(&path) {
+        return report(&path, &e);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -49,36 +48,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(path))
 }
 
-async fn run(config: Config) -> ExitCode {
-    let proxy = match rwproxy::proxy::start(config).await {
+async fn run(path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let proxy = match rwproxy::proxy::start_from_file(&path).await {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("rwproxy: {e}");
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    drop(proxy);
-    ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        eprintln!("rwproxy: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                // Errors are logged by the reloader's caller here; the old config keeps running.
+                if let Err(e) = proxy.reloader.reload_file() {
+                    tracing::error!(error = %e, "reload rejected; the running configuration stays");
+                }
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
+    let left = proxy.shutdown().await;
+    tracing::info!(sessions_closed = left, "stopped");
+    ExitCode::SUCCESS
 }
 
 fn report(path: &std::path::Path, error: &ConfigError) -> ExitCode {

@@ -2,6 +2,7 @@
 //! live in one process, as they do in tests). Every series is registered once, with its full
 //! label set, when the proxy starts; the hot path only bumps handles.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
@@ -58,7 +59,7 @@ struct BackendSeries {
 }
 
 pub struct Metrics {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     backends: Vec<BackendSeries>,
     query_duration: Histogram,
@@ -80,6 +81,16 @@ impl Metrics {
             .set_buckets(&BUCKETS)
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        Metrics::with_recorder(Arc::new(recorder), backends)
+    }
+
+    /// The series for the backends of a reloaded configuration, in the same registry: a
+    /// backend that stays keeps its counters (registering a known series returns it).
+    pub fn reconfigured(&self, backends: &Backends) -> Metrics {
+        Metrics::with_recorder(self.recorder.clone(), backends)
+    }
+
+    fn with_recorder(recorder: Arc<PrometheusRecorder>, backends: &Backends) -> Metrics {
         let handle = recorder.handle();
         let mut m = Metrics {
             query_duration: recorder
@@ -231,7 +242,7 @@ impl Metrics {
                 &METADATA,
             )
         });
-        let series = HttpServerSeries {
+        HttpServerSeries {
             responses,
             up: r.register_gauge(&Self::key("rwproxy_http_server_up", &labels), &METADATA),
             active: r
@@ -241,8 +252,6 @@ impl Metrics {
             retries: r.register_counter(&Self::key("rwproxy_http_retries_total", &labels), &METADATA),
             health_failures: r
                 .register_counter(&Self::key("rwproxy_http_health_check_failures_total", &labels), &METADATA),
-        };
-        series.up.set(1.0);
-        series
+        }
     }
 }

@@ -1,33 +1,39 @@
-//! Putting the pieces together: probe the primary, bind the listeners, start the monitor.
+//! Putting the pieces together: probe the primary, bind the listeners, start the monitor;
+//! and taking them apart again gracefully.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, Admin};
 use crate::backend::{Backends, probe};
 use crate::config::Config;
+use crate::http::HttpTier;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::router::Router;
+use crate::server::{self, SqlTier};
 use crate::session::Shared;
 use crate::session::handshake::OFFERED_CAPS;
-use crate::{monitor, server};
 
 /// Announced when neither the config nor the primary gives a version.
 const FALLBACK_VERSION: &str = "8.0.0-rwproxy";
 
 /// A running proxy; dropping it stops the listeners and the monitor (sessions already running
-/// finish on their own when their clients leave).
+/// finish on their own when their clients leave). [`Proxy::shutdown`] stops it gracefully.
 #[derive(Debug)]
 pub struct Proxy {
     pub sql_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
-    pub http: Option<Arc<crate::http::Balancer>>,
-    pub backends: Arc<Backends>,
-    pub metrics: Arc<Metrics>,
+    pub sql: Arc<SqlTier>,
+    pub http: Option<Arc<HttpTier>>,
+    pub reloader: Arc<Reloader>,
+    shutdown_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -36,11 +42,56 @@ impl Drop for Proxy {
         for task in &self.tasks {
             task.abort();
         }
+        // Sessions still running hold the SQL tier; its monitor stops with the proxy.
+        self.sql.stop_monitor();
     }
+}
+
+impl Proxy {
+    /// The backends of the current configuration.
+    pub fn backends(&self) -> Arc<Backends> {
+        self.sql.current().router.backends().clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.sql.current().metrics.clone()
+    }
+
+    /// The HTTP balancer's current configuration. Panics without `[http]`: for tests.
+    pub fn balancer(&self) -> Option<Arc<crate::http::Balancer>> {
+        self.http.as_ref().map(|h| h.balancer())
+    }
+
+    /// Stops accepting, lets open transactions and in-flight queries and HTTP requests finish
+    /// for up to `shutdown_timeout`, then stops. Returns the SQL sessions still open then.
+    pub async fn shutdown(self) -> usize {
+        let deadline = self.shutdown_timeout;
+        tracing::info!(sessions = self.sql.sessions(), ?deadline, "shutting down");
+        let http = async {
+            if let Some(http) = &self.http {
+                http.shutdown(deadline).await;
+            }
+        };
+        let (left, ()) = tokio::join!(self.sql.drain(deadline), http);
+        if left > 0 {
+            tracing::warn!(sessions = left, "sessions still open at the shutdown deadline; closing them");
+        }
+        left
+    }
+}
+
+/// Starts the proxy from a config file; reloads read that file again.
+pub async fn start_from_file(path: &Path) -> std::io::Result<Proxy> {
+    let config = Config::load(path).map_err(std::io::Error::other)?;
+    start_with(config, Some(path.to_path_buf())).await
 }
 
 /// Starts the proxy on the current tokio runtime.
 pub async fn start(config: Config) -> std::io::Result<Proxy> {
+    start_with(config, None).await
+}
+
+async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Proxy> {
     let backends = Arc::new(Backends::from_config(&config));
     let primary = backends.primary().address.clone();
     let probed = probe(&primary, config.mysql.connect_timeout).await;
@@ -65,48 +116,36 @@ pub async fn start(config: Config) -> std::io::Result<Proxy> {
     let listener = TcpListener::bind(listen).await?;
     let sql_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(&backends));
-    let routing = &config.mysql.routing;
     let router = Arc::new(Router::new(
         backends.clone(),
-        routing.reads_include_primary,
+        config.mysql.routing.reads_include_primary,
         config.monitor.all_replicas_down,
     ));
-    let mut tasks = monitor::spawn(&config, backends.clone(), metrics.clone());
-    let (http_addr, http) = match config.http.clone() {
-        Some(http_config) => {
-            let (addr, balancer, http_tasks) = crate::http::start(http_config, &metrics).await?;
-            tasks.extend(http_tasks);
-            (Some(addr), Some(balancer))
-        }
-        None => (None, None),
+    let monitor = crate::monitor::spawn(&config, backends.clone(), metrics.clone());
+    let http = match config.http.clone() {
+        Some(http_config) => Some(crate::http::start(http_config, metrics.clone()).await?),
+        None => None,
     };
-    let admin_addr = match &config.admin {
-        Some(admin) => {
-            let addr: SocketAddr = admin.listen.get_ref().parse().map_err(std::io::Error::other)?;
+    let admin_listen = config.admin.as_ref().map(|a| a.listen.get_ref().clone());
+    let shutdown_timeout = config.shutdown_timeout;
+    let shared = Shared::new(config, router, metrics, version, caps);
+    let sql = Arc::new(SqlTier::new(sql_addr, shared, monitor));
+    let reloader = Arc::new(Reloader::new(path, sql.clone(), http.clone()));
+    let mut tasks = Vec::new();
+    let admin_addr = match admin_listen {
+        Some(listen) => {
+            let addr: SocketAddr = listen.parse().map_err(std::io::Error::other)?;
             let listener = TcpListener::bind(addr).await?;
             let bound = listener.local_addr()?;
-            let state = Arc::new(AdminState {
-                http: http.clone(),
-                router: router.clone(),
-                metrics: metrics.clone(),
-                monitor: config.monitor.clone(),
-            });
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = admin::serve(listener, state).await {
-                    tracing::error!(error = %e, "admin listener stopped");
-                }
-            }));
+            let state = Arc::new(Admin { sql: sql.clone(), http: http.clone(), reloader: reloader.clone() });
+            tasks.push(tokio::spawn(admin::serve(listener, state)));
             tracing::info!(admin = %bound, "admin listening");
             Some(bound)
         }
         None => None,
     };
-    let shared = Arc::new(Shared::new(config, router, metrics.clone(), version, caps));
     tracing::info!(%sql_addr, "SQL proxy listening");
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, shared).await {
-            tracing::error!(error = %e, "SQL listener stopped");
-        }
-    }));
-    Ok(Proxy { sql_addr, admin_addr, http_addr, http, backends, metrics, tasks })
+    tasks.push(tokio::spawn(server::serve(listener, sql.clone())));
+    let http_addr = http.as_ref().map(|h| h.addr);
+    Ok(Proxy { sql_addr, admin_addr, http_addr, sql, http, reloader, shutdown_timeout, tasks })
 }

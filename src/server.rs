@@ -1,10 +1,16 @@
-//! The SQL listener: accepts clients and starts a session for each.
-
-use std::sync::Arc;
+//! The SQL listener and what its sessions share across reloads: the current configuration
+//! (a [`Shared`], replaced whole by a reload), the monitor of its backends, the count of
+//! running sessions and the drain signal of a graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::session::{self, Shared};
 
@@ -17,16 +23,132 @@ pub async fn next_connection(listener: &TcpListener, what: &str) -> (TcpStream, 
             Ok(accepted) => return accepted,
             Err(e) => {
                 tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-/// Accepts SQL clients for ever; each client runs in its own task.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+/// The SQL side of a running proxy.
+pub struct SqlTier {
+    pub addr: SocketAddr,
+    current: ArcSwap<Shared>,
+    monitor: Mutex<Vec<JoinHandle<()>>>,
+    sessions: AtomicUsize,
+    next_id: AtomicU32,
+    draining: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for SqlTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTier").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Drop for SqlTier {
+    fn drop(&mut self) {
+        self.stop_monitor();
+    }
+}
+
+impl SqlTier {
+    pub fn new(addr: SocketAddr, shared: Shared, monitor: Vec<JoinHandle<()>>) -> SqlTier {
+        SqlTier {
+            addr,
+            current: ArcSwap::from_pointee(shared),
+            monitor: Mutex::new(monitor),
+            sessions: AtomicUsize::new(0),
+            next_id: AtomicU32::new(1),
+            draining: watch::channel(false).0,
+        }
+    }
+
+    /// The configuration new statements are routed by.
+    pub fn current(&self) -> Arc<Shared> {
+        self.current.load_full()
+    }
+
+    /// Whether `shared` is still the current configuration (cheap: no reference count taken).
+    pub fn is_current(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.current.load(), shared)
+    }
+
+    /// Makes `shared` current and replaces the monitor tasks with `monitor`.
+    pub fn replace(&self, shared: Shared, monitor: Vec<JoinHandle<()>>) {
+        self.current.store(Arc::new(shared));
+        if let Ok(mut tasks) = self.monitor.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+            tasks.extend(monitor);
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Tells sessions to end at their next transaction boundary.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Asks every session to close once it is outside a transaction and waits until all have,
+    /// or `deadline` passed; returns how many were still running then.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let _ = self.draining.send(true);
+        let until = Instant::now() + deadline;
+        let polls = deadline.as_millis() / 20 + 1;
+        for _ in 0..polls {
+            if self.sessions() == 0 || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop_monitor();
+        self.sessions()
+    }
+
+    pub fn stop_monitor(&self) {
+        if let Ok(mut tasks) = self.monitor.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Counts a session as running for as long as it lives.
+pub struct Running(Arc<SqlTier>);
+
+impl Running {
+    pub fn start(tier: Arc<SqlTier>) -> (Running, u32) {
+        tier.sessions.fetch_add(1, Ordering::Relaxed);
+        let id = tier.next_id.fetch_add(1, Ordering::Relaxed);
+        (Running(tier), id)
+    }
+
+    pub fn tier(&self) -> &Arc<SqlTier> {
+        &self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts SQL clients until the task is aborted or the tier drains; each client runs in
+/// its own task.
+pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
+    let mut draining = tier.draining();
     loop {
-        let (stream, peer) = next_connection(&listener, "sql").await;
-        tokio::spawn(session::run(stream, peer, shared.clone()));
+        tokio::select! {
+            (stream, peer) = next_connection(&listener, "sql") => {
+                tokio::spawn(session::run(stream, peer, tier.clone()));
+            }
+            _ = draining.changed() => return,
+        }
     }
 }

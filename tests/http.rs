@@ -77,7 +77,7 @@ async fn a_killed_server_costs_no_failed_request_and_rejoins_after_rise() {
         failures += usize::from(status != 200);
     }
     assert_eq!(failures, 0, "connect failures are redispatched");
-    let server = |i: usize| proxy.http.as_ref().expect("http").servers.list[i].is_up();
+    let server = |i: usize| proxy.balancer().expect("http").servers.list[i].is_up();
     assert!(wait_for(Duration::from_secs(3), || !server(0)).await.is_some(), "web1 leaves the rotation");
     let _web1 = WebServer::start_on("web1", addr1).await;
     let back = wait_for(Duration::from_secs(5), || server(0)).await;
@@ -94,7 +94,7 @@ async fn backup_serves_only_when_every_active_server_is_down_then_503() {
     assert!(!names(&proxy, 6).await.contains_key("spare"));
     web1.sick.store(true, std::sync::atomic::Ordering::Relaxed);
     web2.sick.store(true, std::sync::atomic::Ordering::Relaxed);
-    let servers = &proxy.http.as_ref().expect("http").servers;
+    let servers = &proxy.balancer().expect("http").servers;
     let down =
         wait_for(Duration::from_secs(3), || !servers.list[0].is_up() && !servers.list[1].is_up()).await;
     assert!(down.is_some());
@@ -162,7 +162,7 @@ async fn http_metrics_are_exported() {
     for _ in 0..3 {
         assert_eq!(request(&proxy, "GET", "/", "", b"").await.0, 200);
     }
-    let dump = proxy.metrics.render(&proxy.backends);
+    let dump = proxy.metrics().render(&proxy.backends());
     for needle in [
         "rwproxy_http_requests_total{server=\"web1\",code=\"2xx\"} 3",
         "rwproxy_http_requests_total{server=\"web1\",code=\"5xx\"} 0",

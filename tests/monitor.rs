@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn state(proxy: &Proxy, index: usize) -> State {
-    proxy.backends.get(index).expect("backend").health.state()
+    proxy.backends().get(index).expect("backend").health.state()
 }
 
 async fn sql(node: usize, statement: &str) {
@@ -43,11 +43,12 @@ async fn a_lagging_replica_leaves_the_read_pool_and_comes_back_after_catching_up
         "interval = \"500ms\"\nmax_replication_lag = \"1s\"\nrise = 2\nfall = 3",
     );
     let proxy = start_proxy_with(&text).await;
-    let lag_known =
-        wait_for(Duration::from_secs(10), || proxy.backends.get(1).is_some_and(|b| b.health.lag().is_some()))
-            .await;
+    let lag_known = wait_for(Duration::from_secs(10), || {
+        proxy.backends().get(1).is_some_and(|b| b.health.lag().is_some())
+    })
+    .await;
     assert!(lag_known.is_some(), "heartbeat lag is measured");
-    let lag = proxy.backends.get(1).and_then(|b| b.health.lag()).expect("lag");
+    let lag = proxy.backends().get(1).and_then(|b| b.health.lag()).expect("lag");
     assert!(lag < Duration::from_millis(500), "an idle replica is not behind: {lag:?}");
 
     sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 4; START SLAVE;").await;
@@ -84,7 +85,7 @@ async fn stopped_replication_everywhere_sends_reads_to_the_primary() {
     assert!(out.is_some(), "both replicas demoted: {:?} {:?}", state(&proxy, 1), state(&proxy, 2));
     let mut conn = connect(&proxy).await;
     assert_eq!(servers_used(&mut conn, 6).await, BTreeSet::from([1]));
-    let reason = proxy.backends.get(1).expect("backend").health.reason();
+    let reason = proxy.backends().get(1).expect("backend").health.reason();
     assert!(reason.contains("SQL=No"), "{reason}");
     sql(1, "START SLAVE SQL_THREAD").await;
     sql(2, "START SLAVE SQL_THREAD").await;
@@ -216,9 +217,10 @@ async fn admin_endpoints_describe_backends_and_routing() {
     let mut conn = connect(&proxy).await;
     servers_used(&mut conn, 6).await;
     conn.query_drop("DO 1").await.expect("write");
-    let lag_known =
-        wait_for(Duration::from_secs(10), || proxy.backends.get(2).is_some_and(|b| b.health.lag().is_some()))
-            .await;
+    let lag_known = wait_for(Duration::from_secs(10), || {
+        proxy.backends().get(2).is_some_and(|b| b.health.lag().is_some())
+    })
+    .await;
     assert!(lag_known.is_some());
     let (code, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(code, 200);
@@ -299,7 +301,7 @@ async fn detect_primary_follows_an_external_failover() {
     // What a failover tool does: the old primary becomes read-only, replica2 writable.
     sql(0, "SET GLOBAL read_only = ON").await;
     sql(2, "STOP SLAVE; SET GLOBAL read_only = OFF").await;
-    let switched = wait_for(Duration::from_secs(10), || proxy.backends.is_primary(2)).await;
+    let switched = wait_for(Duration::from_secs(10), || proxy.backends().is_primary(2)).await;
     let restore = async {
         sql(2, "SET GLOBAL read_only = ON; START SLAVE").await;
         sql(0, "SET GLOBAL read_only = OFF").await;
@@ -343,7 +345,7 @@ async fn when_every_replica_lags_reads_go_to_the_primary_or_the_least_lagged() {
     sql(2, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 8; START SLAVE;").await;
     let lagging = |p: &Proxy| state(p, 1) == State::Lagging && state(p, 2) == State::Lagging;
     let both = wait_for(Duration::from_secs(15), || lagging(&to_primary) && lagging(&to_least)).await;
-    let lag = |i: usize| to_least.backends.get(i).and_then(|b| b.health.lag());
+    let lag = |i: usize| to_least.backends().get(i).and_then(|b| b.health.lag());
     // Both lags grow alike until replica1's settles at its 3 s delay.
     let apart = wait_for(
         Duration::from_secs(10),

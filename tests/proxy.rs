@@ -438,7 +438,7 @@ async fn backend_connections_are_reused_clean_across_sessions() {
     let mut reused = false;
     for _ in 0..20 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if proxy.backends.primary().pool.idle_count() > 0 {
+        if proxy.backends().primary().pool.idle_count() > 0 {
             reused = true;
             break;
         }

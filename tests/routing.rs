@@ -297,7 +297,7 @@ async fn a_session_that_only_writes_holds_no_replica_connections() {
     .expect("raw");
     raw.query("DO 1").await.expect("write");
     let open = |i: usize| {
-        proxy.backends.get(i).map(|b| b.health.connections.load(std::sync::atomic::Ordering::Relaxed))
+        proxy.backends().get(i).map(|b| b.health.connections.load(std::sync::atomic::Ordering::Relaxed))
     };
     assert_eq!((open(0), open(1), open(2)), (Some(1), Some(0), Some(0)), "lazy connections");
 }

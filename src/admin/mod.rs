@@ -18,10 +18,34 @@ use tokio::net::TcpListener;
 
 use crate::backend::{Backends, State};
 use crate::config::MonitorConfig;
+use crate::http::HttpTier;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::router::Router;
+use crate::server::SqlTier;
 
-/// What the admin endpoints read.
+/// What the admin listener serves: the running tiers and the reloader.
+#[derive(Debug)]
+pub struct Admin {
+    pub sql: Arc<SqlTier>,
+    pub http: Option<Arc<HttpTier>>,
+    pub reloader: Arc<Reloader>,
+}
+
+impl Admin {
+    /// The current configuration's view, taken once per request.
+    fn snapshot(&self) -> AdminState {
+        let shared = self.sql.current();
+        AdminState {
+            router: shared.router.clone(),
+            metrics: shared.metrics.clone(),
+            monitor: shared.config.monitor.clone(),
+            http: self.http.as_ref().map(|h| h.balancer()),
+        }
+    }
+}
+
+/// What the admin pages read.
 #[derive(Debug)]
 pub struct AdminState {
     pub router: Arc<Router>,
@@ -37,8 +61,8 @@ impl AdminState {
     }
 }
 
-/// Serves admin requests until the listener fails.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) -> std::io::Result<()> {
+/// Serves admin requests until the task is aborted.
+pub async fn serve(listener: TcpListener, state: Arc<Admin>) {
     loop {
         let (stream, _) = crate::server::next_connection(&listener, "admin").await;
         let state = state.clone();
@@ -63,10 +87,14 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     response
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        return reload(req, admin);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
+    let state = &admin.snapshot();
     match req.uri().path() {
         "/metrics" => {
             respond(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(state.backends()))
@@ -75,6 +103,20 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         "/health" => health(state),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// `POST /reload`: 200 with the changes, or 400 with the reasons the running config stays.
+fn reload(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
+    }
+    match admin.reloader.reload_file() {
+        Ok(changes) => respond(StatusCode::OK, "text/plain", format!("reloaded\n{}\n", changes.join("\n"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "reload rejected; the running configuration stays");
+            respond(StatusCode::BAD_REQUEST, "text/plain", format!("reload rejected; nothing changed\n{e}\n"))
+        }
     }
 }
 

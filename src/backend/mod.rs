@@ -57,27 +57,44 @@ pub struct Backends {
 
 impl Backends {
     pub fn from_config(config: &Config) -> Backends {
+        Backends::reconfigured(config, None)
+    }
+
+    /// The backends of `config`. One that `previous` (the configuration a reload replaces)
+    /// has at the same position with the same name, address, role and limit is carried over
+    /// as it is: its health, lag history and idle connections survive the reload.
+    pub fn reconfigured(config: &Config, previous: Option<&Backends>) -> Backends {
         let list: Vec<Arc<Backend>> = config
             .backends()
             .enumerate()
             .map(|(index, b)| {
-                Arc::new(Backend {
-                    index,
-                    name: b.name.clone(),
-                    address: b.address.clone(),
-                    role: b.role,
-                    skip_until_ms: AtomicU64::new(0),
-                    last_error: Mutex::new(None),
-                    health: Health::default(),
-                    pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
-                })
+                let same = previous.and_then(|p| p.get(index)).filter(|old| {
+                    old.name == b.name
+                        && old.address == b.address
+                        && old.role == b.role
+                        && old.pool.max_connections() == b.max_connections
+                });
+                match same {
+                    Some(old) => old.clone(),
+                    None => Arc::new(Backend {
+                        index,
+                        name: b.name.clone(),
+                        address: b.address.clone(),
+                        role: b.role,
+                        skip_until_ms: AtomicU64::new(0),
+                        last_error: Mutex::new(None),
+                        health: Health::default(),
+                        pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
+                    }),
+                }
             })
             .collect();
         let primary = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
         Backends {
             list,
             primary: AtomicUsize::new(primary),
-            epoch: Instant::now(),
+            // Kept across reloads: passive-failure deadlines and history are measured from it.
+            epoch: previous.map_or_else(Instant::now, |p| p.epoch),
             retry_after: config.mysql.routing.retry_failed_after,
         }
     }

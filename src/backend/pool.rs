@@ -44,6 +44,10 @@ impl Pool {
         Pool { idle: Mutex::new(Vec::new()), permits, max_connections, max_idle }
     }
 
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }

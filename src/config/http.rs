@@ -27,6 +27,30 @@ pub struct HttpConfig {
     /// Largest request body accepted; a larger one gets 413. Default 10 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_size: usize,
+    /// HTTPS termination: PEM certificate chain and private key files. HTTP/1.1 and h2 are
+    /// offered through ALPN.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// A client connection that sends no request for this long is closed. Default `"60s"`.
+    #[serde(default = "default_idle_timeout", with = "duration::serde_str")]
+    pub idle_timeout: Duration,
+    /// Time one request may take from its arrival to the response headers, queueing, retries
+    /// and redispatch included; after it the client gets 504. Default `"60s"`.
+    #[serde(default = "default_idle_timeout", with = "duration::serde_str")]
+    pub request_timeout: Duration,
+    /// How long a request waits for a server that is at its `max_connections`; then 503.
+    /// Default `"5s"`.
+    #[serde(default = "default_queue_timeout", with = "duration::serde_str")]
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the certificate, then its chain.
+    pub cert: Spanned<String>,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -50,6 +74,10 @@ pub struct HttpServerConfig {
     /// Takes traffic only when every non-backup server is down. Default `false`.
     #[serde(default)]
     pub backup: bool,
+    /// Most requests in flight to this server; more wait in a queue up to
+    /// `http.queue_timeout`. Default 0: no limit.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +132,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_response_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_body() -> usize {
     10 << 20

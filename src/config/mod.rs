@@ -42,6 +42,11 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// On SIGTERM/SIGINT: how long sessions get to finish their transaction and HTTP requests
+    /// to finish before rwproxy closes them. Default `"30s"`. (A top-level key: write it before
+    /// the first `[section]`.)
+    #[serde(default = "default_shutdown_timeout", with = "duration::serde_str")]
+    pub shutdown_timeout: Duration,
     pub mysql: MysqlConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -213,6 +218,9 @@ fn yes() -> bool {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_retry_after() -> Duration {
     Duration::from_secs(2)
 }
@@ -245,7 +253,27 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::from_toml(&text)
+        let mut config = Config::from_toml(&text)?;
+        // TLS files are named relative to the config file, wherever rwproxy is started from.
+        if let (Some(tls), Some(dir)) = (config.http.as_mut().and_then(|h| h.tls.as_mut()), path.parent()) {
+            for file in [&mut tls.cert, &mut tls.key] {
+                if Path::new(file.get_ref()).is_relative() {
+                    *file.get_mut() = dir.join(file.get_ref()).display().to_string();
+                }
+            }
+        }
+        if let Some(tls) = config.http.as_ref().and_then(|h| h.tls.as_ref())
+            && let Err(e) =
+                crate::http::tls::acceptor(Path::new(tls.cert.get_ref()), Path::new(tls.key.get_ref()))
+        {
+            let at = line_of(&text, tls.cert.span().start);
+            return Err(ConfigError::Invalid(vec![Problem {
+                key: "http.tls".into(),
+                line: at,
+                message: e.to_string(),
+            }]));
+        }
+        Ok(config)
     }
 
     /// Parses and validates; a parse error carries toml's line and column.

@@ -1,7 +1,10 @@
 //! Forwarding one request: body limit, forwarding headers, server choice, redispatch and retry.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,7 +14,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::Balancer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{Balancer, HttpServer};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -69,7 +74,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
-fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
+fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
+    let proto = if https { "https" } else { "http" };
     let client = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {client}"),
@@ -77,10 +83,10 @@ fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
     };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let for_part = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
-    let forwarded = format!("for={for_part};proto=http;host=\"{host}\"");
+    let forwarded = format!("for={for_part};proto={proto};host=\"{host}\"");
     for (name, value) in [
         ("x-forwarded-for", xff),
-        ("x-forwarded-proto", "http".to_string()),
+        ("x-forwarded-proto", proto.to_string()),
         ("x-forwarded-host", host),
         ("forwarded", forwarded),
     ] {
@@ -110,10 +116,23 @@ fn ended(status: StatusCode, text: &str, server: Option<usize>, termination: &'s
 }
 
 /// Forwards one request and writes its access-log line.
-pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Response<Body> {
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    balancer: &Balancer,
+    https: bool,
+) -> Response<Body> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let ending = forward(req, peer, balancer).await;
+    let ending = match tokio::time::timeout(
+        balancer.config.request_timeout,
+        forward(req, peer, balancer, https),
+    )
+    .await
+    {
+        Ok(ending) => ending,
+        Err(_) => ended(StatusCode::GATEWAY_TIMEOUT, "the request timed out", None, "sT"),
+    };
     let took = started.elapsed();
     let status = ending.response.status();
     let server = ending.server.and_then(|i| balancer.servers.list.get(i));
@@ -134,7 +153,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, balancer: &Balance
     ending.response
 }
 
-async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer) -> Ending {
+async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer, https: bool) -> Ending {
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = if hyper::body::Body::is_end_stream(&body) {
@@ -148,8 +167,15 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
             Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
         }
     };
+    // An h2 request carries the host in its URI only; servers behind us speak HTTP/1.1.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
     strip_for_forwarding(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer);
+    add_forwarding(&mut parts.headers, peer, https);
     let mut client_upgrade = client_upgrade;
     let path = parts
         .uri
@@ -157,7 +183,22 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
         .cloned()
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     let mut retried = false;
-    for index in balancer.servers.order() {
+    let mut order = balancer.servers.order();
+    let mut at = 0;
+    while at < order.len() {
+        let permit = match take_slot(balancer, &mut order, at).await {
+            Ok(permit) => permit,
+            Err(index) => {
+                return ended(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "every server is at its connection limit",
+                    Some(index),
+                    "sQ",
+                );
+            }
+        };
+        let index = order[at];
+        at += 1;
         let server = &balancer.servers.list[index];
         let Ok(uri) = hyper::Uri::builder()
             .scheme("http")
@@ -170,19 +211,18 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
+        *upstream.version_mut() = hyper::Version::HTTP_11;
         *upstream.headers_mut() = parts.headers.clone();
-        server.active.fetch_add(1, Ordering::Relaxed);
-        server.metrics.active.increment(1.0);
+        let in_flight = InFlight::start(server.clone(), permit);
         let sent =
             tokio::time::timeout(balancer.config.response_timeout, balancer.client.request(upstream)).await;
-        server.active.fetch_sub(1, Ordering::Relaxed);
-        server.metrics.active.decrement(1.0);
         match sent {
             Ok(Ok(mut response)) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_side) = client_upgrade.take()
                 {
                     splice_upgraded(client_side, hyper::upgrade::on(&mut response));
+                    drop(in_flight);
                     return Ending {
                         response: response.map(|b| b.boxed()),
                         server: Some(index),
@@ -192,6 +232,8 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let termination = if retried { "-R" } else { "--" };
+                // The request counts as in flight until its body has been relayed.
+                let body = Guarded { inner: body.boxed(), _in_flight: in_flight };
                 return Ending {
                     response: Response::from_parts(head, body.boxed()),
                     server: Some(index),
@@ -222,6 +264,89 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
         }
     }
     ended(StatusCode::SERVICE_UNAVAILABLE, "no server available", None, "SC")
+}
+
+/// Takes a connection slot for `order[at]`. A server at its limit is swapped for a later one
+/// with room; when every one is full the request waits for the first, up to `queue_timeout`.
+/// Err carries the server that was waited for.
+async fn take_slot(
+    balancer: &Balancer,
+    order: &mut [usize],
+    at: usize,
+) -> Result<Option<OwnedSemaphorePermit>, usize> {
+    let list = &balancer.servers.list;
+    let slots = |i: usize| list[i].slots.clone();
+    let Some(first) = slots(order[at]) else {
+        return Ok(None);
+    };
+    if let Ok(permit) = first.clone().try_acquire_owned() {
+        return Ok(Some(permit));
+    }
+    for later in at + 1..order.len() {
+        match slots(order[later]).map(Semaphore::try_acquire_owned) {
+            None => {
+                order.swap(at, later);
+                return Ok(None);
+            }
+            Some(Ok(permit)) => {
+                order.swap(at, later);
+                return Ok(Some(permit));
+            }
+            Some(Err(_)) => {}
+        }
+    }
+    match tokio::time::timeout(balancer.config.queue_timeout, first.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => Err(order[at]),
+    }
+}
+
+/// One request on a server: counted in `active` (least connections reads it) and holding its
+/// `max_connections` slot until dropped.
+struct InFlight {
+    server: Arc<HttpServer>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    fn start(server: Arc<HttpServer>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
+        server.active.fetch_add(1, Ordering::Relaxed);
+        server.metrics.active.increment(1.0);
+        InFlight { server, _permit: permit }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.metrics.active.decrement(1.0);
+    }
+}
+
+/// A response body that keeps its request in flight until the body ends or is dropped.
+struct Guarded {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// After a 101, the client's and the server's connections are joined byte for byte until either

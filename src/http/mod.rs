@@ -1,23 +1,29 @@
 //! The HTTP load balancer for the web tier: round robin (or least connections, or power of two
 //! choices) over healthy servers, backups when every active server is down, active health
 //! checks with rise/fall plus passive failure detection, redispatch of requests that never
-//! reached a server and one retry of idempotent requests, X-Forwarded-* and Forwarded headers.
+//! reached a server and one retry of idempotent requests, X-Forwarded-* and Forwarded headers,
+//! HTTPS termination with h2, per-server connection limits with a bounded queue, graceful
+//! shutdown and configuration reload.
 
 mod forward;
+mod listener;
 mod servers;
+pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 pub use servers::{HttpServer, Servers};
 
@@ -26,10 +32,13 @@ use crate::metrics::Metrics;
 
 type UpstreamClient = Client<HttpConnector, http_body_util::Full<Bytes>>;
 
+/// One configuration of the balancer: replaced as a whole by a reload, while requests already
+/// running finish on the one they started with.
 pub struct Balancer {
-    config: HttpConfig,
+    pub config: HttpConfig,
     pub servers: Servers,
     client: UpstreamClient,
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -38,45 +47,136 @@ impl std::fmt::Debug for Balancer {
     }
 }
 
-/// Binds the listener and starts serving and health-checking; returns the bound address and
-/// the tasks (abort them to stop).
-pub async fn start(
-    config: HttpConfig,
-    metrics: &Metrics,
-) -> std::io::Result<(SocketAddr, Arc<Balancer>, Vec<JoinHandle<()>>)> {
+impl Balancer {
+    fn new(config: HttpConfig, metrics: &Metrics, previous: Option<&Balancer>) -> std::io::Result<Balancer> {
+        let tls = match &config.tls {
+            Some(files) => Some(
+                tls::acceptor(files.cert.get_ref().as_ref(), files.key.get_ref().as_ref())
+                    .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let servers = Servers::new(&config, metrics, previous.map(|p| &p.servers));
+        Ok(Balancer { config, servers, client, tls })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("http.listen cannot change without a restart ({old} → {new})")]
+    Listen { old: String, new: String },
+    #[error("{0}")]
+    Tls(std::io::Error),
+}
+
+/// The running balancer: its listener, the current configuration and its health checks.
+pub struct HttpTier {
+    pub addr: SocketAddr,
+    current: ArcSwap<Balancer>,
+    metrics: Arc<Metrics>,
+    health: Mutex<Vec<JoinHandle<()>>>,
+    drain: watch::Sender<bool>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for HttpTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTier").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Drop for HttpTier {
+    fn drop(&mut self) {
+        self.stop_health_checks();
+        if let Ok(mut listener) = self.listener.lock()
+            && let Some(task) = listener.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl HttpTier {
+    /// The configuration requests start with now.
+    pub fn balancer(&self) -> Arc<Balancer> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new configuration. Servers that stay keep their health; requests in flight
+    /// finish where they are.
+    pub fn reload(self: &Arc<Self>, config: HttpConfig) -> Result<(), ReloadError> {
+        let old = self.balancer();
+        if old.config.listen.get_ref() != config.listen.get_ref() {
+            return Err(ReloadError::Listen {
+                old: old.config.listen.get_ref().clone(),
+                new: config.listen.get_ref().clone(),
+            });
+        }
+        let next = Balancer::new(config, &self.metrics, Some(&old)).map_err(ReloadError::Tls)?;
+        self.current.store(Arc::new(next));
+        self.stop_health_checks();
+        self.start_health_checks();
+        Ok(())
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to `deadline`, then returns.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let _ = self.drain.send(true);
+        let task = self.listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(task) = task
+            && tokio::time::timeout(deadline, task).await.is_err()
+        {
+            tracing::warn!("HTTP requests still running at the shutdown deadline");
+        }
+        self.stop_health_checks();
+    }
+
+    fn start_health_checks(self: &Arc<Self>) {
+        let balancer = self.balancer();
+        let tasks =
+            (0..balancer.servers.list.len()).map(|i| tokio::spawn(health_checks(balancer.clone(), i)));
+        if let Ok(mut health) = self.health.lock() {
+            health.extend(tasks);
+        }
+    }
+
+    fn stop_health_checks(&self) {
+        if let Ok(mut health) = self.health.lock() {
+            for task in health.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Binds the listener and starts serving and health-checking.
+pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result<Arc<HttpTier>> {
     let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).build(connector);
-    let balancer = Arc::new(Balancer { servers: Servers::new(&config, metrics), config, client });
-    let mut tasks: Vec<JoinHandle<()>> =
-        (0..balancer.servers.list.len()).map(|i| tokio::spawn(health_checks(balancer.clone(), i))).collect();
-    let serving = balancer.clone();
-    tasks.push(tokio::spawn(async move { serve(listener, serving).await }));
-    tracing::info!(http = %bound, "HTTP balancer listening");
-    Ok((bound, balancer, tasks))
-}
-
-async fn serve(listener: TcpListener, balancer: Arc<Balancer>) {
-    loop {
-        let (stream, peer) = crate::server::next_connection(&listener, "http").await;
-        let _ = stream.set_nodelay(true);
-        let balancer = balancer.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let balancer = balancer.clone();
-                async move { Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer).await) }
-            });
-            if let Err(e) =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await
-            {
-                tracing::debug!(error = %e, "HTTP client connection ended");
-            }
-        });
+    let balancer = Balancer::new(config, &metrics, None)?;
+    let https = balancer.tls.is_some();
+    let (drain, draining) = watch::channel(false);
+    let tier = Arc::new(HttpTier {
+        addr: bound,
+        current: ArcSwap::from_pointee(balancer),
+        metrics,
+        health: Mutex::new(Vec::new()),
+        drain,
+        listener: Mutex::new(None),
+    });
+    tier.start_health_checks();
+    // The listener holds only a weak reference, so dropping the tier stops everything.
+    let task = tokio::spawn(listener::serve(listener, Arc::downgrade(&tier), draining));
+    if let Ok(mut slot) = tier.listener.lock() {
+        *slot = Some(task);
     }
+    tracing::info!(http = %bound, https, "HTTP balancer listening");
+    Ok(tier)
 }
 
 /// Active checks: GET the health path every interval; 2xx counts as good.
@@ -89,18 +189,25 @@ async fn health_checks(balancer: Arc<Balancer>, index: usize) {
     };
     let probe: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let Ok(uri) = format!("http://{}{}", server.address, health.path).parse::<hyper::Uri>() else {
+        tracing::warn!(server = %server.name, path = %health.path, "health check path is not a valid URI");
+        return;
+    };
     loop {
         ticker.tick().await;
-        let uri = format!("http://{}{}", server.address, health.path);
-        let result = match uri.parse::<hyper::Uri>() {
-            Ok(uri) => tokio::time::timeout(health.timeout, probe.get(uri)).await,
-            Err(_) => return,
+        let result = tokio::time::timeout(health.timeout, probe.get(uri.clone())).await;
+        let failure = match result {
+            Ok(Ok(resp)) if resp.status().is_success() => None,
+            Ok(Ok(resp)) => Some(format!("health check returned {}", resp.status())),
+            Ok(Err(e)) => Some(format!("health check failed: {e}")),
+            Err(_) => Some("health check timed out".to_string()),
         };
-        match result {
-            Ok(Ok(resp)) if resp.status().is_success() => server.observe(true, ""),
-            Ok(Ok(resp)) => server.observe(false, &format!("health check returned {}", resp.status())),
-            Ok(Err(e)) => server.observe(false, &format!("health check failed: {e}")),
-            Err(_) => server.observe(false, "health check timed out"),
+        match failure {
+            None => server.observe(true, ""),
+            Some(why) => {
+                server.metrics.health_failures.increment(1);
+                server.observe(false, &why);
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The web servers behind the balancer: health with rise/fall, active requests, selection.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use crate::config::{Algorithm, HttpConfig};
 use crate::metrics::{HttpServerSeries, Metrics};
@@ -18,6 +20,8 @@ pub struct HttpServer {
     hysteresis: Mutex<Hysteresis>,
     /// Requests being served by this server now.
     pub active: AtomicUsize,
+    /// `max_connections`: one permit per request in flight; absent when unlimited.
+    pub slots: Option<Arc<Semaphore>>,
     pub metrics: HttpServerSeries,
 }
 
@@ -45,28 +49,41 @@ impl HttpServer {
 
 #[derive(Debug)]
 pub struct Servers {
-    pub list: Vec<HttpServer>,
+    pub list: Vec<Arc<HttpServer>>,
     algorithm: Algorithm,
     rotation: RoundRobin,
 }
 
 impl Servers {
-    pub fn new(config: &HttpConfig, metrics: &Metrics) -> Servers {
+    /// The servers of `config`. A server that `previous` (the configuration being replaced by
+    /// a reload) had at the same address keeps its health, so a reload neither sends traffic
+    /// to a server known to be down nor takes a healthy one out.
+    pub fn new(config: &HttpConfig, metrics: &Metrics, previous: Option<&Servers>) -> Servers {
         let list = config
             .servers
             .iter()
             .map(|s| {
                 let s = s.get_ref();
-                HttpServer {
+                let known =
+                    previous.and_then(|p| p.list.iter().find(|o| o.name == s.name && o.address == s.address));
+                let mut hysteresis = Hysteresis::new(config.health.rise, config.health.fall);
+                let up = known.is_none_or(|o| o.is_up());
+                if !up {
+                    hysteresis = Hysteresis::new_down(config.health.rise, config.health.fall);
+                }
+                let series = metrics.http_server(&s.name);
+                series.up.set(if up { 1.0 } else { 0.0 });
+                Arc::new(HttpServer {
                     name: s.name.clone(),
                     address: s.address.clone(),
                     weight: s.weight.max(1),
                     backup: s.backup,
-                    up: AtomicBool::new(true),
-                    hysteresis: Mutex::new(Hysteresis::new(config.health.rise, config.health.fall)),
+                    up: AtomicBool::new(up),
+                    hysteresis: Mutex::new(hysteresis),
                     active: AtomicUsize::new(0),
-                    metrics: metrics.http_server(&s.name),
-                }
+                    slots: (s.max_connections > 0).then(|| Arc::new(Semaphore::new(s.max_connections))),
+                    metrics: series,
+                })
             })
             .collect();
         Servers { list, algorithm: config.algorithm, rotation: RoundRobin::default() }

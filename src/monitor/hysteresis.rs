@@ -16,6 +16,11 @@ impl Hysteresis {
         Hysteresis { rise: rise.max(1), fall: fall.max(1), good_streak: 0, bad_streak: 0, up: true }
     }
 
+    /// Starts `down`: for a server already known to be down when its checks restart.
+    pub fn new_down(rise: u32, fall: u32) -> Self {
+        Hysteresis { up: false, ..Hysteresis::new(rise, fall) }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -56,7 +56,13 @@ async fn watch(ctx: Arc<Context>, index: usize) {
         return;
     };
     let mut checker = Checker::new(backend.address.clone(), ctx.settings.clone());
-    let mut hysteresis = Hysteresis::new(ctx.config.rise, ctx.config.fall);
+    // After a reload the checks restart on a backend that may already be out: start from its
+    // side, so a backend that is down needs `rise` good checks to come back, as always.
+    let mut hysteresis = if backend.health.state() == State::Up {
+        Hysteresis::new(ctx.config.rise, ctx.config.fall)
+    } else {
+        Hysteresis::new_down(ctx.config.rise, ctx.config.fall)
+    };
     let mut ticker = tokio::time::interval(ctx.config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keep = (HISTORY_SECONDS / ctx.config.interval.as_secs_f64()).ceil() as usize;

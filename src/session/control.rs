@@ -1,18 +1,17 @@
 //! Connection-level commands: the handshake, COM_CHANGE_USER, COM_RESET_CONNECTION.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 
 use super::handshake::{self, ChangeUser, ClientLogin};
 use super::prepared::Statements;
-use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState, Shared};
+use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState};
 use crate::backend::auth_plugins::NATIVE;
 use crate::backend::{Login, release};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
+use crate::server::Running;
 
 /// Packets of the connection phase are small; a bigger one is not a login.
 const MAX_LOGIN_PACKET: usize = 64 * 1024;
@@ -24,8 +23,10 @@ impl Session {
         stream: TcpStream,
         peer: SocketAddr,
         id: u32,
-        shared: Arc<Shared>,
+        running: Running,
     ) -> Result<Session, SessionError> {
+        let shared = running.tier().current();
+        let draining = running.tier().draining();
         let (r, w) = stream.into_split();
         let backends = shared.router.backends().len();
         let mut session = Session {
@@ -47,6 +48,8 @@ impl Session {
             stmts: Statements::default(),
             seq: 0,
             shared,
+            running,
+            draining,
         };
         let greeting =
             handshake::greeting(&session.shared.server_version, id, &session.salt, session.shared.caps);

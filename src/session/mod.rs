@@ -14,10 +14,9 @@ mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use mysql_common::constants::CapabilityFlags as Caps;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -27,11 +26,13 @@ use crate::metrics::Metrics;
 use crate::protocol::packet::{self, PacketError};
 use crate::protocol::{command, wire};
 use crate::router::Router;
+use crate::server::{Running, SqlTier};
 use handshake::HandshakeError;
 use prepared::Statements;
 pub use state::{History, SessionState};
 
-/// What every session shares: the config snapshot, the router, what the greeting says.
+/// What every session shares: the config snapshot, the router, what the greeting says. A
+/// reload builds a new one; sessions move to it between transactions.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
@@ -40,7 +41,6 @@ pub struct Shared {
     pub server_version: String,
     /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
     pub caps: Caps,
-    next_id: AtomicU32,
 }
 
 impl Shared {
@@ -51,7 +51,7 @@ impl Shared {
         server_version: String,
         caps: Caps,
     ) -> Shared {
-        Shared { config, router, metrics, server_version, caps, next_id: AtomicU32::new(1) }
+        Shared { config, router, metrics, server_version, caps }
     }
 }
 
@@ -79,6 +79,9 @@ const CLIENT_BUFFER: usize = 64 * 1024;
 pub struct Session {
     id: u32,
     shared: Arc<Shared>,
+    /// Keeps the session counted; leads to the current configuration after a reload.
+    running: Running,
+    draining: tokio::sync::watch::Receiver<bool>,
     peer: SocketAddr,
     reader: ClientReader,
     writer: ClientWriter,
@@ -99,12 +102,12 @@ enum Flow {
 
 /// Runs one client connection to its end. Errors are logged here: a broken client affects
 /// only itself.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
     let _ = stream.set_nodelay(true);
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let metrics = shared.metrics.clone();
+    let (running, id) = Running::start(tier);
+    let metrics = running.tier().current().metrics.clone();
     metrics.client_connected();
-    let result = match Session::accept(stream, peer, id, shared).await {
+    let result = match Session::accept(stream, peer, id, running).await {
         Ok(mut session) => {
             let served = session.serve().await;
             session.release_connections().await;
@@ -124,8 +127,20 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
 impl Session {
     async fn serve(&mut self) -> Result<(), SessionError> {
-        let max = self.shared.config.mysql.max_packet_size;
         loop {
+            // Between commands: a shutdown closes a session that is outside a transaction
+            // (one inside finishes it first), and a reload is picked up.
+            if *self.draining.borrow() && self.state.view.pinned.is_none() {
+                tracing::debug!(session = self.id, "closing for shutdown");
+                return Ok(());
+            }
+            self.follow_reload().await;
+            // Waiting on the buffer (not on a packet) loses nothing when a drain interrupts.
+            tokio::select! {
+                filled = self.reader.fill_buf() => { filled?; }
+                _ = self.draining.changed() => continue,
+            }
+            let max = self.shared.config.mysql.max_packet_size;
             let Some(packet) = packet::read_logical(&mut self.reader, max).await? else {
                 return Ok(());
             };
@@ -164,6 +179,31 @@ impl Session {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Moves the session to the configuration of a reload once nothing ties it to its backend
+    /// connections: no transaction, locks, temporary tables, user variables or open cursors.
+    /// The connections go back to their pools; settings are replayed on the new ones.
+    async fn follow_reload(&mut self) {
+        let tier = self.running.tier().clone();
+        if tier.is_current(&self.shared) {
+            return;
+        }
+        let view = &self.state.view;
+        if view.pinned.is_some()
+            || view.primary_locked
+            || view.temporary_tables
+            || view.user_variables_on_primary
+            || self.stmts.has_cursor()
+        {
+            return;
+        }
+        self.release_connections().await;
+        self.shared = tier.current();
+        let backends = self.shared.router.backends().len();
+        self.conns = (0..backends).map(|_| None).collect();
+        self.state.follow_backends(backends);
+        tracing::debug!(session = self.id, "session moved to the reloaded configuration");
     }
 
     async fn write_reply(&mut self, payload: &[u8]) -> Result<(), SessionError> {

@@ -44,6 +44,11 @@ pub(super) struct Statements {
 }
 
 impl Statements {
+    /// Whether a cursor is open on some backend (COM_STMT_FETCH must reach it).
+    pub fn has_cursor(&self) -> bool {
+        self.map.values().any(|s| s.cursor_on.is_some())
+    }
+
     /// A backend connection is gone: its statements went with it.
     pub fn forget_backend(&mut self, backend: usize) {
         for stmt in self.map.values_mut() {

@@ -131,6 +131,13 @@ impl SessionState {
         self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
     }
 
+    /// The backend list changed (a reload): per-backend facts start over.
+    pub fn follow_backends(&mut self, backends: usize) {
+        self.excluded = vec![false; backends];
+        self.view.last = None;
+        self.view.pinned = None;
+    }
+
     /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
     pub fn reset(&mut self) {
         *self = SessionState::new(self.excluded.len());
