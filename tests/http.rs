@@ -5,24 +5,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::web::WebServer;
+use common::web::{WebServer, balancer_config};
 use common::{start_proxy_with, wait_for};
 use rwproxy::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A proxy whose SQL side points nowhere (unused here) and whose HTTP side balances `servers`.
+/// A proxy whose HTTP side balances `servers`.
 async fn balancer(servers: &[(&WebServer, &str)]) -> Proxy {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let mut text = format!(
-        "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
-    );
-    for (server, extra) in servers {
-        text += &format!(
-            "\n[[http.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
-            server.name, server.addr
-        );
-    }
-    start_proxy_with(&text).await
+    start_proxy_with(&balancer_config(servers, "")).await
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).

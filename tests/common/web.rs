@@ -92,6 +92,17 @@ async fn answer(
     sick: &AtomicBool,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return websocket_echo(req);
+    }
+    if path == "/slow" {
+        // `/slow?ms=N`: answers after N milliseconds (a request in flight during a shutdown).
+        let ms =
+            req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(500);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        hits.fetch_add(1, Ordering::Relaxed);
+        return Response::new(Full::new(Bytes::from(format!("{name} slow"))));
+    }
     if path == "/echo" && req.headers().contains_key(hyper::header::UPGRADE) {
         // A protocol switch, then an echo of every byte: what a WebSocket echo does on the wire.
         let upgrade = hyper::upgrade::on(&mut req);
@@ -131,4 +142,60 @@ async fn answer(
         name.to_string()
     };
     Response::new(Full::new(Bytes::from(body)))
+}
+
+/// A real WebSocket server endpoint (RFC 6455 handshake, then tungstenite echoing every message).
+fn websocket_echo(mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not a websocket request")));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                .await;
+        for _ in 0..1000 {
+            match ws.next().await {
+                Some(Ok(msg)) if msg.is_text() || msg.is_binary() => {
+                    if ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(msg)) if msg.is_close() => return,
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = r.headers_mut();
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = hyper::header::HeaderValue::from_str(&key) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    r
+}
+
+/// The config of a proxy whose SQL side points nowhere (unused) and whose HTTP side balances
+/// `servers`, each with its extra server keys; `http_extra` goes into `[http]`.
+pub fn balancer_config(servers: &[(&WebServer, &str)], http_extra: &str) -> String {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mut text = format!(
+        "[mysql]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n\n[http.health]\ninterval = \"100ms\"\nrise = 2\nfall = 3\n"
+    );
+    for (server, extra) in servers {
+        text += &format!(
+            "\n[[http.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
+            server.name, server.addr
+        );
+    }
+    text
 }
