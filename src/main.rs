@@ -16,14 +16,22 @@ struct Args {
     /// Validate this config file and exit: 0 when valid, 2 (listing every problem) otherwise.
     #[arg(long, value_name = "PATH", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// With --check-config: print the effective config (defaults filled in, `${VAR}`s
+    /// substituted, passwords masked).
+    #[arg(long, requires = "check_config")]
+    print_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
+            Ok(config) => {
+                if args.print_config {
+                    print!("{}", config.to_masked_toml());
+                } else {
+                    println!("{}: ok", path.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => report(&path, &e),

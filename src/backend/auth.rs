@@ -17,6 +17,15 @@ pub fn auth_response(plugin: &[u8], nonce: &[u8], password: &[u8]) -> Option<Vec
     }
 }
 
+/// mysql_native_password from SHA1(password) alone: SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw))).
+pub fn native_from_stage1(nonce: &[u8], stage1: &[u8; 20]) -> Vec<u8> {
+    use sha1::{Digest, Sha1};
+    let stage2 = Sha1::digest(stage1);
+    let nonce = nonce.strip_suffix(&[0]).unwrap_or(nonce);
+    let mask = Sha1::new().chain_update(nonce).chain_update(stage2).finalize();
+    stage1.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect()
+}
+
 /// caching_sha2_password full authentication without TLS: the password (NUL-terminated),
 /// XORed with the nonce, encrypted with the server's RSA public key.
 pub fn encrypt_password(password: &[u8], nonce: &[u8], pem: &[u8]) -> Option<Vec<u8>> {
@@ -48,6 +57,17 @@ mod tests {
         assert_eq!(auth_response(CACHING_SHA2, &nonce, b"pw").map(|v| v.len()), Some(32));
         assert_eq!(auth_response(NATIVE, &nonce, b""), Some(Vec::new()));
         assert_eq!(auth_response(b"dialog", &nonce, b"pw"), None);
+    }
+
+    #[test]
+    fn native_from_stage1_matches_the_password_scramble() {
+        use sha1::{Digest, Sha1};
+        let nonce = *b"abcdefghij0123456789";
+        let stage1: [u8; 20] = Sha1::digest(b"secret").into();
+        assert_eq!(
+            native_from_stage1(&nonce, &stage1),
+            auth_response(NATIVE, &nonce, b"secret").unwrap_or_default()
+        );
     }
 
     #[test]

@@ -63,6 +63,9 @@ impl BackendError {
 pub struct Login {
     pub user: String,
     pub password: String,
+    /// SHA1(password) when only the password hash is configured: enough for
+    /// mysql_native_password, not for plugins that need the password itself.
+    pub stage1: Option<[u8; 20]>,
     pub database: Option<String>,
     pub collation: u8,
     /// The capabilities negotiated with the client.
@@ -203,13 +206,15 @@ impl BackendConn {
         self.caps = caps;
         let nonce = handshake.nonce();
         let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();
-        let (plugin, data) = match auth::auth_response(&plugin, &nonce, login.password.as_bytes()) {
-            Some(data) => (plugin, data),
-            None => (
-                NATIVE.to_vec(),
-                auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default(),
-            ),
-        };
+        let (plugin, data) =
+            match (login.stage1, auth::auth_response(&plugin, &nonce, login.password.as_bytes())) {
+                (Some(stage1), _) => (NATIVE.to_vec(), auth::native_from_stage1(&nonce, &stage1)),
+                (None, Some(data)) => (plugin, data),
+                (None, None) => (
+                    NATIVE.to_vec(),
+                    auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default(),
+                ),
+            };
         let version = handshake.server_version_parsed().unwrap_or((5, 7, 0));
         let response = HandshakeResponse::new(
             Some(data),
@@ -253,8 +258,18 @@ impl BackendConn {
                         .map_err(|e| self.protocol(format!("bad auth switch: {e}")))?;
                     plugin = switch.auth_plugin().as_bytes().to_vec();
                     nonce = switch.plugin_data().to_vec();
-                    let data = auth::auth_response(&plugin, &nonce, password).ok_or_else(|| {
-                        self.protocol(format!("unsupported auth plugin {}", String::from_utf8_lossy(&plugin)))
+                    let data = match login.stage1 {
+                        Some(stage1) if plugin == NATIVE => Some(auth::native_from_stage1(&nonce, &stage1)),
+                        Some(_) => None,
+                        None => auth::auth_response(&plugin, &nonce, password),
+                    };
+                    let data = data.ok_or_else(|| {
+                        let plugin = String::from_utf8_lossy(&plugin);
+                        if login.stage1.is_some() {
+                            self.protocol(format!("the backend asks for {plugin}, which needs the password; this user is configured with password_hash only"))
+                        } else {
+                            self.protocol(format!("unsupported auth plugin {plugin}"))
+                        }
                     })?;
                     self.send(seq, &data).await?;
                 }

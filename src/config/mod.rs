@@ -3,13 +3,14 @@
 //! problems at once.
 
 mod duration;
+mod env;
 mod http;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use duration::parse_duration;
@@ -39,7 +40,7 @@ impl std::fmt::Display for Problem {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// On SIGTERM/SIGINT: how long sessions get to finish their transaction and HTTP requests
@@ -58,7 +59,7 @@ pub struct Config {
 }
 
 /// Backend health and replication-lag checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Checks run at all. Default `true`.
@@ -123,7 +124,7 @@ impl Default for MonitorConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AllReplicasDown {
     #[default]
@@ -133,13 +134,13 @@ pub enum AllReplicasDown {
 }
 
 /// The admin HTTP listener: `/metrics`, `/status`, `/health`, and the status page at `/`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: Spanned<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlConfig {
     /// Address the SQL proxy listens on, e.g. `"127.0.0.1:6033"`.
@@ -168,21 +169,44 @@ pub struct MysqlConfig {
     pub max_idle_connections: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
+    /// The password in clear. Default empty.
+    #[serde(default)]
     pub password: String,
+    /// Instead of `password`: the `mysql_native_password` hash as MySQL stores it
+    /// (`SELECT PASSWORD('…')`, `*` and 40 hex digits). Clients are checked against it, and
+    /// rwproxy logs in to backends with the hash stage the client's proof reveals, so backends
+    /// must use `mysql_native_password` for this user.
+    #[serde(default)]
+    pub password_hash: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+impl UserConfig {
+    /// SHA1(SHA1(password)) from `password_hash`, when it is well formed.
+    pub fn stage2(&self) -> Option<[u8; 20]> {
+        let hex = self.password_hash.as_deref()?.strip_prefix('*')?;
+        if hex.len() != 40 {
+            return None;
+        }
+        let mut out = [0u8; 20];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
     Replica,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,
@@ -195,7 +219,7 @@ pub struct BackendConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Reads round-robin over the primary as well as the replicas. Default `true`.
@@ -276,8 +300,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates; a parse error carries toml's line and column.
+    /// Substitutes `${VAR}`, then parses and validates; a parse error carries toml's line and
+    /// column.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let text = &env::substitute(text, |name| std::env::var(name).ok()).map_err(ConfigError::Invalid)?;
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let problems = config.validate(text);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
@@ -299,10 +325,25 @@ impl Config {
         }
         for (i, user) in m.users.iter().enumerate() {
             let dup = m.users[..i].iter().any(|u| u.get_ref().name == user.get_ref().name);
-            if user.get_ref().name.is_empty() || dup {
-                let msg = format!("user name {:?} is empty or repeated", user.get_ref().name);
+            let u = user.get_ref();
+            if u.name.is_empty() || dup {
+                let msg = format!("user name {:?} is empty or repeated", u.name);
                 report(format!("mysql.users[{i}].name"), line(user.span()), msg);
             }
+            if u.password_hash.is_some() && !u.password.is_empty() {
+                let msg = "give either password or password_hash, not both".to_string();
+                report(format!("mysql.users[{i}].password_hash"), line(user.span()), msg);
+            } else if u.password_hash.is_some() && u.stage2().is_none() {
+                let msg = "must be \"*\" and 40 hex digits, as SELECT PASSWORD('...') prints it".to_string();
+                report(format!("mysql.users[{i}].password_hash"), line(user.span()), msg);
+            }
+        }
+        let first_hashed = m.users.first().is_some_and(|u| u.get_ref().password_hash.is_some());
+        if self.monitor.enabled && self.monitor.password.is_none() && first_hashed {
+            let msg = "the monitor logs in with the first user's password, which is only a hash here; \
+                       set monitor.user and monitor.password"
+                .to_string();
+            report("monitor.password".into(), 1, msg);
         }
         self.validate_backends(&mut report, text);
         self.validate_monitor(&mut report, text);
@@ -406,6 +447,17 @@ impl Config {
         }
     }
 
+    /// The effective configuration (defaults filled in) as TOML, with passwords and password
+    /// hashes masked: what `--print-config` shows.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(value) => value,
+            Err(e) => return format!("# cannot print the config: {e}\n"),
+        };
+        mask_secrets(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+
     /// The monitor's login: its own, or the first client user's.
     pub fn monitor_login(&self) -> (String, String) {
         let first = self.mysql.users.first().map(Spanned::get_ref);
@@ -424,6 +476,25 @@ impl Config {
 
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.mysql.listen.get_ref().parse().ok()
+    }
+}
+
+/// Keys whose values are secrets.
+const SECRET_KEYS: [&str; 2] = ["password", "password_hash"];
+
+fn mask_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) && v.as_str().is_some_and(|s| !s.is_empty()) {
+                    *v = toml::Value::String("********".into());
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
     }
 }
 

@@ -38,6 +38,7 @@ impl Session {
             login: Login {
                 user: String::new(),
                 password: String::new(),
+                stage1: None,
                 database: None,
                 collation: handshake::DEFAULT_COLLATION,
                 client_caps: shared.caps,
@@ -82,12 +83,15 @@ impl Session {
     async fn authenticate(&mut self, login: ClientLogin) -> Result<(), SessionError> {
         let proof = self.native_proof(Some(&login.plugin), login.auth_data.clone()).await?;
         let user = self.shared.config.user(login.user.as_bytes()).cloned();
-        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof)) else {
+        let Some((user, credentials)) =
+            user.and_then(|u| handshake::verify_user(&self.salt, &u, &proof).map(|c| (u, c)))
+        else {
             self.deny(&login.user, !proof.is_empty()).await?;
             return Err(SessionError::AccessDenied(login.user));
         };
         self.login.user = user.name;
-        self.login.password = user.password;
+        self.login.password = credentials.password;
+        self.login.stage1 = credentials.stage1;
         self.login.database = login.database;
         self.login.collation = login.collation;
         self.login.client_caps = login.caps;
@@ -110,7 +114,9 @@ impl Session {
                 .ok_or(SessionError::Malformed("COM_CHANGE_USER"))?;
         let proof = self.native_proof(request.plugin.as_deref(), request.auth_data.clone()).await?;
         let user = self.shared.config.user(request.user.as_bytes()).cloned();
-        let Some(user) = user.filter(|u| handshake::verify_native(&self.salt, &u.password, &proof)) else {
+        let Some((user, credentials)) =
+            user.and_then(|u| handshake::verify_user(&self.salt, &u, &proof).map(|c| (u, c)))
+        else {
             self.deny(&request.user, !proof.is_empty()).await?;
             return Ok(Flow::Quit);
         };
@@ -118,7 +124,8 @@ impl Session {
         self.state.reset();
         self.stmts = Statements::default();
         self.login.user = user.name;
-        self.login.password = user.password;
+        self.login.password = credentials.password;
+        self.login.stage1 = credentials.stage1;
         self.login.database = request.database;
         if let Some(collation) = request.collation {
             self.login.collation = collation;

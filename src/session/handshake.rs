@@ -116,6 +116,35 @@ pub fn auth_switch(salt: &[u8; 20]) -> Vec<u8> {
     out
 }
 
+/// How rwproxy logs in to backends for a client that proved who it is.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub password: String,
+    /// SHA1(password), recovered from the client's proof when only the hash is configured.
+    pub stage1: Option<[u8; 20]>,
+}
+
+/// Checks a mysql_native_password response against the user's password or password hash.
+pub fn verify_user(salt: &[u8], user: &crate::config::UserConfig, response: &[u8]) -> Option<Credentials> {
+    let Some(stage2) = user.stage2() else {
+        return verify_native(salt, &user.password, response)
+            .then(|| Credentials { password: user.password.clone(), stage1: None });
+    };
+    // response = SHA1(pw) XOR SHA1(salt + SHA1(SHA1(pw))): XOR again to get SHA1(pw), whose
+    // SHA1 must be the stored hash.
+    use sha1::{Digest, Sha1};
+    if response.len() != 20 {
+        return None;
+    }
+    let mask = Sha1::new().chain_update(salt).chain_update(stage2).finalize();
+    let mut stage1 = [0u8; 20];
+    for (i, byte) in stage1.iter_mut().enumerate() {
+        *byte = response[i] ^ mask[i];
+    }
+    let check = Sha1::digest(stage1);
+    constant_time_eq(&check, &stage2).then_some(Credentials { password: String::new(), stage1: Some(stage1) })
+}
+
 /// Checks a mysql_native_password response against the configured password.
 pub fn verify_native(salt: &[u8], password: &str, response: &[u8]) -> bool {
     if password.is_empty() {
