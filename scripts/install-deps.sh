@@ -32,10 +32,11 @@ pip_install() {
 }
 
 if [ "${1:-}" = "--tests" ]; then
-  if ! python3 -c 'import pymysql, MySQLdb, pytest' 2>/dev/null; then
+  if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector' 2>/dev/null; then
     echo "installing: PyMySQL, mysqlclient, pytest"
-    pip_install pymysql mysqlclient pytest
-    python3 -c 'import pymysql, MySQLdb, pytest'
+    # mysql-connector-python: a client library that takes several hosts (failover).
+    pip_install pymysql mysqlclient pytest mysql-connector-python
+    python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector'
   fi
   # mysqlclient's own test suite ships only in its sdist: fetch the installed version's.
   suite="$(dirname "$0")/../target/mysqlclient-suite"

@@ -129,17 +129,18 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
             // Between commands: a shutdown closes a session that is outside a transaction
-            // (one inside finishes it first), and a reload is picked up.
+            // (one inside finishes it first).
             if *self.draining.borrow() && self.state.view.pinned.is_none() {
                 tracing::debug!(session = self.id, "closing for shutdown");
                 return Ok(());
             }
-            self.follow_reload().await;
             // Waiting on the buffer (not on a packet) loses nothing when a drain interrupts.
             tokio::select! {
                 filled = self.reader.fill_buf() => { filled?; }
                 _ = self.draining.changed() => continue,
             }
+            // The next command has arrived: it runs on the newest configuration if it can.
+            self.follow_reload().await;
             let max = self.shared.config.mysql.max_packet_size;
             let Some(packet) = packet::read_logical(&mut self.reader, max).await? else {
                 return Ok(());
