@@ -35,7 +35,7 @@ if [ "${1:-}" = "--tests" ]; then
   if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector' 2>/dev/null; then
     echo "installing: PyMySQL, mysqlclient, pytest"
     # mysql-connector-python: a client library that takes several hosts (failover).
-    pip_install pymysql mysqlclient pytest mysql-connector-python
+    pip_install pymysql mysqlclient pytest mysql-connector-python==26.10.0
     python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector'
   fi
   # mysqlclient's own test suite ships only in its sdist: fetch the installed version's.

@@ -1,0 +1,115 @@
+//! The `rwproxy` binary under signals: SIGHUP reloads the config file, SIGTERM drains.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::web::WebServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn config(http: u16, admin: u16, servers: &[(&WebServer, u32)]) -> String {
+    let dead = free_port();
+    let mut text = format!(
+        "shutdown_timeout = \"5s\"\n[mysql]\nlisten = \"127.0.0.1:0\"\n[[mysql.users]]\nname = \"app\"\npassword = \"${{RWPROXY_TEST_SECRET}}\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"127.0.0.1:{dead}\"\nrole = \"primary\"\n[monitor]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[http.health]\ninterval = \"100ms\"\n"
+    );
+    for (server, weight) in servers {
+        text += &format!(
+            "[[http.servers]]\nname = \"{}\"\naddress = \"{}\"\nweight = {weight}\n",
+            server.name, server.addr
+        );
+    }
+    text
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args([name, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_sigterm_drains_in_flight_requests() {
+    let (web1, web2) = (WebServer::start("web1").await, WebServer::start("web2").await);
+    let (http, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("rwproxy-signals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("rwproxy.toml");
+    std::fs::write(&path, config(http, admin, &[(&web1, 1)])).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwproxy"))
+        .arg("--config")
+        .arg(&path)
+        .env("RWPROXY_TEST_SECRET", "app")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rwproxy");
+    let mut up = false;
+    for _ in 0..100 {
+        if get(http, "/").await.is_some() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "rwproxy did not start listening");
+    assert_eq!(get(http, "/").await.map(|r| r.1), Some("web1".into()));
+
+    // SIGHUP: web2 joins with weight 3.
+    std::fs::write(&path, config(http, admin, &[(&web1, 1), (&web2, 3)])).expect("write");
+    signal(&child, "-HUP");
+    let mut joined = false;
+    for _ in 0..50 {
+        if get(http, "/").await.is_some_and(|r| r.1 == "web2") {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(joined, "web2 must take requests after SIGHUP");
+    let mut counts = (0, 0);
+    for _ in 0..8 {
+        match get(http, "/").await.map(|r| r.1).as_deref() {
+            Some("web1") => counts.0 += 1,
+            Some("web2") => counts.1 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(counts, (2, 6), "weights 1:3 after the reload");
+
+    // SIGTERM during a slow request: it finishes, then the process exits 0.
+    let slow = tokio::spawn(get(http, "/slow?ms=1000"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    signal(&child, "-TERM");
+    let (status, body) = slow.await.expect("join").expect("the in-flight request gets its answer");
+    assert!(status == 200 && body.ends_with(" slow"), "{status} {body}");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let status = status.expect("rwproxy must exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let _ = std::fs::remove_dir_all(&dir);
+}
