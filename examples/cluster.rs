@@ -28,8 +28,52 @@ async fn main() -> Result<(), String> {
         cluster.stop();
         return Ok(());
     }
+    // The web tier: two demo web servers behind rwproxy's HTTP balancer, when the demo web
+    // app is built next to this example (scripts/demo.sh builds both).
+    let demo_web = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("rwproxy-demo-web")))
+        .filter(|path| path.exists());
+    let http_listen = std::env::var("RWPROXY_HTTP").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let web_ports = [8001, 8002];
+    let admin = std::env::var("RWPROXY_ADMIN").unwrap_or_else(|_| "127.0.0.1:9090".into());
+    let text = text.replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"{admin}\""));
+    let text = match &demo_web {
+        Some(_) => format!(
+            "{text}\n[http]\nlisten = \"{http_listen}\"\n[[http.servers]]\nname = \"web1\"\naddress = \"127.0.0.1:{}\"\n[[http.servers]]\nname = \"web2\"\naddress = \"127.0.0.1:{}\"\n",
+            web_ports[0], web_ports[1]
+        ),
+        None => text,
+    };
+    std::fs::write(&path, &text).map_err(|e| e.to_string())?;
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     let proxy = rwproxy::proxy::start(config).await.map_err(|e| e.to_string())?;
+    let mut web_servers = Vec::new();
+    if let Some(binary) = &demo_web {
+        let database = format!(
+            "mysql://{}:{}@{}/{}",
+            cluster::APP_USER,
+            cluster::APP_PASSWORD,
+            proxy.sql_addr,
+            cluster::DATABASE
+        );
+        for (name, port) in ["web1", "web2"].iter().zip(web_ports) {
+            let child = std::process::Command::new(binary)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--name", name, "--database", &database])
+                .spawn()
+                .map_err(|e| format!("cannot start {name}: {e}"))?;
+            web_servers.push(child);
+        }
+        if let Some(http) = proxy.http_addr {
+            println!(
+                "web tier: http://{http}/  (web1 127.0.0.1:{}, web2 127.0.0.1:{})",
+                web_ports[0], web_ports[1]
+            );
+        }
+    }
+    if let Some(admin) = proxy.admin_addr {
+        println!("status page: http://{admin}/   metrics: http://{admin}/metrics");
+    }
     println!("rwproxy listening on {} (config: {})", proxy.sql_addr, path.display());
     println!(
         "try:  mariadb -h127.0.0.1 -P{} -u{} -p{} {}",
@@ -40,6 +84,10 @@ async fn main() -> Result<(), String> {
     );
     println!("press Ctrl-C to stop and clean up");
     let _ = tokio::signal::ctrl_c().await;
+    for mut child in web_servers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     drop(proxy);
     cluster.stop();
     Ok(())

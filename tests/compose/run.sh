@@ -20,7 +20,7 @@ for _ in $(seq 1 60); do
   fi
   sleep 1
 done
-root_sql='sh -c '"'"'exec mysql -uroot -p"$MYSQL_ROOT_PASSWORD" 2>/dev/null || exec mariadb -uroot -p"$MYSQL_ROOT_PASSWORD"'"'"
+root_sql="sh -c 'if command -v mysql >/dev/null; then exec mysql -uroot -p\"\$MYSQL_ROOT_PASSWORD\"; else exec mariadb -uroot -p\"\$MYSQL_ROOT_PASSWORD\"; fi'"
 RW_SQL=127.0.0.1:6033 RW_HTTP=127.0.0.1:8080 RW_ADMIN=127.0.0.1:9090 \
 RW_PASSWORD="${APP_PASSWORD:-app}" \
 RW_REPLICA1_SQL="docker compose exec -T replica1 $root_sql" \
