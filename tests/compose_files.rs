@@ -120,7 +120,7 @@ fn every_mounted_file_exists_for_both_database_flavors() {
             for flavor in ["mysql", "mariadb"] {
                 let volume = volume.replace("${DB_FLAVOR:-mysql}", flavor);
                 let path = volume.split(':').next().unwrap_or_default();
-                assert!(Path::new(ROOT).join(&path).exists(), "{name:?} mounts {path}, which is missing");
+                assert!(Path::new(ROOT).join(path).exists(), "{name:?} mounts {path}, which is missing");
             }
         }
     }
