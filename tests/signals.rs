@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::web::WebServer;
+use common::web::{WebServer, balancer_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
@@ -13,17 +13,14 @@ fn free_port() -> u16 {
 }
 
 fn config(http: u16, admin: u16, servers: &[(&WebServer, u32)]) -> String {
-    let dead = free_port();
-    let mut text = format!(
-        "shutdown_timeout = \"5s\"\n[mysql]\nlisten = \"127.0.0.1:0\"\n[[mysql.users]]\nname = \"app\"\npassword = \"${{RWPROXY_TEST_SECRET}}\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"127.0.0.1:{dead}\"\nrole = \"primary\"\n[monitor]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[http.health]\ninterval = \"100ms\"\n"
-    );
-    for (server, weight) in servers {
-        text += &format!(
-            "[[http.servers]]\nname = \"{}\"\naddress = \"{}\"\nweight = {weight}\n",
-            server.name, server.addr
-        );
-    }
-    text
+    let weights: Vec<String> = servers.iter().map(|(_, w)| format!("weight = {w}")).collect();
+    let servers: Vec<(&WebServer, &str)> =
+        servers.iter().zip(&weights).map(|((s, _), w)| (*s, w.as_str())).collect();
+    let text = balancer_config(&servers, "")
+        .replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""))
+        .replace("[http]\nlisten = \"127.0.0.1:0\"", &format!("[http]\nlisten = \"127.0.0.1:{http}\""))
+        .replace("password = \"app\"", "password = \"${RWPROXY_TEST_SECRET}\"");
+    format!("shutdown_timeout = \"5s\"\n{text}")
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
