@@ -269,7 +269,8 @@ async fn two_proxies_monitor_on_their_own_and_a_client_fails_over_between_them()
 async fn failover_client(ports: (u16, u16)) -> u16 {
     let script = r#"
 import sys, mysql.connector
-hosts = [{"host": "127.0.0.1", "port": int(p)} for p in sys.argv[1:3]]
+# Without priorities Connector/Python picks a host at random; with them, in order.
+hosts = [{"host": "127.0.0.1", "port": int(p), "priority": prio} for p, prio in zip(sys.argv[1:3], (100, 50))]
 conn = mysql.connector.connect(user="app", password="app", database="appdb", failover=hosts,
                                connection_timeout=5, use_pure=True)
 cur = conn.cursor()
