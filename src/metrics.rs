@@ -64,6 +64,9 @@ pub struct Metrics {
     backends: Vec<BackendSeries>,
     query_duration: Histogram,
     client_connections: Gauge,
+    /// `rwproxy_config_reloads_total{result}`: ok, failed.
+    reloads: [Counter; 2],
+    last_reload_ok: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,7 +84,10 @@ impl Metrics {
             .set_buckets(&BUCKETS)
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        Metrics::with_recorder(Arc::new(recorder), backends)
+        let metrics = Metrics::with_recorder(Arc::new(recorder), backends);
+        // The configuration the proxy started with loaded fine.
+        metrics.last_reload_ok.set(1.0);
+        metrics
     }
 
     /// The series for the backends of a reloaded configuration, in the same registry: a
@@ -97,6 +103,14 @@ impl Metrics {
                 .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
             client_connections: recorder
                 .register_gauge(&Key::from_name("rwproxy_client_connections"), &METADATA),
+            reloads: ["ok", "failed"].map(|result| {
+                recorder.register_counter(
+                    &Self::key("rwproxy_config_reloads_total", &[("result", result)]),
+                    &METADATA,
+                )
+            }),
+            last_reload_ok: recorder
+                .register_gauge(&Key::from_name("rwproxy_config_last_reload_successful"), &METADATA),
             backends: Vec::new(),
             recorder,
             handle,
@@ -177,6 +191,12 @@ impl Metrics {
             counter.increment(1);
         }
         self.query_duration.record(took.as_secs_f64());
+    }
+
+    /// One reload attempt (SIGHUP, `POST /reload`).
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].increment(1);
+        self.last_reload_ok.set(if ok { 1.0 } else { 0.0 });
     }
 
     pub fn client_connected(&self) {

@@ -43,12 +43,22 @@ impl Reloader {
 
     /// Reads the config file again and applies it; returns what changed.
     pub fn reload_file(&self) -> Result<Vec<String>, ReloadError> {
-        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
-        self.apply(Config::load(path)?)
+        let result = match self.path.as_ref() {
+            Some(path) => Config::load(path).map_err(ReloadError::from).and_then(|c| self.swap(c)),
+            None => Err(ReloadError::NoFile),
+        };
+        self.sql.current().metrics.reload(result.is_ok());
+        result
     }
 
     /// Applies `config`; on any error the running configuration stays as it was.
     pub fn apply(&self, config: Config) -> Result<Vec<String>, ReloadError> {
+        let result = self.swap(config);
+        self.sql.current().metrics.reload(result.is_ok());
+        result
+    }
+
+    fn swap(&self, config: Config) -> Result<Vec<String>, ReloadError> {
         let _serial = self.serial.try_lock().map_err(|_| ReloadError::Busy)?;
         let old = self.sql.current();
         check_fixed(&old.config, &config)?;

@@ -158,6 +158,14 @@ async fn an_invalid_reload_changes_nothing() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("removed"), "{body}");
     assert_eq!(proxy.backends().len(), 2);
+    let metrics = proxy.metrics().render(&proxy.backends());
+    for line in [
+        "rwproxy_config_reloads_total{result=\"failed\"} 3",
+        "rwproxy_config_reloads_total{result=\"ok\"} 1",
+        "rwproxy_config_last_reload_successful 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -123,7 +123,9 @@ pub async fn handle(
     https: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    // The request line is kept only when the access log will print it.
+    let logged = tracing::enabled!(target: "rwproxy::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let ending = match tokio::time::timeout(
         balancer.config.request_timeout,
         forward(req, peer, balancer, https),
@@ -142,14 +144,16 @@ pub async fn handle(
         server.metrics.duration.record(took.as_secs_f64());
     }
     // Arguments are only formatted when the access log is enabled.
-    tracing::info!(
-        target: "rwproxy::access",
-        "{peer} {} \"{method} {path}\" {} {:.1}ms {}",
-        server.map_or("-", |s| s.name.as_str()),
-        status.as_u16(),
-        took.as_secs_f64() * 1000.0,
-        ending.termination
-    );
+    if let Some((method, path)) = logged {
+        tracing::info!(
+            target: "rwproxy::access",
+            "{peer} {} \"{method} {path}\" {} {:.1}ms {}",
+            server.map_or("-", |s| s.name.as_str()),
+            status.as_u16(),
+            took.as_secs_f64() * 1000.0,
+            ending.termination
+        );
+    }
     ending.response
 }
 
@@ -200,12 +204,14 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
         let index = order[at];
         at += 1;
         let server = &balancer.servers.list[index];
-        let Ok(uri) = hyper::Uri::builder()
-            .scheme("http")
-            .authority(server.address.as_str())
-            .path_and_query(path.clone())
-            .build()
-        else {
+        let Some(authority) = server.authority.clone() else {
+            continue;
+        };
+        let mut uri_parts = hyper::http::uri::Parts::default();
+        uri_parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri_parts.authority = Some(authority);
+        uri_parts.path_and_query = Some(path.clone());
+        let Ok(uri) = hyper::Uri::from_parts(uri_parts) else {
             continue;
         };
         let mut upstream = Request::new(Full::new(body.clone()));

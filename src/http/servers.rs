@@ -14,6 +14,8 @@ use crate::router::{Balancer, RoundRobin};
 pub struct HttpServer {
     pub name: String,
     pub address: String,
+    /// `address` parsed once for request URIs; `None` when it is not a valid authority.
+    pub authority: Option<hyper::http::uri::Authority>,
     pub weight: u32,
     pub backup: bool,
     up: AtomicBool,
@@ -76,6 +78,7 @@ impl Servers {
                 Arc::new(HttpServer {
                     name: s.name.clone(),
                     address: s.address.clone(),
+                    authority: s.address.parse().ok(),
                     weight: s.weight.max(1),
                     backup: s.backup,
                     up: AtomicBool::new(up),
@@ -111,9 +114,11 @@ impl Servers {
                 self.least_loaded(&[a, b])
             }
         };
-        let mut order = vec![first];
-        order.extend(pool.iter().copied().filter(|&i| i != first));
-        order
+        // The pick first, the others after it in rotation order (one allocation per request).
+        if let Some(at) = pool.iter().position(|&i| i == first) {
+            pool.rotate_left(at);
+        }
+        pool
     }
 
     fn weighted_round_robin(&self, pool: &[usize]) -> usize {
