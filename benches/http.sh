@@ -18,7 +18,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-W1=$(free_port); W2=$(free_port); RW=$(free_port); HA=$(free_port); DEAD=$(free_port)
+W1=$(free_port); W2=$(free_port); RW=$(free_port); RW1=$(free_port); HA=$(free_port); DEAD=$(free_port)
 
 target/release/examples/web "127.0.0.1:$W1" web1 >/dev/null & pids+=($!)
 target/release/examples/web "127.0.0.1:$W2" web2 >/dev/null & pids+=($!)
@@ -44,6 +44,9 @@ name = "web2"
 address = "127.0.0.1:$W2"
 CFG
 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
+# The same with one worker thread (worker_threads = 1).
+{ echo "worker_threads = 1"; sed "s/127.0.0.1:$RW/127.0.0.1:$RW1/" "$work/rwproxy.toml"; } >"$work/rwproxy1.toml"
+RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy1.toml" 2>"$work/rwproxy1.log" & pids+=($!)
 cat >"$work/haproxy.cfg" <<CFG
 global
     maxconn 4096
@@ -73,5 +76,9 @@ run() {
   printf '%-10s %12s %10s\n' "$1" "$rps" "$p99"
 }
 run direct "$W1"
-run rwproxy "$RW"
-run haproxy "$HA"
+# Two rounds, interleaved: run-to-run noise on a shared 2-core machine is large.
+for _ in 1 2; do
+  run rwproxy "$RW"
+  run rwproxy-1t "$RW1"
+  run haproxy "$HA"
+done

@@ -40,16 +40,24 @@ fn main() -> ExitCode {
     let Some(path) = args.config else {
         return ExitCode::from(2);
     };
-    if let Err(e) = Config::load(&path) {
-        return report(&path, &e);
-    }
+    let threads = match Config::load(&path) {
+        Ok(config) => config.worker_threads,
+        Err(e) => return report(&path, &e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Like HAProxy's nbthread: 0 = one worker per core; 1 = everything on one thread, which
+    // saves cross-thread wake-ups where other processes share the cores.
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rwproxy: cannot start the runtime: {e}");

@@ -83,6 +83,9 @@ impl Reloader {
 
 /// Listeners are bound once; changing them needs a restart.
 fn check_fixed(old: &Config, new: &Config) -> Result<(), ReloadError> {
+    if old.worker_threads != new.worker_threads {
+        return Err(ReloadError::NeedsRestart("worker_threads"));
+    }
     if old.mysql.listen.get_ref() != new.mysql.listen.get_ref() {
         return Err(ReloadError::NeedsRestart("mysql.listen"));
     }

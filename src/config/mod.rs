@@ -48,6 +48,10 @@ pub struct Config {
     /// the first `[section]`.)
     #[serde(default = "default_shutdown_timeout", with = "duration::serde_str")]
     pub shutdown_timeout: Duration,
+    /// Worker threads of the runtime: 0 (default) = one per core, 1 = a single thread. A
+    /// top-level key; read at start only.
+    #[serde(default)]
+    pub worker_threads: usize,
     pub mysql: MysqlConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
