@@ -47,3 +47,34 @@ fn help_and_version() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--config") && help.contains("--check-config"), "{help}");
 }
+
+#[test]
+fn environment_variables_fill_the_config_and_print_config_masks_secrets() {
+    let dir = std::env::temp_dir().join(format!("rwproxy-cli-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("env.toml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rwproxy.toml"))
+        .expect("example")
+        .replacen("password = \"app\"", "password = \"${RWPROXY_CLI_SECRET}\"", 1);
+    assert!(text.contains("${RWPROXY_CLI_SECRET}"), "the example's first user must have password \"app\"");
+    std::fs::write(&path, text).expect("write");
+    let path = path.to_str().expect("utf-8 path");
+    let out = Command::new(env!("CARGO_BIN_EXE_rwproxy"))
+        .args(["--check-config", path, "--print-config"])
+        .env("RWPROXY_CLI_SECRET", "hunter2")
+        .output()
+        .expect("run");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!printed.contains("hunter2") && printed.contains("********"), "{printed}");
+    assert!(printed.contains("max_idle_connections = 16"), "defaults are printed: {printed}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rwproxy"))
+        .args(["--check-config", path])
+        .env_remove("RWPROXY_CLI_SECRET")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("${RWPROXY_CLI_SECRET}") && stderr.contains("not set"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

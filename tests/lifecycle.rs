@@ -300,3 +300,25 @@ print(conn.server_port)
     assert!(out.status.success(), "client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout.trim().parse().unwrap_or_else(|_| panic!("port expected, got {stdout:?}"))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn re_roling_a_backend_by_reload_moves_the_writes() {
+    let text = cluster().proxy_config("127.0.0.1:0");
+    let replica = &cluster().replicas()[0].name;
+    // replica1 declared the primary and the primary a replica: writes must now go to replica1.
+    let swapped = text
+        .replacen("role = \"primary\"", "role = \"swap\"", 1)
+        .replacen("role = \"replica\"", "role = \"primary\"", 1)
+        .replacen("role = \"swap\"", "role = \"replica\"", 1);
+    let proxy = start_proxy_with(&text).await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE IF NOT EXISTS re_role (id INT)").await.expect("write on the primary");
+    let changes = proxy.reloader.apply(Config::from_toml(&swapped).expect("valid")).expect("reload");
+    assert!(changes.iter().any(|c| c.contains(replica.as_str()) && c.contains("changed")), "{changes:?}");
+    assert_eq!(&proxy.backends().primary().name, replica);
+    // The same session's next write reaches replica1, which is read-only and says so.
+    let err = conn.query_drop("INSERT INTO re_role VALUES (1)").await.expect_err("replica1 is read-only");
+    assert!(err.to_string().contains("read-only") || err.to_string().contains("1290"), "{err}");
+    proxy.reloader.apply(Config::from_toml(&text).expect("valid")).expect("reload back");
+    conn.query_drop("INSERT INTO re_role VALUES (2)").await.expect("write on the real primary again");
+}
