@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::upstream::{UpstreamError, Upstreams};
 use super::{Balancer, HttpServer};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -121,6 +122,7 @@ pub async fn handle(
     peer: SocketAddr,
     balancer: &Balancer,
     https: bool,
+    upstreams: &Upstreams,
 ) -> Response<Body> {
     let started = Instant::now();
     // The request line is kept only when the access log will print it.
@@ -128,7 +130,7 @@ pub async fn handle(
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let ending = match tokio::time::timeout(
         balancer.config.request_timeout,
-        forward(req, peer, balancer, https),
+        forward(req, peer, balancer, https, upstreams),
     )
     .await
     {
@@ -157,7 +159,13 @@ pub async fn handle(
     ending.response
 }
 
-async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balancer, https: bool) -> Ending {
+async fn forward(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    balancer: &Balancer,
+    https: bool,
+    upstreams: &Upstreams,
+) -> Ending {
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = if hyper::body::Body::is_end_stream(&body) {
@@ -204,24 +212,20 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
         let index = order[at];
         at += 1;
         let server = &balancer.servers.list[index];
-        let Some(authority) = server.authority.clone() else {
-            continue;
-        };
-        let mut uri_parts = hyper::http::uri::Parts::default();
-        uri_parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri_parts.authority = Some(authority);
-        uri_parts.path_and_query = Some(path.clone());
-        let Ok(uri) = hyper::Uri::from_parts(uri_parts) else {
-            continue;
-        };
+        // Origin form: the server gets the path; Host stays the client's.
+        let uri = hyper::Uri::from(path.clone());
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = hyper::Version::HTTP_11;
         *upstream.headers_mut() = parts.headers.clone();
         let in_flight = InFlight::start(server.clone(), permit);
-        let sent =
-            tokio::time::timeout(balancer.config.response_timeout, balancer.client.request(upstream)).await;
+        let connect_timeout = balancer.config.connect_timeout;
+        let sent = tokio::time::timeout(
+            balancer.config.response_timeout,
+            upstreams.send(server, upstream, connect_timeout),
+        )
+        .await;
         match sent {
             Ok(Ok(mut response)) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -247,8 +251,8 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, balancer: &Balanc
                 };
             }
             // Nothing reached the server: any request may go to the next one.
-            Ok(Err(e)) if e.is_connect() => {
-                server.observe(false, &format!("connect failed: {e}"));
+            Ok(Err(e @ UpstreamError::Connect(_))) => {
+                server.observe(false, &e.to_string());
                 server.metrics.retries.increment(1);
             }
             Ok(Err(e)) => {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::upstream::Upstreams;
 use super::{HttpTier, forward};
 
 /// Accepts until told to drain; then waits for the connections it started to finish their
@@ -53,18 +54,26 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = tier.balancer().config.idle_timeout;
+    let upstreams = Arc::new(Upstreams::default());
+    let for_requests = upstreams.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let tier = tier.clone();
+        let (tier, upstreams) = (tier.clone(), for_requests.clone());
         async move {
             let balancer = tier.balancer();
-            Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer, https).await)
+            Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer, https, &upstreams).await)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(idle / 2).keep_alive_timeout(idle / 2);
     let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "HTTP client connection ended");
+    // The server connections of this client run in this task, beside it.
+    tokio::select! {
+        ended = watcher.watch(conn) => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "HTTP client connection ended");
+            }
+        }
+        () = upstreams.driver.run() => {}
     }
 }

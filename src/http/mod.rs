@@ -9,6 +9,7 @@ mod forward;
 mod listener;
 mod servers;
 pub mod tls;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,14 +31,11 @@ pub use servers::{HttpServer, Servers};
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 
-type UpstreamClient = Client<HttpConnector, http_body_util::Full<Bytes>>;
-
 /// One configuration of the balancer: replaced as a whole by a reload, while requests already
 /// running finish on the one they started with.
 pub struct Balancer {
     pub config: HttpConfig,
     pub servers: Servers,
-    client: UpstreamClient,
     tls: Option<TlsAcceptor>,
 }
 
@@ -56,12 +54,8 @@ impl Balancer {
             ),
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         let servers = Servers::new(&config, metrics, previous.map(|p| &p.servers));
-        Ok(Balancer { config, servers, client, tls })
+        Ok(Balancer { config, servers, tls })
     }
 }
 

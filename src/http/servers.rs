@@ -14,8 +14,6 @@ use crate::router::{Balancer, RoundRobin};
 pub struct HttpServer {
     pub name: String,
     pub address: String,
-    /// `address` parsed once for request URIs; `None` when it is not a valid authority.
-    pub authority: Option<hyper::http::uri::Authority>,
     pub weight: u32,
     pub backup: bool,
     up: AtomicBool,
@@ -78,7 +76,6 @@ impl Servers {
                 Arc::new(HttpServer {
                     name: s.name.clone(),
                     address: s.address.clone(),
-                    authority: s.address.parse().ok(),
                     weight: s.weight.max(1),
                     backup: s.backup,
                     up: AtomicBool::new(up),
