@@ -207,3 +207,37 @@ async fn graceful_shutdown_finishes_an_in_flight_slow_request() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(4), "shutdown waited for the request, not the deadline: {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_h2_streams_do_not_wait_for_each_other() {
+    let web1 = WebServer::start("web1").await;
+    let (cert, key, root) = test_certificate("streams");
+    let tls =
+        format!("tls = {{ cert = {:?}, key = {:?} }}", cert.display().to_string(), key.display().to_string());
+    let proxy = start_proxy_with(&balancer_config(&[(&web1, "")], &tls)).await;
+    let (stream, _) = tls_connect(proxy.http_addr.expect("http"), root, b"h2").await;
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2");
+    tokio::spawn(conn);
+    let get = |path: &'static str| {
+        let mut h2 = h2.clone();
+        async move {
+            let started = Instant::now();
+            let req =
+                Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new()).expect("req");
+            let resp = h2.send_request(req).await.expect("response");
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            (status, started.elapsed())
+        }
+    };
+    let slow = tokio::spawn(get("/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast: Vec<_> = (0..8).map(|_| tokio::spawn(get("/"))).collect();
+    for f in fast {
+        let (status, took) = f.await.expect("join");
+        assert_eq!(status, 200);
+        assert!(took < Duration::from_millis(1000), "a stream waited behind the slow one: {took:?}");
+    }
+    assert_eq!(slow.await.expect("join").0, 200);
+}

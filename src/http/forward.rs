@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::upstream::{UpstreamError, Upstreams};
+use super::upstream::{Lease, UpstreamError, Upstreams};
 use super::{Balancer, HttpServer};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -122,7 +122,7 @@ pub async fn handle(
     peer: SocketAddr,
     balancer: &Balancer,
     https: bool,
-    upstreams: &Upstreams,
+    upstreams: &Arc<Upstreams>,
 ) -> Response<Body> {
     let started = Instant::now();
     // The request line is kept only when the access log will print it.
@@ -164,7 +164,7 @@ async fn forward(
     peer: SocketAddr,
     balancer: &Balancer,
     https: bool,
-    upstreams: &Upstreams,
+    upstreams: &Arc<Upstreams>,
 ) -> Ending {
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -227,11 +227,12 @@ async fn forward(
         )
         .await;
         match sent {
-            Ok(Ok(mut response)) => {
+            Ok(Ok((mut response, lease))) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_side) = client_upgrade.take()
                 {
                     splice_upgraded(client_side, hyper::upgrade::on(&mut response));
+                    lease.upgraded();
                     drop(in_flight);
                     return Ending {
                         response: response.map(|b| b.boxed()),
@@ -243,7 +244,7 @@ async fn forward(
                 strip_hop_by_hop(&mut head.headers);
                 let termination = if retried { "-R" } else { "--" };
                 // The request counts as in flight until its body has been relayed.
-                let body = Guarded { inner: body.boxed(), _in_flight: in_flight };
+                let body = Guarded { inner: body.boxed(), _in_flight: in_flight, _lease: lease };
                 return Ending {
                     response: Response::from_parts(head, body.boxed()),
                     server: Some(index),
@@ -337,6 +338,8 @@ impl Drop for InFlight {
 struct Guarded {
     inner: Body,
     _in_flight: InFlight,
+    /// The server connection, lent until the body has been relayed.
+    _lease: Lease,
 }
 
 impl hyper::body::Body for Guarded {

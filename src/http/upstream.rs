@@ -83,12 +83,14 @@ fn identity(server: &Arc<HttpServer>) -> usize {
 impl Upstreams {
     /// Sends `req` to `server` on an idle connection, or a new one. A reused connection that
     /// turns out closed before the request went out is replaced transparently.
+    /// The [`Lease`] gives the connection back when dropped: drop it once the response body
+    /// has been relayed, so a concurrent request (h2) never queues behind a streaming body.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         server: &Arc<HttpServer>,
         mut req: Request<Full<Bytes>>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         // Bounded: at most one stale idle connection per idle slot, then a fresh one.
         for _ in 0..=MAX_IDLE {
             let (mut sender, reused) = match self.take_idle(server) {
@@ -100,8 +102,8 @@ impl Upstreams {
             }
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    self.put_idle(server, sender);
-                    return Ok(response);
+                    let lease = Lease { home: self.clone(), key: identity(server), sender: Some(sender) };
+                    return Ok((response, lease));
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: the kept-alive connection was closed by the server meanwhile.
@@ -121,13 +123,12 @@ impl Upstreams {
         Some(idle.swap_remove(at).1)
     }
 
-    /// Back to idle once answered: the next request waits in `ready()` until this response's
-    /// body has gone through.
-    fn put_idle(&self, server: &Arc<HttpServer>, sender: Sender) {
+    fn put_idle(&self, key: usize, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
+            && !sender.is_closed()
         {
-            idle.push((identity(server), sender));
+            idle.push((key, sender));
         }
     }
 
@@ -148,5 +149,27 @@ impl Upstreams {
             }
         });
         Ok(sender)
+    }
+}
+
+/// A server connection lent to one request; back to the idle list when dropped.
+pub struct Lease {
+    home: Arc<Upstreams>,
+    key: usize,
+    sender: Option<Sender>,
+}
+
+impl Lease {
+    /// The connection was taken over by an upgrade (WebSocket): it never comes back.
+    pub fn upgraded(mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.home.put_idle(self.key, sender);
+        }
     }
 }
