@@ -70,14 +70,10 @@ impl Driver {
 /// One client connection's server connections.
 #[derive(Default)]
 pub struct Upstreams {
-    /// (server identity, sender): the identity is the server's allocation, so a reload that
-    /// replaces a server also retires its connections.
-    idle: Mutex<Vec<(usize, Sender)>>,
+    /// Idle connections with the server they go to (matched by address, so they survive a
+    /// reload that keeps the server).
+    idle: Mutex<Vec<(Arc<HttpServer>, Sender)>>,
     pub driver: Driver,
-}
-
-fn identity(server: &Arc<HttpServer>) -> usize {
-    Arc::as_ptr(server) as usize
 }
 
 impl Upstreams {
@@ -102,7 +98,7 @@ impl Upstreams {
             }
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    let lease = Lease { home: self.clone(), key: identity(server), sender: Some(sender) };
+                    let lease = Lease { home: self.clone(), server: server.clone(), sender: Some(sender) };
                     return Ok((response, lease));
                 }
                 Err(mut e) => match e.take_message() {
@@ -117,18 +113,17 @@ impl Upstreams {
 
     fn take_idle(&self, server: &Arc<HttpServer>) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        let key = identity(server);
         idle.retain(|(_, s)| !s.is_closed());
-        let at = idle.iter().position(|(k, _)| *k == key)?;
+        let at = idle.iter().position(|(to, _)| to.address == server.address)?;
         Some(idle.swap_remove(at).1)
     }
 
-    fn put_idle(&self, key: usize, sender: Sender) {
+    fn put_idle(&self, server: Arc<HttpServer>, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
             && !sender.is_closed()
         {
-            idle.push((key, sender));
+            idle.push((server, sender));
         }
     }
 
@@ -155,7 +150,7 @@ impl Upstreams {
 /// A server connection lent to one request; back to the idle list when dropped.
 pub struct Lease {
     home: Arc<Upstreams>,
-    key: usize,
+    server: Arc<HttpServer>,
     sender: Option<Sender>,
 }
 
@@ -169,7 +164,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
-            self.home.put_idle(self.key, sender);
+            self.home.put_idle(self.server.clone(), sender);
         }
     }
 }
