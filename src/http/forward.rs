@@ -1,6 +1,5 @@
 //! Forwarding one request: body limit, forwarding headers, server choice, redispatch and retry.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,27 +10,16 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::headers::{ClientAddr, add_forwarding, strip_for_forwarding, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Lease, UpstreamError, Upstreams};
 use super::{Balancer, HttpServer};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let body = Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}).boxed();
@@ -39,62 +27,6 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
-}
-
-/// Whether the request asks to switch protocols (WebSocket and the like).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-}
-
-/// Removes hop-by-hop headers; an upgrade keeps `Connection: upgrade` and `Upgrade`, which the
-/// server needs to see.
-fn strip_for_forwarding(headers: &mut HeaderMap) {
-    let upgrade = wants_upgrade(headers).then(|| headers.get(header::UPGRADE).cloned()).flatten();
-    strip_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
-/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
-fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
-    let proto = if https { "https" } else { "http" };
-    let client = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.clone(),
-    };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let for_part = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
-    let forwarded = format!("for={for_part};proto={proto};host=\"{host}\"");
-    for (name, value) in [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_string()),
-        ("x-forwarded-host", host),
-        ("forwarded", forwarded),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -119,9 +51,8 @@ fn ended(status: StatusCode, text: &str, server: Option<usize>, termination: &'s
 /// Forwards one request and writes its access-log line.
 pub async fn handle(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     balancer: &Balancer,
-    https: bool,
     upstreams: &Arc<Upstreams>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -130,7 +61,7 @@ pub async fn handle(
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let ending = match tokio::time::timeout(
         balancer.config.request_timeout,
-        forward(req, peer, balancer, https, upstreams),
+        forward(req, client, balancer, upstreams),
     )
     .await
     {
@@ -149,7 +80,8 @@ pub async fn handle(
     if let Some((method, path)) = logged {
         tracing::info!(
             target: "rwproxy::access",
-            "{peer} {} \"{method} {path}\" {} {:.1}ms {}",
+            "{} {} \"{method} {path}\" {} {:.1}ms {}",
+            client.peer,
             server.map_or("-", |s| s.name.as_str()),
             status.as_u16(),
             took.as_secs_f64() * 1000.0,
@@ -161,9 +93,8 @@ pub async fn handle(
 
 async fn forward(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     balancer: &Balancer,
-    https: bool,
     upstreams: &Arc<Upstreams>,
 ) -> Ending {
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -187,7 +118,7 @@ async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     strip_for_forwarding(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer, https);
+    add_forwarding(&mut parts.headers, client);
     let mut client_upgrade = client_upgrade;
     let path = parts
         .uri

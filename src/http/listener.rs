@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::headers::ClientAddr;
 use super::upstream::Upstreams;
 use super::{HttpTier, forward};
 
@@ -56,11 +57,12 @@ where
     let idle = tier.balancer().config.idle_timeout;
     let upstreams = Arc::new(Upstreams::default());
     let for_requests = upstreams.clone();
+    let client = Arc::new(ClientAddr::new(peer, https));
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let (tier, upstreams) = (tier.clone(), for_requests.clone());
+        let (tier, upstreams, client) = (tier.clone(), for_requests.clone(), client.clone());
         async move {
             let balancer = tier.balancer();
-            Ok::<_, std::convert::Infallible>(forward::handle(req, peer, &balancer, https, &upstreams).await)
+            Ok::<_, std::convert::Infallible>(forward::handle(req, &client, &balancer, &upstreams).await)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

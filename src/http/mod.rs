@@ -6,6 +6,7 @@
 //! shutdown and configuration reload.
 
 mod forward;
+mod headers;
 mod listener;
 mod servers;
 pub mod tls;
