@@ -59,15 +59,10 @@ pub async fn handle(
     // The request line is kept only when the access log will print it.
     let logged = tracing::enabled!(target: "rwproxy::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let ending = match tokio::time::timeout(
-        balancer.config.request_timeout,
-        forward(req, client, balancer, upstreams),
-    )
-    .await
-    {
-        Ok(ending) => ending,
-        Err(_) => ended(StatusCode::GATEWAY_TIMEOUT, "the request timed out", None, "sT"),
-    };
+    // One deadline for the whole request, checked by every wait inside (body, queue, server):
+    // one timer per wait instead of an extra one around the request.
+    let deadline = tokio::time::Instant::from_std(started) + balancer.config.request_timeout;
+    let ending = forward(req, client, balancer, upstreams, deadline).await;
     let took = started.elapsed();
     let status = ending.response.status();
     let server = ending.server.and_then(|i| balancer.servers.list.get(i));
@@ -96,18 +91,25 @@ async fn forward(
     client: &ClientAddr,
     balancer: &Balancer,
     upstreams: &Arc<Upstreams>,
+    deadline: tokio::time::Instant,
 ) -> Ending {
+    let timed_out = || ended(StatusCode::GATEWAY_TIMEOUT, "the request timed out", None, "sT");
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = if hyper::body::Body::is_end_stream(&body) {
         Bytes::new()
     } else {
-        match Limited::new(body, balancer.config.max_body_size).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        match tokio::time::timeout_at(deadline, Limited::new(body, balancer.config.max_body_size).collect())
+            .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 return ended(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", None, "PR");
             }
-            Err(_) => return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR"),
+            Ok(Err(_)) => {
+                return ended(StatusCode::BAD_REQUEST, "could not read the request body", None, "CR");
+            }
+            Err(_) => return timed_out(),
         }
     };
     // An h2 request carries the host in its URI only; servers behind us speak HTTP/1.1.
@@ -129,7 +131,7 @@ async fn forward(
     let mut order = balancer.servers.order();
     let mut at = 0;
     while at < order.len() {
-        let permit = match take_slot(balancer, &mut order, at).await {
+        let permit = match take_slot(balancer, &mut order, at, deadline).await {
             Ok(permit) => permit,
             Err(index) => {
                 return ended(
@@ -152,11 +154,10 @@ async fn forward(
         *upstream.headers_mut() = parts.headers.clone();
         let in_flight = InFlight::start(server.clone(), permit);
         let connect_timeout = balancer.config.connect_timeout;
-        let sent = tokio::time::timeout(
-            balancer.config.response_timeout,
-            upstreams.send(server, upstream, connect_timeout),
-        )
-        .await;
+        let attempt_deadline = (tokio::time::Instant::now() + balancer.config.response_timeout).min(deadline);
+        let sent =
+            tokio::time::timeout_at(attempt_deadline, upstreams.send(server, upstream, connect_timeout))
+                .await;
         match sent {
             Ok(Ok((mut response, lease))) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -215,6 +216,7 @@ async fn take_slot(
     balancer: &Balancer,
     order: &mut [usize],
     at: usize,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<OwnedSemaphorePermit>, usize> {
     let list = &balancer.servers.list;
     let slots = |i: usize| list[i].slots.clone();
@@ -237,7 +239,8 @@ async fn take_slot(
             Some(Err(_)) => {}
         }
     }
-    match tokio::time::timeout(balancer.config.queue_timeout, first.acquire_owned()).await {
+    let until = (tokio::time::Instant::now() + balancer.config.queue_timeout).min(deadline);
+    match tokio::time::timeout_at(until, first.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(Some(permit)),
         _ => Err(order[at]),
     }
