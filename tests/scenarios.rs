@@ -6,11 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{cluster, start_proxy_with};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
+use common::{cluster, free_port, start_proxy_with};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_scenarios_pass_on_the_local_cluster() {

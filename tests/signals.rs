@@ -6,11 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::web::{WebServer, balancer_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
+use common::{free_port, try_http};
 
 fn config(http: u16, admin: u16, servers: &[(&WebServer, u32)]) -> String {
     let weights: Vec<String> = servers.iter().map(|(_, w)| format!("weight = {w}")).collect();
@@ -24,14 +20,7 @@ fn config(http: u16, admin: u16, servers: &[(&WebServer, u32)]) -> String {
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+    try_http(([127, 0, 0, 1], port).into(), "GET", path).await
 }
 
 fn signal(child: &Child, name: &str) {

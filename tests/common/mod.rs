@@ -64,18 +64,36 @@ pub async fn replicated() {
         .expect("replication caught up");
 }
 
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+/// One plain HTTP/1.1 request without a body on its own connection: the status code and the
+/// body, or `None` when nothing (or no HTTP answer) came back within ten seconds.
+pub async fn try_http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to admin");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read response");
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// A plain HTTP/1.1 GET that must be answered; returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    try_http(addr, "GET", path).await.unwrap_or_else(|| panic!("no HTTP answer from {addr} for {path}"))
+}
+
+/// A loopback port that was free a moment ago (for listeners whose address must be known
+/// before they start, like a config file for the rwproxy binary).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `probe` every 50 ms until it returns true or `limit` passes; returns the time taken.
