@@ -13,57 +13,12 @@ CONNECTIONS=${2:-64}
 bash scripts/install-deps.sh --bench
 cargo build --release --quiet --bin rwproxy --example web
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-W1=$(free_port); W2=$(free_port); RW=$(free_port); RW1=$(free_port); HA=$(free_port); DEAD=$(free_port)
-
-target/release/examples/web "127.0.0.1:$W1" web1 >/dev/null & pids+=($!)
-target/release/examples/web "127.0.0.1:$W2" web2 >/dev/null & pids+=($!)
-cat >"$work/rwproxy.toml" <<CFG
-[mysql]
-listen = "127.0.0.1:0"
-[[mysql.users]]
-name = "unused"
-password = "unused"
-[[mysql.backends]]
-name = "unused"
-address = "127.0.0.1:$DEAD"
-role = "primary"
-[monitor]
-enabled = false
-[http]
-listen = "127.0.0.1:$RW"
-[[http.servers]]
-name = "web1"
-address = "127.0.0.1:$W1"
-[[http.servers]]
-name = "web2"
-address = "127.0.0.1:$W2"
-CFG
+source benches/http-setup.sh
+RW1=$(free_port)
 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
 # The same with one worker thread (worker_threads = 1).
 { echo "worker_threads = 1"; sed "s/127.0.0.1:$RW/127.0.0.1:$RW1/" "$work/rwproxy.toml"; } >"$work/rwproxy1.toml"
 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy1.toml" 2>"$work/rwproxy1.log" & pids+=($!)
-cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend web
-    bind 127.0.0.1:$HA
-    default_backend servers
-backend servers
-    balance roundrobin
-    server web1 127.0.0.1:$W1
-    server web2 127.0.0.1:$W2
-CFG
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 sleep 1
 
