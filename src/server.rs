@@ -2,6 +2,7 @@
 //! (a [`Shared`], replaced whole by a reload), the monitor of its backends, the count of
 //! running sessions and the drain signal of a graceful shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::session::{self, Shared};
@@ -36,7 +37,12 @@ pub struct SqlTier {
     monitor: Mutex<Vec<JoinHandle<()>>>,
     sessions: AtomicUsize,
     next_id: AtomicU32,
+    /// Tells the accept loop to stop.
     draining: watch::Sender<bool>,
+    /// One sender per running session, dropped to tell it to close at its next transaction
+    /// boundary. Each session waits on its own channel: nothing shared is touched per command.
+    /// `None` once draining.
+    kicks: Mutex<Option<HashMap<u32, oneshot::Sender<()>>>>,
 }
 
 impl std::fmt::Debug for SqlTier {
@@ -60,6 +66,7 @@ impl SqlTier {
             sessions: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
             draining: watch::channel(false).0,
+            kicks: Mutex::new(Some(HashMap::new())),
         }
     }
 
@@ -88,15 +95,12 @@ impl SqlTier {
         self.sessions.load(Ordering::Relaxed)
     }
 
-    /// Tells sessions to end at their next transaction boundary.
-    pub fn draining(&self) -> watch::Receiver<bool> {
-        self.draining.subscribe()
-    }
-
     /// Asks every session to close once it is outside a transaction and waits until all have,
     /// or `deadline` passed; returns how many were still running then.
     pub async fn drain(&self, deadline: Duration) -> usize {
         let _ = self.draining.send(true);
+        // Dropping the senders wakes every session.
+        drop(self.kicks.lock().ok().and_then(|mut kicks| kicks.take()));
         let until = Instant::now() + deadline;
         let polls = deadline.as_millis() / 20 + 1;
         for _ in 0..polls {
@@ -119,30 +123,46 @@ impl SqlTier {
 }
 
 /// Counts a session as running for as long as it lives.
-pub struct Running(Arc<SqlTier>);
+pub struct Running {
+    tier: Arc<SqlTier>,
+    id: u32,
+}
 
 impl Running {
-    pub fn start(tier: Arc<SqlTier>) -> (Running, u32) {
+    /// Registers a session: its id, and the receiver that completes when the proxy drains
+    /// (at once if it already is).
+    pub fn start(tier: Arc<SqlTier>) -> (Running, u32, oneshot::Receiver<()>) {
         tier.sessions.fetch_add(1, Ordering::Relaxed);
         let id = tier.next_id.fetch_add(1, Ordering::Relaxed);
-        (Running(tier), id)
+        let (kick, kicked) = oneshot::channel();
+        if let Ok(mut kicks) = tier.kicks.lock()
+            && let Some(kicks) = kicks.as_mut()
+        {
+            kicks.insert(id, kick);
+        }
+        (Running { tier, id }, id, kicked)
     }
 
     pub fn tier(&self) -> &Arc<SqlTier> {
-        &self.0
+        &self.tier
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut kicks) = self.tier.kicks.lock()
+            && let Some(kicks) = kicks.as_mut()
+        {
+            kicks.remove(&self.id);
+        }
+        self.tier.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Accepts SQL clients until the task is aborted or the tier drains; each client runs in
 /// its own task.
 pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
-    let mut draining = tier.draining();
+    let mut draining = tier.draining.subscribe();
     loop {
         tokio::select! {
             (stream, peer) = next_connection(&listener, "sql") => {

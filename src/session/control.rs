@@ -24,9 +24,9 @@ impl Session {
         peer: SocketAddr,
         id: u32,
         running: Running,
+        kick: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Session, SessionError> {
         let shared = running.tier().current();
-        let draining = running.tier().draining();
         let (r, w) = stream.into_split();
         let backends = shared.router.backends().len();
         let mut session = Session {
@@ -50,7 +50,8 @@ impl Session {
             seq: 0,
             shared,
             running,
-            draining,
+            kick,
+            draining: false,
         };
         let greeting =
             handshake::greeting(&session.shared.server_version, id, &session.salt, session.shared.caps);

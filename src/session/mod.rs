@@ -81,7 +81,9 @@ pub struct Session {
     shared: Arc<Shared>,
     /// Keeps the session counted; leads to the current configuration after a reload.
     running: Running,
-    draining: tokio::sync::watch::Receiver<bool>,
+    /// Completes when the proxy drains (see [`Running::start`]).
+    kick: tokio::sync::oneshot::Receiver<()>,
+    draining: bool,
     peer: SocketAddr,
     reader: ClientReader,
     writer: ClientWriter,
@@ -104,10 +106,10 @@ enum Flow {
 /// only itself.
 pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
     let _ = stream.set_nodelay(true);
-    let (running, id) = Running::start(tier);
+    let (running, id, kick) = Running::start(tier);
     let metrics = running.tier().current().metrics.clone();
     metrics.client_connected();
-    let result = match Session::accept(stream, peer, id, running).await {
+    let result = match Session::accept(stream, peer, id, running, kick).await {
         Ok(mut session) => {
             let served = session.serve().await;
             session.release_connections().await;
@@ -130,14 +132,19 @@ impl Session {
         loop {
             // Between commands: a shutdown closes a session that is outside a transaction
             // (one inside finishes it first).
-            if *self.draining.borrow() && self.state.view.pinned.is_none() {
+            if self.draining && self.state.view.pinned.is_none() {
                 tracing::debug!(session = self.id, "closing for shutdown");
                 return Ok(());
             }
             // Waiting on the buffer (not on a packet) loses nothing when a drain interrupts.
-            tokio::select! {
-                filled = self.reader.fill_buf() => { filled?; }
-                _ = self.draining.changed() => continue,
+            if !self.draining {
+                tokio::select! {
+                    filled = self.reader.fill_buf() => { filled?; }
+                    _ = &mut self.kick => {
+                        self.draining = true;
+                        continue;
+                    }
+                }
             }
             // The next command has arrived: it runs on the newest configuration if it can.
             self.follow_reload().await;
