@@ -57,7 +57,7 @@ impl Proxy {
         self.sql.current().metrics.clone()
     }
 
-    /// The HTTP balancer's current configuration. Panics without `[http]`: for tests.
+    /// The HTTP balancer's current configuration; `None` without `[http]`.
     pub fn balancer(&self) -> Option<Arc<crate::http::Balancer>> {
         self.http.as_ref().map(|h| h.balancer())
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -40,24 +41,29 @@ async fn connection(stream: TcpStream, peer: SocketAddr, tier: Arc<HttpTier>, wa
     let balancer = tier.balancer();
     let idle = balancer.config.idle_timeout;
     let Some(acceptor) = balancer.tls.clone() else {
-        return serve_io(TokioIo::new(stream), peer, tier, false, watcher).await;
+        return serve_io(TokioIo::new(stream), ClientAddr::new(peer, false), idle, tier, watcher).await;
     };
     drop(balancer);
     match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_io(TokioIo::new(tls), peer, tier, true, watcher).await,
+        Ok(Ok(tls)) => serve_io(TokioIo::new(tls), ClientAddr::new(peer, true), idle, tier, watcher).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
-async fn serve_io<I>(io: TokioIo<I>, peer: SocketAddr, tier: Arc<HttpTier>, https: bool, watcher: Watcher)
-where
+async fn serve_io<I>(
+    io: TokioIo<I>,
+    client: ClientAddr,
+    idle: Duration,
+    tier: Arc<HttpTier>,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle = tier.balancer().config.idle_timeout;
+    let peer = client.peer;
     let upstreams = Arc::new(Upstreams::default());
     let for_requests = upstreams.clone();
-    let client = Arc::new(ClientAddr::new(peer, https));
+    let client = Arc::new(client);
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let (tier, upstreams, client) = (tier.clone(), for_requests.clone(), client.clone());
         async move {
