@@ -20,6 +20,7 @@ pub mod admin;
 pub mod backend;
 pub mod classifier;
 pub mod config;
+pub mod drain;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

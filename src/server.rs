@@ -2,17 +2,16 @@
 //! (a [`Shared`], replaced whole by a reload), the monitor of its backends, the count of
 //! running sessions and the drain signal of a graceful shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::drain::{Drain, Member};
 use crate::session::{self, Shared};
 
 /// The next connection. Accept errors (running out of file descriptors, a connection reset
@@ -35,14 +34,10 @@ pub struct SqlTier {
     pub addr: SocketAddr,
     current: ArcSwap<Shared>,
     monitor: Mutex<Vec<JoinHandle<()>>>,
-    sessions: AtomicUsize,
-    next_id: AtomicU32,
     /// Tells the accept loop to stop.
     draining: watch::Sender<bool>,
-    /// One sender per running session, dropped to tell it to close at its next transaction
-    /// boundary. Each session waits on its own channel: nothing shared is touched per command.
-    /// `None` once draining.
-    kicks: Mutex<Option<HashMap<u32, oneshot::Sender<()>>>>,
+    /// The running sessions, told to close at their next transaction boundary on shutdown.
+    sessions: Arc<Drain>,
 }
 
 impl std::fmt::Debug for SqlTier {
@@ -63,10 +58,8 @@ impl SqlTier {
             addr,
             current: ArcSwap::from_pointee(shared),
             monitor: Mutex::new(monitor),
-            sessions: AtomicUsize::new(0),
-            next_id: AtomicU32::new(1),
             draining: watch::channel(false).0,
-            kicks: Mutex::new(Some(HashMap::new())),
+            sessions: Arc::new(Drain::default()),
         }
     }
 
@@ -92,25 +85,16 @@ impl SqlTier {
     }
 
     pub fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::Relaxed)
+        self.sessions.running()
     }
 
     /// Asks every session to close once it is outside a transaction and waits until all have,
     /// or `deadline` passed; returns how many were still running then.
     pub async fn drain(&self, deadline: Duration) -> usize {
         let _ = self.draining.send(true);
-        // Dropping the senders wakes every session.
-        drop(self.kicks.lock().ok().and_then(|mut kicks| kicks.take()));
-        let until = Instant::now() + deadline;
-        let polls = deadline.as_millis() / 20 + 1;
-        for _ in 0..polls {
-            if self.sessions() == 0 || Instant::now() >= until {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = self.sessions.drain(deadline).await;
         self.stop_monitor();
-        self.sessions()
+        left
     }
 
     pub fn stop_monitor(&self) {
@@ -125,37 +109,19 @@ impl SqlTier {
 /// Counts a session as running for as long as it lives.
 pub struct Running {
     tier: Arc<SqlTier>,
-    id: u32,
+    _member: Member,
 }
 
 impl Running {
     /// Registers a session: its id, and the receiver that completes when the proxy drains
     /// (at once if it already is).
     pub fn start(tier: Arc<SqlTier>) -> (Running, u32, oneshot::Receiver<()>) {
-        tier.sessions.fetch_add(1, Ordering::Relaxed);
-        let id = tier.next_id.fetch_add(1, Ordering::Relaxed);
-        let (kick, kicked) = oneshot::channel();
-        if let Ok(mut kicks) = tier.kicks.lock()
-            && let Some(kicks) = kicks.as_mut()
-        {
-            kicks.insert(id, kick);
-        }
-        (Running { tier, id }, id, kicked)
+        let (member, id, kicked) = tier.sessions.join();
+        (Running { tier, _member: member }, id, kicked)
     }
 
     pub fn tier(&self) -> &Arc<SqlTier> {
         &self.tier
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(mut kicks) = self.tier.kicks.lock()
-            && let Some(kicks) = kicks.as_mut()
-        {
-            kicks.remove(&self.id);
-        }
-        self.tier.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -11,13 +10,12 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
+use super::Balancer;
+use super::dispatch::{self, InFlight, idempotent, record, take_slot};
 use super::headers::{ClientAddr, add_forwarding, strip_for_forwarding, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Lease, UpstreamError, Upstreams};
-use super::{Balancer, HttpServer};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -27,13 +25,6 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
-}
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// How a request ended, for the access log (after HAProxy's termination states: the side
@@ -57,32 +48,14 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     // The request line is kept only when the access log will print it.
-    let logged = tracing::enabled!(target: "rwproxy::access", tracing::Level::INFO)
-        .then(|| (req.method().clone(), req.uri().path().to_string()));
+    let logged = dispatch::logging().then(|| (req.method().clone(), req.uri().path().to_string()));
     // One deadline for the whole request, checked by every wait inside (body, queue, server):
     // one timer per wait instead of an extra one around the request.
     let deadline = tokio::time::Instant::from_std(started) + balancer.config.request_timeout;
     let ending = forward(req, client, balancer, upstreams, deadline).await;
-    let took = started.elapsed();
-    let status = ending.response.status();
-    let server = ending.server.and_then(|i| balancer.servers.list.get(i));
-    if let Some(server) = server {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        server.metrics.responses[class].increment(1);
-        server.metrics.duration.record(took.as_secs_f64());
-    }
-    // Arguments are only formatted when the access log is enabled.
-    if let Some((method, path)) = logged {
-        tracing::info!(
-            target: "rwproxy::access",
-            "{} {} \"{method} {path}\" {} {:.1}ms {}",
-            client.peer,
-            server.map_or("-", |s| s.name.as_str()),
-            status.as_u16(),
-            took.as_secs_f64() * 1000.0,
-            ending.termination
-        );
-    }
+    let status = ending.response.status().as_u16();
+    let request = logged.as_ref().map(|(method, path)| (method, path.as_str()));
+    record(balancer, client, ending.server, status, started, request, ending.termination);
     ending.response
 }
 
@@ -207,65 +180,6 @@ async fn forward(
         }
     }
     ended(StatusCode::SERVICE_UNAVAILABLE, "no server available", None, "SC")
-}
-
-/// Takes a connection slot for `order[at]`. A server at its limit is swapped for a later one
-/// with room; when every one is full the request waits for the first, up to `queue_timeout`.
-/// Err carries the server that was waited for.
-async fn take_slot(
-    balancer: &Balancer,
-    order: &mut [usize],
-    at: usize,
-    deadline: tokio::time::Instant,
-) -> Result<Option<OwnedSemaphorePermit>, usize> {
-    let list = &balancer.servers.list;
-    let slots = |i: usize| list[i].slots.clone();
-    let Some(first) = slots(order[at]) else {
-        return Ok(None);
-    };
-    if let Ok(permit) = first.clone().try_acquire_owned() {
-        return Ok(Some(permit));
-    }
-    for later in at + 1..order.len() {
-        match slots(order[later]).map(Semaphore::try_acquire_owned) {
-            None => {
-                order.swap(at, later);
-                return Ok(None);
-            }
-            Some(Ok(permit)) => {
-                order.swap(at, later);
-                return Ok(Some(permit));
-            }
-            Some(Err(_)) => {}
-        }
-    }
-    let until = (tokio::time::Instant::now() + balancer.config.queue_timeout).min(deadline);
-    match tokio::time::timeout_at(until, first.acquire_owned()).await {
-        Ok(Ok(permit)) => Ok(Some(permit)),
-        _ => Err(order[at]),
-    }
-}
-
-/// One request on a server: counted in `active` (least connections reads it) and holding its
-/// `max_connections` slot until dropped.
-struct InFlight {
-    server: Arc<HttpServer>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl InFlight {
-    fn start(server: Arc<HttpServer>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
-        server.active.fetch_add(1, Ordering::Relaxed);
-        server.metrics.active.increment(1.0);
-        InFlight { server, _permit: permit }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
-        self.server.metrics.active.decrement(1.0);
-    }
 }
 
 /// A response body that keeps its request in flight until the body ends or is dropped.

@@ -30,8 +30,18 @@ impl ClientAddr {
         ClientAddr { peer, https, ip, forwarded_for }
     }
 
-    fn proto(&self) -> &'static str {
+    pub fn proto(&self) -> &'static str {
         if self.https { "https" } else { "http" }
+    }
+
+    /// The client's address as X-Forwarded-For lists it.
+    pub fn ip_text(&self) -> &str {
+        self.ip.to_str().unwrap_or("unknown")
+    }
+
+    /// The `for=` element of `Forwarded`.
+    pub fn forwarded_for(&self) -> &str {
+        &self.forwarded_for
     }
 }
 

@@ -5,7 +5,9 @@
 //! HTTPS termination with h2, per-server connection limits with a bounded queue, graceful
 //! shutdown and configuration reload.
 
+mod dispatch;
 mod forward;
+mod h1;
 mod headers;
 mod listener;
 mod servers;

@@ -1,0 +1,3 @@
+pub mod chunked;
+pub mod request;
+pub mod response;
