@@ -1,62 +1,100 @@
-//! Accepting client connections: TLS when configured, HTTP/1.1 or h2 (ALPN, or the h2 preface
-//! on plain connections), idle timeout, and a graceful drain on shutdown.
+//! Accepting client connections: TLS when configured, then HTTP/1.x through the balancer's own
+//! engine (`h1`) or h2 through hyper (ALPN `h2`, or the h2 preface on a plain connection),
+//! idle timeouts, and the drain of a graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::headers::ClientAddr;
+use super::prefixed::Prefixed;
 use super::upstream::Upstreams;
-use super::{HttpTier, forward};
+use super::{HttpTier, forward, h1};
+use crate::drain::Member;
 
-/// Accepts until told to drain; then waits for the connections it started to finish their
-/// requests (the caller bounds that wait).
+/// What a client sends first on an h2 connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Accepts until told to drain; the connections it started are drained by the tier.
 pub async fn serve(listener: TcpListener, tier: Weak<HttpTier>, mut draining: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
                 let Some(tier) = tier.upgrade() else { return };
-                tokio::spawn(connection(stream, peer, tier, graceful.watcher()));
+                let (member, _, kicked) = tier.connections.join();
+                tokio::spawn(connection(stream, peer, tier, member, kicked));
             }
             _ = draining.changed() => break,
         }
     }
-    drop(listener);
-    tracing::info!(connections = graceful.count(), "HTTP balancer draining");
-    graceful.shutdown().await;
+    tracing::info!("HTTP balancer stopped accepting");
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, tier: Arc<HttpTier>, watcher: Watcher) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tier: Arc<HttpTier>,
+    _member: Member,
+    kicked: oneshot::Receiver<()>,
+) {
     let _ = stream.set_nodelay(true);
     let balancer = tier.balancer();
     let idle = balancer.config.idle_timeout;
     let Some(acceptor) = balancer.tls.clone() else {
-        return serve_io(TokioIo::new(stream), ClientAddr::new(peer, false), idle, tier, watcher).await;
+        drop(balancer);
+        return plain(stream, ClientAddr::new(peer, false), idle, tier, kicked).await;
     };
     drop(balancer);
-    match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_io(TokioIo::new(tls), ClientAddr::new(peer, true), idle, tier, watcher).await,
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    let tls = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let client = ClientAddr::new(peer, true);
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(tls, client, idle, tier, kicked).await;
+    } else {
+        h1::serve(tls, BytesMut::new(), client, tier, kicked).await;
     }
 }
 
-async fn serve_io<I>(
-    io: TokioIo<I>,
+/// A plain connection is h2 when it opens with the preface, HTTP/1.x otherwise.
+async fn plain(
+    mut stream: TcpStream,
     client: ClientAddr,
     idle: Duration,
     tier: Arc<HttpTier>,
-    watcher: Watcher,
+    kicked: oneshot::Receiver<()>,
+) {
+    let mut first = BytesMut::with_capacity(16 * 1024);
+    // Bounded: at most as many reads as the preface has bytes.
+    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+        match tokio::time::timeout(idle, stream.read_buf(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+    if first.starts_with(H2_PREFACE) {
+        serve_h2(Prefixed::new(first, stream), client, idle, tier, kicked).await;
+    } else {
+        h1::serve(stream, first, client, tier, kicked).await;
+    }
+}
+
+async fn serve_h2<I>(
+    io: I,
+    client: ClientAddr,
+    idle: Duration,
+    tier: Arc<HttpTier>,
+    mut kicked: oneshot::Receiver<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -71,17 +109,26 @@ async fn serve_io<I>(
             Ok::<_, std::convert::Infallible>(forward::handle(req, &client, &balancer, &upstreams).await)
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(idle / 2).keep_alive_timeout(idle / 2);
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-    // The server connections of this client run in this task, beside it.
-    tokio::select! {
-        ended = watcher.watch(conn) => {
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "HTTP client connection ended");
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new()).keep_alive_interval(idle / 2).keep_alive_timeout(idle / 2);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    // Bounded by the connection: it ends on its own, or after a graceful shutdown.
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "h2 client connection ended");
+                }
+                return;
             }
+            _ = &mut kicked, if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // The server connections of this client run in this task, beside it.
+            () = upstreams.driver.run() => {}
         }
-        () = upstreams.driver.run() => {}
     }
 }

@@ -10,6 +10,7 @@ mod forward;
 mod h1;
 mod headers;
 mod listener;
+mod prefixed;
 mod servers;
 pub mod tls;
 mod upstream;
@@ -32,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 pub use servers::{HttpServer, Servers};
 
 use crate::config::HttpConfig;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 
 /// One configuration of the balancer: replaced as a whole by a reload, while requests already
@@ -76,8 +78,11 @@ pub struct HttpTier {
     current: ArcSwap<Balancer>,
     metrics: Arc<Metrics>,
     health: Mutex<Vec<JoinHandle<()>>>,
+    /// Tells the accept loop to stop.
     drain: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// The client connections, told to finish on shutdown.
+    connections: Arc<Drain>,
 }
 
 impl std::fmt::Debug for HttpTier {
@@ -124,10 +129,13 @@ impl HttpTier {
     pub async fn shutdown(&self, deadline: Duration) {
         let _ = self.drain.send(true);
         let task = self.listener.lock().ok().and_then(|mut l| l.take());
-        if let Some(task) = task
-            && tokio::time::timeout(deadline, task).await.is_err()
-        {
-            tracing::warn!("HTTP requests still running at the shutdown deadline");
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        tracing::info!(connections = self.connections.running(), "HTTP balancer draining");
+        let left = self.connections.drain(deadline).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "HTTP connections still running at the shutdown deadline");
         }
         self.stop_health_checks();
     }
@@ -165,6 +173,7 @@ pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result
         health: Mutex::new(Vec::new()),
         drain,
         listener: Mutex::new(None),
+        connections: Arc::new(Drain::default()),
     });
     tier.start_health_checks();
     // The listener holds only a weak reference, so dropping the tier stops everything.

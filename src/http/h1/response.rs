@@ -19,7 +19,6 @@ pub struct Response {
     pub status: u16,
     /// Bytes of the head in the server connection's buffer.
     pub len: usize,
-    pub body: BodyKind,
     /// The server keeps its connection open after this response.
     pub server_keep_alive: bool,
 }
@@ -111,7 +110,7 @@ pub fn parse(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let response = Response { status, len, body, server_keep_alive };
+    let response = Response { status, len, server_keep_alive };
     Ok(Some((response, Relay { body, dechunk, close_client, switch })))
 }
 
@@ -191,7 +190,7 @@ mod tests {
             PLAIN,
         );
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!((r.body, r.server_keep_alive, relay.close_client), (BodyKind::Length(5), true, false));
+        assert_eq!((relay.body, r.server_keep_alive, relay.close_client), (BodyKind::Length(5), true, false));
     }
 
     #[test]
@@ -208,11 +207,14 @@ mod tests {
     #[test]
     fn no_length_means_until_close_and_head_has_no_body() {
         let (r, relay, out) = rewrite("HTTP/1.0 200 OK\r\n\r\n", PLAIN);
-        assert_eq!((r.body, r.server_keep_alive, relay.close_client), (BodyKind::UntilClose, false, true));
+        assert_eq!(
+            (relay.body, r.server_keep_alive, relay.close_client),
+            (BodyKind::UntilClose, false, true)
+        );
         assert!(out.ends_with("Connection: close\r\n\r\n"));
         let head = Exchange { head_request: true, ..PLAIN };
-        let (r, _, _) = rewrite("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head);
-        assert_eq!(r.body, BodyKind::Empty);
+        let (_, relay, _) = rewrite("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head);
+        assert_eq!(relay.body, BodyKind::Empty);
         assert!(
             parse(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
