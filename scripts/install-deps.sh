@@ -19,6 +19,8 @@ if [ "${1:-}" = "--tests" ]; then
   # The status-page test renders the page in headless Chromium; mysqlclient builds against
   # libmariadb.
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # tests/http_h1.rs uses curl as a real HTTP/1.x client (chunked uploads, HTTP/1.0, 100-continue).
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   pkg-config --exists libmariadb 2>/dev/null || missing+=(libmariadb-dev pkg-config)
 fi
 if [ ${#missing[@]} -gt 0 ]; then

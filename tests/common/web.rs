@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -16,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// A web server: `/` → its name, `/drop` → connection closed without an answer, `/health` → 200 (or 503 when `sick`), `/headers` → the
-/// forwarding headers it received, anything else → its name; counts requests.
+/// forwarding headers it received, `/echo-body` → the request body (with the framing it came
+/// in, in `x-seen-length` and `x-seen-te`), `/stream?n=N` → N lines in a chunked body, anything
+/// else → its name; counts requests.
 pub struct WebServer {
     pub name: &'static str,
     pub addr: SocketAddr,
@@ -55,7 +59,10 @@ impl WebServer {
                                 h.fetch_add(1, Ordering::Relaxed);
                                 return Err(std::io::Error::other("dropped"));
                             }
-                            Ok(answer(name, req, &h, &s).await)
+                            if req.uri().path() == "/stream" {
+                                return Ok(chunked_lines(&req));
+                            }
+                            Ok(answer(name, req, &h, &s).await.map(BodyExt::boxed_unsync))
                         }
                     });
                     let connection =
@@ -126,6 +133,16 @@ async fn answer(
         return r;
     }
     hits.fetch_add(1, Ordering::Relaxed);
+    if path == "/echo-body" {
+        let seen = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        let (length, te) = (seen("content-length"), seen("transfer-encoding"));
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Response::builder()
+            .header("x-seen-length", length)
+            .header("x-seen-te", te)
+            .body(Full::new(body))
+            .expect("response");
+    }
     let body = if path == "/headers" {
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
@@ -142,6 +159,23 @@ async fn answer(
         name.to_string()
     };
     Response::new(Full::new(Bytes::from(body)))
+}
+
+/// `/stream?n=N`: N numbered lines, a few milliseconds apart, in a body of unknown length
+/// (hyper sends it chunked).
+fn chunked_lines(
+    req: &Request<hyper::body::Incoming>,
+) -> Response<UnsyncBoxBody<Bytes, std::convert::Infallible>> {
+    let n: usize =
+        req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let lines = futures_util::stream::unfold(0, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        Some((Ok(Frame::data(Bytes::from(format!("line {i}\n")))), i + 1))
+    });
+    Response::new(StreamBody::new(lines).boxed_unsync())
 }
 
 /// A real WebSocket server endpoint (RFC 6455 handshake, then tungstenite echoing every message).
