@@ -74,7 +74,7 @@ async fn plain(
     tier: Arc<HttpTier>,
     kicked: oneshot::Receiver<()>,
 ) {
-    let mut first = BytesMut::with_capacity(16 * 1024);
+    let mut first = BytesMut::with_capacity(h1::CLIENT_BUFFER);
     // Bounded: at most as many reads as the preface has bytes.
     while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
         match tokio::time::timeout(idle, stream.read_buf(&mut first)).await {

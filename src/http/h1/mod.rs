@@ -32,6 +32,9 @@ use upstream::{Failure, Pool, ServerConn};
 
 /// Largest request head accepted (431 beyond).
 const MAX_HEAD: usize = 64 * 1024;
+/// First read buffer of a client connection: requests are mostly small, and an idle
+/// keep-alive connection should cost little memory. It grows for larger heads and bodies.
+pub const CLIENT_BUFFER: usize = 4 * 1024;
 
 /// A request refused before it reached a server; the connection closes after the answer.
 #[derive(Debug)]
@@ -97,8 +100,8 @@ pub async fn serve<I>(
         kicked,
         draining: false,
         pool: Pool::default(),
-        request: Vec::with_capacity(1024),
-        out: Vec::with_capacity(upstream::BUFFER),
+        request: Vec::new(),
+        out: Vec::new(),
     };
     // Bounded by the client: every pass serves one request or ends the connection.
     while let After::KeepAlive = client.next().await {}
@@ -185,6 +188,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         match framing {
             Framing::Length(n) => {
                 let n = usize::try_from(n).ok().filter(|&n| n <= limit).ok_or(TOO_LARGE)?;
+                self.buf.reserve(n.saturating_sub(self.buf.len()));
                 // Bounded: every pass reads more bytes, up to n.
                 while self.buf.len() < n {
                     self.read_by(deadline).await?;
@@ -439,7 +443,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
 
 async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(upstream::BUFFER);
+        buf.reserve(buf.len().max(CLIENT_BUFFER));
     }
     io.read_buf(buf).await
 }
