@@ -42,9 +42,9 @@ pub struct HttpConfig {
     /// Default `"5s"`.
     #[serde(default = "default_queue_timeout", with = "duration::serde_str")]
     pub queue_timeout: Duration,
-    /// Threads serving client connections, each with its own listening socket on `listen`
-    /// (SO_REUSEPORT) and its own event loop; a connection and its server connections stay on
-    /// the thread that accepted it. 0 (default): one per core.
+    /// Threads serving client connections, each with its own event loop; a new connection goes
+    /// to the thread with the fewest and stays there with its server connections. 0 (default):
+    /// one per core.
     #[serde(default)]
     pub threads: usize,
 }

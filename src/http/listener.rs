@@ -3,6 +3,7 @@
 //! idle timeouts, and the drain of a graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -24,70 +25,98 @@ use crate::drain::Member;
 /// What a client sends first on an h2 connection with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Binds `threads` listening sockets to `addr` with SO_REUSEPORT, so that the kernel spreads
-/// new connections over them. With port 0 the first socket picks the port, the others join it.
-pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut addr = addr;
-    let mut sockets = Vec::with_capacity(threads);
-    for _ in 0..threads.max(1) {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(addr)?;
-        let listener = socket.listen(1024)?;
-        addr = listener.local_addr()?;
-        sockets.push(listener.into_std()?);
-    }
-    Ok(sockets)
+/// A thread serving client connections on its own single-threaded event loop: each connection
+/// and its server connections stay there, sparing the cross-thread wake-ups and cache traffic
+/// of a work-stealing scheduler.
+pub struct Worker {
+    handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Connections running on this thread.
+    load: Arc<AtomicUsize>,
 }
 
-/// One listener thread: its own single-threaded event loop accepts on its own socket and
-/// serves the connections it accepted, each with its server connections, until the tier
-/// drains (or is dropped) and those connections have ended. Keeping a connection on one
-/// thread spares the cross-thread wake-ups and cache traffic of a work-stealing scheduler;
-/// measured on two cores, a third less proxy CPU per request.
-pub fn run_thread(
-    socket: std::net::TcpListener,
+impl Worker {
+    pub fn spawn(index: usize, tier: Weak<HttpTier>) -> std::io::Result<Worker> {
+        let (handoff, arrivals) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        let counted = load.clone();
+        std::thread::Builder::new()
+            .name(format!("rwproxy-http-{index}"))
+            .spawn(move || run_worker(arrivals, tier, counted))?;
+        Ok(Worker { handoff, load })
+    }
+}
+
+fn run_worker(
+    mut arrivals: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     tier: Weak<HttpTier>,
-    draining: watch::Receiver<bool>,
-    accepting: mpsc::Sender<()>,
+    load: Arc<AtomicUsize>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return tracing::error!(error = %e, "HTTP listener thread could not start"),
+        Err(e) => return tracing::error!(error = %e, "HTTP worker thread could not start"),
     };
     runtime.block_on(async move {
-        let listener = match TcpListener::from_std(socket) {
-            Ok(listener) => listener,
-            Err(e) => return tracing::error!(error = %e, "HTTP listener could not register"),
-        };
-        let mut connections = serve(listener, tier, draining).await;
-        drop(accepting);
+        let mut connections = JoinSet::new();
+        // Bounded by the acceptor: it ends when the tier drains or is dropped.
+        loop {
+            tokio::select! {
+                arrival = arrivals.recv() => {
+                    let Some((stream, peer)) = arrival else { break };
+                    let (Some(tier), Ok(stream)) = (tier.upgrade(), TcpStream::from_std(stream)) else {
+                        load.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let (member, _, kicked) = tier.connections.join();
+                    let load = load.clone();
+                    connections.spawn(async move {
+                        connection(stream, peer, tier, member, kicked).await;
+                        load.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                // Finished connections are reaped as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
         // Bounded by the connections (the tier's shutdown deadline ends the process).
         while connections.join_next().await.is_some() {}
     });
 }
 
-/// Accepts until told to drain or the tier is gone; returns the connections still running.
-async fn serve(listener: TcpListener, tier: Weak<HttpTier>, mut draining: watch::Receiver<bool>) -> JoinSet<()> {
-    let mut connections = JoinSet::new();
+/// Accepts until told to drain or the tier is gone, handing each connection to the worker
+/// with the fewest (so that keep-alive connections spread evenly, which a kernel hash over
+/// SO_REUSEPORT sockets does not do, and tail latency follows the busiest thread).
+pub async fn serve(
+    listener: TcpListener,
+    tier: Weak<HttpTier>,
+    workers: Vec<Worker>,
+    mut draining: watch::Receiver<bool>,
+) {
+    let mut next = 0;
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
-                let Some(tier) = tier.upgrade() else { break };
-                let (member, _, kicked) = tier.connections.join();
-                connections.spawn(connection(stream, peer, tier, member, kicked));
+                let least = workers.iter().map(|w| w.load.load(Ordering::Relaxed)).min().unwrap_or(0);
+                // Among the least loaded, take turns.
+                let Some(at) = (0..workers.len()).map(|i| (next + i) % workers.len())
+                    .find(|&i| workers[i].load.load(Ordering::Relaxed) == least) else { continue };
+                next = at + 1;
+                let Ok(stream) = stream.into_std() else { continue };
+                workers[at].load.fetch_add(1, Ordering::Relaxed);
+                if workers[at].handoff.send((stream, peer)).is_err() {
+                    workers[at].load.fetch_sub(1, Ordering::Relaxed);
+                }
             }
-            // Finished connections are reaped as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             changed = draining.changed() => {
                 if changed.is_err() || *draining.borrow() {
                     break;
                 }
             }
         }
+        if tier.strong_count() == 0 {
+            break;
+        }
     }
-    connections
+    tracing::info!("HTTP balancer stopped accepting");
 }
 
 async fn connection(

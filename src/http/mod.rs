@@ -25,7 +25,8 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -79,10 +80,9 @@ pub struct HttpTier {
     current: ArcSwap<Balancer>,
     metrics: Arc<Metrics>,
     health: Mutex<Vec<JoinHandle<()>>>,
-    /// Tells the accept loops to stop (and, dropped with the tier, to end).
+    /// Tells the accept loop to stop (and, dropped with the tier, to end).
     drain: watch::Sender<bool>,
-    /// Closes when every listener thread has stopped accepting.
-    accepting: Mutex<Option<mpsc::Receiver<()>>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
     /// The client connections, told to finish on shutdown.
     connections: Arc<Drain>,
 }
@@ -95,8 +95,14 @@ impl std::fmt::Debug for HttpTier {
 
 impl Drop for HttpTier {
     fn drop(&mut self) {
-        // The listener threads see `drain` closed and end.
         self.stop_health_checks();
+        // The worker threads end with the acceptor's hand-off channels, once their
+        // connections have.
+        if let Ok(mut listener) = self.listener.lock()
+            && let Some(task) = listener.take()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -129,10 +135,9 @@ impl HttpTier {
     /// Stops accepting, lets requests in flight finish for up to `deadline`, then returns.
     pub async fn shutdown(&self, deadline: Duration) {
         let _ = self.drain.send(true);
-        let accepting = self.accepting.lock().ok().and_then(|mut a| a.take());
-        if let Some(mut accepting) = accepting {
-            // Completes (None) once every listener thread has closed its socket.
-            let _ = accepting.recv().await;
+        let task = self.listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(task) = task {
+            let _ = task.await;
         }
         tracing::info!(connections = self.connections.running(), "HTTP balancer draining");
         let left = self.connections.drain(deadline).await;
@@ -160,35 +165,35 @@ impl HttpTier {
     }
 }
 
-/// Binds the listeners (one per thread, see `threads`) and starts serving and health-checking.
+/// Binds the listener, starts the worker threads (see `threads`), serving and health-checking.
 pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result<Arc<HttpTier>> {
     let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let sockets = listener::bind(addr, threads)?;
-    let bound = sockets[0].local_addr()?;
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let balancer = Balancer::new(config, &metrics, None)?;
     let https = balancer.tls.is_some();
     let (drain, draining) = watch::channel(false);
-    let (accepting, all_stopped) = mpsc::channel(1);
     let tier = Arc::new(HttpTier {
         addr: bound,
         current: ArcSwap::from_pointee(balancer),
         metrics,
         health: Mutex::new(Vec::new()),
         drain,
-        accepting: Mutex::new(Some(all_stopped)),
+        listener: Mutex::new(None),
         connections: Arc::new(Drain::default()),
     });
     tier.start_health_checks();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        // Each thread holds only a weak reference, so dropping the tier stops everything.
-        let (tier, draining, accepting) = (Arc::downgrade(&tier), draining.clone(), accepting.clone());
-        std::thread::Builder::new()
-            .name(format!("rwproxy-http-{i}"))
-            .spawn(move || listener::run_thread(socket, tier, draining, accepting))?;
+    // Workers and the acceptor hold only weak references, so dropping the tier stops everything.
+    let workers = (0..threads)
+        .map(|i| listener::Worker::spawn(i, Arc::downgrade(&tier)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let task = tokio::spawn(listener::serve(listener, Arc::downgrade(&tier), workers, draining));
+    if let Ok(mut slot) = tier.listener.lock() {
+        *slot = Some(task);
     }
     tracing::info!(http = %bound, https, threads, "HTTP balancer listening");
     Ok(tier)
