@@ -252,6 +252,15 @@ pub struct HttpServerSeries {
 }
 
 impl Metrics {
+    /// `rwproxy_http_worker_connections{worker}`: client connections on one worker thread.
+    pub fn http_worker(&self, worker: usize) -> Gauge {
+        let worker = worker.to_string();
+        self.recorder.register_gauge(
+            &Self::key("rwproxy_http_worker_connections", &[("worker", worker.as_str())]),
+            &METADATA,
+        )
+    }
+
     /// Registers the series of one HTTP server.
     pub fn http_server(&self, server: &str) -> HttpServerSeries {
         let r = &self.recorder;

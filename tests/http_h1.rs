@@ -212,3 +212,42 @@ async fn bad_requests_are_refused_and_close_only_their_connection() {
     let answer = raw(slow.http_addr.expect("http"), b"GET / HTTP/1.1\r\nHost").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_spread_evenly_over_worker_threads() {
+    let web = WebServer::start("web1").await;
+    let proxy = start_proxy_with(&balancer_config(&[(&web, "")], "threads = 3")).await;
+    let addr = proxy.http_addr.expect("http");
+    let mut clients = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("send");
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        clients.push(stream);
+    }
+    let per_worker = |proxy: &rwproxy::proxy::Proxy| -> Vec<f64> {
+        let dump = proxy.metrics().render(&proxy.backends());
+        (0..3)
+            .map(|w| {
+                let key = format!("rwproxy_http_worker_connections{{worker=\"{w}\"}} ");
+                dump.lines()
+                    .find_map(|l| l.strip_prefix(key.as_str()))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in\n{dump}"))
+            })
+            .collect()
+    };
+    assert_eq!(per_worker(&proxy), [2.0, 2.0, 2.0], "each new connection went to the least loaded worker");
+    drop(clients.drain(..3));
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = per_worker(&proxy);
+        if left.iter().sum::<f64>() == 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left.iter().sum::<f64>(), 3.0, "closed connections leave their workers: {left:?}");
+}

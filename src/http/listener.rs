@@ -30,14 +30,35 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// of a work-stealing scheduler.
 pub struct Worker {
     handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
-    /// Connections running on this thread.
-    load: Arc<AtomicUsize>,
+    load: Arc<Load>,
+}
+
+/// Connections running on one worker: read by the acceptor, exported as a gauge.
+struct Load {
+    count: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl Load {
+    fn get(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.gauge.increment(1.0);
+    }
+
+    fn sub(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+    }
 }
 
 impl Worker {
-    pub fn spawn(index: usize, tier: Weak<HttpTier>) -> std::io::Result<Worker> {
+    pub fn spawn(index: usize, tier: Weak<HttpTier>, gauge: metrics::Gauge) -> std::io::Result<Worker> {
         let (handoff, arrivals) = mpsc::unbounded_channel();
-        let load = Arc::new(AtomicUsize::new(0));
+        let load = Arc::new(Load { count: AtomicUsize::new(0), gauge });
         let counted = load.clone();
         std::thread::Builder::new()
             .name(format!("rwproxy-http-{index}"))
@@ -49,7 +70,7 @@ impl Worker {
 fn run_worker(
     mut arrivals: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     tier: Weak<HttpTier>,
-    load: Arc<AtomicUsize>,
+    load: Arc<Load>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -63,14 +84,14 @@ fn run_worker(
                 arrival = arrivals.recv() => {
                     let Some((stream, peer)) = arrival else { break };
                     let (Some(tier), Ok(stream)) = (tier.upgrade(), TcpStream::from_std(stream)) else {
-                        load.fetch_sub(1, Ordering::Relaxed);
+                        load.sub();
                         continue;
                     };
                     let (member, _, kicked) = tier.connections.join();
                     let load = load.clone();
                     connections.spawn(async move {
                         connection(stream, peer, tier, member, kicked).await;
-                        load.fetch_sub(1, Ordering::Relaxed);
+                        load.sub();
                     });
                 }
                 // Finished connections are reaped as they end.
@@ -95,15 +116,15 @@ pub async fn serve(
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
-                let least = workers.iter().map(|w| w.load.load(Ordering::Relaxed)).min().unwrap_or(0);
+                let least = workers.iter().map(|w| w.load.get()).min().unwrap_or(0);
                 // Among the least loaded, take turns.
                 let Some(at) = (0..workers.len()).map(|i| (next + i) % workers.len())
-                    .find(|&i| workers[i].load.load(Ordering::Relaxed) == least) else { continue };
+                    .find(|&i| workers[i].load.get() == least) else { continue };
                 next = at + 1;
                 let Ok(stream) = stream.into_std() else { continue };
-                workers[at].load.fetch_add(1, Ordering::Relaxed);
+                workers[at].load.add();
                 if workers[at].handoff.send((stream, peer)).is_err() {
-                    workers[at].load.fetch_sub(1, Ordering::Relaxed);
+                    workers[at].load.sub();
                 }
             }
             changed = draining.changed() => {

@@ -189,7 +189,7 @@ pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result
     tier.start_health_checks();
     // Workers and the acceptor hold only weak references, so dropping the tier stops everything.
     let workers = (0..threads)
-        .map(|i| listener::Worker::spawn(i, Arc::downgrade(&tier)))
+        .map(|i| listener::Worker::spawn(i, Arc::downgrade(&tier), tier.metrics.http_worker(i)))
         .collect::<std::io::Result<Vec<_>>>()?;
     let task = tokio::spawn(listener::serve(listener, Arc::downgrade(&tier), workers, draining));
     if let Ok(mut slot) = tier.listener.lock() {

@@ -328,9 +328,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
             self.splice(conn, limits).await;
             return After::Close;
         }
-        match relay::body(&mut self.io, &mut conn, relay, &mut self.out, limits).await {
+        match relay::body(&mut self.io, &mut conn, relay, &mut self.out, limits, in_flight).await {
             Ok(ended_clean) => {
-                drop(in_flight);
                 if ended_clean && server_keep_alive {
                     self.pool.put(conn);
                 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::chunked::{ChunkError, Chunked};
 use super::response::{BodyKind, Relay};
 use super::upstream::ServerConn;
+use crate::http::dispatch::InFlight;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -34,26 +35,40 @@ pub struct Limits {
     pub client_write: Duration,
 }
 
-/// Sends the head in `out` and the body after it. Returns whether the server connection ended
-/// exactly at the end of the response (so it can serve another).
+/// Sends the head in `out` and the body after it. `in_flight` (the request's count and
+/// connection slot on its server) is released as soon as the server has sent the whole
+/// response, before the last write to the client: a client that reads the end of one response
+/// may send its next request at once, and it must find the slot free. Returns whether the
+/// server connection ended exactly at the end of the response (so it can serve another).
 pub async fn body<I: AsyncWrite + Unpin>(
     client: &mut I,
     conn: &mut ServerConn,
     relay: Relay,
     out: &mut Vec<u8>,
     limits: Limits,
+    in_flight: InFlight,
 ) -> Result<bool, RelayError> {
+    let mut in_flight = Some(in_flight);
     match relay.body {
-        BodyKind::Empty => write(client, out, limits).await?,
+        BodyKind::Empty => {
+            in_flight.take();
+            write(client, out, limits).await?;
+        }
         BodyKind::Length(length) => {
             let mut left = length;
             take(conn, out, &mut left);
-            write(client, out, limits).await?;
-            while left > 0 {
+            // Bounded by the length: every pass relays what one read brought.
+            loop {
+                if left == 0 {
+                    in_flight.take();
+                }
+                write(client, out, limits).await?;
+                if left == 0 {
+                    break;
+                }
                 more(conn, limits).await?;
                 out.clear();
                 take(conn, out, &mut left);
-                write(client, out, limits).await?;
             }
         }
         BodyKind::Chunked => {
@@ -68,6 +83,9 @@ pub async fn body<I: AsyncWrite + Unpin>(
                     used
                 };
                 conn.buf.advance(used);
+                if chunks.is_done() {
+                    in_flight.take();
+                }
                 write(client, out, limits).await?;
                 if chunks.is_done() {
                     break;
@@ -83,7 +101,10 @@ pub async fn body<I: AsyncWrite + Unpin>(
             // Bounded by the server closing (or the inactivity limit).
             loop {
                 match tokio::time::timeout(limits.server_read, conn.read_more()).await {
-                    Ok(Ok(0)) => break,
+                    Ok(Ok(0)) => {
+                        in_flight.take();
+                        break;
+                    }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(RelayError::Server(e.to_string())),
                     Err(_) => return Err(RelayError::ServerTimeout(limits.server_read)),
