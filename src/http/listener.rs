@@ -1,6 +1,7 @@
-//! Accepting client connections: TLS when configured, then HTTP/1.x through the balancer's own
-//! engine (`h1`) or h2 through hyper (ALPN `h2`, or the h2 preface on a plain connection),
-//! idle timeouts, and the drain of a graceful shutdown.
+//! Accepting client connections and handing each to the worker thread with the fewest; on the
+//! worker: TLS when configured, then HTTP/1.x through the balancer's own engine (`h1`) or h2
+//! through hyper (ALPN `h2`, or the h2 preface on a plain connection), idle timeouts, and the
+//! drain of a graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,6 +4,11 @@
 //! reached a server and one retry of idempotent requests, X-Forwarded-* and Forwarded headers,
 //! HTTPS termination with h2, per-server connection limits with a bounded queue, graceful
 //! shutdown and configuration reload.
+//!
+//! Layout: `listener` accepts and hands each connection to a worker thread; `h1` is the
+//! HTTP/1.x engine, `forward` + `upstream` the h2 path through hyper; `dispatch` is what both
+//! share (retry rules, connection slots, metrics and access log); `servers` holds health and
+//! selection, `headers` the forwarding headers of the h2 path, `tls` the acceptor.
 
 mod dispatch;
 mod forward;
