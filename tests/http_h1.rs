@@ -251,3 +251,19 @@ async fn connections_spread_evenly_over_worker_threads() {
     }
     assert_eq!(left.iter().sum::<f64>(), 3.0, "closed connections leave their workers: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_client_connections_reuse_the_workers_server_connections() {
+    let web = WebServer::start("web1").await;
+    let proxy = start_proxy_with(&balancer_config(&[(&web, "")], "threads = 1")).await;
+    let addr = proxy.http_addr.expect("http");
+    assert_eq!(common::http_get(addr, "/").await.0, 200);
+    let before = web.connections.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..20 {
+        // A new client connection each time, closed after its one request.
+        assert_eq!(common::http_get(addr, "/").await, (200, "web1".to_string()));
+    }
+    let opened = web.connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // The health checks may open one of their own meanwhile; the requests open none.
+    assert!(opened <= 1, "20 one-request clients opened {opened} server connections");
+}

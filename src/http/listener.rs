@@ -79,6 +79,7 @@ fn run_worker(
     };
     runtime.block_on(async move {
         let mut connections = JoinSet::new();
+        let pool = Arc::new(h1::Pool::default());
         // Bounded by the acceptor: it ends when the tier drains or is dropped.
         loop {
             tokio::select! {
@@ -89,9 +90,9 @@ fn run_worker(
                         continue;
                     };
                     let (member, _, kicked) = tier.connections.join();
-                    let load = load.clone();
+                    let (load, pool) = (load.clone(), pool.clone());
                     connections.spawn(async move {
-                        connection(stream, peer, tier, member, kicked).await;
+                        connection(stream, peer, tier, member, kicked, pool).await;
                         load.sub();
                     });
                 }
@@ -147,13 +148,14 @@ async fn connection(
     tier: Arc<HttpTier>,
     _member: Member,
     kicked: oneshot::Receiver<()>,
+    pool: Arc<h1::Pool>,
 ) {
     let _ = stream.set_nodelay(true);
     let balancer = tier.balancer();
     let idle = balancer.config.idle_timeout;
     let Some(acceptor) = balancer.tls.clone() else {
         drop(balancer);
-        return plain(stream, ClientAddr::new(peer, false), idle, tier, kicked).await;
+        return plain(stream, ClientAddr::new(peer, false), idle, tier, kicked, pool).await;
     };
     drop(balancer);
     let tls = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
@@ -165,7 +167,7 @@ async fn connection(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         serve_h2(tls, client, idle, tier, kicked).await;
     } else {
-        h1::serve(tls, BytesMut::new(), client, tier, kicked).await;
+        h1::serve(tls, BytesMut::new(), client, tier, kicked, pool).await;
     }
 }
 
@@ -176,6 +178,7 @@ async fn plain(
     idle: Duration,
     tier: Arc<HttpTier>,
     kicked: oneshot::Receiver<()>,
+    pool: Arc<h1::Pool>,
 ) {
     let mut first = BytesMut::with_capacity(h1::CLIENT_BUFFER);
     // Bounded: at most as many reads as the preface has bytes.
@@ -188,7 +191,7 @@ async fn plain(
     if first.starts_with(H2_PREFACE) {
         serve_h2(Prefixed::new(first, stream), client, idle, tier, kicked).await;
     } else {
-        h1::serve(stream, first, client, tier, kicked).await;
+        h1::serve(stream, first, client, tier, kicked, pool).await;
     }
 }
 

@@ -25,6 +25,8 @@ pub struct WebServer {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     pub sick: Arc<AtomicBool>,
     task: Option<JoinHandle<()>>,
     /// Tells open connections to close: a stopped server must look dead, not just deaf.
@@ -41,13 +43,15 @@ impl WebServer {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let sick = Arc::new(AtomicBool::new(false));
-        let (h, s) = (hits.clone(), sick.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, s, accepted) = (hits.clone(), sick.clone(), connections.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (h, s) = (h.clone(), s.clone());
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
@@ -74,7 +78,7 @@ impl WebServer {
                 });
             }
         });
-        WebServer { name, addr, hits, sick, task: Some(task), stop }
+        WebServer { name, addr, hits, connections, sick, task: Some(task), stop }
     }
 
     /// Stops accepting and closes the listener: connections are refused from now on.

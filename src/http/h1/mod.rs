@@ -14,6 +14,8 @@ pub mod request;
 pub mod response;
 mod upstream;
 
+pub use upstream::Pool;
+
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -28,7 +30,7 @@ use super::{Balancer, HttpTier};
 use relay::Limits;
 use request::{Framing, Head, HeadError};
 use response::{Exchange, Relay};
-use upstream::{Failure, Pool, ServerConn};
+use upstream::{Failure, ServerConn};
 
 /// Largest request head accepted (431 beyond).
 const MAX_HEAD: usize = 64 * 1024;
@@ -74,7 +76,8 @@ struct Client<I> {
     /// Completes when the balancer drains.
     kicked: oneshot::Receiver<()>,
     draining: bool,
-    pool: Pool,
+    /// The worker thread's idle server connections.
+    pool: Arc<Pool>,
     /// The server-bound request: head, then body.
     request: Vec<u8>,
     /// Client-bound bytes.
@@ -89,6 +92,7 @@ pub async fn serve<I>(
     addr: ClientAddr,
     tier: Arc<HttpTier>,
     kicked: oneshot::Receiver<()>,
+    pool: Arc<Pool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -99,7 +103,7 @@ pub async fn serve<I>(
         tier,
         kicked,
         draining: false,
-        pool: Pool::default(),
+        pool,
         request: Vec::new(),
         out: Vec::new(),
     };

@@ -1,8 +1,9 @@
-//! Server connections of one client connection: kept alive between its requests, used by one
-//! request at a time, and driven by the client connection's own task (no hand-off to another
-//! task, no lock).
+//! Server connections of one worker thread: kept alive between requests and shared by the
+//! worker's client connections, used by one request at a time, driven by the task of the
+//! request using it (no hand-off to another task). The pool's lock is only ever taken by its
+//! own thread, so it is never contended.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use tokio::time::Instant;
 use super::response::{self, Exchange, Relay, Response};
 use crate::http::HttpServer;
 
-/// Idle connections kept per client connection; more are closed after their response.
-const MAX_IDLE: usize = 4;
+/// Idle connections kept per worker thread; beyond it the oldest is closed.
+const MAX_IDLE: usize = 256;
 /// Read size; also the largest response head accepted.
 pub const BUFFER: usize = 16 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
@@ -66,17 +67,19 @@ pub enum Failure {
     Protocol(#[from] response::ResponseError),
 }
 
-/// The idle connections of one client connection.
+/// The idle server connections of one worker thread.
 #[derive(Default)]
 pub struct Pool {
-    idle: Vec<ServerConn>,
+    idle: Mutex<Vec<ServerConn>>,
 }
 
 impl Pool {
-    fn take(&mut self, server: &Arc<HttpServer>) -> Option<ServerConn> {
+    /// The most recently used idle connection to `server` that is still open (the warmest).
+    fn take(&self, server: &Arc<HttpServer>) -> Option<ServerConn> {
+        let mut idle = self.idle.lock().ok()?;
         // Bounded by the idle list's length.
-        while let Some(at) = self.idle.iter().position(|c| c.server.address == server.address) {
-            let mut conn = self.idle.swap_remove(at);
+        while let Some(at) = idle.iter().rposition(|c| c.server.address == server.address) {
+            let mut conn = idle.remove(at);
             if conn.still_open() {
                 conn.reused = true;
                 return Some(conn);
@@ -86,9 +89,15 @@ impl Pool {
     }
 
     /// Keeps a connection whose last response was read to its end.
-    pub fn put(&mut self, conn: ServerConn) {
-        if self.idle.len() < MAX_IDLE && conn.buf.is_empty() {
-            self.idle.push(conn);
+    pub fn put(&self, conn: ServerConn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(conn);
         }
     }
 
@@ -97,7 +106,7 @@ impl Pool {
     /// closed it meanwhile) is replaced by a new one once, when `idempotent` allows sending
     /// the request again.
     pub async fn exchange(
-        &mut self,
+        &self,
         server: &Arc<HttpServer>,
         request: &[u8],
         exchange: Exchange,
