@@ -158,14 +158,27 @@ async fn connection(
         return plain(stream, ClientAddr::new(peer, false), idle, tier, kicked, pool).await;
     };
     drop(balancer);
+    // The TLS and h2 paths live on the heap: a task is as large as its largest path, and an
+    // idle plain HTTP/1 connection should not pay for the others.
+    Box::pin(tls(stream, acceptor, ClientAddr::new(peer, true), idle, tier, kicked, pool)).await;
+}
+
+async fn tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    client: ClientAddr,
+    idle: Duration,
+    tier: Arc<HttpTier>,
+    kicked: oneshot::Receiver<()>,
+    pool: Arc<h1::Pool>,
+) {
     let tls = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => return tracing::debug!(peer = %client.peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(peer = %client.peer, "TLS handshake timed out"),
     };
-    let client = ClientAddr::new(peer, true);
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_h2(tls, client, idle, tier, kicked).await;
+        Box::pin(serve_h2(tls, client, idle, tier, kicked)).await;
     } else {
         h1::serve(tls, BytesMut::new(), client, tier, kicked, pool).await;
     }
@@ -189,7 +202,7 @@ async fn plain(
         }
     }
     if first.starts_with(H2_PREFACE) {
-        serve_h2(Prefixed::new(first, stream), client, idle, tier, kicked).await;
+        Box::pin(serve_h2(Prefixed::new(first, stream), client, idle, tier, kicked)).await;
     } else {
         h1::serve(stream, first, client, tier, kicked, pool).await;
     }
