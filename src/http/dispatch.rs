@@ -20,10 +20,47 @@ pub fn idempotent(method: &Method) -> bool {
     )
 }
 
+/// The servers one request may try, best first, and the slot of each attempt.
+pub struct Attempts {
+    order: Vec<usize>,
+    at: usize,
+}
+
+impl Attempts {
+    pub fn new(balancer: &Balancer) -> Attempts {
+        Attempts { order: balancer.servers.order(), at: 0 }
+    }
+
+    /// The next server with its slot taken and the request counted in flight there; `Ok(None)`
+    /// when every server was tried; `Err` with the server waited for when all were full until
+    /// `queue_timeout`.
+    pub async fn next(
+        &mut self,
+        balancer: &Balancer,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(usize, InFlight)>, usize> {
+        if self.at >= self.order.len() {
+            return Ok(None);
+        }
+        let permit = take_slot(balancer, &mut self.order, self.at, deadline).await?;
+        let index = self.order[self.at];
+        self.at += 1;
+        Ok(Some((index, InFlight::start(balancer.servers.list[index].clone(), permit))))
+    }
+}
+
+/// The deadline of one attempt: the response timeout, within the request's own deadline.
+pub fn attempt_deadline(
+    response_timeout: std::time::Duration,
+    request: tokio::time::Instant,
+) -> tokio::time::Instant {
+    (tokio::time::Instant::now() + response_timeout).min(request)
+}
+
 /// Takes a connection slot for `order[at]`. A server at its limit is swapped for a later one
 /// with room; when every one is full the request waits for the first, up to `queue_timeout`.
 /// Err carries the server that was waited for.
-pub async fn take_slot(
+async fn take_slot(
     balancer: &Balancer,
     order: &mut [usize],
     at: usize,
@@ -65,7 +102,7 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    pub fn start(server: Arc<HttpServer>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
+    fn start(server: Arc<HttpServer>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
         server.active.fetch_add(1, Ordering::Relaxed);
         server.metrics.active.increment(1.0);
         InFlight { server, _permit: permit }

@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::Balancer;
-use super::dispatch::{self, InFlight, idempotent, record, take_slot};
+use super::dispatch::{self, Attempts, InFlight, idempotent, record};
 use super::headers::{ClientAddr, add_forwarding, strip_for_forwarding, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Lease, UpstreamError, Upstreams};
 
@@ -101,11 +101,11 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     let mut retried = false;
-    let mut order = balancer.servers.order();
-    let mut at = 0;
-    while at < order.len() {
-        let permit = match take_slot(balancer, &mut order, at, deadline).await {
-            Ok(permit) => permit,
+    let mut attempts = Attempts::new(balancer);
+    loop {
+        let (index, in_flight) = match attempts.next(balancer, deadline).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
             Err(index) => {
                 return ended(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -115,8 +115,6 @@ async fn forward(
                 );
             }
         };
-        let index = order[at];
-        at += 1;
         let server = &balancer.servers.list[index];
         // Origin form: the server gets the path; Host stays the client's.
         let uri = hyper::Uri::from(path.clone());
@@ -125,12 +123,9 @@ async fn forward(
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = hyper::Version::HTTP_11;
         *upstream.headers_mut() = parts.headers.clone();
-        let in_flight = InFlight::start(server.clone(), permit);
         let connect_timeout = balancer.config.connect_timeout;
-        let attempt_deadline = (tokio::time::Instant::now() + balancer.config.response_timeout).min(deadline);
-        let sent =
-            tokio::time::timeout_at(attempt_deadline, upstreams.send(server, upstream, connect_timeout))
-                .await;
+        let until = dispatch::attempt_deadline(balancer.config.response_timeout, deadline);
+        let sent = tokio::time::timeout_at(until, upstreams.send(server, upstream, connect_timeout)).await;
         match sent {
             Ok(Ok((mut response, lease))) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS

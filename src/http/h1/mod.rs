@@ -9,6 +9,7 @@
 //! connection limits, metrics and access log in `dispatch`.
 
 pub mod chunked;
+mod fields;
 mod relay;
 pub mod request;
 pub mod response;
@@ -24,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::dispatch::{self, InFlight, take_slot};
+use super::dispatch::{self, Attempts, InFlight};
 use super::headers::ClientAddr;
 use super::{Balancer, HttpTier};
 use relay::Limits;
@@ -135,7 +136,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         // Bounded: every pass reads more bytes, up to MAX_HEAD.
         loop {
             if !self.buf.is_empty() {
-                match request::parse(&self.buf, &self.addr, &mut self.request) {
+                match request::parse(&self.buf, &self.addr, &mut self.request, dispatch::logging()) {
                     Ok(Some(head)) => {
                         self.buf.advance(head.len);
                         return Ok(Some(head));
@@ -251,21 +252,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         let idempotent = dispatch::idempotent(&head.method);
         let config = &balancer.config;
         let mut retried = false;
-        let mut order = balancer.servers.order();
-        let mut at = 0;
-        while at < order.len() {
-            let permit = match take_slot(balancer, &mut order, at, deadline).await {
-                Ok(permit) => permit,
+        let mut attempts = Attempts::new(balancer);
+        loop {
+            let (index, in_flight) = match attempts.next(balancer, deadline).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
                 Err(index) => {
                     let why = "every server is at its connection limit";
                     return self.fail(balancer, head, started, 503, why, Some(index), "sQ").await;
                 }
             };
-            let index = order[at];
-            at += 1;
             let server = &balancer.servers.list[index];
-            let in_flight = InFlight::start(server.clone(), permit);
-            let until = upstream::attempt_deadline(config.response_timeout, deadline);
+            let until = dispatch::attempt_deadline(config.response_timeout, deadline);
             let sent = self.pool.exchange(
                 server,
                 &self.request,
@@ -277,7 +275,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
             match tokio::time::timeout_at(until, sent).await {
                 Ok(Ok((conn, response, relay))) => {
                     let termination = if retried { "-R" } else { "--" };
-                    let logged = dispatch::logging().then_some((&head.method, head.path.as_str()));
+                    let logged = head.path.as_deref().map(|path| (&head.method, path));
                     dispatch::record(
                         balancer,
                         &self.addr,
@@ -376,7 +374,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         server: Option<usize>,
         termination: &str,
     ) -> After {
-        let logged = dispatch::logging().then_some((&head.method, head.path.as_str()));
+        let logged = head.path.as_deref().map(|path| (&head.method, path));
         dispatch::record(balancer, &self.addr, server, status, started, logged, termination);
         let keep = head.keep_alive && !self.draining;
         if self.answer(status, text, !keep).await && keep { After::KeepAlive } else { After::Close }
@@ -390,7 +388,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         started: std::time::Instant,
     ) -> After {
         if refusal.status != 0 {
-            let logged = head.filter(|_| dispatch::logging()).map(|h| (&h.method, h.path.as_str()));
+            let logged = head.and_then(|h| Some((&h.method, h.path.as_deref()?)));
             dispatch::record(
                 balancer,
                 &self.addr,

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use hyper::Method;
 
+use super::fields::{self, Connection, hop_by_hop, is};
 use crate::http::headers::ClientAddr;
 
 /// Headers parsed per request; more is refused with 431 (HAProxy's default is 101).
@@ -22,8 +23,8 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub method: Method,
-    /// The path and query, for the access log.
-    pub path: String,
+    /// The path and query, kept only for the access log (see [`parse`]).
+    pub path: Option<String>,
     /// Bytes of the head in the client's buffer.
     pub len: usize,
     pub http10: bool,
@@ -58,7 +59,13 @@ impl HeadError {
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete. On success the server's
 /// request head is in `out`, all but its framing header and final CRLF (see [`finish`]).
-pub fn parse(buf: &[u8], client: &ClientAddr, out: &mut Vec<u8>) -> Result<Option<Head>, HeadError> {
+/// `keep_path`: copy the path into the head (only the access log reads it).
+pub fn parse(
+    buf: &[u8],
+    client: &ClientAddr,
+    out: &mut Vec<u8>,
+    keep_path: bool,
+) -> Result<Option<Head>, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let len = match req.parse(buf) {
@@ -76,7 +83,7 @@ pub fn parse(buf: &[u8], client: &ClientAddr, out: &mut Vec<u8>) -> Result<Optio
     }
     let (authority, path) = split_target(target)?;
     let info = Connection::scan(req.headers);
-    let body = framing(req.headers, minor == 0)?;
+    let body = body_framing(req.headers, minor == 0)?;
     let upgrade = info.upgrade_to.is_some() && !info.close;
     let expect_continue = minor == 1
         && req.headers.iter().any(|h| is(h, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
@@ -118,7 +125,7 @@ pub fn parse(buf: &[u8], client: &ClientAddr, out: &mut Vec<u8>) -> Result<Optio
     let keep_alive = if minor == 0 { info.keep_alive && !info.close } else { !info.close };
     Ok(Some(Head {
         method,
-        path: path.to_string(),
+        path: keep_path.then(|| path.to_string()),
         len,
         http10: minor == 0,
         keep_alive,
@@ -153,10 +160,6 @@ fn split_target(target: &str) -> Result<(Option<&str>, &str), HeadError> {
     Ok((Some(authority), path))
 }
 
-fn is(h: &httparse::Header<'_>, name: &str) -> bool {
-    h.name.eq_ignore_ascii_case(name)
-}
-
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -164,60 +167,8 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The tokens of the `Connection` header(s) and the `Upgrade` header.
-pub struct Connection<'a> {
-    pub close: bool,
-    pub keep_alive: bool,
-    pub upgrade_to: Option<&'a [u8]>,
-    /// Other headers `Connection` names: hop-by-hop for this connection only.
-    pub named: Vec<&'a [u8]>,
-}
-
-impl<'a> Connection<'a> {
-    pub fn scan(headers: &[httparse::Header<'a>]) -> Connection<'a> {
-        let mut c = Connection { close: false, keep_alive: false, upgrade_to: None, named: Vec::new() };
-        let mut upgrade_token = false;
-        for h in headers {
-            if is(h, "connection") {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        c.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        c.keep_alive = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade_token = true;
-                    } else if !token.is_empty() {
-                        c.named.push(token);
-                    }
-                }
-            } else if is(h, "upgrade") {
-                c.upgrade_to = Some(h.value);
-            }
-        }
-        if !upgrade_token {
-            c.upgrade_to = None;
-        }
-        c
-    }
-}
-
-/// Hop-by-hop (RFC 9110 §7.6.1) or re-written by the proxy.
-const DROPPED: [&str; 14] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "content-length",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "expect",
-];
+/// Rewritten by the proxy: the body is re-framed and the forwarding fields are its own.
+const REWRITTEN: [&str; 4] = ["content-length", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
 
 fn dropped(h: &httparse::Header<'_>, info: &Connection<'_>) -> bool {
     // "expect: 100-continue" is answered here (the body is read before it is sent on); other
@@ -225,43 +176,21 @@ fn dropped(h: &httparse::Header<'_>, info: &Connection<'_>) -> bool {
     if is(h, "expect") {
         return h.value.eq_ignore_ascii_case(b"100-continue");
     }
-    DROPPED.iter().any(|name| is(h, name))
-        || info.named.iter().any(|n| h.name.as_bytes().eq_ignore_ascii_case(n))
+    hop_by_hop(h, info) || REWRITTEN.iter().any(|name| is(h, name))
 }
 
 /// Content-Length or chunked; both, a coding other than chunked last, or differing lengths are
 /// refused (the ways a proxy and a server can disagree on where a request ends).
-pub fn framing(headers: &[httparse::Header<'_>], http10: bool) -> Result<Option<Framing>, HeadError> {
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for h in headers {
-        if is(h, "transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-        } else if is(h, "content-length") {
-            for piece in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let n = parse_length(piece).ok_or(HeadError::Malformed("bad Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Malformed("conflicting Content-Length"));
-                }
-                length = Some(n);
-            }
-        }
-    }
-    match (chunked, length) {
+fn body_framing(headers: &[httparse::Header<'_>], http10: bool) -> Result<Option<Framing>, HeadError> {
+    let fields = fields::Framing::read(headers)
+        .map_err(|_| HeadError::Malformed("bad or conflicting Content-Length"))?;
+    match (fields.chunked, fields.length) {
         (Some(_), Some(_)) => Err(HeadError::Malformed("both Transfer-Encoding and Content-Length")),
         (Some(true), None) if !http10 => Ok(Some(Framing::Chunked)),
         (Some(_), None) => Err(HeadError::Malformed("unsupported Transfer-Encoding")),
         (None, None) => Ok(None),
         (None, Some(n)) => Ok(Some(Framing::Length(n))),
     }
-}
-
-pub fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// X-Forwarded-For (the client's list with this client appended), X-Forwarded-Proto,
@@ -301,7 +230,8 @@ mod tests {
 
     fn rewrite(request: &str) -> Result<(Head, String), HeadError> {
         let mut out = Vec::new();
-        let head = parse(request.as_bytes(), &client(), &mut out)?.ok_or(HeadError::Malformed("partial"))?;
+        let head =
+            parse(request.as_bytes(), &client(), &mut out, true)?.ok_or(HeadError::Malformed("partial"))?;
         finish(&mut out, 0, head.body.is_some());
         Ok((head, String::from_utf8(out).expect("utf8")))
     }
@@ -321,7 +251,7 @@ mod tests {
              X-Forwarded-Host: shop.example\r\nForwarded: for=192.0.2.7;proto=http;host=\"shop.example\"\r\n\r\n"
         );
         assert!(head.keep_alive && !head.upgrade && head.body.is_none());
-        assert_eq!(head.path, "/a?b=1");
+        assert_eq!(head.path.as_deref(), Some("/a?b=1"));
     }
 
     #[test]

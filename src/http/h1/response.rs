@@ -1,7 +1,8 @@
 //! Reading a server's response head and writing the head the client gets: hop-by-hop headers
 //! out, the framing the client can read, and whether either connection stays open.
 
-use super::request::{Connection, MAX_HEADERS, parse_length};
+use super::fields::{Connection, Framing, hop_by_hop, is};
+use super::request::MAX_HEADERS;
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +83,12 @@ pub fn parse(
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    // httparse guarantees three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -123,51 +129,19 @@ fn body_kind(
     if head_request || status < 200 || status == 204 || status == 304 {
         return Ok(BodyKind::Empty);
     }
-    let mut length: Option<u64> = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-            return Ok(if last.eq_ignore_ascii_case(b"chunked") {
-                BodyKind::Chunked
-            } else {
-                BodyKind::UntilClose
-            });
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            for piece in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let n = parse_length(piece).ok_or(ResponseError::Malformed)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ResponseError::Malformed);
-                }
-                length = Some(n);
-            }
-        }
-    }
-    Ok(match length {
-        Some(0) => BodyKind::Empty,
-        Some(n) => BodyKind::Length(n),
-        None => BodyKind::UntilClose,
+    let fields = Framing::read(headers).map_err(|_| ResponseError::Malformed)?;
+    Ok(match (fields.chunked, fields.length) {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+        (Some(true), _) => BodyKind::Chunked,
+        (Some(false), _) | (None, None) => BodyKind::UntilClose,
+        (None, Some(0)) => BodyKind::Empty,
+        (None, Some(n)) => BodyKind::Length(n),
     })
 }
 
 /// Hop-by-hop headers go; `Content-Length` stays unless the body is re-framed.
 fn keep(h: &httparse::Header<'_>, info: &Connection<'_>, dechunk: bool) -> bool {
-    const HOP_BY_HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-    ];
-    let name = h.name;
-    if dechunk && name.eq_ignore_ascii_case("content-length") {
-        return false;
-    }
-    !HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-        && !info.named.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+    !(hop_by_hop(h, info) || dechunk && is(h, "content-length"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::response::{self, Exchange, Relay, Response};
 use crate::http::HttpServer;
@@ -172,9 +171,4 @@ async fn round_trip(
             Err(e) => return Err(Failure::Failed(e.to_string())),
         }
     }
-}
-
-/// The deadline of one attempt: the response timeout, within the request's own.
-pub fn attempt_deadline(response_timeout: Duration, request: Instant) -> Instant {
-    (Instant::now() + response_timeout).min(request)
 }
