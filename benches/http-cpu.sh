@@ -12,16 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 CONNECTIONS=${2:-64}
-bash scripts/install-deps.sh --bench
 command -v perf >/dev/null || { apt-get install -y linux-perf >/dev/null; }
-cargo build --release --quiet --bin rwproxy --example web
 
 source benches/http-setup.sh
-RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
-RWPID=$!
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-HAPID=$!
-sleep 1
+start_proxies
 
 printf '\n%-6s %-9s %11s %14s %14s %14s\n' round target requests/s "user us/req" "kernel us/req" "total us/req"
 # sample ROUND NAME PORT PID: wrk for 6 s, perf on PID for the 4 s in the middle.

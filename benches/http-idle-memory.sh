@@ -9,16 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${1:-3000}
-bash scripts/install-deps.sh --bench
-cargo build --release --quiet --bin rwproxy --example web
 ulimit -n 20000
 
 source benches/http-setup.sh
-RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
-RWPID=$!
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-HAPID=$!
-sleep 1
+start_proxies
 
 cat >"$work/idle.py" <<'PY'
 import socket, sys, time

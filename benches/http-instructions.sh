@@ -9,9 +9,7 @@
 # Needs valgrind, haproxy (scripts/install-deps.sh --bench) and python3. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh --bench
 command -v valgrind >/dev/null || { apt-get install -y valgrind >/dev/null; }
-cargo build --release --quiet --bin rwproxy --example web
 
 source benches/http-setup.sh
 cat >"$work/client.py" <<'PY'

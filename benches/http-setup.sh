@@ -1,6 +1,9 @@
-# Shared by the HTTP benchmarks (sourced, not run): a work directory cleaned up on exit, two
-# web servers (examples/web), and the rwproxy and HAProxy configs balancing over them:
-# $work/rwproxy.toml (listening on $RW) and $work/haproxy.cfg (on $HA). Loopback only.
+# Shared by the HTTP benchmarks (sourced, not run): the tools (wrk, haproxy) and a release
+# build, a work directory cleaned up on exit, two web servers (examples/web), and the rwproxy
+# and HAProxy configs balancing over them: $work/rwproxy.toml (listening on $RW) and
+# $work/haproxy.cfg (on $HA); `start_proxies` runs both ($RWPID, $HAPID). Loopback only.
+bash scripts/install-deps.sh --bench
+cargo build --release --quiet --bin rwproxy --example web
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -48,3 +51,11 @@ backend servers
     server web1 127.0.0.1:$W1
     server web2 127.0.0.1:$W2
 CFG
+
+start_proxies() {
+  RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
+  RWPID=$!
+  haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+  HAPID=$!
+  sleep 1
+}

@@ -15,15 +15,9 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-64}
 ROUNDS=${3:-5}
-bash scripts/install-deps.sh --bench
-cargo build --release --quiet --bin rwproxy --example web
 
 source benches/http-setup.sh
-RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" & pids+=($!)
-RWPID=$!
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-HAPID=$!
-sleep 1
+start_proxies
 
 # CPU ticks (user, system) a process has used.
 ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
