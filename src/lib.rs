@@ -4,6 +4,7 @@
 //! - [`protocol`]: the wire protocol, pure: framing, response boundaries, packets we write.
 //! - [`config`]: the TOML config as serde structs, validated with key and line.
 //! - [`classifier`]: what a statement is and where it may run.
+//! - [`consistency`]: replication positions: what each backend has applied, what a read needs.
 //! - [`router`]: picks a backend for a statement from the classification and session state.
 //! - [`backend`]: the backends (health as seen by the data path) and connections to them.
 //! - [`session`]: one client connection, from handshake to quit, as a small state machine.
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod backend;
 pub mod classifier;
 pub mod config;
+pub mod consistency;
 pub mod drain;
 pub mod http;
 pub mod metrics;

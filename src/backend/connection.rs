@@ -13,6 +13,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Backend;
 use super::auth::{self, CACHING_SHA2, NATIVE};
+use super::relay::Digest;
+use crate::protocol::session_track::Visible;
 use crate::protocol::packet::{self, PacketError};
 
 const BUFFER: usize = 64 * 1024;
@@ -88,6 +90,16 @@ pub struct BackendConn {
     pub busy: bool,
     /// Held while the connection exists, when the backend has `max_connections`.
     pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The server is MariaDB (it decides how the transaction position is tracked).
+    pub mariadb: bool,
+    /// What of the session-state data the client may see; rwproxy's own tracking is hidden.
+    pub visible: Visible,
+    /// Tracking of the transaction position has been asked for since the last reset.
+    pub tracking_ready: bool,
+    /// The GTID of the last write whose OK packet this connection relayed.
+    pub last_gtid: Option<String>,
+    /// When set, the relay adds every result byte (not the OK/EOF/ERR) to it.
+    pub digest: Option<Digest>,
 }
 
 impl Drop for BackendConn {
@@ -138,6 +150,15 @@ impl BackendConn {
             key: super::pool::PoolKey::of(login),
             busy: false,
             permit: None,
+            mariadb: false,
+            visible: Visible {
+                client_tracks: login.client_caps.contains(Caps::CLIENT_SESSION_TRACK),
+                hide_last_gtid: false,
+                hide_gtids: false,
+            },
+            tracking_ready: false,
+            last_gtid: None,
+            digest: None,
         };
         conn.login(login).await?;
         conn.backend.health.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,6 +224,10 @@ impl BackendConn {
         if login.database.is_some() {
             caps |= Caps::CLIENT_CONNECT_WITH_DB;
         }
+        // Always: OK packets then carry the transaction position of writes (see
+        // `protocol::session_track`); what the client did not ask for is taken out on relay.
+        caps |= server_caps & Caps::CLIENT_SESSION_TRACK;
+        self.mariadb = handshake.server_version_str().contains("MariaDB");
         self.caps = caps;
         let nonce = handshake.nonce();
         let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();

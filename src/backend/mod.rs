@@ -8,6 +8,7 @@ pub mod auth;
 mod connection;
 mod health;
 mod pool;
+mod query;
 mod relay;
 
 use std::sync::Arc;
@@ -19,9 +20,11 @@ pub use auth as auth_plugins;
 pub use connection::{BackendConn, BackendError, Login, probe};
 pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, checkout, release};
-pub use relay::{RelayError, Side, relay_response};
+pub use query::QueryError;
+pub use relay::{Digest, RelayError, Side, relay_response};
 
 use crate::config::{Config, Role};
+use crate::consistency::Known;
 
 #[derive(Debug)]
 pub struct Backend {
@@ -36,6 +39,8 @@ pub struct Backend {
     pub health: Health,
     /// Idle connections for reuse, and the `max_connections` cap.
     pub pool: Pool,
+    /// The replication position it is known to have applied.
+    pub known: Known,
 }
 
 impl Backend {
@@ -85,6 +90,7 @@ impl Backends {
                         last_error: Mutex::new(None),
                         health: Health::default(),
                         pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
+                        known: Known::default(),
                     }),
                 }
             })

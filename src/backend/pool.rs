@@ -121,6 +121,7 @@ pub async fn release(mut conn: BackendConn) {
         return;
     }
     conn.applied = 0;
+    conn.tracking_ready = false;
     let backend = conn.backend.clone();
     if let Ok(mut idle) = backend.pool.idle.lock()
         && idle.len() < backend.pool.max_idle

@@ -8,7 +8,30 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::BackendConn;
 use crate::protocol::packet::{self, Header, PacketError};
+use crate::protocol::session_track;
 use crate::protocol::{Outcome, Progress, ResponseKind, ResponseTracker};
+
+/// A checksum of the result bytes of one response (column count, definitions, rows; not the
+/// OK/EOF/ERR around them), to tell whether two servers gave a statement the same answer.
+#[derive(Debug, Clone, Default)]
+pub struct Digest {
+    hasher: std::collections::hash_map::DefaultHasher,
+    /// Result bytes seen.
+    pub bytes: u64,
+}
+
+impl Digest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        use std::hash::Hasher;
+        self.hasher.write(bytes);
+        self.bytes += bytes.len() as u64;
+    }
+
+    pub fn value(&self) -> u64 {
+        use std::hash::Hasher;
+        self.hasher.finish()
+    }
+}
 
 /// Which side of the proxy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +96,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             let header = self.backend_header().await?;
             if continued {
                 // The tail of a logical packet over 16 MiB: opaque bytes.
+                if let Some(digest) = self.conn.digest.as_mut() {
+                    digest.update(&header.encode());
+                }
                 self.write_client(&header.encode()).await?;
                 self.stream(header.len).await?;
                 continued = header.is_continued();
@@ -85,6 +111,10 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                 packet::read_payload_into(&mut self.conn.reader, header.len, &mut self.scratch)
                     .await
                     .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                let mut header = header;
+                if !continued {
+                    self.inspect(tracker, first, &mut header);
+                }
                 let progress = tracker
                     .accept(first, header.len, &self.scratch)
                     .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
@@ -105,6 +135,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                 let progress = tracker
                     .accept(first, header.len, &[])
                     .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
+                if let Some(digest) = self.conn.digest.as_mut() {
+                    digest.update(&header.encode());
+                }
                 self.write_client(&header.encode()).await?;
                 self.stream(header.len).await?;
                 progress
@@ -153,6 +186,9 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             end += 4 + header.len;
         }
         if end > 0 {
+            if let Some(digest) = self.conn.digest.as_mut() {
+                digest.update(&buf[..end]);
+            }
             self.touched = true;
             let write = self.client_w.write_all(&buf[..end]).await;
             write.map_err(|e| RelayError {
@@ -193,9 +229,33 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     /// Copies `len` payload bytes from the backend to the client.
     async fn stream(&mut self, len: usize) -> Result<(), RelayError> {
         self.touched = true;
-        copy_exact(&mut self.conn.reader, &mut *self.client_w, len)
+        copy_exact(&mut self.conn.reader, &mut *self.client_w, len, self.conn.digest.as_mut())
             .await
             .map_err(|(side, m)| self.fail(side, m))
+    }
+
+    /// A packet read whole, before it is accepted and relayed: an OK packet gives up the GTID
+    /// of a write and loses the session-state data the client did not ask for; an old-style
+    /// EOF loses the state-changed flag for a client without tracking; anything else that is
+    /// part of a result (the column count) goes into the digest.
+    fn inspect(&mut self, tracker: &ResponseTracker, first: u8, header: &mut Header) {
+        if tracker.is_ok_packet(first, header.len) {
+            if let Some(gtid) = session_track::gtid_of_ok(&self.scratch) {
+                self.conn.last_gtid = Some(gtid);
+            }
+            if let Some(rewritten) = session_track::rewrite_ok(&self.scratch, self.conn.visible) {
+                self.scratch = rewritten;
+                header.len = self.scratch.len();
+            }
+        } else if tracker.is_eof_packet(first, header.len) {
+            if !self.conn.visible.client_tracks && self.scratch.len() >= 5 {
+                self.scratch[4] &= !((session_track::STATE_CHANGED >> 8) as u8);
+            }
+        } else if !matches!(first, 0xFE | 0xFF)
+            && let Some(digest) = self.conn.digest.as_mut()
+        {
+            digest.update(&self.scratch);
+        }
     }
 
     /// LOCAL INFILE: the client sends the file as packets ending with an empty one; they go to
@@ -216,7 +276,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                 .write_all(&header.encode())
                 .await
                 .map_err(|e| self.fail(Side::Backend, e.to_string()))?;
-            let copied = copy_exact(&mut *self.client_r, &mut self.conn.writer, header.len).await;
+            let copied = copy_exact(&mut *self.client_r, &mut self.conn.writer, header.len, None).await;
             // Flip sides: here the client is the reader and the backend the writer.
             copied.map_err(|(side, m)| {
                 let side = if side == Side::Backend { Side::Client } else { Side::Backend };
@@ -232,7 +292,12 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
 
 /// Copies exactly `len` bytes; an error says whether reading (`Backend`) or writing (`Client`)
 /// failed.
-async fn copy_exact<R, W>(from: &mut R, to: &mut W, mut len: usize) -> Result<(), (Side, String)>
+async fn copy_exact<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut len: usize,
+    mut digest: Option<&mut Digest>,
+) -> Result<(), (Side, String)>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -243,6 +308,9 @@ where
             return Err((Side::Backend, PacketError::Truncated.to_string()));
         }
         let n = chunk.len().min(len);
+        if let Some(digest) = digest.as_mut() {
+            digest.update(&chunk[..n]);
+        }
         to.write_all(&chunk[..n]).await.map_err(|e| (Side::Client, e.to_string()))?;
         from.consume(n);
         len -= n;

@@ -232,12 +232,53 @@ pub struct RoutingConfig {
     /// After a failed connect, a backend is skipped for reads for this long. Default `"2s"`.
     #[serde(default = "default_retry_after", with = "duration::serde_str")]
     pub retry_failed_after: Duration,
+    /// What a read may miss: `"session"` (default: every write of the client's own session is
+    /// seen), `"global"` (every write committed before the read started is seen) or
+    /// `"eventual"` (replicas answer as far as they have got).
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// How long a read may wait for a replica to apply the position it needs before it goes
+    /// to the primary instead. Default `"100ms"`.
+    #[serde(default = "default_causal_read_timeout", with = "duration::serde_str")]
+    pub causal_read_timeout: Duration,
+    /// Transactions start on a read backend and move to the primary at their first write,
+    /// replaying what they read there. Default `true`.
+    #[serde(default = "yes")]
+    pub optimistic_transactions: bool,
+    /// Result bytes a transaction may read on a replica before its first write and still move
+    /// to the primary; past it the write fails with 1213 (deadlock, retry). Default 1 MiB.
+    #[serde(default = "default_optimistic_max_bytes")]
+    pub optimistic_max_bytes: u64,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { reads_include_primary: true, retry_failed_after: default_retry_after() }
+        RoutingConfig {
+            reads_include_primary: true,
+            retry_failed_after: default_retry_after(),
+            consistency: Consistency::default(),
+            causal_read_timeout: default_causal_read_timeout(),
+            optimistic_transactions: true,
+            optimistic_max_bytes: default_optimistic_max_bytes(),
+        }
     }
+}
+
+/// `mysql.routing.consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    #[default]
+    Session,
+    Global,
+    Eventual,
+}
+
+fn default_causal_read_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_optimistic_max_bytes() -> u64 {
+    1 << 20
 }
 
 fn yes() -> bool {

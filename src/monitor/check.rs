@@ -15,11 +15,19 @@ pub struct Report {
     pub problem: Option<(State, String)>,
     pub lag: Option<Duration>,
     pub read_only: Option<bool>,
+    /// The replication position the backend has applied (its GTID text), and whether it
+    /// writes GTIDs at all; `None` when not read.
+    pub position: Option<String>,
+    pub gtid: Option<bool>,
 }
 
 impl Report {
     pub fn down(reason: impl Into<String>) -> Report {
-        Report { problem: Some((State::Down, reason.into())), lag: None, read_only: None }
+        Report { problem: Some((State::Down, reason.into())), ..Report::fine() }
+    }
+
+    fn fine() -> Report {
+        Report { problem: None, lag: None, read_only: None, position: None, gtid: None }
     }
 }
 
@@ -59,6 +67,8 @@ pub struct Checker {
     replica_syntax: bool,
     heartbeat_ready: bool,
     heartbeat_warned: bool,
+    /// The server is MySQL (positions are `gtid_executed`), found by the first position read.
+    mysql: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +88,7 @@ impl Checker {
             replica_syntax: true,
             heartbeat_ready: false,
             heartbeat_warned: false,
+            mysql: None,
         }
     }
 
@@ -122,9 +133,13 @@ impl Checker {
         };
         if primary {
             self.write_heartbeat(clock).await;
-            return Ok(Report { problem: None, lag: None, read_only });
+            let (position, gtid) = self.position().await?;
+            return Ok(Report { read_only, position, gtid, ..Report::fine() });
         }
+        let (position, gtid) = self.position().await?;
         let mut report = self.replica_status().await?;
+        report.position = position;
+        report.gtid = gtid;
         if let Some(lag) = self.heartbeat_lag(clock).await {
             report.lag = Some(lag);
         }
@@ -159,11 +174,8 @@ impl Checker {
             conn.query("SHOW SLAVE STATUS").await?
         };
         let Some(row) = rows.first() else {
-            return Ok(Report {
-                problem: Some((State::ReplicationStopped, "not configured as a replica".into())),
-                lag: None,
-                read_only: None,
-            });
+            let reason = "not configured as a replica".to_string();
+            return Ok(Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() });
         };
         let text = |names: &[&str]| -> Option<String> {
             names.iter().find_map(|n| row.get_opt::<Option<String>, _>(*n).and_then(Result::ok).flatten())
@@ -184,13 +196,37 @@ impl Checker {
                 "replication threads IO={io} SQL={sql}{}{error}",
                 if error.is_empty() { "" } else { ": " }
             );
-            return Ok(Report {
-                problem: Some((State::ReplicationStopped, reason)),
-                lag: None,
-                read_only: None,
-            });
+            return Ok(Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() });
         }
-        Ok(Report { problem: None, lag: behind.map(Duration::from_secs), read_only: None })
+        Ok(Report { lag: behind.map(Duration::from_secs), ..Report::fine() })
+    }
+
+    /// The applied position (MariaDB `gtid_current_pos`, MySQL `gtid_executed`) and whether
+    /// the server writes GTIDs (MariaDB: binary log on; MySQL: `gtid_mode = ON`).
+    async fn position(&mut self) -> Result<(Option<String>, Option<bool>), CheckError> {
+        let conn = self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))?;
+        const MARIADB: &str = "SELECT @@gtid_current_pos, @@log_bin";
+        const MYSQL: &str = "SELECT @@GLOBAL.gtid_executed, @@GLOBAL.gtid_mode = 'ON'";
+        let row: Option<(Option<String>, Option<u8>)> = match self.mysql {
+            Some(true) => conn.query_first(MYSQL).await?,
+            Some(false) => conn.query_first(MARIADB).await?,
+            None => match conn.query_first(MARIADB).await {
+                Ok(row) => {
+                    self.mysql = Some(false);
+                    row
+                }
+                // 1193: unknown system variable — not MariaDB.
+                Err(mysql_async::Error::Server(e)) if e.code == 1193 => {
+                    self.mysql = Some(true);
+                    conn.query_first(MYSQL).await?
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(match row {
+            Some((position, gtid)) => (position.filter(|p| !p.trim().is_empty()), gtid.map(|g| g != 0)),
+            None => (None, None),
+        })
     }
 
     /// On the primary: creates the heartbeat table if needed and writes `ts = NOW(6)`.

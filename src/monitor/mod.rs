@@ -91,6 +91,17 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     let health = &backend.health;
     health.set_lag(report.lag);
     health.set_read_only(report.read_only);
+    if report.problem.is_none() || report.position.is_some() {
+        let position = report.position.as_deref().and_then(|p| crate::consistency::Position::parse(p).ok());
+        backend.known.set(position);
+    }
+    if let Some(gtid) = report.gtid {
+        let before = backend.known.gtid();
+        backend.known.set_gtid(gtid);
+        if !gtid && before != Some(false) && ctx.backends.is_primary(index) {
+            tracing::warn!(backend = %backend.name, "the primary writes no GTIDs (binary log or gtid_mode off): reads after a session's write go to the primary for max_replication_lag");
+        }
+    }
     let old = health.state();
     match (hysteresis.observe(report.problem.is_none()), &report.problem) {
         (Some(true), _) => health.set_state(State::Up, ""),

@@ -4,6 +4,7 @@
 
 pub mod packet;
 pub mod response;
+pub mod session_track;
 pub mod wire;
 
 pub use packet::{Header, Logical, MAX_PAYLOAD, PacketError};

@@ -92,6 +92,25 @@ impl ResponseTracker {
         first == 0xFE && if self.deprecate_eof { len < super::packet::MAX_PAYLOAD } else { len < 9 }
     }
 
+    /// Whether this packet, about to be accepted, is an OK packet (which may carry
+    /// session-state data): a plain OK, or the OK that ends rows under CLIENT_DEPRECATE_EOF.
+    pub fn is_ok_packet(&self, first: u8, len: usize) -> bool {
+        match self.state {
+            State::First => self.kind != ResponseKind::Prepare && self.kind != ResponseKind::Single && first == 0x00
+                || self.deprecate_eof && self.is_terminator(first, len),
+            State::Rows => self.deprecate_eof && self.is_terminator(first, len),
+            _ => false,
+        }
+    }
+
+    /// Whether this packet, about to be accepted, is an old-style EOF packet (status flags at a
+    /// fixed place).
+    pub fn is_eof_packet(&self, first: u8, len: usize) -> bool {
+        !self.deprecate_eof
+            && matches!(self.state, State::First | State::ColumnsEof | State::Rows)
+            && self.is_terminator(first, len)
+    }
+
     /// Whether the relay must read this packet's whole payload before calling `accept`.
     pub fn needs_payload(&self, first: u8, len: usize) -> bool {
         match self.state {

@@ -1,0 +1,125 @@
+//! Small queries rwproxy runs on its own behalf over a data-path connection: one value back
+//! (a wait for a replication position, a server variable), and turning on tracking of the
+//! transaction position.
+
+use super::BackendConn;
+use crate::protocol::wire::lenenc_int;
+use crate::protocol::{MAX_PAYLOAD, command};
+
+impl BackendConn {
+    /// Runs `sql` and returns the first column of its first row (`None` for NULL or no row).
+    /// The rest of the result is read and dropped. A server error is `Err` with its message;
+    /// the connection stays usable then.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, QueryError> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.send(0, &payload).await.map_err(|e| QueryError::Lost(e.to_string()))?;
+        let first = self.next_payload().await?;
+        let columns = match first.first() {
+            Some(0xFF) => return Err(QueryError::Server(error_text(&first))),
+            Some(0x00) => return Ok(None),
+            _ => lenenc_int(&first).map(|(n, _)| n).ok_or_else(|| QueryError::Lost("bad column count".into()))?,
+        };
+        for _ in 0..columns {
+            self.next_payload().await?;
+        }
+        if !self.deprecate_eof() {
+            self.next_payload().await?;
+        }
+        let mut value = None;
+        let mut first_row = true;
+        // Bounded by the result: every iteration consumes one packet.
+        loop {
+            let row = self.next_payload().await?;
+            match row.first() {
+                Some(0xFF) => return Err(QueryError::Server(error_text(&row))),
+                Some(0xFE) if row.len() < MAX_PAYLOAD && (self.deprecate_eof() || row.len() < 9) => {
+                    return Ok(value);
+                }
+                Some(0xFB) if first_row => first_row = false,
+                _ if first_row => {
+                    first_row = false;
+                    let (len, used) = lenenc_int(&row).ok_or_else(|| QueryError::Lost("bad row".into()))?;
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    let text = row.get(used..used.saturating_add(len)).unwrap_or_default();
+                    value = Some(String::from_utf8_lossy(text).into_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn next_payload(&mut self) -> Result<Vec<u8>, QueryError> {
+        self.read_packet().await.map(|p| p.payload).map_err(|e| QueryError::Lost(e.to_string()))
+    }
+
+    /// Asks the server to report each write's GTID in its OK packet, once per connection (and
+    /// again after a reset). What rwproxy adds is hidden from the client on relay; what the
+    /// server or the client tracks already stays visible.
+    pub async fn enable_tracking(&mut self) -> Result<(), QueryError> {
+        if self.tracking_ready {
+            return Ok(());
+        }
+        self.tracking_ready = true;
+        self.visible.hide_last_gtid = false;
+        self.visible.hide_gtids = false;
+        if !self.caps.contains(mysql_common::constants::CapabilityFlags::CLIENT_SESSION_TRACK) {
+            return Ok(());
+        }
+        if self.mariadb {
+            let tracked = match self.query_value("SELECT @@session_track_system_variables").await {
+                Ok(v) => v.unwrap_or_default(),
+                // A server without the variable (before 10.2) tracks nothing.
+                Err(QueryError::Server(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if tracked == "*" || tracked.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid")) {
+                return Ok(());
+            }
+            let list = if tracked.is_empty() { "last_gtid".to_string() } else { format!("{tracked},last_gtid") };
+            let set = format!("SET SESSION session_track_system_variables = '{}'", list.replace('\'', "''"));
+            self.run_setting(&set).await?;
+            self.visible.hide_last_gtid = true;
+        } else {
+            let mode = match self.query_value("SELECT @@session_track_gtids").await {
+                Ok(v) => v.unwrap_or_default(),
+                Err(QueryError::Server(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if !mode.eq_ignore_ascii_case("OFF") {
+                return Ok(());
+            }
+            self.run_setting("SET SESSION session_track_gtids = OWN_GTID").await?;
+            self.visible.hide_gtids = true;
+        }
+        Ok(())
+    }
+
+    async fn run_setting(&mut self, sql: &str) -> Result<(), QueryError> {
+        let mut payload = vec![command::QUERY];
+        payload.extend_from_slice(sql.as_bytes());
+        let outcome =
+            self.run_silently(&payload, crate::protocol::ResponseKind::Query).await.map_err(QueryError::Lost)?;
+        match outcome.error {
+            None => Ok(()),
+            Some(code) => Err(QueryError::Server(format!("{sql}: error {code}"))),
+        }
+    }
+}
+
+fn error_text(payload: &[u8]) -> String {
+    let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+    let text = payload.get(9..).unwrap_or_default();
+    format!("{} ({code})", String::from_utf8_lossy(text))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The server answered with an error; the connection is fine.
+    #[error("{0}")]
+    Server(String),
+    /// The connection failed.
+    #[error("{0}")]
+    Lost(String),
+}
