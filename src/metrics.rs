@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::backend::{Backends, State};
 use crate::classifier::Reason;
+use crate::consistency::{OptimisticOutcome, ReadOutcome};
 use crate::router::Target;
 
 const REASONS: [Reason; 14] = [
@@ -67,6 +70,33 @@ pub struct Metrics {
     /// `rwproxy_config_reloads_total{result}`: ok, failed.
     reloads: [Counter; 2],
     last_reload_ok: Gauge,
+    consistency: ConsistencySeries,
+}
+
+const READ_OUTCOMES: [ReadOutcome; 3] = [ReadOutcome::ReplicaReady, ReadOutcome::Waited, ReadOutcome::Primary];
+const OPTIMISTIC_OUTCOMES: [OptimisticOutcome; 4] = [
+    OptimisticOutcome::Replica,
+    OptimisticOutcome::Moved,
+    OptimisticOutcome::Conflict,
+    OptimisticOutcome::TooLarge,
+];
+
+/// Reads that needed a replication position, and optimistic transactions. The counts are also
+/// kept as numbers for the status page; they survive a reload like the series do.
+struct ConsistencySeries {
+    reads: [Counter; 3],
+    wait: Histogram,
+    optimistic: [Counter; 4],
+    counts: Arc<[AtomicU64; 7]>,
+}
+
+/// What the status page shows of consistency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsistencyCounts {
+    /// Reads after writes by outcome: replica_ready, waited, primary.
+    pub reads: [u64; 3],
+    /// Optimistic transactions by outcome: replica, moved, conflict, too_large.
+    pub optimistic: [u64; 4],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,12 +123,27 @@ impl Metrics {
     /// The series for the backends of a reloaded configuration, in the same registry: a
     /// backend that stays keeps its counters (registering a known series returns it).
     pub fn reconfigured(&self, backends: &Backends) -> Metrics {
-        Metrics::with_recorder(self.recorder.clone(), backends)
+        let mut m = Metrics::with_recorder(self.recorder.clone(), backends);
+        m.consistency.counts = self.consistency.counts.clone();
+        m
     }
 
     fn with_recorder(recorder: Arc<PrometheusRecorder>, backends: &Backends) -> Metrics {
         let handle = recorder.handle();
+        let consistency = ConsistencySeries {
+            reads: READ_OUTCOMES.map(|o| {
+                let key = Self::key("rwproxy_consistency_reads_total", &[("outcome", o.as_str())]);
+                recorder.register_counter(&key, &METADATA)
+            }),
+            wait: recorder.register_histogram(&Key::from_name("rwproxy_consistency_wait_seconds"), &METADATA),
+            optimistic: OPTIMISTIC_OUTCOMES.map(|o| {
+                let key = Self::key("rwproxy_optimistic_transactions_total", &[("outcome", o.as_str())]);
+                recorder.register_counter(&key, &METADATA)
+            }),
+            counts: Arc::new(Default::default()),
+        };
         let mut m = Metrics {
+            consistency,
             query_duration: recorder
                 .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
             client_connections: recorder
@@ -191,6 +236,30 @@ impl Metrics {
             counter.increment(1);
         }
         self.query_duration.record(took.as_secs_f64());
+    }
+
+    /// A read that needed a replication position was placed; `waited` is how long it waited on
+    /// a replica, when it did.
+    pub fn consistency_read(&self, outcome: ReadOutcome, waited: Option<Duration>) {
+        let i = READ_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.consistency.reads[i].increment(1);
+        self.consistency.counts[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(waited) = waited {
+            self.consistency.wait.record(waited.as_secs_f64());
+        }
+    }
+
+    /// An optimistic transaction ended.
+    pub fn optimistic(&self, outcome: OptimisticOutcome) {
+        let i = OPTIMISTIC_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.consistency.optimistic[i].increment(1);
+        self.consistency.counts[3 + i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn consistency_counts(&self) -> ConsistencyCounts {
+        let c = &self.consistency.counts;
+        let at = |i: usize| c[i].load(Ordering::Relaxed);
+        ConsistencyCounts { reads: [at(0), at(1), at(2)], optimistic: [at(3), at(4), at(5), at(6)] }
     }
 
     /// One reload attempt (SIGHUP, `POST /reload`).

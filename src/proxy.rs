@@ -120,6 +120,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
         backends.clone(),
         config.mysql.routing.reads_include_primary,
         config.monitor.all_replicas_down,
+        config.mysql.routing.optimistic_transactions,
     ));
     let monitor = crate::monitor::spawn(&config, backends.clone(), metrics.clone());
     let http = match config.http.clone() {

@@ -72,6 +72,7 @@ impl Reloader {
             backends.clone(),
             config.mysql.routing.reads_include_primary,
             config.monitor.all_replicas_down,
+            config.mysql.routing.optimistic_transactions,
         ));
         let monitor = crate::monitor::spawn(&config, backends, metrics.clone());
         let shared = Shared::new(config, router, metrics, old.server_version.clone(), old.caps);

@@ -56,16 +56,29 @@ async fn writes_land_on_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn transactions_stay_on_the_primary_and_rollback_works() {
+async fn transactions_stay_on_one_backend_and_move_to_the_primary_at_their_first_write() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
     conn.query_drop("CREATE TABLE tx_t (id INT PRIMARY KEY)").await.expect("create");
+    let mut started_on = Vec::new();
+    for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE", "BEGIN", "BEGIN", "BEGIN"] {
+        conn.query_drop(begin).await.expect("begin");
+        let seen = distribution(&mut conn, 4).await;
+        assert_eq!(seen.len(), 1, "{begin}: one backend for the whole transaction: {seen:?}");
+        started_on.extend(seen.keys().copied());
+        conn.query_drop("COMMIT").await.expect("commit");
+    }
+    started_on.sort_unstable();
+    started_on.dedup();
+    assert!(started_on.len() >= 2, "read-only transactions rotate over the read backends: {started_on:?}");
     for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE"] {
         conn.query_drop(begin).await.expect("begin");
-        assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]), "{begin}");
-        conn.query_drop("INSERT INTO tx_t VALUES (1)").await.expect("insert");
+        let before: Option<u32> = conn.query_first("SELECT COUNT(*) FROM tx_t").await.expect("count");
+        assert_eq!(before, Some(0));
+        conn.query_drop("INSERT INTO tx_t VALUES (1)").await.expect("insert moves the transaction");
         let inside: Option<u32> = conn.query_first("SELECT COUNT(*) FROM tx_t").await.expect("count");
         assert_eq!(inside, Some(1), "the transaction sees its own write");
+        assert_eq!(distribution(&mut conn, 3).await, BTreeMap::from([(1, 3)]), "{begin}: on the primary now");
         conn.query_drop("ROLLBACK").await.expect("rollback");
     }
     replicated().await;
@@ -75,10 +88,19 @@ async fn transactions_stay_on_the_primary_and_rollback_works() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn autocommit_off_pins_until_turned_back_on() {
-    let proxy = start_proxy().await;
+async fn without_optimistic_transactions_they_stay_on_the_primary() {
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"1s\"\n[mysql.routing]\noptimistic_transactions = false");
+    let proxy = common::start_proxy_with(&text).await;
     let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE ac_t (id INT PRIMARY KEY)").await.expect("create");
+    conn.query_drop("CREATE TABLE IF NOT EXISTS ac_t (id INT PRIMARY KEY)").await.expect("create");
+    conn.query_drop("DELETE FROM ac_t").await.expect("clean");
+    for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE"] {
+        conn.query_drop(begin).await.expect("begin");
+        assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]), "{begin}");
+        conn.query_drop("COMMIT").await.expect("commit");
+    }
     conn.query_drop("SET autocommit = 0").await.expect("autocommit off");
     assert_eq!(distribution(&mut conn, 6).await, BTreeMap::from([(1, 6)]));
     conn.query_drop("INSERT INTO ac_t VALUES (7)").await.expect("insert");
@@ -91,6 +113,33 @@ async fn autocommit_off_pins_until_turned_back_on() {
     assert_eq!(distribution(&mut conn, 6).await.len(), 3);
     let ids: Vec<u32> = conn.query("SELECT id FROM ac_t").await.expect("select");
     assert_eq!(ids, vec![8]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_off_transactions_start_on_a_read_backend() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE IF NOT EXISTS ac2_t (id INT PRIMARY KEY)").await.expect("create");
+    replicated().await;
+    conn.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    let mut started_on = Vec::new();
+    for _ in 0..6 {
+        let _: Vec<u32> = conn.query("SELECT id FROM ac2_t").await.expect("opens a transaction");
+        let seen = distribution(&mut conn, 3).await;
+        assert_eq!(seen.len(), 1, "the implicit transaction stays on one backend: {seen:?}");
+        started_on.extend(seen.keys().copied());
+        conn.query_drop("COMMIT").await.expect("commit");
+    }
+    started_on.sort_unstable();
+    started_on.dedup();
+    assert!(started_on.len() >= 2, "implicit transactions rotate: {started_on:?}");
+    let _: Vec<u32> = conn.query("SELECT id FROM ac2_t").await.expect("select");
+    conn.query_drop("INSERT INTO ac2_t VALUES (8)").await.expect("insert moves it to the primary");
+    assert_eq!(distribution(&mut conn, 3).await, BTreeMap::from([(1, 3)]));
+    conn.query_drop("COMMIT").await.expect("commit");
+    conn.query_drop("SET autocommit = 1").await.expect("autocommit on");
+    let ids: Vec<u32> = conn.query("SELECT id FROM ac2_t").await.expect("select");
+    assert_eq!(ids, vec![8], "read-your-writes right after the commit");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -78,7 +78,7 @@ pub enum Hint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     None,
-    /// `BEGIN`, `START TRANSACTION [READ WRITE]`, `XA START`.
+    /// `BEGIN`, `START TRANSACTION [READ WRITE]`: may start on a read backend (optimistic).
     Begin,
     /// `START TRANSACTION READ ONLY`: pinned to one read backend.
     BeginReadOnly,
@@ -125,6 +125,12 @@ impl Classification {
     }
 }
 
+/// Whether running the statement may change data, so that later reads must see it: anything
+/// bound for the primary except node-specific `SHOW`s.
+pub fn counts_as_write(class: &Classification) -> bool {
+    class.destination == Destination::Primary && class.reason != Reason::NodeSpecific
+}
+
 /// Classifies one COM_QUERY text (or a COM_STMT_PREPARE statement).
 pub fn classify(sql: &str) -> Classification {
     let lead = lexer::lead(sql);
@@ -169,7 +175,8 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
         "GET" if lead.second_word.is_some_and(|w| w.eq_ignore_ascii_case("DIAGNOSTICS")) => {
             Classification::new(Destination::Last, Reason::Diagnostics)
         }
-        "XA" => Classification::new(Primary, Reason::Transaction).with_effect(Effect::Begin),
+        // XA transactions stay on the primary from their start (never optimistic).
+        "XA" => Classification::new(Primary, Reason::Transaction),
         "COMMIT" | "ROLLBACK" => Classification::new(Primary, Reason::Transaction),
         "USE" => Classification::new(All, Reason::SessionCommand).with_effect(Effect::UseDatabase),
         "SET" => classify_set(sql, lead),

@@ -6,12 +6,14 @@
 //! interval, and a replica that answered a wait is known to be at least where it was asked to
 //! be. The session's read path (`session::consistency`) puts these together.
 
+mod outcome;
 mod position;
 mod primary;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+pub use outcome::{OptimisticOutcome, ReadOutcome};
 pub use position::{Position, PositionError};
 pub use primary::PrimaryPosition;
 

@@ -11,7 +11,7 @@ pub use balance::{Balancer, RoundRobin};
 
 use crate::backend::Backends;
 use crate::backend::State;
-use crate::classifier::{Classification, Destination, Hint, Reason};
+use crate::classifier::{Classification, Destination, Effect, Hint, Reason};
 use crate::config::AllReplicasDown;
 
 /// Where a statement goes.
@@ -43,6 +43,14 @@ pub struct SessionView {
     pub user_variables_on_primary: bool,
     /// Backend that ran the previous statement.
     pub last: Option<usize>,
+    /// The pinned transaction runs optimistically on a read backend: the first statement that
+    /// needs the primary moves it there.
+    pub optimistic: bool,
+    /// The last optimistic transaction could not move (its replay differed): the next one,
+    /// most likely its retry, starts on the primary.
+    pub optimistic_paused: bool,
+    /// The session runs with `autocommit = 0` (its next statement may open a transaction).
+    pub autocommit_off: bool,
 }
 
 #[derive(Debug)]
@@ -51,6 +59,8 @@ pub struct Router {
     reads_include_primary: bool,
     all_replicas_down: AllReplicasDown,
     balancer: RoundRobin,
+    /// Transactions start on a read backend (`optimistic_transactions`).
+    optimistic: bool,
 }
 
 impl Router {
@@ -58,8 +68,14 @@ impl Router {
         backends: Arc<Backends>,
         reads_include_primary: bool,
         all_replicas_down: AllReplicasDown,
+        optimistic: bool,
     ) -> Router {
-        Router { backends, reads_include_primary, all_replicas_down, balancer: RoundRobin::default() }
+        Router { backends, reads_include_primary, all_replicas_down, balancer: RoundRobin::default(), optimistic }
+    }
+
+    /// Whether transactions start optimistically on a read backend.
+    pub fn optimistic(&self) -> bool {
+        self.optimistic
     }
 
     /// The backends that take reads right now, in configuration order (for status pages; it
@@ -91,6 +107,10 @@ impl Router {
     pub fn decide(&self, class: &Classification, view: &SessionView) -> Decision {
         let decision = |target, reason| Decision { target, reason };
         if let Some(pinned) = view.pinned {
+            if view.optimistic && needs_primary(class) {
+                // The session moves the transaction to the primary before running it.
+                return decision(Target::Primary, class.reason);
+            }
             return decision(Target::Backend(pinned), Reason::Transaction);
         }
         if class.destination == Destination::All {
@@ -107,7 +127,14 @@ impl Router {
             }
             _ => {}
         }
+        let held_on_primary = view.primary_locked || view.temporary_tables || view.user_variables_on_primary;
+        if self.optimistic && class.effect == Effect::Begin && !held_on_primary && !view.optimistic_paused {
+            return decision(Target::ReadPool, Reason::Transaction);
+        }
         let reading = matches!(class.destination, Destination::Read | Destination::Last);
+        if reading && view.autocommit_off && (!self.optimistic || view.optimistic_paused) {
+            return decision(Target::Primary, Reason::Transaction);
+        }
         if reading && view.primary_locked {
             return decision(Target::Primary, Reason::SessionPinned);
         }
@@ -195,6 +222,13 @@ impl Router {
         order.extend(skipped);
         order
     }
+}
+
+/// Inside an optimistic transaction: whether the statement must run on the primary (a write,
+/// a locking read, …). `COMMIT`, `ROLLBACK` and session commands stay where the transaction is.
+fn needs_primary(class: &Classification) -> bool {
+    class.hint == Some(Hint::Primary)
+        || class.destination == Destination::Primary && class.reason != Reason::Transaction
 }
 
 #[cfg(test)]

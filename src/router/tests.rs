@@ -25,7 +25,7 @@ role = "replica"
 "#,
     )
     .expect("config");
-    Router::new(Arc::new(Backends::from_config(&config)), true, AllReplicasDown::Primary)
+    Router::new(Arc::new(Backends::from_config(&config)), true, AllReplicasDown::Primary, true)
 }
 
 #[test]

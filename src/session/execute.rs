@@ -3,7 +3,10 @@
 
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response};
-use crate::classifier::{Classification, Destination, Effect, Reason, classify, explain_route_target};
+use super::consistency::hinted_position;
+use crate::classifier::{
+    Classification, Destination, Effect, Reason, classify, counts_as_write, explain_route_target,
+};
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
 use std::borrow::Cow;
@@ -26,14 +29,28 @@ pub(super) enum AttemptError {
     Fatal(SessionError),
 }
 
+impl AttemptError {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            AttemptError::Unavailable(why) | AttemptError::Lost(why) => why.clone(),
+            AttemptError::Fatal(e) => e.to_string(),
+        }
+    }
+}
+
 impl Session {
     pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let sql = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
         if let Some(statement) = explain_route_target(&sql) {
             return self.explain_route(statement).await;
         }
+        if asks_position(&sql) {
+            return self.answer_position().await;
+        }
         let class = classify(&sql);
-        let decision = self.shared.router.decide(&class, &self.state.view);
+        let Some(decision) = self.route(&class).await? else {
+            return Ok(());
+        };
         let ran = self
             .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None)
             .await?;
@@ -48,6 +65,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Decides where a statement goes; an optimistic transaction that needs the primary moves
+    /// there first. `None`: it could not move and the client has its answer (1213).
+    pub(super) async fn route(&mut self, class: &Classification) -> Result<Option<Decision>, SessionError> {
+        let decision = self.shared.router.decide(class, &self.state.view);
+        if !(self.state.view.optimistic && decision.target == Target::Primary) {
+            return Ok(Some(decision));
+        }
+        if !self.move_transaction().await? {
+            return Ok(None);
+        }
+        Ok(Some(self.shared.router.decide(class, &self.state.view)))
     }
 
     /// COM_INIT_DB and COM_SET_OPTION: session commands, like `USE` and `SET`.
@@ -104,7 +134,12 @@ impl Session {
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
         let retry_lost = decision.target == Target::ReadPool;
-        let candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
+        let mut candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
+        if decision.target == Target::ReadPool {
+            let hinted = statement.and_then(|(_, sql)| hinted_position(sql));
+            let need = self.read_need(hinted).await;
+            candidates = self.consistent_candidates(candidates, need).await;
+        }
         let mut failures = Vec::new();
         for backend in candidates {
             // The monitor says it is down: fail now rather than wait for a connect timeout. A
@@ -125,7 +160,12 @@ impl Session {
                     }
                     let took = started.elapsed();
                     self.shared.metrics.query(backend, decision.target, decision.reason, took);
-                    self.state.after_response(backend, &outcome);
+                    let was_pinned = self.state.view.pinned;
+                    self.state.after_response(backend, &outcome, self.shared.router.optimistic());
+                    let writes = statement.is_some_and(|(class, _)| counts_as_write(class));
+                    self.learn_from_statement(backend, writes, outcome.error.is_some(), outcome.status);
+                    let class = statement.map(|(class, _)| class);
+                    self.track_optimistic(backend, out, kind, class, &outcome, was_pinned);
                     if let Some((class, sql)) = statement
                         && outcome.error.is_none()
                     {
@@ -169,10 +209,13 @@ impl Session {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
             Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
+        let digest = self.digest_wanted(backend);
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
         conn.busy = true;
+        conn.last_gtid = None;
+        conn.digest = digest.then(crate::backend::Digest::default);
         if let Err(e) = conn.send(0, &bytes).await {
             self.backend_failed(backend, &e.to_string());
             return Err(AttemptError::Lost(e.to_string()));
@@ -203,12 +246,16 @@ impl Session {
         if self.state.view.pinned == Some(backend) {
             self.state.view.pinned = None;
         }
+        if self.state.optimistic.as_ref().is_some_and(|o| o.backend == backend) {
+            self.state.optimistic = None;
+            self.state.view.optimistic = false;
+        }
     }
 
     /// Opens the connection to `backend` if the session has none, or if the one it has was
     /// closed by the server while idle. A connection lost inside a transaction is not replaced
     /// silently: the transaction is gone, and the client must hear it.
-    async fn ensure_connection(&mut self, backend: usize) -> Result<(), AttemptError> {
+    pub(super) async fn ensure_connection(&mut self, backend: usize) -> Result<(), AttemptError> {
         if let Some(conn) = self.conns[backend].as_mut() {
             if !conn.is_closed() {
                 return Ok(());
@@ -227,7 +274,11 @@ impl Session {
         };
         let timeout = self.shared.config.mysql.connect_timeout;
         match checkout(&target, &self.login, timeout).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                if let Err(e) = conn.enable_tracking().await {
+                    self.shared.router.backends().mark_failed(backend, &e.to_string());
+                    return Err(AttemptError::Unavailable(e.to_string()));
+                }
                 self.conns[backend] = Some(conn);
                 Ok(())
             }
@@ -242,7 +293,7 @@ impl Session {
 
     /// Runs on `backend` the session commands it has not seen yet, in order. A backend that
     /// refuses one leaves this session (it would answer with the wrong settings).
-    async fn replay_history(&mut self, backend: usize) -> Result<(), AttemptError> {
+    pub(super) async fn replay_history(&mut self, backend: usize) -> Result<(), AttemptError> {
         let Some(conn) = self.conns[backend].as_mut() else {
             return Ok(());
         };
@@ -273,6 +324,12 @@ impl Session {
     }
 }
 
+/// `SELECT @@rwproxy_position`, answered by rwproxy.
+fn asks_position(sql: &str) -> bool {
+    let text = sql.trim().trim_end_matches(';').trim_end();
+    text.len() == 25 && text.eq_ignore_ascii_case("SELECT @@rwproxy_position")
+}
+
 /// COM_INIT_DB and COM_SET_OPTION route like `USE` and `SET`: session commands.
 fn session_class() -> Classification {
     Classification::new(Destination::All, Reason::SessionCommand)
@@ -292,5 +349,12 @@ mod tests {
         assert_eq!(super::database_of_use("USE appdb").as_deref(), Some("appdb"));
         assert_eq!(super::database_of_use("use `my db`;").as_deref(), Some("my db"));
         assert_eq!(super::database_of_use("USE").as_deref(), None);
+    }
+
+    #[test]
+    fn position_question_is_recognised() {
+        assert!(super::asks_position("select @@rwproxy_position;"));
+        assert!(super::asks_position("  SELECT @@RWPROXY_POSITION"));
+        assert!(!super::asks_position("SELECT @@rwproxy_position, 1"));
     }
 }

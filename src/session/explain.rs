@@ -24,12 +24,17 @@ impl Session {
             .would_pick(decision.target, &self.state.excluded)
             .and_then(|b| router.backends().get(b).map(|b| b.name.clone()))
             .unwrap_or_else(|| "none".into());
-        let row = [destination, backend.as_str(), decision.reason.as_str()];
-        self.write_text_result(&["destination", "backend", "reason"], &row).await
+        let consistency = if decision.target == Target::ReadPool {
+            self.describe_consistency(super::consistency::hinted_position(statement))
+        } else {
+            "no position needed".to_string()
+        };
+        let row = [destination, backend.as_str(), decision.reason.as_str(), consistency.as_str()];
+        self.write_text_result(&["destination", "backend", "reason", "consistency"], &row).await
     }
 
     /// A one-row text result set written by rwproxy itself.
-    async fn write_text_result(&mut self, columns: &[&str], row: &[&str]) -> Result<(), SessionError> {
+    pub(super) async fn write_text_result(&mut self, columns: &[&str], row: &[&str]) -> Result<(), SessionError> {
         let deprecate_eof = self.login.client_caps.contains(Caps::CLIENT_DEPRECATE_EOF);
         let mut packets: Vec<Vec<u8>> = vec![vec![columns.len() as u8]];
         packets.extend(columns.iter().map(|c| wire::text_column(c)));

@@ -5,10 +5,12 @@
 //! handler; handlers route, run the command on a backend ([`Session::run`]) and update the
 //! session state from the backend's answer.
 
+mod consistency;
 mod control;
 mod execute;
 mod explain;
 pub mod handshake;
+mod optimistic;
 mod prepared;
 mod state;
 
@@ -22,6 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::backend::{BackendConn, Login};
 use crate::config::Config;
+use crate::consistency::PrimaryPosition;
 use crate::metrics::Metrics;
 use crate::protocol::packet::{self, PacketError};
 use crate::protocol::{command, wire};
@@ -29,6 +32,7 @@ use crate::router::Router;
 use crate::server::{Running, SqlTier};
 use handshake::HandshakeError;
 use prepared::Statements;
+pub use consistency::ReadAfter;
 pub use state::{History, SessionState};
 
 /// What every session shares: the config snapshot, the router, what the greeting says. A
@@ -41,6 +45,9 @@ pub struct Shared {
     pub server_version: String,
     /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
     pub caps: Caps,
+    /// The primary's current position, shared by the reads that need it (`global`
+    /// consistency, and a write whose GTID did not show).
+    pub primary_position: PrimaryPosition,
 }
 
 impl Shared {
@@ -51,7 +58,9 @@ impl Shared {
         server_version: String,
         caps: Caps,
     ) -> Shared {
-        Shared { config, router, metrics, server_version, caps }
+        let (user, password) = config.monitor_login();
+        let primary_position = PrimaryPosition::new(user, password, config.mysql.connect_timeout);
+        Shared { config, router, metrics, server_version, caps, primary_position }
     }
 }
 

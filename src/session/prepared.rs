@@ -146,13 +146,19 @@ impl Session {
         // Only statements that change routing state need their text again (GET_LOCK, …).
         let effect_sql = (class.effect != crate::classifier::Effect::None)
             .then(|| String::from_utf8_lossy(stmt.prepare.get(1..).unwrap_or_default()).into_owned());
-        let decision = self.shared.router.decide(&class, &self.state.view);
+        let long_data = !stmt.long_data.is_empty();
+        let Some(decision) = self.route(&class).await? else {
+            return Ok(());
+        };
+        if long_data && let Some(o) = self.state.optimistic.as_mut() {
+            o.not_replayable();
+        }
         let ran = self
             .run(
                 decision,
                 Outgoing::Statement(&payload),
                 ResponseKind::Execute,
-                effect_sql.as_deref().map(|sql| (&class, sql)),
+                Some((&class, effect_sql.as_deref().unwrap_or_default())),
                 None,
             )
             .await?;

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use crate::classifier::{Classification, Effect, prepared_name, table_names};
 use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome};
 use crate::router::SessionView;
+use super::consistency::ReadAfter;
+use super::optimistic::Optimistic;
 
 /// Session commands (`SET`, `USE`, COM_INIT_DB, COM_SET_OPTION) in the order they ran, each
 /// with a sequence number so a connection knows which ones it still has to run.
@@ -76,6 +78,11 @@ pub struct SessionState {
     prepared: HashSet<String>,
     advisory_locks: u32,
     table_locks: bool,
+    /// What the session's writes require of its reads (kept across resets: the client's next
+    /// read still must not miss them).
+    pub read_after: ReadAfter,
+    /// The transaction running optimistically on a read backend, if any.
+    pub optimistic: Option<Optimistic>,
 }
 
 impl SessionState {
@@ -89,16 +96,22 @@ impl SessionState {
             prepared: HashSet::new(),
             advisory_locks: 0,
             table_locks: false,
+            read_after: ReadAfter::default(),
+            optimistic: None,
         }
     }
 
     /// Updates pins from a finished response on `backend`. The backend's IN_TRANS and
     /// AUTOCOMMIT flags are the truth about transactions, whatever the statement looked like.
-    pub fn after_response(&mut self, backend: usize, outcome: &Outcome) {
+    /// With `optimistic` transactions an `autocommit = 0` session is pinned only once a
+    /// transaction is open (its next one may start on a read backend); without, it stays on
+    /// the backend it is on.
+    pub fn after_response(&mut self, backend: usize, outcome: &Outcome, optimistic: bool) {
         self.view.last = Some(backend);
         if let Some(status) = outcome.status {
             self.status = status;
-            let in_transaction = status & IN_TRANS != 0 || status & AUTOCOMMIT == 0;
+            self.view.autocommit_off = status & AUTOCOMMIT == 0;
+            let in_transaction = status & IN_TRANS != 0 || !optimistic && status & AUTOCOMMIT == 0;
             self.view.pinned = in_transaction.then_some(backend);
         }
     }
@@ -140,7 +153,9 @@ impl SessionState {
 
     /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
     pub fn reset(&mut self) {
+        let read_after = std::mem::take(&mut self.read_after);
         *self = SessionState::new(self.excluded.len());
+        self.read_after = read_after;
     }
 }
 
@@ -200,13 +215,17 @@ mod tests {
     fn status_flags_pin_and_unpin() {
         let mut s = SessionState::new(3);
         let with = |status| Outcome { status: Some(status), ..Outcome::default() };
-        s.after_response(0, &with(IN_TRANS | AUTOCOMMIT));
+        s.after_response(0, &with(IN_TRANS | AUTOCOMMIT), false);
         assert_eq!(s.view.pinned, Some(0));
-        s.after_response(0, &with(AUTOCOMMIT));
+        s.after_response(0, &with(AUTOCOMMIT), false);
         assert_eq!(s.view.pinned, None);
-        s.after_response(0, &with(0));
-        assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins");
-        s.after_response(0, &Outcome { error: Some(1064), ..Outcome::default() });
+        s.after_response(0, &with(0), false);
+        assert_eq!(s.view.pinned, Some(0), "autocommit=0 pins without optimistic transactions");
+        s.after_response(0, &Outcome { error: Some(1064), ..Outcome::default() }, false);
         assert_eq!(s.view.pinned, Some(0), "an error keeps the pin");
+        s.after_response(1, &with(0), true);
+        assert_eq!(s.view.pinned, None, "optimistic: autocommit=0 alone does not pin");
+        s.after_response(1, &with(IN_TRANS), true);
+        assert_eq!(s.view.pinned, Some(1), "an open transaction does");
     }
 }
