@@ -73,7 +73,8 @@ pub struct Metrics {
     consistency: ConsistencySeries,
 }
 
-const READ_OUTCOMES: [ReadOutcome; 3] = [ReadOutcome::ReplicaReady, ReadOutcome::Waited, ReadOutcome::Primary];
+const READ_OUTCOMES: [ReadOutcome; 3] =
+    [ReadOutcome::ReplicaReady, ReadOutcome::Waited, ReadOutcome::Primary];
 const OPTIMISTIC_OUTCOMES: [OptimisticOutcome; 4] = [
     OptimisticOutcome::Replica,
     OptimisticOutcome::Moved,

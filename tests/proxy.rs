@@ -89,9 +89,10 @@ async fn transactions_stay_on_one_backend_and_move_to_the_primary_at_their_first
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_optimistic_transactions_they_stay_on_the_primary() {
-    let text = cluster()
-        .proxy_config("127.0.0.1:0")
-        .replace("connect_timeout = \"1s\"", "connect_timeout = \"1s\"\n[mysql.routing]\noptimistic_transactions = false");
+    let text = cluster().proxy_config("127.0.0.1:0").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\n[mysql.routing]\noptimistic_transactions = false",
+    );
     let proxy = common::start_proxy_with(&text).await;
     let mut conn = connect(&proxy).await;
     conn.query_drop("CREATE TABLE IF NOT EXISTS ac_t (id INT PRIMARY KEY)").await.expect("create");

@@ -220,9 +220,11 @@ async fn reset_connection_forgets_pins_and_replayed_state() {
 async fn explain_route_answers_without_running_the_statement() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    let row: (String, String, String, String) = first(&mut conn, "EXPLAIN ROUTE DELETE FROM no_such_table").await;
+    let row: (String, String, String, String) =
+        first(&mut conn, "EXPLAIN ROUTE DELETE FROM no_such_table").await;
     assert_eq!((row.0.as_str(), row.1.as_str(), row.2.as_str()), ("primary", "primary", "write"));
-    let row: (String, String, String, String) = first(&mut conn, "EXPLAIN ROUTE SELECT LAST_INSERT_ID()").await;
+    let row: (String, String, String, String) =
+        first(&mut conn, "EXPLAIN ROUTE SELECT LAST_INSERT_ID()").await;
     assert_eq!((row.0.as_str(), row.2.as_str()), ("primary", "side_effect_function"));
     let row: (String, String, String, String) = first(&mut conn, "explain route SELECT 1").await;
     assert_eq!((row.0.as_str(), row.2.as_str()), ("read", "read"));

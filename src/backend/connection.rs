@@ -14,8 +14,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::Backend;
 use super::auth::{self, CACHING_SHA2, NATIVE};
 use super::relay::Digest;
-use crate::protocol::session_track::Visible;
 use crate::protocol::packet::{self, PacketError};
+use crate::protocol::session_track::Visible;
 
 const BUFFER: usize = 64 * 1024;
 

@@ -19,7 +19,9 @@ impl BackendConn {
         let columns = match first.first() {
             Some(0xFF) => return Err(QueryError::Server(error_text(&first))),
             Some(0x00) => return Ok(None),
-            _ => lenenc_int(&first).map(|(n, _)| n).ok_or_else(|| QueryError::Lost("bad column count".into()))?,
+            _ => lenenc_int(&first)
+                .map(|(n, _)| n)
+                .ok_or_else(|| QueryError::Lost("bad column count".into()))?,
         };
         for _ in 0..columns {
             self.next_payload().await?;
@@ -77,7 +79,8 @@ impl BackendConn {
             if tracked == "*" || tracked.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid")) {
                 return Ok(());
             }
-            let list = if tracked.is_empty() { "last_gtid".to_string() } else { format!("{tracked},last_gtid") };
+            let list =
+                if tracked.is_empty() { "last_gtid".to_string() } else { format!("{tracked},last_gtid") };
             let set = format!("SET SESSION session_track_system_variables = '{}'", list.replace('\'', "''"));
             self.run_setting(&set).await?;
             self.visible.hide_last_gtid = true;
@@ -99,8 +102,10 @@ impl BackendConn {
     async fn run_setting(&mut self, sql: &str) -> Result<(), QueryError> {
         let mut payload = vec![command::QUERY];
         payload.extend_from_slice(sql.as_bytes());
-        let outcome =
-            self.run_silently(&payload, crate::protocol::ResponseKind::Query).await.map_err(QueryError::Lost)?;
+        let outcome = self
+            .run_silently(&payload, crate::protocol::ResponseKind::Query)
+            .await
+            .map_err(QueryError::Lost)?;
         match outcome.error {
             None => Ok(()),
             Some(code) => Err(QueryError::Server(format!("{sql}: error {code}"))),

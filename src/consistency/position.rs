@@ -31,15 +31,19 @@ impl Position {
             return Err(PositionError::Empty);
         }
         let bad = || PositionError::Malformed(text.clone());
-        if text.contains(':') { parse_mysql(&text).ok_or_else(bad) } else { parse_mariadb(&text).ok_or_else(bad) }
+        if text.contains(':') {
+            parse_mysql(&text).ok_or_else(bad)
+        } else {
+            parse_mariadb(&text).ok_or_else(bad)
+        }
     }
 
     /// Whether a server at `self` has applied every transaction of `other`.
     pub fn covers(&self, other: &Position) -> bool {
         match (self, other) {
-            (Position::MariaDb(have), Position::MariaDb(need)) => need
-                .iter()
-                .all(|(domain, (_, seq))| have.get(domain).is_some_and(|(_, s)| s >= seq)),
+            (Position::MariaDb(have), Position::MariaDb(need)) => {
+                need.iter().all(|(domain, (_, seq))| have.get(domain).is_some_and(|(_, s)| s >= seq))
+            }
             (Position::MySql(have), Position::MySql(need)) => need.iter().all(|(source, intervals)| {
                 let owned = have.get(source).map(Vec::as_slice).unwrap_or_default();
                 intervals.iter().all(|i| owned.iter().any(|o| o.0 <= i.0 && i.1 <= o.1))
@@ -234,7 +238,9 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for bad in ["", "abc", "0-1", "0-1-x", "3e11:1-5", "3e11fa47-71ca-11e1-9e33-c80aa9429562:5-2", "0-1-2-3"] {
+        for bad in
+            ["", "abc", "0-1", "0-1-x", "3e11:1-5", "3e11fa47-71ca-11e1-9e33-c80aa9429562:5-2", "0-1-2-3"]
+        {
             assert!(Position::parse(bad).is_err(), "{bad}");
         }
     }

@@ -96,8 +96,10 @@ impl ResponseTracker {
     /// session-state data): a plain OK, or the OK that ends rows under CLIENT_DEPRECATE_EOF.
     pub fn is_ok_packet(&self, first: u8, len: usize) -> bool {
         match self.state {
-            State::First => self.kind != ResponseKind::Prepare && self.kind != ResponseKind::Single && first == 0x00
-                || self.deprecate_eof && self.is_terminator(first, len),
+            State::First => {
+                self.kind != ResponseKind::Prepare && self.kind != ResponseKind::Single && first == 0x00
+                    || self.deprecate_eof && self.is_terminator(first, len)
+            }
             State::Rows => self.deprecate_eof && self.is_terminator(first, len),
             _ => false,
         }

@@ -49,11 +49,8 @@ fn parse(payload: &[u8]) -> Option<TrackedOk<'_>> {
     pos += 4;
     let (info, used) = if pos < payload.len() { lenenc_str(&payload[pos..])? } else { (&[][..], 0) };
     pos += used;
-    let state = if status & STATE_CHANGED != 0 && pos < payload.len() {
-        lenenc_str(&payload[pos..])?.0
-    } else {
-        &[]
-    };
+    let state =
+        if status & STATE_CHANGED != 0 && pos < payload.len() { lenenc_str(&payload[pos..])?.0 } else { &[] };
     Some(TrackedOk { head, status, warnings, info, state })
 }
 
@@ -116,7 +113,8 @@ pub fn rewrite_ok(payload: &[u8], visible: Visible) -> Option<Vec<u8>> {
     }
     let hidden = |kind: u8, data: &[u8]| match kind {
         TRACK_SYSTEM_VARIABLES => {
-            visible.hide_last_gtid && lenenc_str(data).is_some_and(|(name, _)| name.eq_ignore_ascii_case(LAST_GTID))
+            visible.hide_last_gtid
+                && lenenc_str(data).is_some_and(|(name, _)| name.eq_ignore_ascii_case(LAST_GTID))
         }
         TRACK_GTIDS => visible.hide_gtids,
         _ => false,
@@ -217,7 +215,10 @@ mod tests {
     fn a_tracking_client_keeps_what_it_asked_for() {
         let visible = Visible { client_tracks: true, hide_last_gtid: true, hide_gtids: false };
         let packet = ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF"), var("last_gtid", "0-1-7")]);
-        assert_eq!(rewrite_ok(&packet, visible), Some(ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF")])));
+        assert_eq!(
+            rewrite_ok(&packet, visible),
+            Some(ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF")]))
+        );
         let only_ours = ok(STATE_CHANGED | 2, b"", &[var("last_gtid", "0-1-7")]);
         assert_eq!(rewrite_ok(&only_ours, visible), Some(ok(2, b"", &[])));
         let theirs = Visible { hide_last_gtid: false, ..visible };

@@ -70,7 +70,13 @@ impl Router {
         all_replicas_down: AllReplicasDown,
         optimistic: bool,
     ) -> Router {
-        Router { backends, reads_include_primary, all_replicas_down, balancer: RoundRobin::default(), optimistic }
+        Router {
+            backends,
+            reads_include_primary,
+            all_replicas_down,
+            balancer: RoundRobin::default(),
+            optimistic,
+        }
     }
 
     /// Whether transactions start optimistically on a read backend.

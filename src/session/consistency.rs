@@ -48,7 +48,13 @@ pub(super) fn hinted_position(sql: &str) -> Option<Position> {
 impl Session {
     /// Learns from a statement that ran on `backend`: the GTID its OK packet carried, or that
     /// it may have written without one showing.
-    pub(super) fn learn_from_statement(&mut self, backend: usize, writes: bool, failed: bool, status: Option<u16>) {
+    pub(super) fn learn_from_statement(
+        &mut self,
+        backend: usize,
+        writes: bool,
+        failed: bool,
+        status: Option<u16>,
+    ) {
         if self.shared.config.mysql.routing.consistency == Consistency::Eventual {
             return;
         }

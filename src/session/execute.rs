@@ -1,9 +1,9 @@
 //! Running a command on a backend: choose, connect lazily, replay session commands, send,
 //! relay the answer, and retry a read elsewhere when a backend fails before answering.
 
+use super::consistency::hinted_position;
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response};
-use super::consistency::hinted_position;
 use crate::classifier::{
     Classification, Destination, Effect, Reason, classify, counts_as_write, explain_route_target,
 };

@@ -34,7 +34,11 @@ impl Session {
     }
 
     /// A one-row text result set written by rwproxy itself.
-    pub(super) async fn write_text_result(&mut self, columns: &[&str], row: &[&str]) -> Result<(), SessionError> {
+    pub(super) async fn write_text_result(
+        &mut self,
+        columns: &[&str],
+        row: &[&str],
+    ) -> Result<(), SessionError> {
         let deprecate_eof = self.login.client_caps.contains(Caps::CLIENT_DEPRECATE_EOF);
         let mut packets: Vec<Vec<u8>> = vec![vec![columns.len() as u8]];
         packets.extend(columns.iter().map(|c| wire::text_column(c)));

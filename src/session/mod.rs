@@ -30,9 +30,9 @@ use crate::protocol::packet::{self, PacketError};
 use crate::protocol::{command, wire};
 use crate::router::Router;
 use crate::server::{Running, SqlTier};
+pub use consistency::ReadAfter;
 use handshake::HandshakeError;
 use prepared::Statements;
-pub use consistency::ReadAfter;
 pub use state::{History, SessionState};
 
 /// What every session shares: the config snapshot, the router, what the greeting says. A

@@ -49,7 +49,14 @@ impl Optimistic {
         self.replayable = false;
     }
 
-    fn record(&mut self, out: Outgoing<'_>, kind: ResponseKind, digest: Option<Digest>, outcome: &Outcome, max: u64) {
+    fn record(
+        &mut self,
+        out: Outgoing<'_>,
+        kind: ResponseKind,
+        digest: Option<Digest>,
+        outcome: &Outcome,
+        max: u64,
+    ) {
         let (payload, statement) = match out {
             Outgoing::Raw(bytes) => (bytes, false),
             Outgoing::Statement(bytes) => (bytes, true),
@@ -161,7 +168,9 @@ impl Session {
         }
         self.state.view.pinned = None;
         if !o.replayable {
-            return self.refuse_move(OptimisticOutcome::TooLarge, "it read too much on a replica to be replayed").await;
+            return self
+                .refuse_move(OptimisticOutcome::TooLarge, "it read too much on a replica to be replayed")
+                .await;
         }
         let primary = self.shared.router.backends().primary().index;
         match self.replay(primary, &o).await {
@@ -173,8 +182,11 @@ impl Session {
             }
             Ok(false) => {
                 self.rollback_quietly(primary).await;
-                self.refuse_move(OptimisticOutcome::Conflict, "rows it read on a replica differ on the primary")
-                    .await
+                self.refuse_move(
+                    OptimisticOutcome::Conflict,
+                    "rows it read on a replica differ on the primary",
+                )
+                .await
             }
             Err(why) => {
                 self.rollback_quietly(primary).await;
@@ -204,9 +216,10 @@ impl Session {
             let conn = self.conns[primary].as_mut().ok_or("connection vanished")?;
             conn.digest = Some(Digest::default());
             conn.send(0, &bytes).await.map_err(|e| e.to_string())?;
-            let outcome = relay_response(conn, entry.kind, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
-                .await
-                .map_err(|e| e.message)?;
+            let outcome =
+                relay_response(conn, entry.kind, &mut tokio::io::empty(), &mut tokio::io::sink(), None)
+                    .await
+                    .map_err(|e| e.message)?;
             let digest = conn.digest.take().map(|d| d.value());
             if digest != Some(entry.digest) || outcome.error != entry.error {
                 return Ok(false);

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
+use super::consistency::ReadAfter;
+use super::optimistic::Optimistic;
 use crate::classifier::{Classification, Effect, prepared_name, table_names};
 use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome};
 use crate::router::SessionView;
-use super::consistency::ReadAfter;
-use super::optimistic::Optimistic;
 
 /// Session commands (`SET`, `USE`, COM_INIT_DB, COM_SET_OPTION) in the order they ran, each
 /// with a sequence number so a connection knows which ones it still has to run.

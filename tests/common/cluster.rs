@@ -82,7 +82,6 @@ impl Node {
             .args(["--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0", "--performance-schema=OFF"])
             .args(["--innodb-log-file-size=32M", "--max-connections=500", "--character-set-server=utf8mb4"])
             .arg("--collation-server=utf8mb4_general_ci")
-            .arg("--session-track-system-variables=autocommit,character_set_client,time_zone,last_gtid")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -234,6 +233,13 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Makes `replica` apply events `seconds` late (`MASTER_DELAY`); 0 undoes it.
+    pub fn delay_replica(&self, replica: usize, seconds: u32) -> Result<(), String> {
+        self.replicas()[replica]
+            .sql(&format!("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = {seconds}; START SLAVE;"))
+            .map(|_| ())
     }
 
     /// A config for rwproxy in front of this cluster.

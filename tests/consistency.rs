@@ -1,0 +1,234 @@
+//! Read consistency on the real cluster: read-your-writes with a replica held 1 s behind,
+//! `global` reads across connections, position tokens, and optimistic transactions.
+//!
+//! Tests that delay a replica hold `SERIAL` so that no other test of this binary sees the delay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, connect, replicated, start_proxy_with, wait_for};
+use mysql_async::Conn;
+use mysql_async::prelude::*;
+use rwproxy::proxy::Proxy;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn config(routing: &str) -> String {
+    cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", &format!("connect_timeout = \"1s\"\n[mysql.routing]\n{routing}"))
+}
+
+async fn proxy(routing: &str) -> Proxy {
+    start_proxy_with(&config(routing)).await
+}
+
+/// Holds replica 2 (`replica2`) `seconds` behind until dropped, once the proxy's monitor has
+/// measured the lag (so the test runs against a replica the proxy knows is behind, but inside
+/// `max_replication_lag`).
+struct Delayed;
+
+impl Delayed {
+    async fn start(proxy: &Proxy) -> Delayed {
+        tokio::task::spawn_blocking(|| cluster().delay_replica(1, 1)).await.expect("join").expect("delay");
+        let backends = proxy.sql.current().router.backends().clone();
+        // Writes must flow for the delay to show: the heartbeat does that every 500 ms.
+        let seen = wait_for(Duration::from_secs(10), || {
+            backends.get(2).and_then(|b| b.health.lag()).is_some_and(|l| l > Duration::from_millis(600))
+        })
+        .await;
+        assert!(seen.is_some(), "the proxy never saw replica2's lag");
+        Delayed
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        let _ = cluster().delay_replica(1, 0);
+    }
+}
+
+async fn table(conn: &mut Conn, name: &str) {
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {name} (id INT AUTO_INCREMENT PRIMARY KEY, k INT, v INT)"
+    ))
+    .await
+    .expect("create");
+    replicated().await;
+}
+
+/// Write-then-read pairs; returns how many reads missed their own write.
+async fn stale_pairs(proxy: &Proxy, pairs: usize, reconnect_every: usize) -> usize {
+    let mut conn = connect(proxy).await;
+    let mut stale = 0;
+    for i in 0..pairs {
+        if reconnect_every > 0 && i % reconnect_every == 0 {
+            conn = connect(proxy).await;
+        }
+        let key = i as i64 + 1_000_000 * rand_salt();
+        conn.exec_drop("INSERT INTO ryw_t (k, v) VALUES (?, 1)", (key,)).await.expect("insert");
+        let seen: Option<u32> =
+            conn.exec_first("SELECT COUNT(*) FROM ryw_t WHERE k = ?", (key,)).await.expect("read");
+        if seen != Some(1) {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+/// A per-call salt so that keys of different runs differ.
+fn rand_salt() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_micros() as i64)
+        .unwrap_or(0)
+        % 1000
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_see_the_sessions_own_writes_with_a_replica_a_second_behind() {
+    let _serial = SERIAL.lock().await;
+    let session = proxy("").await;
+    let eventual = proxy("consistency = \"eventual\"").await;
+    table(&mut connect(&session).await, "ryw_t").await;
+    let _delay = Delayed::start(&session).await;
+    // 200 pairs on new sessions (a new connection every pair) and 200 on reused ones.
+    let stale = stale_pairs(&session, 200, 1).await + stale_pairs(&session, 200, 0).await;
+    assert_eq!(stale, 0, "stale reads with consistency = \"session\"");
+    let counts = session.sql.current().metrics.consistency_counts();
+    assert!(counts.reads.iter().sum::<u64>() >= 400, "every read after a write was placed: {counts:?}");
+    let stale_eventual = stale_pairs(&eventual, 100, 0).await;
+    assert!(stale_eventual > 0, "with consistency = \"eventual\" the delayed replica answers stale reads");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_table_is_there_for_the_next_statement() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy("").await;
+    let _delay = Delayed::start(&proxy).await;
+    let mut conn = connect(&proxy).await;
+    for i in 0..40 {
+        conn.query_drop(format!("CREATE TABLE new_t{i} (id INT PRIMARY KEY)")).await.expect("create");
+        let rows: Result<Vec<u32>, _> = conn.query(format!("SELECT id FROM new_t{i}")).await;
+        assert!(rows.is_ok(), "table {i}: {rows:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_answer_most_reads_after_a_write() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy("").await;
+    let mut setup = connect(&proxy).await;
+    table(&mut setup, "nine_t").await;
+    let (mut on_replicas, mut reads, mut stale) = (0, 0, 0);
+    for session in 0..20 {
+        let mut conn = connect(&proxy).await;
+        conn.exec_drop("INSERT INTO nine_t (k, v) VALUES (?, 1)", (session,)).await.expect("insert");
+        for _ in 0..9 {
+            let (count, server): (u32, u32) = conn
+                .exec_first("SELECT COUNT(*), @@server_id FROM nine_t WHERE k = ?", (session,))
+                .await
+                .expect("read")
+                .expect("row");
+            reads += 1;
+            stale += usize::from(count != 1);
+            on_replicas += usize::from(server != 1);
+        }
+    }
+    assert_eq!(stale, 0);
+    assert!(on_replicas * 2 >= reads, "replicas answered {on_replicas} of {reads} reads after writes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn global_reads_see_other_connections_writes_and_tokens_carry_positions() {
+    let _serial = SERIAL.lock().await;
+    let global = proxy("consistency = \"global\"").await;
+    let session = proxy("").await;
+    let mut setup = connect(&global).await;
+    table(&mut setup, "global_t").await;
+    let _delay = Delayed::start(&global).await;
+    let mut a = connect(&global).await;
+    let mut b = connect(&global).await;
+    let mut stale = 0;
+    for i in 0..300 {
+        a.exec_drop("INSERT INTO global_t (k, v) VALUES (?, 1)", (i,)).await.expect("insert");
+        let seen: Option<u32> =
+            b.exec_first("SELECT COUNT(*) FROM global_t WHERE k = ?", (i,)).await.expect("read");
+        stale += usize::from(seen != Some(1));
+    }
+    assert_eq!(stale, 0, "global: another connection's committed write is always seen");
+    // Tokens: a position from session A's connection, a hinted read on B (session mode).
+    let mut a = connect(&session).await;
+    let mut b = connect(&session).await;
+    let mut stale = 0;
+    for i in 1000..1200 {
+        a.exec_drop("INSERT INTO global_t (k, v) VALUES (?, 1)", (i,)).await.expect("insert");
+        let token: String = a.query_first("SELECT @@rwproxy_position").await.expect("token").expect("row");
+        assert!(!token.is_empty(), "a session that wrote has a position");
+        let sql = format!("SELECT COUNT(*) FROM global_t WHERE k = {i} /* rwproxy:after={token} */");
+        let seen: Option<u32> = b.query_first(sql).await.expect("hinted read");
+        stale += usize::from(seen != Some(1));
+    }
+    assert_eq!(stale, 0, "a hinted read sees every write up to the token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_whose_reads_changed_on_the_primary_fails_with_a_deadlock() {
+    let _serial = SERIAL.lock().await;
+    // Reads only on replicas, so every transaction starts on one.
+    let proxy = proxy("reads_include_primary = false").await;
+    let mut setup = connect(&proxy).await;
+    table(&mut setup, "conflict_t").await;
+    setup.query_drop("INSERT INTO conflict_t (id, k, v) VALUES (1, 1, 10)").await.expect("row");
+    replicated().await;
+    // Unchanged: the write moves the transaction and commits; the read was right.
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("BEGIN").await.expect("begin");
+    let v: Option<u32> = conn.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(10));
+    conn.query_drop("UPDATE conflict_t SET v = v + 1 WHERE id = 1").await.expect("moves and writes");
+    conn.query_drop("COMMIT").await.expect("commit");
+    let mut direct = common::connect_direct(cluster().primary().port).await;
+    let v: Option<u32> = direct.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(11));
+    replicated().await;
+    // Changed on the primary after the transaction read it: 1213, and nothing commits.
+    conn.query_drop("BEGIN").await.expect("begin");
+    let v: Option<u32> = conn.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(11));
+    direct.query_drop("UPDATE conflict_t SET v = 100 WHERE id = 1").await.expect("concurrent change");
+    let err = conn.query_drop("UPDATE conflict_t SET v = v + 1 WHERE id = 1").await.expect_err("conflict");
+    let mysql_async::Error::Server(e) = err else { panic!("server error expected: {err:?}") };
+    assert_eq!((e.code, e.state.as_str()), (1213, "40001"), "{}", e.message);
+    let v: Option<u32> = direct.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(100), "the conflicting write did not commit");
+    // The retry starts on the primary and commits.
+    conn.query_drop("BEGIN").await.expect("begin");
+    let v: Option<u32> = conn.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(100));
+    conn.query_drop("UPDATE conflict_t SET v = v + 1 WHERE id = 1").await.expect("retry writes");
+    conn.query_drop("COMMIT").await.expect("commit");
+    let v: Option<u32> = direct.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
+    assert_eq!(v, Some(101));
+    let counts = proxy.sql.current().metrics.consistency_counts();
+    assert_eq!(counts.optimistic[1..3], [1, 1], "one moved, one conflict: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_that_read_too_much_cannot_move() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy("reads_include_primary = false\noptimistic_max_bytes = 1000").await;
+    let mut conn = connect(&proxy).await;
+    table(&mut conn, "big_t").await;
+    conn.query_drop("INSERT INTO big_t (k, v) SELECT seq, seq FROM seq_1_to_200").await.expect("rows");
+    replicated().await;
+    conn.query_drop("BEGIN").await.expect("begin");
+    let rows: Vec<(u32, u32)> = conn.query("SELECT k, v FROM big_t").await.expect("read");
+    assert_eq!(rows.len(), 200);
+    let err = conn.query_drop("UPDATE big_t SET v = 0 WHERE k = 1").await.expect_err("too large to replay");
+    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1213), "{err:?}");
+    let counts = proxy.sql.current().metrics.consistency_counts();
+    assert_eq!(counts.optimistic[3], 1, "{counts:?}");
+}
