@@ -210,6 +210,52 @@ async fn hints_override_routing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ok_packets_of_writes_are_byte_identical_with_and_without_session_tracking() {
+    // rwproxy's backend connections track each write's GTID; the client must not see it.
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    // One table per side, so both see the same rows change.
+    for t in ["ok_via", "ok_direct"] {
+        conn.query_drop(format!("CREATE TABLE {t} (id INT PRIMARY KEY, v INT)")).await.expect("create");
+        conn.query_drop(format!("INSERT INTO {t} VALUES (1, 0), (2, 0)")).await.expect("rows");
+    }
+    let proxy_addr = proxy.sql_addr.to_string();
+    let primary_addr = cluster().primary().address();
+    for tracking in [false, true] {
+        for deprecate_eof in [false, true] {
+            let connect = |addr: String| async move {
+                if tracking {
+                    RawClient::connect_tracking(&addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof).await
+                } else {
+                    RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof).await
+                }
+            };
+            let mut via = connect(proxy_addr.clone()).await.expect("raw via proxy");
+            let mut direct = connect(primary_addr.clone()).await.expect("raw direct");
+            let statements = [
+                "UPDATE {t} SET v = v + 1 WHERE id = 1",
+                "UPDATE {t} SET v = v + 1",
+                "INSERT INTO {t} (id, v) SELECT MAX(id) + 1, 0 FROM {t}",
+                "SET time_zone = '+01:00'",
+                "BEGIN",
+                "UPDATE {t} SET v = v + 1 WHERE id = 2",
+                "COMMIT",
+                "SELECT 1 AS one /* rwproxy:primary */",
+            ];
+            // One client after the other: their transactions would wait on each other's locks.
+            let mut answers = Vec::new();
+            for sql in statements {
+                answers.push(via.query(&sql.replace("{t}", "ok_via")).await.expect("via proxy"));
+            }
+            for (sql, a) in statements.iter().zip(answers) {
+                let b = direct.query(&sql.replace("{t}", "ok_direct")).await.expect("direct");
+                assert_eq!(a, b, "{sql} (tracking = {tracking}, deprecate_eof = {deprecate_eof})");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn column_definitions_and_rows_are_byte_identical_to_a_direct_connection() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;

@@ -42,7 +42,19 @@ impl RawClient {
         db: &str,
         deprecate_eof: bool,
     ) -> Result<RawClient, String> {
-        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password").await
+        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", Caps::empty()).await
+    }
+
+    /// Like `connect`, with CLIENT_SESSION_TRACK: OK packets may carry session-state data.
+    pub async fn connect_tracking(
+        address: &str,
+        user: &str,
+        password: &str,
+        db: &str,
+        deprecate_eof: bool,
+    ) -> Result<RawClient, String> {
+        let track = Caps::CLIENT_SESSION_TRACK;
+        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", track).await
     }
 
     /// Logs in starting with `plugin`; follows an AuthSwitchRequest to mysql_native_password.
@@ -53,7 +65,7 @@ impl RawClient {
         db: &str,
         plugin: &str,
     ) -> Result<RawClient, String> {
-        Self::login(address, user, password, db, true, plugin).await
+        Self::login(address, user, password, db, true, plugin, Caps::empty()).await
     }
 
     async fn login(
@@ -63,6 +75,7 @@ impl RawClient {
         db: &str,
         deprecate_eof: bool,
         plugin: &str,
+        extra: Caps,
     ) -> Result<RawClient, String> {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let mut stream = TcpStream::connect(address).await.map_err(|e| err(&e))?;
@@ -80,7 +93,7 @@ impl RawClient {
             Some(user.as_bytes()),
             Some(db.as_bytes()),
             Some(AuthPlugin::from_bytes(plugin.as_bytes())),
-            caps(deprecate_eof),
+            caps(deprecate_eof) | extra,
             None,
             1 << 30,
         );
