@@ -21,6 +21,8 @@ if [ "${1:-}" = "--tests" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   # tests/http_h1.rs uses curl as a real HTTP/1.x client (chunked uploads, HTTP/1.0, 100-continue).
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # tests/sysbench.rs runs sysbench's OLTP workloads through rwproxy.
+  command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
   pkg-config --exists libmariadb 2>/dev/null || missing+=(libmariadb-dev pkg-config)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,11 +36,12 @@ pip_install() {
 }
 
 if [ "${1:-}" = "--tests" ]; then
-  if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector' 2>/dev/null; then
-    echo "installing: PyMySQL, mysqlclient, pytest"
+  if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector, sqlalchemy' 2>/dev/null; then
+    echo "installing: PyMySQL, mysqlclient, pytest, SQLAlchemy"
     # mysql-connector-python: a client library that takes several hosts (failover).
-    pip_install pymysql mysqlclient pytest mysql-connector-python==26.10.0
-    python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector'
+    # SQLAlchemy: an ORM whose default engine runs with autocommit off.
+    pip_install pymysql mysqlclient pytest mysql-connector-python==26.10.0 sqlalchemy
+    python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector, sqlalchemy'
   fi
   # mysqlclient's own test suite ships only in its sdist: fetch the installed version's.
   suite="$(dirname "$0")/../target/mysqlclient-suite"

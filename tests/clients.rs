@@ -151,3 +151,21 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
     assert!(passed >= 100, "the suite ran against the primary: {direct:?}\n{direct_text}");
     assert_eq!(through, direct, "through rwproxy:\n{through_text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_off_stacks_read_on_replicas_and_write_on_the_primary() {
+    // PyMySQL and SQLAlchemy run every statement in a transaction (autocommit off): optimistic
+    // transactions still send the read-only ones to replicas.
+    let proxy = start_proxy().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/autocommit_off.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(proxy.sql_addr.port().to_string())
+        .arg(cluster().primary().port.to_string())
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("autocommit_off: all checks passed"), "{stdout}");
+}

@@ -46,7 +46,9 @@ impl Delayed {
 
 impl Drop for Delayed {
     fn drop(&mut self) {
+        // The next test starts with replicas in step.
         let _ = cluster().delay_replica(1, 0);
+        let _ = cluster().wait_replicated();
     }
 }
 
@@ -57,6 +59,12 @@ async fn table(conn: &mut Conn, name: &str) {
     .await
     .expect("create");
     replicated().await;
+}
+
+async fn read_only_transaction(conn: &mut Conn) {
+    conn.query_drop("BEGIN").await.expect("begin");
+    let _: Vec<u32> = conn.query("SELECT 1").await.expect("read");
+    conn.query_drop("COMMIT").await.expect("commit");
 }
 
 /// Write-then-read pairs; returns how many reads missed their own write.
@@ -183,8 +191,11 @@ async fn a_transaction_whose_reads_changed_on_the_primary_fails_with_a_deadlock(
     table(&mut setup, "conflict_t").await;
     setup.query_drop("INSERT INTO conflict_t (id, k, v) VALUES (1, 1, 10)").await.expect("row");
     replicated().await;
-    // Unchanged: the write moves the transaction and commits; the read was right.
+    // A session's first transaction starts on the primary (nothing is known of it yet); one
+    // that only read lets the next start on a replica.
     let mut conn = connect(&proxy).await;
+    read_only_transaction(&mut conn).await;
+    // Unchanged: the write moves the transaction and commits; the read was right.
     conn.query_drop("BEGIN").await.expect("begin");
     let v: Option<u32> = conn.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
     assert_eq!(v, Some(10));
@@ -194,6 +205,8 @@ async fn a_transaction_whose_reads_changed_on_the_primary_fails_with_a_deadlock(
     let v: Option<u32> = direct.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
     assert_eq!(v, Some(11));
     replicated().await;
+    // The transaction wrote, so the next one would start on the primary: read-only once more.
+    read_only_transaction(&mut conn).await;
     // Changed on the primary after the transaction read it: 1213, and nothing commits.
     conn.query_drop("BEGIN").await.expect("begin");
     let v: Option<u32> = conn.query_first("SELECT v FROM conflict_t WHERE id = 1").await.expect("read");
@@ -224,6 +237,7 @@ async fn a_transaction_that_read_too_much_cannot_move() {
     table(&mut conn, "big_t").await;
     conn.query_drop("INSERT INTO big_t (k, v) SELECT seq, seq FROM seq_1_to_200").await.expect("rows");
     replicated().await;
+    read_only_transaction(&mut conn).await;
     conn.query_drop("BEGIN").await.expect("begin");
     let rows: Vec<(u32, u32)> = conn.query("SELECT k, v FROM big_t").await.expect("read");
     assert_eq!(rows.len(), 200);

@@ -61,7 +61,9 @@ async fn transactions_stay_on_one_backend_and_move_to_the_primary_at_their_first
     let mut conn = connect(&proxy).await;
     conn.query_drop("CREATE TABLE tx_t (id INT PRIMARY KEY)").await.expect("create");
     let mut started_on = Vec::new();
-    for begin in ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE", "BEGIN", "BEGIN", "BEGIN"] {
+    for begin in
+        ["BEGIN", "START TRANSACTION", "START TRANSACTION READ WRITE", "BEGIN", "BEGIN", "BEGIN", "BEGIN"]
+    {
         conn.query_drop(begin).await.expect("begin");
         let seen = distribution(&mut conn, 4).await;
         assert_eq!(seen.len(), 1, "{begin}: one backend for the whole transaction: {seen:?}");

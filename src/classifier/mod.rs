@@ -78,7 +78,8 @@ pub enum Hint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     None,
-    /// `BEGIN`, `START TRANSACTION [READ WRITE]`: may start on a read backend (optimistic).
+    /// `BEGIN`, `START TRANSACTION [WITH CONSISTENT SNAPSHOT]`: may start on a read backend
+    /// (optimistic). `START TRANSACTION READ WRITE` and `XA` start on the primary.
     Begin,
     /// `START TRANSACTION READ ONLY`: pinned to one read backend.
     BeginReadOnly,
@@ -126,9 +127,11 @@ impl Classification {
 }
 
 /// Whether running the statement may change data, so that later reads must see it: anything
-/// bound for the primary except node-specific `SHOW`s.
+/// bound for the primary except node-specific `SHOW`s and transaction control (`BEGIN`,
+/// `COMMIT`, … change nothing by themselves; the writes inside a transaction count).
 pub fn counts_as_write(class: &Classification) -> bool {
-    class.destination == Destination::Primary && class.reason != Reason::NodeSpecific
+    class.destination == Destination::Primary
+        && !matches!(class.reason, Reason::NodeSpecific | Reason::Transaction)
 }
 
 /// Classifies one COM_QUERY text (or a COM_STMT_PREPARE statement).
@@ -210,8 +213,12 @@ fn classify_start(sql: &str, lead: &Lead) -> Classification {
         return Classification::new(Destination::Primary, Reason::Write); // START SLAVE and friends
     }
     let features = scan::scan(sql);
+    // READ WRITE says the transaction will write (and a read_only replica refuses it).
+    let read_write = lexer::words_after(sql, lead.first_word_end, 8).any(|w| w.eq_ignore_ascii_case("WRITE"));
     if features.read_only_transaction {
         Classification::new(Destination::Read, Reason::Transaction).with_effect(Effect::BeginReadOnly)
+    } else if read_write {
+        Classification::new(Destination::Primary, Reason::Transaction)
     } else {
         Classification::new(Destination::Primary, Reason::Transaction).with_effect(Effect::Begin)
     }

@@ -78,7 +78,11 @@ fn strings_and_comments_do_not_fool_it() {
 fn transactions_and_session_commands() {
     assert_eq!(classify("BEGIN").effect, Effect::Begin);
     assert_eq!(classify("START TRANSACTION").effect, Effect::Begin);
-    assert_eq!(classify("start transaction read write").effect, Effect::Begin);
+    assert_eq!(
+        classify("start transaction read write").effect,
+        Effect::None,
+        "declared writes start on the primary"
+    );
     let ro = classify("START TRANSACTION READ ONLY");
     assert_eq!((ro.destination, ro.effect), (Destination::Read, Effect::BeginReadOnly));
     assert_eq!(dest("SET time_zone = '+05:00'"), Destination::All);

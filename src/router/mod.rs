@@ -46,9 +46,11 @@ pub struct SessionView {
     /// The pinned transaction runs optimistically on a read backend: the first statement that
     /// needs the primary moves it there.
     pub optimistic: bool,
-    /// The last optimistic transaction could not move (its replay differed): the next one,
-    /// most likely its retry, starts on the primary.
-    pub optimistic_paused: bool,
+    /// The session's next transaction may start on a read backend: its previous one did not
+    /// need the primary (for a new session: most recent transactions through this proxy did
+    /// not). A session whose transactions write keeps them on the primary from the start, so
+    /// they are never replayed, and a conflict's retry starts there too.
+    pub optimistic_next: bool,
     /// The session runs with `autocommit = 0` (its next statement may open a transaction).
     pub autocommit_off: bool,
 }
@@ -61,6 +63,35 @@ pub struct Router {
     balancer: RoundRobin,
     /// Transactions start on a read backend (`optimistic_transactions`).
     optimistic: bool,
+    /// Whether recent transactions through this proxy needed the primary.
+    history: TransactionHistory,
+}
+
+/// The last 64 transactions through the proxy: one bit each, set when it needed the primary.
+/// A new session's first transaction starts on a read backend only when at least three in four
+/// of the last 32 did not.
+#[derive(Debug, Default)]
+struct TransactionHistory {
+    bits: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU32,
+}
+
+impl TransactionHistory {
+    const WINDOW: u32 = 32;
+
+    fn record(&self, wrote: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.bits.fetch_update(Relaxed, Relaxed, |b| Some(b << 1 | u64::from(wrote)));
+        let _ = self.count.fetch_update(Relaxed, Relaxed, |c| Some((c + 1).min(64)));
+    }
+
+    fn mostly_read_only(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = self.count.load(Relaxed).min(Self::WINDOW);
+        let window = if seen >= 64 { u64::MAX } else { (1u64 << seen) - 1 };
+        let wrote = (self.bits.load(Relaxed) & window).count_ones();
+        seen >= 8 && wrote * 4 <= seen
+    }
 }
 
 impl Router {
@@ -70,13 +101,19 @@ impl Router {
         all_replicas_down: AllReplicasDown,
         optimistic: bool,
     ) -> Router {
-        Router {
-            backends,
-            reads_include_primary,
-            all_replicas_down,
-            balancer: RoundRobin::default(),
-            optimistic,
-        }
+        let balancer = RoundRobin::default();
+        let history = TransactionHistory::default();
+        Router { backends, reads_include_primary, all_replicas_down, balancer, optimistic, history }
+    }
+
+    /// A transaction ended; `wrote`: it needed the primary.
+    pub fn transaction_ended(&self, wrote: bool) {
+        self.history.record(wrote);
+    }
+
+    /// Whether a new session's first transaction may start on a read backend.
+    pub fn new_sessions_optimistic(&self) -> bool {
+        self.optimistic && self.history.mostly_read_only()
     }
 
     /// Whether transactions start optimistically on a read backend.
@@ -134,11 +171,11 @@ impl Router {
             _ => {}
         }
         let held_on_primary = view.primary_locked || view.temporary_tables || view.user_variables_on_primary;
-        if self.optimistic && class.effect == Effect::Begin && !held_on_primary && !view.optimistic_paused {
+        if self.optimistic && class.effect == Effect::Begin && !held_on_primary && view.optimistic_next {
             return decision(Target::ReadPool, Reason::Transaction);
         }
         let reading = matches!(class.destination, Destination::Read | Destination::Last);
-        if reading && view.autocommit_off && (!self.optimistic || view.optimistic_paused) {
+        if reading && view.autocommit_off && (!self.optimistic || !view.optimistic_next) {
             return decision(Target::Primary, Reason::Transaction);
         }
         if reading && view.primary_locked {

@@ -70,3 +70,21 @@ fn hints() {
     );
     assert_eq!(r.decide(&classify("DELETE FROM t /* rwproxy:replica */"), &view).target, Target::Primary);
 }
+
+#[test]
+fn transaction_history_needs_evidence_before_new_sessions_start_optimistic() {
+    let h = TransactionHistory::default();
+    assert!(!h.mostly_read_only(), "no history: prove it first");
+    for _ in 0..8 {
+        h.record(false);
+    }
+    assert!(h.mostly_read_only());
+    for _ in 0..3 {
+        h.record(true);
+    }
+    assert!(!h.mostly_read_only(), "3 writes in 11");
+    for _ in 0..40 {
+        h.record(false);
+    }
+    assert!(h.mostly_read_only(), "old writes leave the window");
+}

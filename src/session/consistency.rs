@@ -138,12 +138,16 @@ impl Session {
             }
             Need::Position(position) => position,
         };
+        if candidates.first() == Some(&primary) {
+            // The primary's turn in the rotation: it has every write.
+            self.shared.metrics.consistency_read(ReadOutcome::Primary, None);
+            return vec![primary];
+        }
         let timeout = self.shared.config.mysql.routing.causal_read_timeout;
         let deadline = Instant::now() + timeout;
-        for backend in candidates {
-            if backend == primary {
-                break;
-            }
+        // Replicas in rotation order: one that is too far behind hands the read to the next
+        // replica, not to the primary.
+        for backend in candidates.into_iter().filter(|b| *b != primary) {
             let Some(b) = self.shared.router.backends().get(backend).cloned() else {
                 continue;
             };

@@ -59,6 +59,7 @@ impl Session {
         let response = session.read_auth_packet().await?;
         let login = handshake::parse_login(&response, session.shared.caps)?;
         session.authenticate(login).await?;
+        session.state.view.optimistic_next = session.shared.router.new_sessions_optimistic();
         Ok(session)
     }
 

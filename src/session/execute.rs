@@ -165,7 +165,7 @@ impl Session {
                     let writes = statement.is_some_and(|(class, _)| counts_as_write(class));
                     self.learn_from_statement(backend, writes, outcome.error.is_some(), outcome.status);
                     let class = statement.map(|(class, _)| class);
-                    self.track_optimistic(backend, out, kind, class, &outcome, was_pinned);
+                    self.track_optimistic(backend, out, kind, class, &outcome, was_pinned, writes);
                     if let Some((class, sql)) = statement
                         && outcome.error.is_none()
                     {

@@ -105,6 +105,7 @@ impl Session {
         class: Option<&Classification>,
         outcome: &Outcome,
         was_pinned: Option<usize>,
+        writes: bool,
     ) {
         let digest = self.conns.get_mut(backend).and_then(Option::as_mut).and_then(|c| c.digest.take());
         let pinned = self.state.view.pinned;
@@ -114,9 +115,11 @@ impl Session {
         {
             self.end_optimistic(OptimisticOutcome::Replica);
         }
+        if was_pinned.is_some() || pinned.is_some() {
+            self.state.transaction_wrote |= writes;
+        }
         if was_pinned.is_some() && pinned.is_none() {
-            // A transaction ended: the next one may be optimistic again.
-            self.state.view.optimistic_paused = false;
+            self.transaction_ended();
         }
         let primary = self.shared.router.backends().primary().index;
         if !self.shared.router.optimistic() || backend == primary || pinned != Some(backend) {
@@ -147,6 +150,14 @@ impl Session {
         }
     }
 
+    /// A transaction ended: whether it needed the primary decides where the session's next
+    /// one starts, and feeds the proxy-wide history new sessions start from.
+    fn transaction_ended(&mut self) {
+        let wrote = std::mem::take(&mut self.state.transaction_wrote);
+        self.state.view.optimistic_next = !wrote;
+        self.shared.router.transaction_ended(wrote);
+    }
+
     pub(super) fn end_optimistic(&mut self, outcome: OptimisticOutcome) {
         if self.state.optimistic.take().is_some() {
             self.shared.metrics.optimistic(outcome);
@@ -175,6 +186,7 @@ impl Session {
         let primary = self.shared.router.backends().primary().index;
         match self.replay(primary, &o).await {
             Ok(true) => {
+                self.state.transaction_wrote = true;
                 self.state.view.pinned = Some(primary);
                 self.state.view.last = Some(primary);
                 self.shared.metrics.optimistic(OptimisticOutcome::Moved);
@@ -240,9 +252,10 @@ impl Session {
     async fn refuse_move(&mut self, outcome: OptimisticOutcome, why: &str) -> Result<bool, SessionError> {
         self.shared.metrics.optimistic(outcome);
         self.state.status &= !IN_TRANS;
-        // Its retry would most likely read the same changed rows (or the same NOW()): it
-        // starts on the primary.
-        self.state.view.optimistic_paused = true;
+        // The transaction is over; its retry (which would most likely read the same changed
+        // rows, or the same NOW()) starts on the primary.
+        self.state.transaction_wrote = true;
+        self.transaction_ended();
         let message = format!(
             "Deadlock found when trying to get lock; try restarting transaction (rwproxy: the transaction started on a replica and {why})"
         );

@@ -83,6 +83,8 @@ pub struct SessionState {
     pub read_after: ReadAfter,
     /// The transaction running optimistically on a read backend, if any.
     pub optimistic: Option<Optimistic>,
+    /// The current transaction ran a statement that needed the primary.
+    pub transaction_wrote: bool,
 }
 
 impl SessionState {
@@ -98,6 +100,7 @@ impl SessionState {
             table_locks: false,
             read_after: ReadAfter::default(),
             optimistic: None,
+            transaction_wrote: false,
         }
     }
 
@@ -154,8 +157,10 @@ impl SessionState {
     /// COM_RESET_CONNECTION / COM_CHANGE_USER: everything back to a fresh session.
     pub fn reset(&mut self) {
         let read_after = std::mem::take(&mut self.read_after);
+        let optimistic_next = self.view.optimistic_next;
         *self = SessionState::new(self.excluded.len());
         self.read_after = read_after;
+        self.view.optimistic_next = optimistic_next;
     }
 }
 
