@@ -147,6 +147,16 @@ async fn replicas_answer_most_reads_after_a_write() {
     }
     assert_eq!(stale, 0);
     assert!(on_replicas * 2 >= reads, "replicas answered {on_replicas} of {reads} reads after writes");
+    let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let consistency = &status["consistency"];
+    assert_eq!(consistency["mode"], "session");
+    assert_eq!(consistency["primary_writes_gtids"], true);
+    let share = consistency["reads_after_writes"]["replica_share"].as_f64().expect("a share");
+    assert!(share >= 0.5, "{consistency}");
+    for backend in status["backends"].as_array().expect("backends") {
+        assert!(backend["position"].as_str().is_some_and(|p| p.starts_with("0-1-")), "{backend}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,6 +40,7 @@ impl Admin {
             router: shared.router.clone(),
             metrics: shared.metrics.clone(),
             monitor: shared.config.monitor.clone(),
+            consistency: shared.config.mysql.routing.consistency,
             http: self.http.as_ref().map(|h| h.balancer()),
         }
     }
@@ -51,6 +52,7 @@ pub struct AdminState {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
     pub monitor: MonitorConfig,
+    pub consistency: crate::config::Consistency,
     /// The HTTP balancer, when configured.
     pub http: Option<Arc<crate::http::Balancer>>,
 }

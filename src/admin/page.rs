@@ -107,6 +107,7 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
 {http}
+{consistency}
 <p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 </body></html>
 "#,
@@ -114,5 +115,29 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
         primary = escape(&backends.primary().name),
         lag = state.monitor.max_replication_lag.as_secs_f64(),
         http = http_table(state),
+        consistency = consistency_line(state),
+    )
+}
+
+/// Reads after writes: how many replicas served, and optimistic transactions by outcome.
+fn consistency_line(state: &AdminState) -> String {
+    let counts = state.metrics.consistency_counts();
+    let [ready, waited, primary] = counts.reads;
+    let placed = ready + waited + primary;
+    let share = if placed == 0 {
+        "–".to_string()
+    } else {
+        format!("{:.0} %", (ready + waited) as f64 * 100.0 / placed as f64)
+    };
+    let [replica, moved, conflict, too_large] = counts.optimistic;
+    let gtid = match state.backends().primary().known.gtid() {
+        Some(false) => {
+            " <b>The primary writes no GTIDs: reads after a write go to the primary for max_replication_lag.</b>"
+        }
+        _ => "",
+    };
+    format!(
+        "<h2>Consistency</h2>\n<p id=\"consistency\">Mode <b>{mode}</b>. Reads after writes served by replicas: {share} ({ready} known ready, {waited} after a wait, {primary} on the primary). Optimistic transactions: {replica} stayed on a replica, {moved} moved, {conflict} conflicts, {too_large} too large.{gtid}</p>",
+        mode = state.consistency.as_str(),
     )
 }

@@ -25,6 +25,8 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "connections": h.connections.load(Ordering::Relaxed),
                 "queries_total": h.queries.load(Ordering::Relaxed),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
+                "gtid": b.known.gtid(),
+                "position": b.known.get().map(|p| p.to_string()),
             })
         })
         .collect();
@@ -50,5 +52,32 @@ pub fn snapshot(state: &AdminState) -> Value {
         "max_replication_lag_seconds": state.monitor.max_replication_lag.as_secs_f64(),
         "uptime_seconds": backends.uptime().as_secs_f64(),
         "backends": list,
+        "consistency": consistency(state),
+    })
+}
+
+/// The consistency mode and what became of reads after writes and optimistic transactions.
+fn consistency(state: &AdminState) -> Value {
+    let counts = state.metrics.consistency_counts();
+    let [ready, waited, primary] = counts.reads;
+    let placed = ready + waited + primary;
+    let [replica, moved, conflict, too_large] = counts.optimistic;
+    let mode = state.consistency.as_str();
+    let primary_gtid = state.backends().primary().known.gtid();
+    json!({
+        "mode": mode,
+        "primary_writes_gtids": primary_gtid,
+        "reads_after_writes": {
+            "replica_ready": ready,
+            "waited": waited,
+            "primary": primary,
+            "replica_share": (placed > 0).then(|| (ready + waited) as f64 / placed as f64),
+        },
+        "optimistic_transactions": {
+            "replica": replica,
+            "moved": moved,
+            "conflict": conflict,
+            "too_large": too_large,
+        },
     })
 }

@@ -274,6 +274,16 @@ pub enum Consistency {
     Eventual,
 }
 
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Session => "session",
+            Consistency::Global => "global",
+            Consistency::Eventual => "eventual",
+        }
+    }
+}
+
 fn default_causal_read_timeout() -> Duration {
     Duration::from_millis(100)
 }
