@@ -2,6 +2,7 @@
 //! relay the answer, and retry a read elsewhere when a backend fails before answering.
 
 use super::consistency::hinted_position;
+use super::optimistic::Ran;
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response};
 use crate::classifier::{
@@ -165,7 +166,8 @@ impl Session {
                     let writes = statement.is_some_and(|(class, _)| counts_as_write(class));
                     self.learn_from_statement(backend, writes, outcome.error.is_some(), outcome.status);
                     let class = statement.map(|(class, _)| class);
-                    self.track_optimistic(backend, out, kind, class, &outcome, was_pinned, writes);
+                    let ran = Ran { backend, out, kind, class, outcome: &outcome, was_pinned, writes };
+                    self.track_optimistic(ran);
                     if let Some((class, sql)) = statement
                         && outcome.error.is_none()
                     {

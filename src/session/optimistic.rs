@@ -19,6 +19,19 @@ use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome, ResponseKind};
 /// COM_QUERY `ROLLBACK`.
 const ROLLBACK: &[u8] = b"\x03ROLLBACK";
 
+/// A command that just ran, as the optimistic-transaction bookkeeping needs it.
+pub(super) struct Ran<'a> {
+    pub backend: usize,
+    pub out: Outgoing<'a>,
+    pub kind: ResponseKind,
+    pub class: Option<&'a Classification>,
+    pub outcome: &'a Outcome,
+    /// The backend the session was pinned to before the command.
+    pub was_pinned: Option<usize>,
+    /// The command may have changed data.
+    pub writes: bool,
+}
+
 /// An optimistic transaction in progress on a read backend.
 #[derive(Debug, Clone)]
 pub struct Optimistic {
@@ -96,17 +109,9 @@ impl Session {
         }
     }
 
-    /// After a command ran on `backend`: starts, extends or ends the optimistic transaction.
-    pub(super) fn track_optimistic(
-        &mut self,
-        backend: usize,
-        out: Outgoing<'_>,
-        kind: ResponseKind,
-        class: Option<&Classification>,
-        outcome: &Outcome,
-        was_pinned: Option<usize>,
-        writes: bool,
-    ) {
+    /// After a command ran: starts, extends or ends the optimistic transaction.
+    pub(super) fn track_optimistic(&mut self, ran: Ran<'_>) {
+        let Ran { backend, out, kind, class, outcome, was_pinned, writes } = ran;
         let digest = self.conns.get_mut(backend).and_then(Option::as_mut).and_then(|c| c.digest.take());
         let pinned = self.state.view.pinned;
         let is_begin = class.is_some_and(|c| c.effect == Effect::Begin);
