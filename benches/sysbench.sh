@@ -11,32 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 THREADS=${2:-8}
-bash scripts/install-deps.sh --bench
-cargo build --release --quiet --bin rwproxy --example cluster
+source benches/sql-setup.sh
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  if [ -n "${RWPID:-}" ] && ! kill -0 "$RWPID" 2>/dev/null; then
-    echo "rwproxy exited during the run; its log:"; tail -40 "$work/rwproxy.log"
-  fi
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
-}
-trap cleanup EXIT
-
-target/release/examples/cluster --cluster-only >"$work/cluster.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 120); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.5; done
-grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.out"; exit 1; }
-port_of() { awk -v n="$1" '$1 == n { split($2, a, ":"); print a[2] }' "$work/cluster.out"; }
-P=$(port_of primary); R1=$(port_of replica1); R2=$(port_of replica2)
-config=$(awk '/^config:/ { print $2 }' "$work/cluster.out")
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RWPORT=$(free_port); HAPORT=$(free_port)
-# The [mysql] section's listen address (the [admin] one keeps its free port).
-awk -v port="$RWPORT" '/^\[/ { section = $0 } section == "[mysql]" && /^listen = / { $0 = "listen = \"127.0.0.1:" port "\"" } { print }' \
-  "$config" >"$work/rwproxy.toml"
+rwproxy_config "$RWPORT" "$work/rwproxy.toml"
 RUST_BACKTRACE=1 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
 RWPID=$!; pids+=($RWPID)
 cat >"$work/haproxy.cfg" <<CFG
@@ -62,13 +40,8 @@ sb() { sysbench "$1" --mysql-host=127.0.0.1 --mysql-port="$2" --mysql-user=app -
   --mysql-db=appdb --tables=4 --table-size=10000 --threads="$THREADS" --time="$SECONDS_PER_RUN" \
   --report-interval=0 --percentile=95 --db-ps-mode=auto "${@:3}"; }
 sb oltp_read_only "$P" prepare >/dev/null
-pos=$(mariadb --no-defaults -h127.0.0.1 -P"$P" -uapp -papp -N -e "SELECT @@gtid_binlog_pos")
-for r in "$R1" "$R2"; do
-  mariadb --no-defaults -h127.0.0.1 -P"$r" -uapp -papp -N -e "SELECT MASTER_GTID_WAIT('$pos', 60)" >/dev/null
-done
+wait_replicas
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 
 printf '\n%-18s %-11s %10s %10s %16s\n' test target QPS "p95 ms" "proxy CPU µs/q"
 run() { # test, target name, port, pid (or -)

@@ -77,24 +77,26 @@ async fn mariadb_cli_load_data_local_infile() {
     assert_eq!(out.lines().collect::<Vec<_>>(), ["5000", "5000", "5000"], "replicated to every read backend");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pymysql_checks_pass_through_the_proxy() {
+/// Runs `tests/clients/<script>` with the proxy's and the primary's ports; it must exit 0 and
+/// print `done`.
+async fn python_checks(script: &str, done: &str) {
     let proxy = start_proxy().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pymysql_check.py");
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(script)
+        .arg(path)
         .arg(proxy.sql_addr.port().to_string())
         .arg(cluster().primary().port.to_string())
         .output()
         .await
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "PyMySQL checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("pymysql: all checks passed"), "{stdout}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(done), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pymysql_checks_pass_through_the_proxy() {
+    python_checks("pymysql_check.py", "pymysql: all checks passed").await;
 }
 
 /// pytest's summary line, e.g. "182 passed, 1 skipped in 2.70s", as (outcome, count) pairs.
@@ -156,16 +158,5 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
 async fn autocommit_off_stacks_read_on_replicas_and_write_on_the_primary() {
     // PyMySQL and SQLAlchemy run every statement in a transaction (autocommit off): optimistic
     // transactions still send the read-only ones to replicas.
-    let proxy = start_proxy().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/autocommit_off.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(proxy.sql_addr.port().to_string())
-        .arg(cluster().primary().port.to_string())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("autocommit_off: all checks passed"), "{stdout}");
+    python_checks("autocommit_off.py", "autocommit_off: all checks passed").await;
 }

@@ -9,6 +9,7 @@ use common::raw::RawClient;
 use common::{cluster, connect, connect_direct, replicated, server_id, start_proxy};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
+use mysql_common::constants::CapabilityFlags as Caps;
 
 async fn distribution(conn: &mut Conn, n: usize) -> BTreeMap<u32, usize> {
     let mut seen = BTreeMap::new();
@@ -225,15 +226,14 @@ async fn ok_packets_of_writes_are_byte_identical_with_and_without_session_tracki
     let primary_addr = cluster().primary().address();
     for tracking in [false, true] {
         for deprecate_eof in [false, true] {
-            let connect = |addr: String| async move {
-                if tracking {
-                    RawClient::connect_tracking(&addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof).await
-                } else {
-                    RawClient::connect(&addr, APP_USER, APP_PASSWORD, DATABASE, deprecate_eof).await
-                }
-            };
-            let mut via = connect(proxy_addr.clone()).await.expect("raw via proxy");
-            let mut direct = connect(primary_addr.clone()).await.expect("raw direct");
+            let extra = if tracking { Caps::CLIENT_SESSION_TRACK } else { Caps::empty() };
+            let login = (APP_USER, APP_PASSWORD, DATABASE);
+            let mut via = RawClient::connect_with(&proxy_addr, login, deprecate_eof, extra)
+                .await
+                .expect("raw via proxy");
+            let mut direct = RawClient::connect_with(&primary_addr, login, deprecate_eof, extra)
+                .await
+                .expect("raw direct");
             let statements = [
                 "UPDATE {t} SET v = v + 1 WHERE id = 1",
                 "UPDATE {t} SET v = v + 1",

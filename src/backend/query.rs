@@ -82,8 +82,7 @@ impl BackendConn {
             let list =
                 if tracked.is_empty() { "last_gtid".to_string() } else { format!("{tracked},last_gtid") };
             let set = format!("SET SESSION session_track_system_variables = '{}'", list.replace('\'', "''"));
-            self.run_setting(&set).await?;
-            self.visible.hide_last_gtid = true;
+            self.visible.hide_last_gtid = self.try_setting(&set).await?;
         } else {
             let mode = match self.query_value("SELECT @@session_track_gtids").await {
                 Ok(v) => v.unwrap_or_default(),
@@ -93,23 +92,24 @@ impl BackendConn {
             if !mode.eq_ignore_ascii_case("OFF") {
                 return Ok(());
             }
-            self.run_setting("SET SESSION session_track_gtids = OWN_GTID").await?;
-            self.visible.hide_gtids = true;
+            self.visible.hide_gtids = self.try_setting("SET SESSION session_track_gtids = OWN_GTID").await?;
         }
         Ok(())
     }
 
-    async fn run_setting(&mut self, sql: &str) -> Result<(), QueryError> {
+    /// Runs a setting; `Ok(false)` when the server refused it (the connection then works
+    /// without position tracking: reads after its writes ask the primary for its position).
+    async fn try_setting(&mut self, sql: &str) -> Result<bool, QueryError> {
         let mut payload = vec![command::QUERY];
         payload.extend_from_slice(sql.as_bytes());
         let outcome = self
             .run_silently(&payload, crate::protocol::ResponseKind::Query)
             .await
             .map_err(QueryError::Lost)?;
-        match outcome.error {
-            None => Ok(()),
-            Some(code) => Err(QueryError::Server(format!("{sql}: error {code}"))),
+        if let Some(code) = outcome.error {
+            tracing::debug!(backend = %self.backend.name, %sql, code, "position tracking refused");
         }
+        Ok(outcome.error.is_none())
     }
 }
 

@@ -138,6 +138,10 @@ impl Session {
             }
             Need::Position(position) => position,
         };
+        if candidates.is_empty() {
+            // No read backend at all (`all_replicas_down = "error"`): the caller says so.
+            return candidates;
+        }
         if candidates.first() == Some(&primary) {
             // The primary's turn in the rotation: it has every write.
             self.shared.metrics.consistency_read(ReadOutcome::Primary, None);

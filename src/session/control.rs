@@ -148,7 +148,11 @@ impl Session {
                 if outcome.error.is_some() { Err("reset refused".to_string()) } else { Ok(()) }
             };
             match reset.await {
-                Ok(()) => conn.applied = 0,
+                Ok(()) => {
+                    conn.applied = 0;
+                    // The reset also dropped the position tracking rwproxy asked for.
+                    conn.tracking_ready = false;
+                }
                 Err(error) => {
                     tracing::debug!(session = self.id, %error, "closing backend connection that failed to reset");
                     self.drop_connection(index);

@@ -260,7 +260,14 @@ impl Session {
     pub(super) async fn ensure_connection(&mut self, backend: usize) -> Result<(), AttemptError> {
         if let Some(conn) = self.conns[backend].as_mut() {
             if !conn.is_closed() {
-                return Ok(());
+                // Tracking is asked for once per connection, and again after a client's reset.
+                return match conn.enable_tracking().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.backend_failed(backend, &e.to_string());
+                        Err(AttemptError::Unavailable(e.to_string()))
+                    }
+                };
             }
             let pinned = self.state.view.pinned == Some(backend);
             self.drop_connection(backend);

@@ -42,19 +42,17 @@ impl RawClient {
         db: &str,
         deprecate_eof: bool,
     ) -> Result<RawClient, String> {
-        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", Caps::empty()).await
+        Self::connect_with(address, (user, password, db), deprecate_eof, Caps::empty()).await
     }
 
-    /// Like `connect`, with CLIENT_SESSION_TRACK: OK packets may carry session-state data.
-    pub async fn connect_tracking(
+    /// Like `connect`, asking for `extra` capabilities too (CLIENT_SESSION_TRACK, say).
+    pub async fn connect_with(
         address: &str,
-        user: &str,
-        password: &str,
-        db: &str,
+        (user, password, db): (&str, &str, &str),
         deprecate_eof: bool,
+        extra: Caps,
     ) -> Result<RawClient, String> {
-        let track = Caps::CLIENT_SESSION_TRACK;
-        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", track).await
+        Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", extra).await
     }
 
     /// Logs in starting with `plugin`; follows an AuthSwitchRequest to mysql_native_password.
