@@ -131,8 +131,9 @@ async fn replicas_answer_most_reads_after_a_write() {
     let mut setup = connect(&proxy).await;
     table(&mut setup, "nine_t").await;
     let (mut on_replicas, mut reads, mut stale) = (0, 0, 0);
+    let mut conn = connect(&proxy).await;
     for session in 0..20 {
-        let mut conn = connect(&proxy).await;
+        conn = connect(&proxy).await;
         conn.exec_drop("INSERT INTO nine_t (k, v) VALUES (?, 1)", (session,)).await.expect("insert");
         for _ in 0..9 {
             let (count, server): (u32, u32) = conn
@@ -147,6 +148,9 @@ async fn replicas_answer_most_reads_after_a_write() {
     }
     assert_eq!(stale, 0);
     assert!(on_replicas * 2 >= reads, "replicas answered {on_replicas} of {reads} reads after writes");
+    let explained: (String, String, String, String) =
+        conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
+    assert!(explained.3.contains("0-1-") && explained.3.contains("last read:"), "{explained:?}");
     let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
     let consistency = &status["consistency"];

@@ -26,6 +26,15 @@ pub struct ReadAfter {
     dirty: bool,
     /// Servers without GTIDs: reads stay on the primary until then.
     primary_until: Option<Instant>,
+    /// Where the last read that needed a position went.
+    last: Option<LastRead>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastRead {
+    outcome: ReadOutcome,
+    backend: Option<usize>,
+    waited: Option<Duration>,
 }
 
 /// What a read needs.
@@ -109,7 +118,16 @@ impl Session {
                     }
                     self.state.read_after.unknown_write = false;
                 }
-                Ok(None) => return Need::Primary("the primary writes no GTIDs".into()),
+                Ok(None) => {
+                    // No GTIDs: a write of this session stays unseen by replicas for up to
+                    // max_replication_lag.
+                    if self.state.read_after.unknown_write {
+                        let lag = self.shared.config.monitor.max_replication_lag;
+                        self.state.read_after.primary_until = Some(Instant::now() + lag);
+                        self.state.read_after.unknown_write = false;
+                    }
+                    return Need::Primary("the primary writes no GTIDs".into());
+                }
                 Err(e) => return Need::Primary(format!("the primary's position is unknown ({e})")),
             }
         }
@@ -133,7 +151,7 @@ impl Session {
             Need::Any => return candidates,
             Need::Primary(why) => {
                 tracing::debug!(session = self.id, reason = %why, "read goes to the primary");
-                self.shared.metrics.consistency_read(ReadOutcome::Primary, None);
+                self.placed(ReadOutcome::Primary, None, None);
                 return vec![primary];
             }
             Need::Position(position) => position,
@@ -144,7 +162,7 @@ impl Session {
         }
         if candidates.first() == Some(&primary) {
             // The primary's turn in the rotation: it has every write.
-            self.shared.metrics.consistency_read(ReadOutcome::Primary, None);
+            self.placed(ReadOutcome::Primary, None, None);
             return vec![primary];
         }
         let timeout = self.shared.config.mysql.routing.causal_read_timeout;
@@ -156,7 +174,7 @@ impl Session {
                 continue;
             };
             if b.known.covers(&position) {
-                self.shared.metrics.consistency_read(ReadOutcome::ReplicaReady, None);
+                self.placed(ReadOutcome::ReplicaReady, Some(backend), None);
                 return vec![backend, primary];
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -166,12 +184,18 @@ impl Session {
             let started = Instant::now();
             if self.wait_on(backend, &position, left).await {
                 b.known.reached(&position);
-                self.shared.metrics.consistency_read(ReadOutcome::Waited, Some(started.elapsed()));
+                self.placed(ReadOutcome::Waited, Some(backend), Some(started.elapsed()));
                 return vec![backend, primary];
             }
         }
-        self.shared.metrics.consistency_read(ReadOutcome::Primary, None);
+        self.placed(ReadOutcome::Primary, None, None);
         vec![primary]
+    }
+
+    /// Counts where a read that needed a position went, and remembers it for `EXPLAIN ROUTE`.
+    fn placed(&mut self, outcome: ReadOutcome, backend: Option<usize>, waited: Option<Duration>) {
+        self.shared.metrics.consistency_read(outcome, waited);
+        self.state.read_after.last = Some(LastRead { outcome, backend, waited });
     }
 
     /// Waits on the session's connection to `backend` until it has applied `position` or
@@ -247,11 +271,23 @@ impl Session {
             .map(|b| b.name.as_str())
             .collect();
         let timeout = self.shared.config.mysql.routing.causal_read_timeout;
-        if ready.is_empty() {
+        let now = if ready.is_empty() {
             format!("no replica known to have {position}: waits up to {timeout:?}, else primary")
         } else {
             format!("{} has applied {position}", ready.join(", "))
-        }
+        };
+        let Some(last) = self.state.read_after.last else {
+            return now;
+        };
+        let name = last.backend.and_then(|b| backends.get(b)).map_or("primary", |b| b.name.as_str());
+        let last = match (last.outcome, last.waited) {
+            (ReadOutcome::Waited, Some(waited)) => {
+                format!("waited {:.1} ms on {name}", waited.as_secs_f64() * 1e3)
+            }
+            (ReadOutcome::ReplicaReady, _) => format!("{name} had it"),
+            _ => "primary".to_string(),
+        };
+        format!("{now}; last read: {last}")
     }
 }
 
