@@ -14,6 +14,7 @@ use rwproxy::proxy::Proxy;
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
+static NEXT_KEY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
 
 fn config(routing: &str) -> String {
     cluster()
@@ -75,7 +76,8 @@ async fn stale_pairs(proxy: &Proxy, pairs: usize, reconnect_every: usize) -> usi
         if reconnect_every > 0 && i % reconnect_every == 0 {
             conn = connect(proxy).await;
         }
-        let key = i as i64 + 1_000_000 * rand_salt();
+        // Every pair of every run in this binary writes its own key.
+        let key = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         conn.exec_drop("INSERT INTO ryw_t (k, v) VALUES (?, 1)", (key,)).await.expect("insert");
         let seen: Option<u32> =
             conn.exec_first("SELECT COUNT(*) FROM ryw_t WHERE k = ?", (key,)).await.expect("read");
@@ -84,15 +86,6 @@ async fn stale_pairs(proxy: &Proxy, pairs: usize, reconnect_every: usize) -> usi
         }
     }
     stale
-}
-
-/// A per-call salt so that keys of different runs differ.
-fn rand_salt() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_micros() as i64)
-        .unwrap_or(0)
-        % 1000
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,6 +187,15 @@ async fn global_reads_see_other_connections_writes_and_tokens_carry_positions() 
         stale += usize::from(seen != Some(1));
     }
     assert_eq!(stale, 0, "a hinted read sees every write up to the token");
+    // The same with the token in a prepared statement's text.
+    for i in 2000..2050 {
+        a.exec_drop("INSERT INTO global_t (k, v) VALUES (?, 1)", (i,)).await.expect("insert");
+        let token: String = a.query_first("SELECT @@rwproxy_position").await.expect("token").expect("row");
+        let sql = format!("SELECT COUNT(*) FROM global_t WHERE k = ? /* rwproxy:after={token} */");
+        let seen: Option<u32> = b.exec_first(sql, (i,)).await.expect("hinted prepared read");
+        stale += usize::from(seen != Some(1));
+    }
+    assert_eq!(stale, 0, "a hinted prepared read sees every write up to the token");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -133,10 +133,10 @@ impl Checker {
         };
         if primary {
             self.write_heartbeat(clock).await;
-            let (position, gtid) = self.position().await?;
+            let (position, gtid) = self.position(true).await?;
             return Ok(Report { read_only, position, gtid, ..Report::fine() });
         }
-        let (position, gtid) = self.position().await?;
+        let (position, gtid) = self.position(false).await?;
         let mut report = self.replica_status().await?;
         report.position = position;
         report.gtid = gtid;
@@ -201,16 +201,25 @@ impl Checker {
         Ok(Report { lag: behind.map(Duration::from_secs), ..Report::fine() })
     }
 
-    /// The applied position (MariaDB `gtid_current_pos`, MySQL `gtid_executed`) and whether
+    /// The applied position (MariaDB `gtid_slave_pos`, MySQL `gtid_executed`) and whether
     /// the server writes GTIDs (MariaDB: binary log on; MySQL: `gtid_mode = ON`).
-    async fn position(&mut self) -> Result<(Option<String>, Option<bool>), CheckError> {
+    ///
+    /// Not MariaDB's `gtid_current_pos`: on a replica that logs its updates it follows the
+    /// binary log, which is written before the transaction commits in InnoDB, so it can name a
+    /// transaction whose rows a read does not see yet.
+    /// The primary's own position is its binary log's.
+    async fn position(&mut self, primary: bool) -> Result<(Option<String>, Option<bool>), CheckError> {
         let conn = self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))?;
-        const MARIADB: &str = "SELECT @@gtid_current_pos, @@log_bin";
+        let mariadb = if primary {
+            "SELECT @@gtid_binlog_pos, @@log_bin"
+        } else {
+            "SELECT @@gtid_slave_pos, @@log_bin"
+        };
         const MYSQL: &str = "SELECT @@GLOBAL.gtid_executed, @@GLOBAL.gtid_mode = 'ON'";
         let row: Option<(Option<String>, Option<u8>)> = match self.mysql {
             Some(true) => conn.query_first(MYSQL).await?,
-            Some(false) => conn.query_first(MARIADB).await?,
-            None => match conn.query_first(MARIADB).await {
+            Some(false) => conn.query_first(mariadb).await?,
+            None => match conn.query_first(mariadb).await {
                 Ok(row) => {
                     self.mysql = Some(false);
                     row
