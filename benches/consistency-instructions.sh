@@ -50,7 +50,7 @@ measure() {
     sleep 0.5
   done
   sleep 2  # the monitor's first checks: backends up, positions known
-  python3 "$work/client.py" "$port" "$workload" 300
+  python3 "$work/client.py" "$port" "$workload" 300 >/dev/null
   callgrind_control -z "$vpid" >/dev/null 2>&1
   local stale
   stale=$(python3 "$work/client.py" "$port" "$workload" "$n")

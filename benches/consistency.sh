@@ -7,6 +7,7 @@
 #      replicas served (Com_select + Com_stmt_execute deltas on each server).
 #
 #   benches/consistency.sh [rounds, default 4] [seconds per run, default 8] [client threads, default 8]
+#   START_ORDER="session eventual global" benches/consistency.sh   # start the processes in another order
 #
 # Installs sysbench and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
@@ -17,7 +18,7 @@ THREADS=${3:-8}
 source benches/sql-setup.sh
 
 declare -A PORT PID
-for mode in eventual session global; do
+for mode in ${START_ORDER:-eventual session global}; do
   PORT[$mode]=$(free_port)
   rwproxy_config "${PORT[$mode]}" "$work/$mode.toml" "$(printf '[mysql.routing]\nconsistency = "%s"' "$mode")"
   RUST_LOG=warn target/release/rwproxy --config "$work/$mode.toml" 2>"$work/$mode.log" &

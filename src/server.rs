@@ -2,7 +2,8 @@
 //! (a [`Shared`], replaced whole by a reload), the monitor of its backends, the count of
 //! running sessions and the drain signal of a graceful shutdown.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct SqlTier {
     draining: watch::Sender<bool>,
     /// The running sessions, told to close at their next transaction boundary on shutdown.
     sessions: Arc<Drain>,
+    /// Running sessions per client address (for `max_connections_per_source`).
+    per_source: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl std::fmt::Debug for SqlTier {
@@ -60,6 +63,7 @@ impl SqlTier {
             monitor: Mutex::new(monitor),
             draining: watch::channel(false).0,
             sessions: Arc::new(Drain::default()),
+            per_source: Mutex::new(HashMap::new()),
         }
     }
 
@@ -106,22 +110,51 @@ impl SqlTier {
     }
 }
 
-/// Counts a session as running for as long as it lives.
+/// Counts a session as running for as long as it lives, in all and per source address.
 pub struct Running {
     tier: Arc<SqlTier>,
     _member: Member,
+    source: IpAddr,
+    /// Sessions from `source`, this one included, when it started.
+    from_source: usize,
 }
 
 impl Running {
-    /// Registers a session: its id, and the receiver that completes when the proxy drains
-    /// (at once if it already is).
-    pub fn start(tier: Arc<SqlTier>) -> (Running, u32, oneshot::Receiver<()>) {
+    /// Registers a session from `source`: its id, and the receiver that completes when the
+    /// proxy drains (at once if it already is).
+    pub fn start(tier: Arc<SqlTier>, source: IpAddr) -> (Running, u32, oneshot::Receiver<()>) {
         let (member, id, kicked) = tier.sessions.join();
-        (Running { tier, _member: member }, id, kicked)
+        let from_source = match tier.per_source.lock() {
+            Ok(mut counts) => {
+                let n = counts.entry(source).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 0,
+        };
+        (Running { tier, _member: member, source, from_source }, id, kicked)
     }
 
     pub fn tier(&self) -> &Arc<SqlTier> {
         &self.tier
+    }
+
+    /// Sessions from this session's source address when it started, itself included.
+    pub fn from_source(&self) -> usize {
+        self.from_source
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.tier.per_source.lock()
+            && let Some(n) = counts.get_mut(&self.source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
     }
 }
 

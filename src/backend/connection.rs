@@ -172,7 +172,10 @@ impl BackendConn {
 
     fn refused(&self, payload: &[u8]) -> BackendError {
         let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
-        let text = payload.get(9..).unwrap_or_default();
+        // An ERR sent instead of a greeting (1040 Too many connections, a host not allowed)
+        // has no SQLSTATE: the message starts right after the code.
+        let text = if payload.get(3) == Some(&b'#') { payload.get(9..) } else { payload.get(3..) };
+        let text = text.unwrap_or_default();
         BackendError::Refused {
             backend: self.backend.name.clone(),
             code,

@@ -171,6 +171,18 @@ pub struct MysqlConfig {
     /// COM_RESET_CONNECTION before it is reused). Default 16; 0 disables pooling.
     #[serde(default = "default_max_idle")]
     pub max_idle_connections: usize,
+    /// Time a client has for the whole login, from connect to OK; one that takes longer is
+    /// closed (a deadline for the phase, not reset by each byte). Default `"10s"`.
+    #[serde(default = "default_handshake_timeout", with = "duration::serde_str")]
+    pub handshake_timeout: Duration,
+    /// Client connections served at once; one more gets `1040 Too many connections` and is
+    /// closed. Default 4096.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// Client connections from one source address at once (0 = no limit, the default); one
+    /// more gets 1040.
+    #[serde(default)]
+    pub max_connections_per_source: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -323,6 +335,12 @@ fn default_heartbeat_table() -> String {
 }
 fn default_max_idle() -> usize {
     16
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_client_connections() -> usize {
+    4096
 }
 fn default_max_packet_size() -> usize {
     64 << 20

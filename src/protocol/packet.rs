@@ -86,13 +86,21 @@ pub async fn read_payload_into<R: AsyncRead + Unpin>(
     len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), PacketError> {
+    // The buffer grows with the bytes that arrive, a step at a time, never from the header's
+    // claim alone: a peer that announces 16 MiB and sends nothing costs one step.
+    const STEP: usize = 64 * 1024;
     let start = out.len();
-    out.resize(start + len, 0);
-    match r.read_exact(&mut out[start..]).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(PacketError::Truncated),
-        Err(e) => Err(e.into()),
+    let mut filled = 0;
+    while filled < len {
+        let end = start + filled + (len - filled).min(STEP);
+        out.resize(end, 0);
+        match r.read_exact(&mut out[start + filled..end]).await {
+            Ok(_) => filled = end - start,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(PacketError::Truncated),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
 /// A logical packet read whole: its payload and the sequence id of its last physical packet.

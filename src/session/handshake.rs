@@ -81,7 +81,13 @@ pub enum HandshakeError {
     TlsRequested,
     #[error("client does not speak protocol 4.1")]
     OldProtocol,
+    #[error("user name longer than {MAX_USER_CHARS} characters")]
+    UserTooLong,
 }
+
+/// The longest user name a server accepts (MariaDB's limit; MySQL's is 32). A longer one is
+/// refused before it reaches a log.
+pub const MAX_USER_CHARS: usize = 80;
 
 pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, HandshakeError> {
     if payload.len() == 32 {
@@ -94,10 +100,14 @@ pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, Handsha
     if !caps.contains(Caps::CLIENT_PROTOCOL_41) {
         return Err(HandshakeError::OldProtocol);
     }
+    let user = String::from_utf8_lossy(response.user()).into_owned();
+    if user.chars().count() > MAX_USER_CHARS {
+        return Err(HandshakeError::UserTooLong);
+    }
     Ok(ClientLogin {
         caps,
         collation: response.collation(),
-        user: String::from_utf8_lossy(response.user()).into_owned(),
+        user,
         database: response
             .db_name()
             .filter(|d| !d.is_empty())
@@ -173,6 +183,9 @@ pub struct ChangeUser {
 /// Parses a COM_CHANGE_USER payload (after the command byte); `None` when malformed.
 pub fn parse_change_user(body: &[u8], caps: Caps) -> Option<ChangeUser> {
     let (user, rest) = split_nul(body)?;
+    if user.len() > 4 * MAX_USER_CHARS || String::from_utf8_lossy(user).chars().count() > MAX_USER_CHARS {
+        return None;
+    }
     let (&len, rest) = rest.split_first()?;
     let auth_data = rest.get(..usize::from(len))?.to_vec();
     let rest = &rest[usize::from(len)..];

@@ -78,6 +78,8 @@ pub enum SessionError {
     AccessDenied(String),
     #[error("backend failed in the middle of a response: {0}")]
     BrokenResponse(String),
+    #[error("login not finished within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
 }
 
 type ClientReader = BufReader<OwnedReadHalf>;
@@ -115,10 +117,25 @@ enum Flow {
 /// only itself.
 pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
     let _ = stream.set_nodelay(true);
-    let (running, id, kick) = Running::start(tier);
-    let metrics = running.tier().current().metrics.clone();
+    let (running, id, kick) = Running::start(tier, peer.ip());
+    let shared = running.tier().current();
+    let limits = &shared.config.mysql;
+    let per_source = limits.max_connections_per_source;
+    if running.tier().sessions() > limits.max_client_connections
+        || per_source > 0 && running.from_source() > per_source
+    {
+        tracing::debug!(session = id, %peer, "too many client connections; refused");
+        refuse_too_many(stream).await;
+        return;
+    }
+    let handshake_timeout = limits.handshake_timeout;
+    let metrics = shared.metrics.clone();
+    drop(shared);
     metrics.client_connected();
-    let result = match Session::accept(stream, peer, id, running, kick).await {
+    let accepted = tokio::time::timeout(handshake_timeout, Session::accept(stream, peer, id, running, kick))
+        .await
+        .unwrap_or(Err(SessionError::HandshakeTimeout(handshake_timeout)));
+    let result = match accepted {
         Ok(mut session) => {
             let served = session.serve().await;
             session.release_connections().await;
@@ -129,11 +146,26 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
     metrics.client_disconnected();
     match result {
         Ok(()) => tracing::debug!(session = id, %peer, "client disconnected"),
+        // Debug formatting: a user name from the network is quoted and escaped, so it cannot
+        // forge log lines.
         Err(SessionError::AccessDenied(user)) => {
-            tracing::info!(session = id, %peer, %user, "access denied")
+            tracing::info!(session = id, %peer, user = ?user, "access denied")
         }
         Err(e) => tracing::warn!(session = id, %peer, error = %e, "client connection closed"),
     }
+}
+
+/// Answers a connection over the limits with `1040 Too many connections` in place of the
+/// greeting (as a server does), then closes it.
+async fn refuse_too_many(mut stream: TcpStream) {
+    let payload = wire::err_packet(1040, "08004", "Too many connections");
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    packet::encode_packet(0, &payload, &mut out);
+    let write = async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 impl Session {

@@ -1,0 +1,134 @@
+//! Limits that protect the proxy from clients: the login deadline, connection caps, packet
+//! buffers that grow only with the bytes that arrive, over-long user names.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{APP_PASSWORD, APP_USER, DATABASE};
+use common::raw::RawClient;
+use common::{cluster, connect, start_proxy_with};
+use mysql_async::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(mysql_keys: &str) -> String {
+    cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", &format!("connect_timeout = \"1s\"\n{mysql_keys}"))
+}
+
+/// Reads until the peer closes (or 5 s pass); returns the bytes and how long it took.
+async fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bytes)).await;
+    (bytes, started.elapsed())
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_logs_in_is_closed_at_the_deadline() {
+    let proxy = start_proxy_with(&config("handshake_timeout = \"300ms\"")).await;
+    let mut silent = TcpStream::connect(proxy.sql_addr).await.expect("connect");
+    let (greeting, took) = read_to_close(&mut silent).await;
+    assert!(!greeting.is_empty(), "the greeting came first");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "closed after {took:?}");
+    // One that trickles its login a byte at a time (a 100-byte packet, one byte per 50 ms)
+    // does not get more time.
+    let slow = TcpStream::connect(proxy.sql_addr).await.expect("connect");
+    let (mut reader, mut writer) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        let _ = writer.write_all(&[100, 0, 0, 1]).await;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if writer.write_all(&[b'x']).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut sink)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "a trickled login is cut at the deadline, not after {took:?}");
+    trickle.abort();
+    // Meanwhile a real client logs in as usual.
+    let mut conn = connect(&proxy).await;
+    let one: Option<u32> = conn.query_first("SELECT 1").await.expect("query");
+    assert_eq!(one, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_caps_get_1040_at_once() {
+    let proxy = start_proxy_with(&config("max_client_connections = 2")).await;
+    let first = connect(&proxy).await;
+    let second = connect(&proxy).await;
+    let started = Instant::now();
+    let err = mysql_async::Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD))
+        .await
+        .expect_err("a third connection is over the cap");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1040), "{err:?}");
+    drop(first);
+    drop(second);
+    let mut room = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if mysql_async::Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD)).await.is_ok() {
+            room = true;
+            break;
+        }
+    }
+    assert!(room, "closed connections make room again");
+
+    let proxy = start_proxy_with(&config("max_connections_per_source = 1")).await;
+    let _only = connect(&proxy).await;
+    let err = mysql_async::Conn::new(common::opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD))
+        .await
+        .expect_err("a second connection from 127.0.0.1 is over the cap");
+    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1040), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packets_announcing_16_mib_cost_only_what_arrives() {
+    let proxy = start_proxy_with(&config("")).await;
+    let address = proxy.sql_addr.to_string();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients
+            .push(RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login"));
+    }
+    let before = rss_kib();
+    for client in &mut clients {
+        // A COM_QUERY header claiming 16 MiB - 1, then one byte, then nothing.
+        client.stream.write_all(&[0xff, 0xff, 0xff, 0x00, 0x03]).await.expect("write");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grew = rss_kib().saturating_sub(before);
+    assert!(grew < 10 * 1024, "RSS grew by {grew} KiB for 40 stalled 16 MiB packets");
+    drop(clients);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_long_user_names_are_refused() {
+    let proxy = start_proxy_with(&config("")).await;
+    let long = format!("{}\nclient logged in user=admin", "x".repeat(200));
+    let err = RawClient::connect(&proxy.sql_addr.to_string(), &long, "x", DATABASE, true)
+        .await
+        .err()
+        .expect("refused");
+    assert!(!err.is_empty());
+    let mut conn = connect(&proxy).await;
+    let one: Option<u32> = conn.query_first("SELECT 1").await.expect("the proxy serves on");
+    assert_eq!(one, Some(1));
+}
