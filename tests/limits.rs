@@ -51,7 +51,7 @@ async fn a_client_that_never_logs_in_is_closed_at_the_deadline() {
         let _ = writer.write_all(&[100, 0, 0, 1]).await;
         for _ in 0..60 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if writer.write_all(&[b'x']).await.is_err() {
+            if writer.write_all(b"x").await.is_err() {
                 break;
             }
         }
