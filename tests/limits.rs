@@ -132,3 +132,56 @@ async fn over_long_user_names_are_refused() {
     let one: Option<u32> = conn.query_first("SELECT 1").await.expect("the proxy serves on");
     assert_eq!(one, Some(1));
 }
+
+/// One raw HTTP/1.1 request with extra header lines; the status code.
+async fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect admin");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let (bytes, _) = read_to_close(&mut stream).await;
+    let text = String::from_utf8_lossy(&bytes);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_needs_the_admin_token_and_refuses_other_origins() {
+    let dir = std::env::temp_dir().join(format!("rwproxy-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("rwproxy.toml");
+    let text = cluster().proxy_config("127.0.0.1:0").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let proxy = rwproxy::proxy::start_from_file(&path).await.expect("proxy starts");
+    let admin = proxy.admin_addr.expect("admin");
+    assert_eq!(admin_request(admin, "POST", "/reload", "").await, 403, "no token");
+    assert_eq!(admin_request(admin, "POST", "/reload", "Authorization: Bearer wrong\r\n").await, 403);
+    let good = "Authorization: Bearer s3cret-token\r\n";
+    assert_eq!(admin_request(admin, "POST", "/reload", good).await, 200, "the token reloads");
+    let cross = format!("{good}Origin: http://evil.example\r\n");
+    assert_eq!(
+        admin_request(admin, "POST", "/reload", &cross).await,
+        403,
+        "another origin, even with the token"
+    );
+    let fetch = format!("{good}Sec-Fetch-Site: cross-site\r\n");
+    assert_eq!(admin_request(admin, "POST", "/reload", &fetch).await, 403);
+    assert_eq!(admin_request(admin, "GET", "/health", "").await, 200, "reads stay open");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_closes_a_connection_that_never_sends_its_head() {
+    let proxy = start_proxy_with(&config("")).await;
+    let mut stream = TcpStream::connect(proxy.admin_addr.expect("admin")).await.expect("connect");
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await.is_ok();
+    assert!(closed, "the admin listener still holds a connection whose head never ended");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "closed after {took:?}, before the 10 s header deadline");
+}

@@ -66,14 +66,17 @@ impl AdminState {
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<Admin>) {
     loop {
-        let (stream, _) = crate::server::next_connection(&listener, "admin").await;
+        let (stream, peer) = crate::server::next_connection(&listener, "admin").await;
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state, peer)) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            // A request head must arrive whole within the deadline (no slow-header hold).
+            let mut builder = http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
@@ -89,8 +92,14 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     response
 }
 
-fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+/// Time a client has to send a request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     if req.uri().path() == "/reload" {
+        if let Err(refusal) = write_allowed(req, admin, peer) {
+            return refusal;
+        }
         return reload(req, admin);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -105,6 +114,40 @@ fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
         "/health" => health(state),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// A write endpoint needs the configured bearer token (compared in constant time), or, when
+/// none is configured, a loopback peer; a browser request from another origin is refused
+/// whatever it carries (a web page in the operator's browser must not reload the proxy).
+fn write_allowed(
+    req: &Request<Incoming>,
+    admin: &Admin,
+    peer: std::net::SocketAddr,
+) -> Result<(), Response<Full<Bytes>>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let forbidden = |why: &str| Err(respond(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n")));
+    let host = header("host");
+    let cross_origin = header("origin").is_some_and(|origin| {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        Some(origin_host) != host
+    });
+    if cross_origin || header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
+        return forbidden("cross-origin requests may not change the proxy");
+    }
+    let token = admin.sql.current().config.admin.as_ref().and_then(|a| a.token.clone());
+    match token {
+        Some(token) => {
+            let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+            let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.0.as_bytes()).into();
+            if same {
+                Ok(())
+            } else {
+                forbidden("a valid admin token (Authorization: Bearer …) is required")
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => forbidden("set admin.token to allow this from other hosts"),
     }
 }
 

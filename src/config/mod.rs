@@ -142,6 +142,21 @@ pub enum AllReplicasDown {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: Spanned<String>,
+    /// Bearer token that `POST /reload` (and any write endpoint) must carry
+    /// (`Authorization: Bearer …`). Without one, writes are taken from loopback peers only.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+/// A secret from the config: never printed by `Debug`.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -173,9 +173,17 @@ impl Cluster {
         for (i, name) in ["primary", "replica1", "replica2"].iter().enumerate() {
             let datadir = base.join(name);
             run(Command::new("cp").arg("-a").arg(&template).arg(&datadir))?;
+            // Distinct ports: a port just released may be handed out again.
+            let mut port = free_port()?;
+            for _ in 0..20 {
+                if nodes.iter().all(|n: &Node| n.port != port) {
+                    break;
+                }
+                port = free_port()?;
+            }
             nodes.push(Node {
                 name: name.to_string(),
-                port: free_port()?,
+                port,
                 server_id: i as u32 + 1,
                 socket: datadir.join("mariadbd.sock"),
                 datadir,
@@ -183,9 +191,18 @@ impl Cluster {
                 process: Mutex::new(None),
             });
         }
-        let cluster = Cluster { base: base.to_path_buf(), nodes, guardian: Mutex::new(Some(guardian)) };
-        for node in &cluster.nodes {
-            node.start()?;
+        let mut cluster = Cluster { base: base.to_path_buf(), nodes, guardian: Mutex::new(Some(guardian)) };
+        for node in &mut cluster.nodes {
+            // Another process may take the free port before the server binds it: then once more
+            // on a new one.
+            if let Err(first) = node.start() {
+                let log = std::fs::read_to_string(node.datadir.join("error.log")).unwrap_or_default();
+                if !log.contains("Address already in use") {
+                    return Err(first);
+                }
+                node.port = free_port()?;
+                node.start()?;
+            }
         }
         cluster.set_up_replication()?;
         Ok(cluster)
