@@ -97,8 +97,8 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     if req.uri().path() == "/reload" {
-        if let Err(refusal) = write_allowed(req, admin, peer) {
-            return refusal;
+        if let Err(why) = write_allowed(req, admin, peer) {
+            return respond(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
         }
         return reload(req, admin);
     }
@@ -124,30 +124,25 @@ fn write_allowed(
     req: &Request<Incoming>,
     admin: &Admin,
     peer: std::net::SocketAddr,
-) -> Result<(), Response<Full<Bytes>>> {
+) -> Result<(), &'static str> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let forbidden = |why: &str| Err(respond(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n")));
     let host = header("host");
     let cross_origin = header("origin").is_some_and(|origin| {
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         Some(origin_host) != host
     });
     if cross_origin || header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
-        return forbidden("cross-origin requests may not change the proxy");
+        return Err("cross-origin requests may not change the proxy");
     }
     let token = admin.sql.current().config.admin.as_ref().and_then(|a| a.token.clone());
     match token {
         Some(token) => {
             let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
             let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.0.as_bytes()).into();
-            if same {
-                Ok(())
-            } else {
-                forbidden("a valid admin token (Authorization: Bearer …) is required")
-            }
+            if same { Ok(()) } else { Err("a valid admin token (Authorization: Bearer …) is required") }
         }
         None if peer.ip().is_loopback() => Ok(()),
-        None => forbidden("set admin.token to allow this from other hosts"),
+        None => Err("set admin.token to allow this from other hosts"),
     }
 }
 
