@@ -18,13 +18,25 @@ use crate::session::{self, Shared};
 /// The next connection. Accept errors (running out of file descriptors, a connection reset
 /// before it was accepted) must not end a listener: they are logged and retried after a short
 /// pause. `what` names the listener in the log.
+///
+/// Out of file descriptors, every accept fails at once: the pause grows (up to a second) so
+/// the loop does not spin, and the log gets one line a second with the count, not one a try.
 pub async fn next_connection(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    let mut pause = Duration::from_millis(10);
+    let mut failed = 0u64;
+    let mut logged: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(e) => {
-                tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failed += 1;
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(listener = what, error = %e, failed, "accept failed; backing off");
+                    logged = Some(std::time::Instant::now());
+                    failed = 0;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }

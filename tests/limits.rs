@@ -185,3 +185,21 @@ async fn the_admin_listener_closes_a_connection_that_never_sends_its_head() {
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9), "closed after {took:?}, before the 10 s header deadline");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_passwords_are_refused_unless_allowed() {
+    let with_user = |extra: &str| {
+        cluster().proxy_config("127.0.0.1:0").replace(
+            "[[mysql.users]]\nname = \"reader\"",
+            &format!("[[mysql.users]]\nname = \"nopass\"\n{extra}\n\n[[mysql.users]]\nname = \"reader\""),
+        )
+    };
+    let proxy = start_proxy_with(&with_user("")).await;
+    let refused = RawClient::connect(&proxy.sql_addr.to_string(), "nopass", "", DATABASE, true).await;
+    let err = refused.err().expect("an empty password is refused by default");
+    assert!(err.contains("Access denied"), "{err}");
+    let proxy = start_proxy_with(&with_user("allow_empty_password = true")).await;
+    RawClient::connect(&proxy.sql_addr.to_string(), "nopass", "", DATABASE, true)
+        .await
+        .expect("allowed when the configuration says so");
+}

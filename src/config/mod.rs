@@ -213,6 +213,10 @@ pub struct UserConfig {
     /// must use `mysql_native_password` for this user.
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// Lets this user log in with an empty password. Default false: a user without a password
+    /// is refused.
+    #[serde(default)]
+    pub allow_empty_password: bool,
 }
 
 impl UserConfig {

@@ -137,6 +137,10 @@ pub struct Credentials {
 /// Checks a mysql_native_password response against the user's password or password hash.
 pub fn verify_user(salt: &[u8], user: &crate::config::UserConfig, response: &[u8]) -> Option<Credentials> {
     let Some(stage2) = user.stage2() else {
+        // An empty password lets anyone in: only where the configuration says so.
+        if user.password.is_empty() && !user.allow_empty_password {
+            return None;
+        }
         return verify_native(salt, &user.password, response)
             .then(|| Credentials { password: user.password.clone(), stage1: None });
     };
@@ -167,7 +171,7 @@ pub fn verify_native(salt: &[u8], password: &str, response: &[u8]) -> bool {
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The COM_CHANGE_USER fields rwproxy needs.
