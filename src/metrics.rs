@@ -71,6 +71,8 @@ pub struct Metrics {
     reloads: [Counter; 2],
     last_reload_ok: Gauge,
     consistency: ConsistencySeries,
+    /// `rwproxy_login_failures_total`: clients refused with 1045.
+    login_failures: Counter,
 }
 
 const READ_OUTCOMES: [ReadOutcome; 3] =
@@ -144,6 +146,8 @@ impl Metrics {
             counts: Arc::new(Default::default()),
         };
         let mut m = Metrics {
+            login_failures: recorder
+                .register_counter(&Key::from_name("rwproxy_login_failures_total"), &METADATA),
             consistency,
             query_duration: recorder
                 .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
@@ -248,6 +252,11 @@ impl Metrics {
         if let Some(waited) = waited {
             self.consistency.wait.record(waited.as_secs_f64());
         }
+    }
+
+    /// A client was refused with 1045 (wrong password, unknown user).
+    pub fn login_failed(&self) {
+        self.login_failures.increment(1);
     }
 
     /// An optimistic transaction ended.

@@ -53,7 +53,21 @@ pub struct SqlTier {
     sessions: Arc<Drain>,
     /// Running sessions per client address (for `max_connections_per_source`).
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Recent failed logins per client address, for throttling password guessing.
+    login_failures: Mutex<HashMap<IpAddr, Failures>>,
 }
+
+/// Failed logins from one address: how many in a row, and when the last was.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: std::time::Instant,
+}
+
+/// Failed logins from one address allowed before its denials are delayed.
+const FREE_FAILURES: u32 = 5;
+/// A quiet address is forgiven after this long.
+const FAILURES_FORGOTTEN: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for SqlTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +90,7 @@ impl SqlTier {
             draining: watch::channel(false).0,
             sessions: Arc::new(Drain::default()),
             per_source: Mutex::new(HashMap::new()),
+            login_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,6 +112,37 @@ impl SqlTier {
                 task.abort();
             }
             tasks.extend(monitor);
+        }
+    }
+
+    /// Records a failed login from `source`; returns how long to hold its denial: nothing for
+    /// the first few, then 100 ms doubling up to 5 s, so guessing passwords gets slow.
+    pub fn login_failed(&self, source: IpAddr) -> Duration {
+        let Ok(mut failures) = self.login_failures.lock() else {
+            return Duration::ZERO;
+        };
+        let now = std::time::Instant::now();
+        if failures.len() > 10_000 {
+            failures.retain(|_, f| now.duration_since(f.last) < FAILURES_FORGOTTEN);
+        }
+        let entry = failures.entry(source).or_insert(Failures { count: 0, last: now });
+        if now.duration_since(entry.last) >= FAILURES_FORGOTTEN {
+            entry.count = 0;
+        }
+        entry.count += 1;
+        entry.last = now;
+        match entry.count.checked_sub(FREE_FAILURES + 1) {
+            None => Duration::ZERO,
+            Some(extra) => {
+                (Duration::from_millis(100) * 2u32.saturating_pow(extra.min(6))).min(Duration::from_secs(5))
+            }
+        }
+    }
+
+    /// A login from `source` succeeded: its failures are forgotten.
+    pub fn login_succeeded(&self, source: IpAddr) {
+        if let Ok(mut failures) = self.login_failures.lock() {
+            failures.remove(&source);
         }
     }
 

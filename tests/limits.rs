@@ -203,3 +203,25 @@ async fn empty_passwords_are_refused_unless_allowed() {
         .await
         .expect("allowed when the configuration says so");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_failed_logins_from_one_address_are_slowed_down() {
+    let proxy = start_proxy_with(&config("")).await;
+    let address = proxy.sql_addr.to_string();
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let started = Instant::now();
+        let denied = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
+        assert!(denied.is_err(), "a wrong password is refused");
+        took.push(started.elapsed());
+    }
+    assert!(took[..5].iter().all(|t| *t < Duration::from_millis(100)), "the first five are free: {took:?}");
+    assert!(took[7] >= Duration::from_millis(350), "the eighth waits (400 ms): {took:?}");
+    let metrics = proxy.metrics().render(&proxy.backends());
+    assert!(metrics.contains("rwproxy_login_failures_total 8"), "{metrics}");
+    // A good login forgives the address.
+    RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login");
+    let started = Instant::now();
+    let _ = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
+    assert!(started.elapsed() < Duration::from_millis(100), "forgiven after a good login");
+}

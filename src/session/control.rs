@@ -97,12 +97,19 @@ impl Session {
         self.login.database = login.database;
         self.login.collation = login.collation;
         self.login.client_caps = login.caps;
+        self.running.tier().login_succeeded(self.peer.ip());
         tracing::debug!(session = self.id, peer = %self.peer, user = %self.login.user, "client logged in");
         self.reply_ok().await
     }
 
     async fn deny(&mut self, user: &str, using_password: bool) -> Result<(), SessionError> {
         let host = self.peer.ip();
+        self.shared.metrics.login_failed();
+        let hold = self.running.tier().login_failed(host);
+        if !hold.is_zero() {
+            tracing::debug!(session = self.id, peer = %self.peer, ?hold, "repeated failed logins; denial delayed");
+            tokio::time::sleep(hold).await;
+        }
         let using = if using_password { "YES" } else { "NO" };
         let message = format!("Access denied for user '{user}'@'{host}' (using password: {using})");
         self.reply_err(1045, "28000", &message).await
