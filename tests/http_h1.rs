@@ -211,6 +211,32 @@ async fn bad_requests_are_refused_and_close_only_their_connection() {
     };
     let answer = raw(slow.http_addr.expect("http"), b"GET / HTTP/1.1\r\nHost").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // One that trickles its head a byte every 100 ms (each byte inside the idle timeout) still
+    // gets 408 at the head deadline.
+    let trickled = {
+        let text = balancer_config(&[(&web, "")], "idle_timeout = \"300ms\"\nheader_timeout = \"800ms\"");
+        start_proxy_with(&text).await
+    };
+    let stream = TcpStream::connect(trickled.http_addr.expect("http")).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), reader.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    trickle.abort();
+    assert!(took < Duration::from_millis(2500), "the head deadline must cut the trickle, not {took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

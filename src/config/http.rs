@@ -34,6 +34,10 @@ pub struct HttpConfig {
     /// A client connection that sends no request for this long is closed. Default `"60s"`.
     #[serde(default = "default_idle_timeout", with = "duration::serde_str")]
     pub idle_timeout: Duration,
+    /// Time a request head has from its first byte to its last; a client that trickles it
+    /// slower (slowloris) gets 408. Not reset by each byte. Default `"10s"`.
+    #[serde(default = "default_header_timeout", with = "duration::serde_str")]
+    pub header_timeout: Duration,
     /// Time one request may take from its arrival to the response headers, queueing, retries
     /// and redispatch included; after it the client gets 504. Default `"60s"`.
     #[serde(default = "default_idle_timeout", with = "duration::serde_str")]
@@ -140,6 +144,9 @@ fn default_response_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_queue_timeout() -> Duration {
     Duration::from_secs(5)

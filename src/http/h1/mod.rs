@@ -133,6 +133,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
     /// (closed, idle too long, or draining between requests).
     async fn read_head(&mut self, balancer: &Balancer) -> Result<Option<Head>, Refusal> {
         let idle = balancer.config.idle_timeout;
+        // Once a head has begun, it has `header_timeout` in all: each byte does not buy more.
+        let mut head_deadline: Option<Instant> = None;
         // Bounded: every pass reads more bytes, up to MAX_HEAD.
         loop {
             if !self.buf.is_empty() {
@@ -150,9 +152,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
             } else if self.draining {
                 return Ok(None);
             }
+            if !self.buf.is_empty() && head_deadline.is_none() {
+                head_deadline = Some(Instant::now() + balancer.config.header_timeout);
+            }
+            // A stall of `idle_timeout` ends it too.
+            let stall = Instant::now() + idle;
+            let until = head_deadline.map_or(stall, |deadline| deadline.min(stall));
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout(idle, read_more(&mut self.io, &mut self.buf)) => read,
+                read = tokio::time::timeout_at(until, read_more(&mut self.io, &mut self.buf)) => read,
                 _ = &mut self.kicked, if !self.draining => {
                     self.draining = true;
                     continue;
