@@ -327,6 +327,13 @@ impl BackendConn {
         !matches!(std::pin::Pin::new(&mut self.reader).poll_fill_buf(&mut cx), Poll::Pending)
     }
 
+    /// Waits until the server has begun to answer (bytes are buffered); the relay then reads
+    /// them. An error is left for the relay to meet and report.
+    pub async fn answer_started(&mut self) {
+        use tokio::io::AsyncBufReadExt;
+        let _ = self.reader.fill_buf().await;
+    }
+
     pub fn deprecate_eof(&self) -> bool {
         self.caps.contains(Caps::CLIENT_DEPRECATE_EOF)
     }

@@ -63,6 +63,8 @@ pub struct Health {
     read_only: AtomicU8,
     /// Recent samples for the status page's chart, oldest first.
     history: Mutex<VecDeque<Sample>>,
+    /// Woken when the monitor marks the backend down: sessions waiting on it give up then.
+    down: tokio::sync::Notify,
 }
 
 /// One monitor observation kept for the status page.
@@ -84,6 +86,7 @@ impl Default for Health {
             connections: AtomicI64::new(0),
             read_only: AtomicU8::new(0),
             history: Mutex::new(VecDeque::new()),
+            down: tokio::sync::Notify::new(),
         }
     }
 }
@@ -94,10 +97,19 @@ impl Health {
     }
 
     pub fn set_state(&self, state: State, reason: &str) {
-        self.state.store(state.to_u8(), Ordering::Relaxed);
         if let Ok(mut r) = self.reason.lock() {
             reason.clone_into(&mut r);
         }
+        let old = State::from_u8(self.state.swap(state.to_u8(), Ordering::Relaxed));
+        if state == State::Down && old != State::Down {
+            self.down.notify_waiters();
+        }
+    }
+
+    /// Completes when the monitor next marks the backend down (enable it before checking the
+    /// state, so a change in between is not missed).
+    pub fn marked_down(&self) -> tokio::sync::futures::Notified<'_> {
+        self.down.notified()
     }
 
     pub fn reason(&self) -> String {

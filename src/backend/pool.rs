@@ -90,7 +90,10 @@ pub async fn checkout(
         if conn.is_closed() {
             continue;
         }
-        if select_database(&mut conn, login.database.as_deref()).await {
+        // A server that hangs must not hold the session: the reuse is bounded like a connect.
+        let selected =
+            tokio::time::timeout(timeout, select_database(&mut conn, login.database.as_deref())).await;
+        if selected == Ok(true) {
             return Ok(conn);
         }
     }
@@ -109,6 +112,9 @@ async fn select_database(conn: &mut BackendConn, database: Option<&str>) -> bool
     matches!(outcome, Ok(o) if o.error.is_none())
 }
 
+/// How long a connection being given back may take to reset.
+const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Gives a connection back: reset, then kept idle (or closed when the idle list is full or the
 /// connection is in the middle of something).
 pub async fn release(mut conn: BackendConn) {
@@ -116,8 +122,10 @@ pub async fn release(mut conn: BackendConn) {
     if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
         return;
     }
-    let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query).await;
-    if !matches!(reset, Ok(o) if o.error.is_none()) {
+    // Bounded: a hung server does not get to hold a session that is ending.
+    let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query);
+    let reset = tokio::time::timeout(RESET_TIMEOUT, reset).await;
+    if !matches!(reset, Ok(Ok(o)) if o.error.is_none()) {
         return;
     }
     conn.applied = 0;

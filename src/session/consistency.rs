@@ -208,7 +208,14 @@ impl Session {
             return false;
         };
         let sql = position.wait_statement(left.as_secs_f64());
-        match conn.query_value(&sql).await {
+        // The server bounds the wait; this bounds a server that does not answer at all.
+        let answered = tokio::time::timeout(left + Duration::from_millis(500), conn.query_value(&sql)).await;
+        let Ok(answer) = answered else {
+            let why = format!("{}: no answer to a position wait", conn.backend.name);
+            self.backend_failed(backend, &why);
+            return false;
+        };
+        match answer {
             Ok(Some(answer)) => answer == "0",
             Ok(None) => false,
             Err(QueryError::Server(e)) => {

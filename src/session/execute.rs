@@ -218,10 +218,34 @@ impl Session {
         conn.busy = true;
         conn.last_gtid = None;
         conn.digest = digest.then(crate::backend::Digest::default);
+        let target = conn.backend.clone();
+        let down = target.health.marked_down();
+        tokio::pin!(down);
+        down.as_mut().enable();
+        // A backend already marked down (a pinned transaction's) is not watched: only the
+        // change tells that a wait is hopeless.
+        let watch_down = target.health.state() != State::Down;
         if let Err(e) = conn.send(0, &bytes).await {
             self.backend_failed(backend, &e.to_string());
             return Err(AttemptError::Lost(e.to_string()));
         }
+        // A server that hangs (stopped, overloaded, partitioned) holds the session only until
+        // the monitor marks it down: nothing has reached the client yet, so a read is retried
+        // elsewhere and anything else gets a clear error.
+        if watch_down {
+            tokio::select! {
+                biased;
+                () = conn.answer_started() => {}
+                () = &mut down => {
+                    let why = format!("{} was marked down while this statement waited: {}", target.name, target.health.reason());
+                    self.backend_failed(backend, &why);
+                    return Err(AttemptError::Lost(why));
+                }
+            }
+        }
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Err(AttemptError::Unavailable("connection vanished".into()));
+        };
         match relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id).await {
             Ok(outcome) => {
                 conn.busy = false;

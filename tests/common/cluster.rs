@@ -131,6 +131,14 @@ impl Node {
         Ok(())
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the server process: a stopped server keeps its
+    /// connections open and answers nothing, as a hung one does.
+    pub fn signal(&self, signal: &str) -> Result<(), String> {
+        let guard = self.process.lock().map_err(|e| e.to_string())?;
+        let pid = guard.as_ref().map(Child::id).ok_or("not running")?;
+        run(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string())).map(|_| ())
+    }
+
     pub fn restart(&self) -> Result<(), String> {
         self.kill()?;
         self.start()
