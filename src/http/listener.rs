@@ -118,10 +118,12 @@ pub async fn serve(
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
-                let least = workers.iter().map(|w| w.load.get()).min().unwrap_or(0);
-                // Among the least loaded, take turns.
-                let Some(at) = (0..workers.len()).map(|i| (next + i) % workers.len())
-                    .find(|&i| workers[i].load.get() == least) else { continue };
+                // The least loaded, taking turns among equals, in one pass: the loads change
+                // while we look (workers finish connections), and a two-pass "find the minimum,
+                // then find who has it" could find no one and drop the connection unanswered.
+                let Some(at) = (0..workers.len())
+                    .map(|i| (next + i) % workers.len())
+                    .min_by_key(|&i| workers[i].load.get()) else { continue };
                 next = at + 1;
                 let Ok(stream) = stream.into_std() else { continue };
                 workers[at].load.add();
