@@ -85,6 +85,9 @@ async fn a_hung_server_holds_clients_only_until_the_monitor_marks_it_down() {
     // The primary hangs: a write fails within the bound with a clear error; reads go on.
     let mut writer = connect(&proxy).await;
     let mut reader = connect(&proxy).await;
+    // The writer holds a primary connection already (a new one would meet connect_timeout
+    // instead, a clear error too): its next statement waits on the hung server.
+    writer.query_drop("DELETE FROM hung_t WHERE id = 0").await.expect("write before the hang");
     let paused = Stopped::new(0);
     let started = Instant::now();
     let write =
