@@ -11,6 +11,10 @@ use common::{cluster, connect, start_proxy_with};
 use mysql_async::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// The tests of this binary run one at a time: one of them measures the process's RSS.
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn config(mysql_keys: &str) -> String {
     cluster()
@@ -38,6 +42,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_logs_in_is_closed_at_the_deadline() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("handshake_timeout = \"300ms\"")).await;
     let mut silent = TcpStream::connect(proxy.sql_addr).await.expect("connect");
     let (greeting, took) = read_to_close(&mut silent).await;
@@ -70,6 +75,7 @@ async fn a_client_that_never_logs_in_is_closed_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_caps_get_1040_at_once() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("max_client_connections = 2")).await;
     let first = connect(&proxy).await;
     let second = connect(&proxy).await;
@@ -101,6 +107,7 @@ async fn connections_over_the_caps_get_1040_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn packets_announcing_16_mib_cost_only_what_arrives() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("")).await;
     let address = proxy.sql_addr.to_string();
     let mut clients = Vec::new();
@@ -121,6 +128,7 @@ async fn packets_announcing_16_mib_cost_only_what_arrives() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn over_long_user_names_are_refused() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("")).await;
     let long = format!("{}\nclient logged in user=admin", "x".repeat(200));
     let err = RawClient::connect(&proxy.sql_addr.to_string(), &long, "x", DATABASE, true)
@@ -147,6 +155,7 @@ async fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str, hea
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_needs_the_admin_token_and_refuses_other_origins() {
+    let _serial = SERIAL.lock().await;
     let dir = std::env::temp_dir().join(format!("rwproxy-admin-token-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("rwproxy.toml");
@@ -175,6 +184,7 @@ async fn reload_needs_the_admin_token_and_refuses_other_origins() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_closes_a_connection_that_never_sends_its_head() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("")).await;
     let mut stream = TcpStream::connect(proxy.admin_addr.expect("admin")).await.expect("connect");
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.expect("write");
@@ -188,6 +198,7 @@ async fn the_admin_listener_closes_a_connection_that_never_sends_its_head() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_passwords_are_refused_unless_allowed() {
+    let _serial = SERIAL.lock().await;
     let with_user = |extra: &str| {
         cluster().proxy_config("127.0.0.1:0").replace(
             "[[mysql.users]]\nname = \"reader\"",
@@ -206,6 +217,7 @@ async fn empty_passwords_are_refused_unless_allowed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_failed_logins_from_one_address_are_slowed_down() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config("")).await;
     let address = proxy.sql_addr.to_string();
     let mut took = Vec::new();
@@ -215,7 +227,7 @@ async fn repeated_failed_logins_from_one_address_are_slowed_down() {
         assert!(denied.is_err(), "a wrong password is refused");
         took.push(started.elapsed());
     }
-    assert!(took[..5].iter().all(|t| *t < Duration::from_millis(100)), "the first five are free: {took:?}");
+    assert!(took[..5].iter().all(|t| *t < Duration::from_millis(300)), "the first five are free: {took:?}");
     assert!(took[7] >= Duration::from_millis(350), "the eighth waits (400 ms): {took:?}");
     let metrics = proxy.metrics().render(&proxy.backends());
     assert!(metrics.contains("rwproxy_login_failures_total 8"), "{metrics}");
@@ -223,5 +235,5 @@ async fn repeated_failed_logins_from_one_address_are_slowed_down() {
     RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login");
     let started = Instant::now();
     let _ = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
-    assert!(started.elapsed() < Duration::from_millis(100), "forgiven after a good login");
+    assert!(started.elapsed() < Duration::from_millis(300), "forgiven after a good login (else held 800 ms)");
 }
