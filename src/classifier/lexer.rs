@@ -86,6 +86,8 @@ pub fn hint_in(comment: &[u8]) -> Option<Hint> {
         Some(Hint::Primary)
     } else if word.len() >= 7 && word[..7].eq_ignore_ascii_case(b"replica") {
         Some(Hint::Replica)
+    } else if word.len() >= 6 && word[..6].eq_ignore_ascii_case(b"after=") {
+        Some(Hint::After)
     } else {
         None
     }

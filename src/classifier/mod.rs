@@ -67,11 +67,13 @@ impl Reason {
     }
 }
 
-/// A routing hint written in a comment: `/* rwproxy:primary */`, `/* rwproxy:replica */`.
+/// A routing hint written in a comment: `/* rwproxy:primary */`, `/* rwproxy:replica */`, or
+/// a position token `/* rwproxy:after=<gtid> */` (the session reads the position from the text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hint {
     Primary,
     Replica,
+    After,
 }
 
 /// What a statement does to the session's routing state once it has run.

@@ -112,6 +112,8 @@ fn hints() {
     assert_eq!(classify("/* rwproxy:primary */ SELECT 1").hint, Some(Hint::Primary));
     assert_eq!(classify("SELECT 1 /* rwproxy:replica */").hint, Some(Hint::Replica));
     assert_eq!(classify("SELECT 1 -- rwproxy:primary\n").hint, Some(Hint::Primary));
+    assert_eq!(classify("SELECT 1 /* rwproxy:after=0-1-5 */").hint, Some(Hint::After));
+    assert_eq!(classify("/* rwproxy:after=0-1-5 */ SELECT ?").hint, Some(Hint::After));
     assert_eq!(classify("SELECT 1").hint, None);
 }
 

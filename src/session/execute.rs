@@ -6,7 +6,7 @@ use super::optimistic::Ran;
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response};
 use crate::classifier::{
-    Classification, Destination, Effect, Reason, classify, counts_as_write, explain_route_target,
+    Classification, Destination, Effect, Hint, Reason, classify, counts_as_write, explain_route_target,
 };
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -137,7 +137,10 @@ impl Session {
         let retry_lost = decision.target == Target::ReadPool;
         let mut candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
         if decision.target == Target::ReadPool {
-            let hinted = statement.and_then(|(_, sql)| hinted_position(sql));
+            // The classifier saw the token; only then is the text searched for the position.
+            let hinted = statement
+                .filter(|(class, _)| class.hint == Some(Hint::After))
+                .and_then(|(_, sql)| hinted_position(sql));
             let need = self.read_need(hinted).await;
             candidates = self.consistent_candidates(candidates, need).await;
         }
@@ -273,8 +276,7 @@ impl Session {
             self.state.view.pinned = None;
         }
         if self.state.optimistic.as_ref().is_some_and(|o| o.backend == backend) {
-            self.state.optimistic = None;
-            self.state.view.optimistic = false;
+            self.state.take_optimistic();
         }
     }
 

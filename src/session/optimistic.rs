@@ -148,8 +148,7 @@ impl Session {
                 if !is_begin {
                     o.record(out, kind, digest, outcome, max);
                 }
-                self.state.optimistic = Some(o);
-                self.state.view.optimistic = true;
+                self.state.start_optimistic(o);
             }
             None => {}
         }
@@ -164,19 +163,17 @@ impl Session {
     }
 
     pub(super) fn end_optimistic(&mut self, outcome: OptimisticOutcome) {
-        if self.state.optimistic.take().is_some() {
+        if self.state.take_optimistic().is_some() {
             self.shared.metrics.optimistic(outcome);
         }
-        self.state.view.optimistic = false;
     }
 
     /// Moves the optimistic transaction to the primary. `Ok(false)`: it could not move and the
     /// client got 1213; the transaction is gone on both sides.
     pub(super) async fn move_transaction(&mut self) -> Result<bool, SessionError> {
-        let Some(o) = self.state.optimistic.take() else {
+        let Some(o) = self.state.take_optimistic() else {
             return Ok(true);
         };
-        self.state.view.optimistic = false;
         if let Some(conn) = self.conns.get_mut(o.backend).and_then(Option::as_mut)
             && conn.run_silently(ROLLBACK, ResponseKind::Query).await.is_err()
         {

@@ -29,8 +29,6 @@ struct Statement {
     long_data: Vec<Vec<u8>>,
     /// Backend holding the open cursor, for COM_STMT_FETCH.
     cursor_on: Option<usize>,
-    /// The text carries `rwproxy:after=…`: each execution reads after that position.
-    position_token: bool,
 }
 
 impl Statement {
@@ -111,8 +109,6 @@ impl Session {
         if let Some((outcome, backend)) = ran
             && let Some(prepared) = outcome.prepared
         {
-            let text = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
-            let position_token = super::consistency::hinted_position(&text).is_some();
             let stmt = Statement {
                 prepare: payload,
                 class,
@@ -122,7 +118,6 @@ impl Session {
                 types_on: Vec::new(),
                 long_data: Vec::new(),
                 cursor_on: None,
-                position_token,
             };
             self.stmts.map.insert(id, stmt);
         }
@@ -151,7 +146,8 @@ impl Session {
         // Only statements that change routing state or carry a position token need their text
         // again (GET_LOCK, `/* rwproxy:after=… */`, …).
         let text = stmt.prepare.get(1..).unwrap_or_default();
-        let needs_text = class.effect != crate::classifier::Effect::None || stmt.position_token;
+        let needs_text = class.effect != crate::classifier::Effect::None
+            || class.hint == Some(crate::classifier::Hint::After);
         let effect_sql = needs_text.then(|| String::from_utf8_lossy(text).into_owned());
         let long_data = !stmt.long_data.is_empty();
         let Some(decision) = self.route(&class).await? else {

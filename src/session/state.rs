@@ -81,7 +81,9 @@ pub struct SessionState {
     /// What the session's writes require of its reads (kept across resets: the client's next
     /// read still must not miss them).
     pub read_after: ReadAfter,
-    /// The transaction running optimistically on a read backend, if any.
+    /// The transaction running optimistically on a read backend, if any (the router sees
+    /// whether there is one as `view.optimistic`: change it through `start_optimistic` and
+    /// `take_optimistic` only).
     pub optimistic: Option<Optimistic>,
     /// The current transaction ran a statement that needed the primary.
     pub transaction_wrote: bool,
@@ -145,6 +147,16 @@ impl SessionState {
         }
         self.view.temporary_tables = !self.temporary_tables.is_empty();
         self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
+    }
+
+    pub fn start_optimistic(&mut self, transaction: Optimistic) {
+        self.optimistic = Some(transaction);
+        self.view.optimistic = true;
+    }
+
+    pub fn take_optimistic(&mut self) -> Option<Optimistic> {
+        self.view.optimistic = false;
+        self.optimistic.take()
     }
 
     /// The backend list changed (a reload): per-backend facts start over.
