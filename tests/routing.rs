@@ -27,6 +27,17 @@ async fn first<T: FromRow + Send + 'static>(conn: &mut Conn, sql: &str) -> T {
 
 const ALL: [u32; 3] = [1, 2, 3];
 
+/// A proxy whose reads do not wait for the session's writes: these tests look at the routing
+/// table alone, and a read after `GET_LOCK`/`CREATE TEMPORARY TABLE` may otherwise go to the
+/// primary while a replica catches up (`tests/consistency.rs` tests that).
+async fn eventual_proxy() -> rwproxy::proxy::Proxy {
+    let text = common::cluster().proxy_config("127.0.0.1:0").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\n[mysql.routing]\nconsistency = \"eventual\"",
+    );
+    common::start_proxy_with(&text).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn last_insert_id_in_any_form_reads_the_primary() {
     let proxy = start_proxy().await;
@@ -108,7 +119,7 @@ async fn found_rows_and_show_warnings_describe_the_previous_statement() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_variables_assigned_by_a_read_are_read_back_from_the_primary() {
-    let proxy = start_proxy().await;
+    let proxy = eventual_proxy().await;
     let mut conn = connect(&proxy).await;
     conn.query_drop("SELECT 42 INTO @answer").await.expect("select into");
     for _ in 0..6 {
@@ -202,7 +213,7 @@ async fn strings_and_comments_do_not_fool_the_classifier() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_connection_forgets_pins_and_replayed_state() {
-    let proxy = start_proxy().await;
+    let proxy = eventual_proxy().await;
     let mut conn = connect(&proxy).await;
     conn.query_drop("CREATE TEMPORARY TABLE reset_tmp (a INT)").await.expect("temporary");
     conn.query_drop("SELECT GET_LOCK('reset_lock', 1)").await.expect("lock");

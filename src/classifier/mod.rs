@@ -129,11 +129,15 @@ impl Classification {
 }
 
 /// Whether running the statement may change data, so that later reads must see it: anything
-/// bound for the primary except node-specific `SHOW`s and transaction control (`BEGIN`,
-/// `COMMIT`, … change nothing by themselves; the writes inside a transaction count).
+/// bound for the primary except reads sent there for other reasons (node-specific `SHOW`s,
+/// locking reads, `SELECT … INTO @v` / `@v := …`) and transaction control (`BEGIN`, `COMMIT`,
+/// … change nothing by themselves; the writes inside a transaction count).
 pub fn counts_as_write(class: &Classification) -> bool {
     class.destination == Destination::Primary
-        && !matches!(class.reason, Reason::NodeSpecific | Reason::Transaction)
+        && !matches!(
+            class.reason,
+            Reason::NodeSpecific | Reason::Transaction | Reason::LockingRead | Reason::UserVariable
+        )
 }
 
 /// Classifies one COM_QUERY text (or a COM_STMT_PREPARE statement).

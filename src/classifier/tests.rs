@@ -159,3 +159,21 @@ fn the_byte_scan_never_clears_what_the_token_scan_would_route_elsewhere() {
         "the token scan clears it"
     );
 }
+
+#[test]
+fn writes_are_what_may_change_data() {
+    for sql in ["INSERT INTO t VALUES (1)", "CREATE TABLE t (a INT)", "CALL p()", "SELECT NEXTVAL(s)", "DO 1"]
+    {
+        assert!(counts_as_write(&classify(sql)), "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "BEGIN",
+        "COMMIT",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT 1 INTO @v",
+        "SHOW MASTER STATUS",
+    ] {
+        assert!(!counts_as_write(&classify(sql)), "{sql}");
+    }
+}
