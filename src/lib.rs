@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod budget;
 pub mod classifier;
 pub mod config;
 pub mod consistency;
@@ -32,3 +33,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod stream;
+pub mod tls;

@@ -259,6 +259,15 @@ impl Metrics {
         self.login_failures.increment(1);
     }
 
+    /// `rwproxy_connections_refused_total{listener, reason="firewall"}`: a peer outside a
+    /// listener's allow list (or in its deny list) was closed. Rare, so the series is looked up
+    /// each time.
+    pub fn refused_by_firewall(&self, listener: &'static str) {
+        let key =
+            Self::key("rwproxy_connections_refused_total", &[("listener", listener), ("reason", "firewall")]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
     /// An optimistic transaction ended.
     pub fn optimistic(&self, outcome: OptimisticOutcome) {
         let i = OPTIMISTIC_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);

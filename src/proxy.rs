@@ -129,7 +129,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     };
     let admin_listen = config.admin.as_ref().map(|a| a.listen.get_ref().clone());
     let shutdown_timeout = config.shutdown_timeout;
-    let shared = Shared::new(config, router, metrics, version, caps);
+    let shared = Shared::new(config, router, metrics, version, caps).map_err(std::io::Error::other)?;
     let sql = Arc::new(SqlTier::new(sql_addr, shared, monitor));
     let reloader = Arc::new(Reloader::new(path, sql.clone(), http.clone()));
     let mut tasks = Vec::new();

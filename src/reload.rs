@@ -25,6 +25,8 @@ pub enum ReloadError {
     Http(#[from] http::ReloadError),
     #[error("another reload is running")]
     Busy,
+    #[error("mysql.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Applies new configurations to a running proxy, one at a time.
@@ -63,9 +65,6 @@ impl Reloader {
         let old = self.sql.current();
         check_fixed(&old.config, &config)?;
         let changes = describe_changes(&old.config, &config);
-        if let (Some(tier), Some(http_config)) = (&self.http, &config.http) {
-            tier.reload(http_config.clone())?;
-        }
         let backends = Arc::new(Backends::reconfigured(&config, Some(old.router.backends())));
         let metrics = Arc::new(old.metrics.reconfigured(&backends));
         let router = Arc::new(Router::new(
@@ -74,8 +73,12 @@ impl Reloader {
             config.monitor.all_replicas_down,
             config.mysql.routing.optimistic_transactions,
         ));
-        let monitor = crate::monitor::spawn(&config, backends, metrics.clone());
-        let shared = Shared::new(config, router, metrics, old.server_version.clone(), old.caps);
+        // Everything that can fail comes before anything changes.
+        let shared = Shared::new(config, router, metrics.clone(), old.server_version.clone(), old.caps)?;
+        if let (Some(tier), Some(http_config)) = (&self.http, &shared.config.http) {
+            tier.reload(http_config.clone())?;
+        }
+        let monitor = crate::monitor::spawn(&shared.config, backends, metrics);
         self.sql.replace(shared, monitor);
         tracing::info!(changes = %changes.join("; "), "configuration reloaded");
         Ok(changes)

@@ -42,6 +42,25 @@ pub async fn next_connection(listener: &TcpListener, what: &str) -> (TcpStream, 
     }
 }
 
+/// Logs peers a listener's firewall refused: at most one line a second, with the count since
+/// the last (a scan must not flood the log).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    since_log: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    pub fn refused(&mut self, listener: &str, peer: SocketAddr) {
+        self.since_log += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(listener, %peer, refused = self.since_log, "connection refused by the firewall");
+            self.logged = Some(std::time::Instant::now());
+            self.since_log = 0;
+        }
+    }
+}
+
 /// The SQL side of a running proxy.
 pub struct SqlTier {
     pub addr: SocketAddr,
@@ -55,6 +74,10 @@ pub struct SqlTier {
     per_source: Mutex<HashMap<IpAddr, usize>>,
     /// Recent failed logins per client address, for throttling password guessing.
     login_failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Logged-in sessions per user (for a user's `max_connections`).
+    per_user: Mutex<HashMap<String, usize>>,
+    /// Long data of prepared statements held for all sessions (`max_long_data_total`).
+    pub long_data: crate::budget::Budget,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -83,6 +106,7 @@ impl Drop for SqlTier {
 
 impl SqlTier {
     pub fn new(addr: SocketAddr, shared: Shared, monitor: Vec<JoinHandle<()>>) -> SqlTier {
+        let long_data = crate::budget::Budget::new(shared.config.mysql.max_long_data_total);
         SqlTier {
             addr,
             current: ArcSwap::from_pointee(shared),
@@ -91,6 +115,8 @@ impl SqlTier {
             sessions: Arc::new(Drain::default()),
             per_source: Mutex::new(HashMap::new()),
             login_failures: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
+            long_data,
         }
     }
 
@@ -106,6 +132,7 @@ impl SqlTier {
 
     /// Makes `shared` current and replaces the monitor tasks with `monitor`.
     pub fn replace(&self, shared: Shared, monitor: Vec<JoinHandle<()>>) {
+        self.long_data.set_limit(shared.config.mysql.max_long_data_total);
         self.current.store(Arc::new(shared));
         if let Ok(mut tasks) = self.monitor.lock() {
             for task in tasks.drain(..) {
@@ -216,13 +243,60 @@ impl Drop for Running {
     }
 }
 
+/// A logged-in session counted under its user while it lives.
+pub struct UserSlot {
+    tier: Arc<SqlTier>,
+    user: String,
+    /// The user's sessions when this one was counted, itself included.
+    sessions: usize,
+}
+
+impl UserSlot {
+    pub fn take(tier: Arc<SqlTier>, user: &str) -> UserSlot {
+        let sessions = match tier.per_user.lock() {
+            Ok(mut counts) => {
+                let n = counts.entry(user.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 0,
+        };
+        UserSlot { tier, user: user.to_string(), sessions }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.tier.per_user.lock()
+            && let Some(n) = counts.get_mut(&self.user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// Accepts SQL clients until the task is aborted or the tier drains; each client runs in
 /// its own task.
 pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
     let mut draining = tier.draining.subscribe();
+    let mut refusals = Refusals::default();
     loop {
         tokio::select! {
             (stream, peer) = next_connection(&listener, "sql") => {
+                let shared = tier.current();
+                if !shared.config.mysql.firewall.permits(peer.ip()) {
+                    shared.metrics.refused_by_firewall("sql");
+                    refusals.refused("sql", peer);
+                    continue;
+                }
+                drop(shared);
                 tokio::spawn(session::run(stream, peer, tier.clone()));
             }
             _ = draining.changed() => return,

@@ -166,8 +166,8 @@ async fn reload_needs_the_admin_token_and_refuses_other_origins() {
     std::fs::write(&path, &text).expect("write");
     let proxy = rwproxy::proxy::start_from_file(&path).await.expect("proxy starts");
     let admin = proxy.admin_addr.expect("admin");
-    assert_eq!(admin_request(admin, "POST", "/reload", "").await, 403, "no token");
-    assert_eq!(admin_request(admin, "POST", "/reload", "Authorization: Bearer wrong\r\n").await, 403);
+    assert_eq!(admin_request(admin, "POST", "/reload", "").await, 401, "no token");
+    assert_eq!(admin_request(admin, "POST", "/reload", "Authorization: Bearer wrong\r\n").await, 401);
     let good = "Authorization: Bearer s3cret-token\r\n";
     assert_eq!(admin_request(admin, "POST", "/reload", good).await, 200, "the token reloads");
     let cross = format!("{good}Origin: http://evil.example\r\n");

@@ -65,8 +65,18 @@ impl AdminState {
 
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<Admin>) {
+    let mut refusals = crate::server::Refusals::default();
     loop {
         let (stream, peer) = crate::server::next_connection(&listener, "admin").await;
+        let current = state.sql.current();
+        if let Some(admin) = &current.config.admin
+            && !admin.firewall.permits(peer.ip())
+        {
+            current.metrics.refused_by_firewall("admin");
+            refusals.refused("admin", peer);
+            continue;
+        }
+        drop(current);
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -97,8 +107,15 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     if req.uri().path() == "/reload" {
-        if let Err(why) = write_allowed(req, admin, peer) {
-            return respond(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
+        if let Err((status, why)) = write_allowed(req, admin, peer) {
+            let mut response = respond(status, "text/plain", format!("{why}\n"));
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
         }
         return reload(req, admin);
     }
@@ -120,11 +137,13 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
 /// A write endpoint needs the configured bearer token (compared in constant time), or, when
 /// none is configured, a loopback peer; a browser request from another origin is refused
 /// whatever it carries (a web page in the operator's browser must not reload the proxy).
+/// Refusals: 403 for a cross-origin request or a remote peer without a token configured, 401
+/// for a missing or wrong token.
 fn write_allowed(
     req: &Request<Incoming>,
     admin: &Admin,
     peer: std::net::SocketAddr,
-) -> Result<(), &'static str> {
+) -> Result<(), (StatusCode, &'static str)> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let host = header("host");
     let cross_origin = header("origin").is_some_and(|origin| {
@@ -132,17 +151,21 @@ fn write_allowed(
         Some(origin_host) != host
     });
     if cross_origin || header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
-        return Err("cross-origin requests may not change the proxy");
+        return Err((StatusCode::FORBIDDEN, "cross-origin requests may not change the proxy"));
     }
     let token = admin.sql.current().config.admin.as_ref().and_then(|a| a.token.clone());
     match token {
         Some(token) => {
             let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
             let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.0.as_bytes()).into();
-            if same { Ok(()) } else { Err("a valid admin token (Authorization: Bearer …) is required") }
+            if same {
+                Ok(())
+            } else {
+                Err((StatusCode::UNAUTHORIZED, "a valid admin token (Authorization: Bearer …) is required"))
+            }
         }
         None if peer.ip().is_loopback() => Ok(()),
-        None => Err("set admin.token to allow this from other hosts"),
+        None => Err((StatusCode::FORBIDDEN, "set admin.token to allow this from other hosts")),
     }
 }
 

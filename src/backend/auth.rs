@@ -41,6 +41,15 @@ pub fn encrypt_password(password: &[u8], nonce: &[u8], pem: &[u8]) -> Option<Vec
     std::panic::catch_unwind(|| mysql_common::crypto::encrypt(&plain, pem)).ok()
 }
 
+/// A pinned server public key (`server_public_key`): the PEM text, checked to be one.
+pub fn read_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !looks_like_pem(&pem) {
+        return Err(format!("{} holds no PEM public key", path.display()));
+    }
+    Ok(pem)
+}
+
 fn looks_like_pem(pem: &[u8]) -> bool {
     let text = String::from_utf8_lossy(pem);
     text.contains("-----BEGIN") && text.contains("PUBLIC KEY-----")

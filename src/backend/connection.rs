@@ -9,13 +9,13 @@ use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, Hand
 use mysql_common::proto::MySerialize;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Backend;
 use super::auth::{self, CACHING_SHA2, NATIVE};
 use super::relay::Digest;
 use crate::protocol::packet::{self, PacketError};
 use crate::protocol::session_track::Visible;
+use crate::stream::{self, ReadHalf, WriteHalf};
 
 const BUFFER: usize = 64 * 1024;
 
@@ -77,8 +77,8 @@ pub struct Login {
 
 pub struct BackendConn {
     pub backend: Arc<Backend>,
-    pub(super) reader: BufReader<OwnedReadHalf>,
-    pub(super) writer: BufWriter<OwnedWriteHalf>,
+    pub(super) reader: BufReader<ReadHalf>,
+    pub(super) writer: BufWriter<WriteHalf>,
     pub caps: Caps,
     /// Sequence number of the last session-history entry this connection has run.
     pub applied: u64,
@@ -100,6 +100,8 @@ pub struct BackendConn {
     pub last_gtid: Option<String>,
     /// When set, the relay adds every result byte (not the OK/EOF/ERR) to it.
     pub digest: Option<Digest>,
+    /// The connection runs over TLS.
+    pub tls: bool,
 }
 
 impl Drop for BackendConn {
@@ -133,24 +135,56 @@ impl BackendConn {
     }
 
     async fn connect_inner(backend: Arc<Backend>, login: &Login) -> Result<Self, BackendError> {
-        let stream = TcpStream::connect(&backend.address).await.map_err(|source| BackendError::Connect {
-            backend: backend.name.clone(),
-            address: backend.address.clone(),
-            source,
+        let mut stream = TcpStream::connect(&backend.address).await.map_err(|source| {
+            BackendError::Connect { backend: backend.name.clone(), address: backend.address.clone(), source }
         })?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        // Read straight from the socket: nothing may be buffered past the greeting when TLS
+        // starts after it.
+        let greeting = match packet::read_logical(&mut stream, 1 << 16).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(packet_error(&backend, PacketError::Truncated)),
+            Err(source) => return Err(packet_error(&backend, source)),
+        };
+        let plan = LoginPlan::new(&backend, &greeting, login)?;
+        let tls = backend.tls.clone().map_err(|message| BackendError::Protocol {
+            backend: backend.name.clone(),
+            message: format!("TLS is configured but cannot be set up: {message}"),
+        })?;
+        let mut seq = greeting.last_seq.wrapping_add(1);
+        let mut payload = plan.response;
+        let (reader, writer) = match tls {
+            None => stream::plain(stream),
+            Some(tls) => {
+                if !plan.server_caps.contains(Caps::CLIENT_SSL) {
+                    return Err(protocol(&backend, "TLS is configured but the server does not offer it"));
+                }
+                // CLIENT_SSL in the response, whose first 32 bytes are the SSLRequest.
+                let flags = plan.caps | Caps::CLIENT_SSL;
+                if let Some(first) = payload.get_mut(..4) {
+                    first.copy_from_slice(&flags.bits().to_le_bytes());
+                }
+                let request = payload.get(..32).unwrap_or_default();
+                let sent = packet::write_packet(&mut stream, seq, request).await;
+                seq = sent.map_err(|source| packet_error(&backend, source))?;
+                let upgraded = tls.connector.connect(tls.server_name.clone(), stream).await.map_err(|e| {
+                    protocol(&backend, format!("TLS handshake with {} failed: {e}", backend.address))
+                })?;
+                stream::tls(upgraded)
+            }
+        };
         let mut conn = BackendConn {
+            tls: reader.is_tls(),
+            reader: BufReader::with_capacity(BUFFER, reader),
+            writer: BufWriter::with_capacity(BUFFER, writer),
             backend,
-            reader: BufReader::with_capacity(BUFFER, r),
-            writer: BufWriter::with_capacity(BUFFER, w),
-            caps: Caps::empty(),
+            caps: plan.caps,
             applied: 0,
             counted: false,
             key: super::pool::PoolKey::of(login),
             busy: false,
             permit: None,
-            mariadb: false,
+            mariadb: plan.mariadb,
             visible: Visible {
                 client_tracks: login.client_caps.contains(Caps::CLIENT_SESSION_TRACK),
                 hide_last_gtid: false,
@@ -160,27 +194,19 @@ impl BackendConn {
             last_gtid: None,
             digest: None,
         };
-        conn.login(login).await?;
+        conn.send(seq, &payload).await?;
+        conn.finish_auth(plan.plugin, plan.nonce, login).await?;
         conn.backend.health.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         conn.counted = true;
         Ok(conn)
     }
 
     fn protocol(&self, message: impl Into<String>) -> BackendError {
-        BackendError::Protocol { backend: self.backend.name.clone(), message: message.into() }
+        protocol(&self.backend, message)
     }
 
     fn refused(&self, payload: &[u8]) -> BackendError {
-        let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
-        // An ERR sent instead of a greeting (1040 Too many connections, a host not allowed)
-        // has no SQLSTATE: the message starts right after the code.
-        let text = if payload.get(3) == Some(&b'#') { payload.get(9..) } else { payload.get(3..) };
-        let text = text.unwrap_or_default();
-        BackendError::Refused {
-            backend: self.backend.name.clone(),
-            code,
-            message: format!("{} ({code})", String::from_utf8_lossy(text)),
-        }
+        refused(&self.backend, payload)
     }
 
     /// Reads one logical packet; the connection closing is an error here.
@@ -202,67 +228,6 @@ impl BackendConn {
         }
         .await;
         result.map_err(|source| BackendError::Packet { backend: self.backend.name.clone(), source })
-    }
-
-    async fn login(&mut self, login: &Login) -> Result<(), BackendError> {
-        let greeting = self.read_packet().await?;
-        if greeting.payload.first() == Some(&0xFF) {
-            return Err(self.refused(&greeting.payload));
-        }
-        let handshake = ParseBuf(&greeting.payload)
-            .parse::<HandshakePacket>(())
-            .map_err(|e| self.protocol(format!("bad greeting: {e}")))?;
-        let server_caps = handshake.capabilities();
-        let wanted_format = login.client_caps & FORMAT_CAPS;
-        if !server_caps.contains(wanted_format) {
-            let missing = wanted_format.difference(server_caps);
-            return Err(self.protocol(format!("server lacks capabilities the client uses: {missing:?}")));
-        }
-        let mut caps = wanted_format
-            | (login.client_caps & PASSED_CAPS & server_caps)
-            | (server_caps
-                & (Caps::CLIENT_SECURE_CONNECTION
-                    | Caps::CLIENT_PLUGIN_AUTH
-                    | Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA));
-        if login.database.is_some() {
-            caps |= Caps::CLIENT_CONNECT_WITH_DB;
-        }
-        // Always: OK packets then carry the transaction position of writes (see
-        // `protocol::session_track`); what the client did not ask for is taken out on relay.
-        caps |= server_caps & Caps::CLIENT_SESSION_TRACK;
-        self.mariadb = handshake.server_version_str().contains("MariaDB");
-        self.caps = caps;
-        let nonce = handshake.nonce();
-        let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();
-        let (plugin, data) =
-            match (login.stage1, auth::auth_response(&plugin, &nonce, login.password.as_bytes())) {
-                (Some(stage1), _) => (NATIVE.to_vec(), auth::native_from_stage1(&nonce, &stage1)),
-                (None, Some(data)) => (plugin, data),
-                (None, None) => (
-                    NATIVE.to_vec(),
-                    auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default(),
-                ),
-            };
-        let version = handshake.server_version_parsed().unwrap_or((5, 7, 0));
-        let response = HandshakeResponse::new(
-            Some(data),
-            version,
-            Some(login.user.as_bytes()),
-            login.database.as_deref().map(str::as_bytes),
-            Some(AuthPlugin::from_bytes(&plugin)),
-            caps,
-            None,
-            login.max_packet_size,
-        );
-        let mut payload = Vec::new();
-        response.serialize(&mut payload);
-        // The client's character set follows it to the backend. mysql_common picks utf8mb4 and
-        // has no setter; the field sits at a fixed offset (capabilities 4 + max packet 4).
-        if let Some(byte) = payload.get_mut(8) {
-            *byte = login.collation;
-        }
-        self.send(greeting.last_seq.wrapping_add(1), &payload).await?;
-        self.finish_auth(plugin, nonce, login).await
     }
 
     /// Follows the server through auth switches and caching_sha2 exchanges until OK or ERR.
@@ -302,8 +267,11 @@ impl BackendConn {
                     self.send(seq, &data).await?;
                 }
                 Some(0x01) if plugin == CACHING_SHA2 => match reply.payload.get(1) {
-                    Some(3) => {}                              // fast auth succeeded; OK follows
-                    Some(4) => self.send(seq, &[0x02]).await?, // full auth: ask for the public key
+                    Some(3) => {} // fast auth succeeded; OK follows
+                    Some(4) => self.full_auth(seq, password, &nonce).await?,
+                    _ if !self.backend.public_key_retrieval || self.tls => {
+                        return Err(self.protocol("the server sent a public key rwproxy did not ask for"));
+                    }
                     _ => {
                         let pem = &reply.payload[1..];
                         let encrypted = auth::encrypt_password(password, &nonce, pem)
@@ -315,6 +283,31 @@ impl BackendConn {
             }
         }
         Err(self.protocol("authentication did not finish"))
+    }
+
+    /// caching_sha2 full authentication: the password in the clear over TLS (as MySQL's own
+    /// client does), else encrypted with the pinned public key, else with one asked of the
+    /// server only where `allow_public_key_retrieval` says so (a man in the middle could
+    /// answer with his own key).
+    async fn full_auth(&mut self, seq: u8, password: &[u8], nonce: &[u8]) -> Result<(), BackendError> {
+        if self.tls {
+            let mut clear = password.to_vec();
+            clear.push(0);
+            return self.send(seq, &clear).await;
+        }
+        let pinned = self.backend.public_key.clone().map_err(|e| self.protocol(e))?;
+        match pinned {
+            Some(pem) => {
+                let encrypted = auth::encrypt_password(password, nonce, &pem)
+                    .ok_or_else(|| self.protocol("server_public_key cannot encrypt the password"))?;
+                self.send(seq, &encrypted).await
+            }
+            None if self.backend.public_key_retrieval => self.send(seq, &[0x02]).await,
+            None => Err(self.protocol(
+                "caching_sha2_password full authentication needs TLS to the backend, a pinned \
+                 server_public_key, or allow_public_key_retrieval = true",
+            )),
+        }
     }
 
     /// Whether the server closed this idle connection (EOF, or an unsolicited packet such as
@@ -337,6 +330,104 @@ impl BackendConn {
     pub fn deprecate_eof(&self) -> bool {
         self.caps.contains(Caps::CLIENT_DEPRECATE_EOF)
     }
+}
+
+/// What the greeting decides about a login: the capabilities, the first auth response, the
+/// handshake response to send (before any TLS flag).
+struct LoginPlan {
+    server_caps: Caps,
+    caps: Caps,
+    mariadb: bool,
+    plugin: Vec<u8>,
+    nonce: Vec<u8>,
+    response: Vec<u8>,
+}
+
+impl LoginPlan {
+    fn new(backend: &Backend, greeting: &packet::Logical, login: &Login) -> Result<LoginPlan, BackendError> {
+        if greeting.payload.first() == Some(&0xFF) {
+            return Err(refused(backend, &greeting.payload));
+        }
+        let handshake = ParseBuf(&greeting.payload)
+            .parse::<HandshakePacket>(())
+            .map_err(|e| protocol(backend, format!("bad greeting: {e}")))?;
+        let server_caps = handshake.capabilities();
+        let wanted_format = login.client_caps & FORMAT_CAPS;
+        if !server_caps.contains(wanted_format) {
+            let missing = wanted_format.difference(server_caps);
+            return Err(protocol(backend, format!("server lacks capabilities the client uses: {missing:?}")));
+        }
+        let mut caps = wanted_format
+            | (login.client_caps & PASSED_CAPS & server_caps)
+            | (server_caps
+                & (Caps::CLIENT_SECURE_CONNECTION
+                    | Caps::CLIENT_PLUGIN_AUTH
+                    | Caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA));
+        if login.database.is_some() {
+            caps |= Caps::CLIENT_CONNECT_WITH_DB;
+        }
+        // Always: OK packets then carry the transaction position of writes (see
+        // `protocol::session_track`); what the client did not ask for is taken out on relay.
+        caps |= server_caps & Caps::CLIENT_SESSION_TRACK;
+        let nonce = handshake.nonce();
+        let plugin = handshake.auth_plugin_name_ref().unwrap_or(NATIVE).to_vec();
+        let (plugin, data) =
+            match (login.stage1, auth::auth_response(&plugin, &nonce, login.password.as_bytes())) {
+                (Some(stage1), _) => (NATIVE.to_vec(), auth::native_from_stage1(&nonce, &stage1)),
+                (None, Some(data)) => (plugin, data),
+                (None, None) => (
+                    NATIVE.to_vec(),
+                    auth::auth_response(NATIVE, &nonce, login.password.as_bytes()).unwrap_or_default(),
+                ),
+            };
+        let version = handshake.server_version_parsed().unwrap_or((5, 7, 0));
+        let response = HandshakeResponse::new(
+            Some(data),
+            version,
+            Some(login.user.as_bytes()),
+            login.database.as_deref().map(str::as_bytes),
+            Some(AuthPlugin::from_bytes(&plugin)),
+            caps,
+            None,
+            login.max_packet_size,
+        );
+        let mut payload = Vec::new();
+        response.serialize(&mut payload);
+        // The client's character set follows it to the backend. mysql_common picks utf8mb4 and
+        // has no setter; the field sits at a fixed offset (capabilities 4 + max packet 4).
+        if let Some(byte) = payload.get_mut(8) {
+            *byte = login.collation;
+        }
+        Ok(LoginPlan {
+            server_caps,
+            caps,
+            mariadb: handshake.server_version_str().contains("MariaDB"),
+            plugin,
+            nonce,
+            response: payload,
+        })
+    }
+}
+
+fn protocol(backend: &Backend, message: impl Into<String>) -> BackendError {
+    BackendError::Protocol { backend: backend.name.clone(), message: message.into() }
+}
+
+fn refused(backend: &Backend, payload: &[u8]) -> BackendError {
+    let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+    // An ERR sent instead of a greeting (1040 Too many connections, a host not allowed) has no
+    // SQLSTATE: the message starts right after the code.
+    let text = if payload.get(3) == Some(&b'#') { payload.get(9..) } else { payload.get(3..) };
+    let text = text.unwrap_or_default();
+    BackendError::Refused {
+        backend: backend.name.clone(),
+        code,
+        message: format!("{} ({code})", String::from_utf8_lossy(text)),
+    }
+}
+
+fn packet_error(backend: &Backend, source: PacketError) -> BackendError {
+    BackendError::Packet { backend: backend.name.clone(), source }
 }
 
 /// Reads the greeting of the server at `address` and returns its version string and

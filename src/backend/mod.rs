@@ -23,7 +23,7 @@ pub use pool::{Pool, PoolKey, checkout, release};
 pub use query::QueryError;
 pub use relay::{Digest, RelayError, Side, relay_response};
 
-use crate::config::{Config, Role};
+use crate::config::{BackendTls, Config, Role};
 use crate::consistency::Known;
 
 #[derive(Debug)]
@@ -41,6 +41,26 @@ pub struct Backend {
     pub pool: Pool,
     /// The replication position it is known to have applied.
     pub known: Known,
+    /// `tls` as configured (a reload that changes it makes a new backend).
+    pub tls_config: Option<BackendTls>,
+    /// The TLS connector built from it; the error when its files could not be loaded (then
+    /// connections fail rather than fall back to plaintext).
+    pub tls: Result<Option<crate::tls::Client>, String>,
+    /// `server_public_key`, read: caching_sha2 full authentication without TLS uses it.
+    pub public_key: Result<Option<Vec<u8>>, String>,
+    /// `allow_public_key_retrieval`.
+    pub public_key_retrieval: bool,
+}
+
+fn tls_client(b: &crate::config::BackendConfig) -> Result<Option<crate::tls::Client>, String> {
+    let Some(tls) = &b.tls else { return Ok(None) };
+    if tls.verify == crate::config::Verify::None {
+        tracing::warn!(backend = %b.name, "TLS to this backend does not verify its certificate (verify = \"none\")");
+    }
+    crate::tls::client(tls, &b.address).map(Some).map_err(|e| {
+        tracing::error!(backend = %b.name, error = %e, "TLS to this backend cannot be set up; its connections fail");
+        e.to_string()
+    })
 }
 
 impl Backend {
@@ -78,6 +98,9 @@ impl Backends {
                         && old.address == b.address
                         && old.role == b.role
                         && old.pool.max_connections() == b.max_connections
+                        && old.tls_config == b.tls
+                        && old.public_key_retrieval == b.allow_public_key_retrieval
+                        && b.server_public_key.is_none()
                 });
                 match same {
                     Some(old) => old.clone(),
@@ -91,6 +114,14 @@ impl Backends {
                         health: Health::default(),
                         pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
                         known: Known::default(),
+                        tls_config: b.tls.clone(),
+                        tls: tls_client(b),
+                        public_key: b
+                            .server_public_key
+                            .as_deref()
+                            .map(|path| auth::read_public_key(std::path::Path::new(path)))
+                            .transpose(),
+                        public_key_retrieval: b.allow_public_key_retrieval,
                     }),
                 }
             })

@@ -51,6 +51,17 @@ pub struct HttpConfig {
     /// one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Peers allowed to connect; others are closed before anything is read. Default: everyone.
+    #[serde(default)]
+    pub firewall: super::AddressList,
+    /// Request bodies held in memory by all connections together; a request whose body does
+    /// not fit gets 503. Default 256 MiB.
+    #[serde(default = "default_max_buffered_bodies")]
+    pub max_buffered_bodies: usize,
+}
+
+fn default_max_buffered_bodies() -> usize {
+    256 << 20
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -5,6 +5,7 @@
 mod duration;
 mod env;
 mod http;
+mod security;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use toml::Spanned;
 
 pub use duration::parse_duration;
 pub use http::{Algorithm, HttpConfig, HttpHealthConfig, HttpServerConfig};
+pub use security::{AddressList, BackendTls, Network, SqlTls, Verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -146,6 +148,10 @@ pub struct AdminConfig {
     /// (`Authorization: Bearer …`). Without one, writes are taken from loopback peers only.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Peers allowed to connect (`firewall = { allow = ["127.0.0.0/8"], deny = [] }`); others
+    /// are closed before anything is read. Default: everyone.
+    #[serde(default)]
+    pub firewall: AddressList,
 }
 
 /// A secret from the config: never printed by `Debug`.
@@ -198,6 +204,21 @@ pub struct MysqlConfig {
     /// more gets 1040.
     #[serde(default)]
     pub max_connections_per_source: usize,
+    /// A client that sends no command for this long is closed (MySQL's `wait_timeout`).
+    /// Default `"8h"`.
+    #[serde(default = "default_client_idle_timeout", with = "duration::serde_str")]
+    pub idle_timeout: Duration,
+    /// TLS offered to clients; none when absent.
+    #[serde(default)]
+    pub tls: Option<SqlTls>,
+    /// Peers allowed to connect; others are closed before the greeting. Default: everyone.
+    #[serde(default)]
+    pub firewall: AddressList,
+    /// Bytes of `COM_STMT_SEND_LONG_DATA` held for all sessions together (each session may
+    /// hold up to `max_packet_size`); an execution whose long data did not fit fails with 1153.
+    /// Default 256 MiB.
+    #[serde(default = "default_max_long_data")]
+    pub max_long_data_total: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -217,6 +238,23 @@ pub struct UserConfig {
     /// is refused.
     #[serde(default)]
     pub allow_empty_password: bool,
+    /// This user must log in over TLS. Default false.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Networks this user may log in from (MySQL's `user@host`): CIDR networks or addresses.
+    /// Default: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Network>,
+    /// Sessions of this user at once (0 = no limit, the default); one more gets 1226.
+    #[serde(default)]
+    pub max_connections: usize,
+}
+
+impl UserConfig {
+    /// Whether this user may log in from `ip`.
+    pub fn allows_host(&self, ip: std::net::IpAddr) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|n| n.contains(ip))
+    }
 }
 
 impl UserConfig {
@@ -252,6 +290,18 @@ pub struct BackendConfig {
     /// that would need one more waits up to `mysql.connect_timeout`, then gets an error.
     #[serde(default)]
     pub max_connections: usize,
+    /// TLS to this backend (data path and monitor): `{ ca = "ca.pem", verify = "full" }`.
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
+    /// PEM file with the server's RSA public key, for `caching_sha2_password` full
+    /// authentication without TLS (the password is encrypted with it). Without TLS, a pinned
+    /// key or `allow_public_key_retrieval`, rwproxy refuses to send the password.
+    #[serde(default)]
+    pub server_public_key: Option<String>,
+    /// Without TLS and without a pinned key, ask the server for its public key (in the clear:
+    /// a man in the middle can substitute his own and learn the password). Default false.
+    #[serde(default)]
+    pub allow_public_key_retrieval: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -361,6 +411,12 @@ fn default_handshake_timeout() -> Duration {
 fn default_max_client_connections() -> usize {
     4096
 }
+fn default_client_idle_timeout() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_max_long_data() -> usize {
+    256 << 20
+}
 fn default_max_packet_size() -> usize {
     64 << 20
 }
@@ -370,26 +426,82 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let mut config = Config::from_toml(&text)?;
-        // TLS files are named relative to the config file, wherever rwproxy is started from.
-        if let (Some(tls), Some(dir)) = (config.http.as_mut().and_then(|h| h.tls.as_mut()), path.parent()) {
-            for file in [&mut tls.cert, &mut tls.key] {
-                if Path::new(file.get_ref()).is_relative() {
-                    *file.get_mut() = dir.join(file.get_ref()).display().to_string();
-                }
-            }
+        if let Some(dir) = path.parent() {
+            config.resolve_files(dir);
         }
-        if let Some(tls) = config.http.as_ref().and_then(|h| h.tls.as_ref())
-            && let Err(e) =
-                crate::http::tls::acceptor(Path::new(tls.cert.get_ref()), Path::new(tls.key.get_ref()))
-        {
-            let at = line_of(&text, tls.cert.span().start);
-            return Err(ConfigError::Invalid(vec![Problem {
-                key: "http.tls".into(),
-                line: at,
-                message: e.to_string(),
-            }]));
+        let problems = config.check_tls_files(&text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
         }
         Ok(config)
+    }
+
+    /// TLS files are named relative to the config file, wherever rwproxy is started from.
+    fn resolve_files(&mut self, dir: &Path) {
+        let resolve = |file: &mut String| {
+            if Path::new(file.as_str()).is_relative() {
+                *file = dir.join(file.as_str()).display().to_string();
+            }
+        };
+        let listeners = [
+            self.http.as_mut().and_then(|h| h.tls.as_mut()).map(|t| (&mut t.cert, &mut t.key)),
+            self.mysql.tls.as_mut().map(|t| (&mut t.cert, &mut t.key)),
+        ];
+        for (cert, key) in listeners.into_iter().flatten() {
+            resolve(cert.get_mut());
+            resolve(key.get_mut());
+        }
+        for backend in &mut self.mysql.backends {
+            let b = backend.get_mut();
+            if let Some(ca) = b.tls.as_mut().and_then(|t| t.ca.as_mut()) {
+                resolve(ca);
+            }
+            if let Some(key) = b.server_public_key.as_mut() {
+                resolve(key);
+            }
+        }
+    }
+
+    /// Loads every certificate and key the config names, so a bad file is reported at start
+    /// (and by `--check-config`) with its key and line, not at the first connection.
+    pub fn check_tls_files(&self, text: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let listeners = [
+            ("http.tls", self.http.as_ref().and_then(|h| h.tls.as_ref()).map(|t| (&t.cert, &t.key))),
+            ("mysql.tls", self.mysql.tls.as_ref().map(|t| (&t.cert, &t.key))),
+        ];
+        for (key, files) in listeners {
+            let Some((cert, pem_key)) = files else { continue };
+            let built = crate::tls::acceptor(Path::new(cert.get_ref()), Path::new(pem_key.get_ref()), &[]);
+            if let Err(e) = built {
+                let line = line_of(text, cert.span().start);
+                problems.push(Problem { key: key.into(), line, message: e.to_string() });
+            }
+        }
+        for (i, backend) in self.mysql.backends.iter().enumerate() {
+            let b = backend.get_ref();
+            if let Some(tls) = &b.tls
+                && let Err(e) = crate::tls::client(tls, &b.address)
+            {
+                let line = line_of(text, backend.span().start);
+                problems.push(Problem {
+                    key: format!("mysql.backends[{i}].tls"),
+                    line,
+                    message: e.to_string(),
+                });
+            }
+            if let Some(path) = &b.server_public_key
+                && let Err(e) = crate::backend::auth::read_public_key(Path::new(path))
+            {
+                let line = line_of(text, backend.span().start);
+                problems.push(Problem {
+                    key: format!("mysql.backends[{i}].server_public_key"),
+                    line,
+                    message: e,
+                });
+            }
+        }
+        problems
     }
 
     /// Substitutes `${VAR}`, then parses and validates; a parse error carries toml's line and

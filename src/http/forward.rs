@@ -69,6 +69,17 @@ async fn forward(
     let timed_out = || ended(StatusCode::GATEWAY_TIMEOUT, "the request timed out", None, "sT");
     let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // The body is held until the response: on the balancer's shared budget.
+    let mut held = balancer.bodies.hold();
+    let no_room =
+        || ended(StatusCode::SERVICE_UNAVAILABLE, "request bodies in memory are at their limit", None, "RR");
+    let announced =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(n) = announced.filter(|n| *n <= balancer.config.max_body_size)
+        && !held.grow(n)
+    {
+        return no_room();
+    }
     let body = if hyper::body::Body::is_end_stream(&body) {
         Bytes::new()
     } else {
@@ -85,6 +96,9 @@ async fn forward(
             Err(_) => return timed_out(),
         }
     };
+    if body.len() > held.bytes() && !held.grow(body.len() - held.bytes()) {
+        return no_room();
+    }
     // An h2 request carries the host in its URI only; servers behind us speak HTTP/1.1.
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()

@@ -115,9 +115,17 @@ pub async fn serve(
     mut draining: watch::Receiver<bool>,
 ) {
     let mut next = 0;
+    let mut refusals = crate::server::Refusals::default();
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
+                if let Some(tier) = tier.upgrade()
+                    && !tier.balancer().config.firewall.permits(peer.ip())
+                {
+                    tier.metrics().refused_by_firewall("http");
+                    refusals.refused("http", peer);
+                    continue;
+                }
                 // The least loaded, taking turns among equals, in one pass: the loads change
                 // while we look (workers finish connections), and a two-pass "find the minimum,
                 // then find who has it" could find no one and drop the connection unanswered.

@@ -8,7 +8,8 @@
 //! Layout: `listener` accepts and hands each connection to a worker thread; `h1` is the
 //! HTTP/1.x engine, `forward` + `upstream` the h2 path through hyper; `dispatch` is what both
 //! share (retry rules, connection slots, metrics and access log); `servers` holds health and
-//! selection, `headers` the forwarding headers of the h2 path, `tls` the acceptor.
+//! selection, `headers` the forwarding headers of the h2 path; certificates come from
+//! [`crate::tls`].
 
 mod dispatch;
 mod forward;
@@ -17,7 +18,6 @@ mod headers;
 mod listener;
 mod prefixed;
 mod servers;
-pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -35,6 +35,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls;
+
 pub use servers::{HttpServer, Servers};
 
 use crate::config::HttpConfig;
@@ -47,6 +49,9 @@ pub struct Balancer {
     pub config: HttpConfig,
     pub servers: Servers,
     tls: Option<TlsAcceptor>,
+    /// Request bodies held in memory, all connections together (`max_buffered_bodies`);
+    /// shared with the configurations before and after a reload.
+    pub bodies: crate::budget::Budget,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -59,13 +64,18 @@ impl Balancer {
     fn new(config: HttpConfig, metrics: &Metrics, previous: Option<&Balancer>) -> std::io::Result<Balancer> {
         let tls = match &config.tls {
             Some(files) => Some(
-                tls::acceptor(files.cert.get_ref().as_ref(), files.key.get_ref().as_ref())
+                tls::acceptor(files.cert.get_ref().as_ref(), files.key.get_ref().as_ref(), tls::HTTP_ALPN)
                     .map_err(std::io::Error::other)?,
             ),
             None => None,
         };
         let servers = Servers::new(&config, metrics, previous.map(|p| &p.servers));
-        Ok(Balancer { config, servers, tls })
+        let bodies = match previous {
+            Some(p) => p.bodies.clone(),
+            None => crate::budget::Budget::new(config.max_buffered_bodies),
+        };
+        bodies.set_limit(config.max_buffered_bodies);
+        Ok(Balancer { config, servers, tls, bodies })
     }
 }
 
@@ -112,6 +122,10 @@ impl Drop for HttpTier {
 }
 
 impl HttpTier {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The configuration requests start with now.
     pub fn balancer(&self) -> Arc<Balancer> {
         self.current.load_full()

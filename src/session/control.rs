@@ -1,17 +1,18 @@
 //! Connection-level commands: the handshake, COM_CHANGE_USER, COM_RESET_CONNECTION.
 
 use std::net::SocketAddr;
-use tokio::io::{BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use super::handshake::{self, ChangeUser, ClientLogin};
+use super::handshake::{self, ChangeUser, ClientLogin, HandshakeError};
 use super::prepared::Statements;
 use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState};
 use crate::backend::auth_plugins::NATIVE;
 use crate::backend::{Login, release};
+use crate::config::UserConfig;
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
-use crate::server::Running;
+use crate::server::{Running, UserSlot};
 
 /// Packets of the connection phase are small; a bigger one is not a login.
 const MAX_LOGIN_PACKET: usize = 64 * 1024;
@@ -20,21 +21,40 @@ impl Session {
     /// The connection phase: greeting, login, auth switch when the client started with another
     /// plugin, then OK or "Access denied".
     pub(super) async fn accept(
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         id: u32,
         running: Running,
         kick: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Session, SessionError> {
         let shared = running.tier().current();
-        let (r, w) = stream.into_split();
+        let salt = handshake::new_salt();
+        let offered = shared.offered_caps();
+        let mut out = Vec::with_capacity(128);
+        packet::encode_packet(0, &handshake::greeting(&shared.server_version, id, &salt, offered), &mut out);
+        stream.write_all(&out).await?;
+        // Straight from the socket, exactly one packet: after an SSLRequest the client's TLS
+        // handshake follows at once, and those bytes belong to TLS.
+        let first = packet::read_logical(&mut stream, MAX_LOGIN_PACKET)
+            .await?
+            .ok_or(SessionError::Malformed("login (connection closed)"))?;
+        let (halves, response) = if handshake::is_tls_request(&first.payload) {
+            let config = shared.tls.clone().ok_or(HandshakeError::TlsRequested)?;
+            let tls =
+                tokio_rustls::TlsAcceptor::from(config).accept(stream).await.map_err(SessionError::Tls)?;
+            (crate::stream::tls(tls), None)
+        } else {
+            (crate::stream::plain(stream), Some(first.payload))
+        };
+        let (r, w) = halves;
+        let idle_timeout = shared.config.mysql.idle_timeout;
         let backends = shared.router.backends().len();
         let mut session = Session {
             id,
             peer,
             reader: BufReader::with_capacity(CLIENT_BUFFER, r),
             writer: BufWriter::with_capacity(CLIENT_BUFFER, w),
-            salt: handshake::new_salt(),
+            salt,
             login: Login {
                 user: String::new(),
                 password: String::new(),
@@ -47,17 +67,20 @@ impl Session {
             conns: (0..backends).map(|_| None).collect(),
             state: SessionState::new(backends),
             stmts: Statements::default(),
-            seq: 0,
+            seq: first.last_seq.wrapping_add(1),
             shared,
             running,
+            user_slot: None,
+            last_command: tokio::time::Instant::now(),
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
             kick,
             draining: false,
         };
-        let greeting =
-            handshake::greeting(&session.shared.server_version, id, &session.salt, session.shared.caps);
-        session.write_reply(&greeting).await?;
-        let response = session.read_auth_packet().await?;
-        let login = handshake::parse_login(&response, session.shared.caps)?;
+        let response = match response {
+            Some(payload) => payload,
+            None => session.read_auth_packet().await?,
+        };
+        let login = handshake::parse_login(&response, offered)?;
         session.authenticate(login).await?;
         session.state.view.optimistic_next = session.shared.router.new_sessions_optimistic();
         Ok(session)
@@ -84,13 +107,11 @@ impl Session {
 
     async fn authenticate(&mut self, login: ClientLogin) -> Result<(), SessionError> {
         let proof = self.native_proof(Some(&login.plugin), login.auth_data.clone()).await?;
-        let user = self.shared.config.user(login.user.as_bytes()).cloned();
-        let Some((user, credentials)) =
-            user.and_then(|u| handshake::verify_user(&self.salt, &u, &proof).map(|c| (u, c)))
-        else {
+        let Some((user, credentials)) = self.verify(&login.user, &proof) else {
             self.deny(&login.user, !proof.is_empty()).await?;
             return Err(SessionError::AccessDenied(login.user));
         };
+        self.admit(&user).await?;
         self.login.user = user.name;
         self.login.password = credentials.password;
         self.login.stage1 = credentials.stage1;
@@ -100,6 +121,40 @@ impl Session {
         self.running.tier().login_succeeded(self.peer.ip());
         tracing::debug!(session = self.id, peer = %self.peer, user = %self.login.user, "client logged in");
         self.reply_ok().await
+    }
+
+    /// The user, if the proof is right and the user may log in from this address (a wrong
+    /// address is answered like a wrong password, as MySQL's `user@host` is).
+    fn verify(&self, name: &str, proof: &[u8]) -> Option<(UserConfig, handshake::Credentials)> {
+        let user = self.shared.config.user(name.as_bytes()).filter(|u| u.allows_host(self.peer.ip()))?;
+        let credentials = handshake::verify_user(&self.salt, user, proof)?;
+        Some((user.clone(), credentials))
+    }
+
+    /// Checks what a proven user still needs: TLS where required, and a free session under the
+    /// user's `max_connections`. Takes the user's session slot.
+    async fn admit(&mut self, user: &UserConfig) -> Result<(), SessionError> {
+        let tls_required =
+            user.require_tls || self.shared.config.mysql.tls.as_ref().is_some_and(|t| t.required);
+        if tls_required && !self.reader.get_ref().is_tls() {
+            let message = format!(
+                "Connections using insecure transport are prohibited: user '{}' must connect with TLS",
+                user.name
+            );
+            self.reply_err(3159, "HY000", &message).await?;
+            return Err(SessionError::InsecureTransport(user.name.clone()));
+        }
+        let slot = UserSlot::take(self.running.tier().clone(), &user.name);
+        if user.max_connections > 0 && slot.sessions() > user.max_connections {
+            let message = format!(
+                "User '{}' has exceeded the 'max_user_connections' resource (current value: {})",
+                user.name, user.max_connections
+            );
+            self.reply_err(1226, "42000", &message).await?;
+            return Err(SessionError::UserLimit(user.name.clone()));
+        }
+        self.user_slot = Some(slot);
+        Ok(())
     }
 
     async fn deny(&mut self, user: &str, using_password: bool) -> Result<(), SessionError> {
@@ -122,13 +177,16 @@ impl Session {
             handshake::parse_change_user(payload.get(1..).unwrap_or_default(), self.login.client_caps)
                 .ok_or(SessionError::Malformed("COM_CHANGE_USER"))?;
         let proof = self.native_proof(request.plugin.as_deref(), request.auth_data.clone()).await?;
-        let user = self.shared.config.user(request.user.as_bytes()).cloned();
-        let Some((user, credentials)) =
-            user.and_then(|u| handshake::verify_user(&self.salt, &u, &proof).map(|c| (u, c)))
-        else {
+        let Some((user, credentials)) = self.verify(&request.user, &proof) else {
             self.deny(&request.user, !proof.is_empty()).await?;
             return Ok(Flow::Quit);
         };
+        // The old user's slot is given back first: changing to the same user is no new session.
+        self.user_slot = None;
+        if let Err(e) = self.admit(&user).await {
+            tracing::info!(session = self.id, error = %e, "COM_CHANGE_USER refused");
+            return Ok(Flow::Quit);
+        }
         self.release_connections().await;
         self.state.reset();
         self.stmts = Statements::default();

@@ -49,6 +49,9 @@ impl Session {
             return self.answer_position().await;
         }
         let class = classify(&sql);
+        if class.destination == Destination::All && !self.state.history.has_room_for(&payload) {
+            return self.history_full().await;
+        }
         let Some(decision) = self.route(&class).await? else {
             return Ok(());
         };
@@ -83,6 +86,9 @@ impl Session {
 
     /// COM_INIT_DB and COM_SET_OPTION: session commands, like `USE` and `SET`.
     pub(super) async fn session_command(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        if !self.state.history.has_room_for(&payload) {
+            return self.history_full().await;
+        }
         let class = session_class();
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
@@ -97,6 +103,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A session command that would make the settings replayed on every new backend connection
+    /// too many or too large is refused before it runs (state stays as the backends have it).
+    async fn history_full(&mut self) -> Result<(), SessionError> {
+        let message = format!(
+            "rwproxy: this session already carries {} settings that every backend connection must replay \
+             (limit {} settings, {} bytes); reset the connection or reuse setting names",
+            self.state.history.len(),
+            super::state::MAX_HISTORY_ENTRIES,
+            super::state::MAX_HISTORY_BYTES
+        );
+        self.reply_err(1105, "HY000", &message).await
     }
 
     /// Records a session command that `backend` has just run, so the others replay it.

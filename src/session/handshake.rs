@@ -89,6 +89,13 @@ pub enum HandshakeError {
 /// refused before it reaches a log.
 pub const MAX_USER_CHARS: usize = 80;
 
+/// Whether the client's first packet is an SSLRequest: the first 32 bytes of a handshake
+/// response with CLIENT_SSL, and nothing more.
+pub fn is_tls_request(payload: &[u8]) -> bool {
+    payload.len() == 32
+        && payload[..4].try_into().is_ok_and(|b| u32::from_le_bytes(b) & Caps::CLIENT_SSL.bits() != 0)
+}
+
 pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, HandshakeError> {
     if payload.len() == 32 {
         return Err(HandshakeError::TlsRequested);

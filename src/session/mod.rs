@@ -20,7 +20,6 @@ use std::sync::Arc;
 use mysql_common::constants::CapabilityFlags as Caps;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::backend::{BackendConn, Login};
 use crate::config::Config;
@@ -48,6 +47,8 @@ pub struct Shared {
     /// The primary's current position, shared by the reads that need it (`global`
     /// consistency, and a write whose GTID did not show).
     pub primary_position: PrimaryPosition,
+    /// TLS offered to clients (`[mysql.tls]`), loaded again by every reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -57,10 +58,23 @@ impl Shared {
         metrics: Arc<Metrics>,
         server_version: String,
         caps: Caps,
-    ) -> Shared {
+    ) -> Result<Shared, crate::tls::TlsError> {
         let (user, password) = config.monitor_login();
         let primary_position = PrimaryPosition::new(user, password, config.mysql.connect_timeout);
-        Shared { config, router, metrics, server_version, caps, primary_position }
+        let tls = match &config.mysql.tls {
+            Some(files) => Some(crate::tls::server_config(
+                files.cert.get_ref().as_ref(),
+                files.key.get_ref().as_ref(),
+                &[],
+            )?),
+            None => None,
+        };
+        Ok(Shared { config, router, metrics, server_version, caps, primary_position, tls })
+    }
+
+    /// What the greeting offers: the relayed capabilities, and TLS when configured.
+    pub fn offered_caps(&self) -> Caps {
+        if self.tls.is_some() { self.caps | Caps::CLIENT_SSL } else { self.caps }
     }
 }
 
@@ -80,10 +94,18 @@ pub enum SessionError {
     BrokenResponse(String),
     #[error("login not finished within {0:?}")]
     HandshakeTimeout(std::time::Duration),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("user {0:?} must use TLS; refused a plaintext login")]
+    InsecureTransport(String),
+    #[error("idle for {0:?} (mysql.idle_timeout)")]
+    Idle(std::time::Duration),
+    #[error("user {0:?} is at its max_connections")]
+    UserLimit(String),
 }
 
-type ClientReader = BufReader<OwnedReadHalf>;
-type ClientWriter = BufWriter<OwnedWriteHalf>;
+type ClientReader = BufReader<crate::stream::ReadHalf>;
+type ClientWriter = BufWriter<crate::stream::WriteHalf>;
 
 const CLIENT_BUFFER: usize = 64 * 1024;
 
@@ -92,6 +114,8 @@ pub struct Session {
     shared: Arc<Shared>,
     /// Keeps the session counted; leads to the current configuration after a reload.
     running: Running,
+    /// Counts the session under its user (for the user's `max_connections`) once logged in.
+    user_slot: Option<crate::server::UserSlot>,
     /// Completes when the proxy drains (see [`Running::start`]).
     kick: tokio::sync::oneshot::Receiver<()>,
     draining: bool,
@@ -106,6 +130,10 @@ pub struct Session {
     stmts: Statements,
     /// Sequence id for the next packet rwproxy writes to the client.
     seq: u8,
+    /// When the last command arrived, and the timer that closes the session `idle_timeout`
+    /// after it.
+    last_command: tokio::time::Instant,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 enum Flow {
@@ -185,6 +213,20 @@ impl Session {
                         self.draining = true;
                         continue;
                     }
+                    _ = &mut self.idle => {
+                        // One timer per session, moved only when it fires: a command costs a
+                        // clock read, not a timer reset.
+                        let deadline = self.last_command + self.shared.config.mysql.idle_timeout;
+                        if tokio::time::Instant::now() < deadline {
+                            self.idle.as_mut().reset(deadline);
+                            continue;
+                        }
+                        // As MySQL 8 does at `wait_timeout`: say why, then close.
+                        self.seq = 0;
+                        let message = "The client was disconnected by the server because of inactivity.";
+                        let _ = self.reply_err(4031, "HY000", message).await;
+                        return Err(SessionError::Idle(self.shared.config.mysql.idle_timeout));
+                    }
                 }
             }
             // The next command has arrived: it runs on the newest configuration if it can.
@@ -193,6 +235,7 @@ impl Session {
             let Some(packet) = packet::read_logical(&mut self.reader, max).await? else {
                 return Ok(());
             };
+            self.last_command = tokio::time::Instant::now();
             if packet.first_seq != 0 {
                 return Err(SessionError::Malformed("command (sequence id not 0)"));
             }

@@ -27,6 +27,9 @@ struct Statement {
     types_on: Vec<usize>,
     /// COM_STMT_SEND_LONG_DATA payloads for the next execution.
     long_data: Vec<Vec<u8>>,
+    /// Long data for the next execution did not fit (the session's or the shared limit): it
+    /// was dropped, and the execution fails with 1153.
+    long_data_lost: bool,
     /// Backend holding the open cursor, for COM_STMT_FETCH.
     cursor_on: Option<usize>,
 }
@@ -41,9 +44,21 @@ impl Statement {
 pub(super) struct Statements {
     map: HashMap<u32, Statement>,
     next_id: u32,
+    /// The long data all statements hold, on the tier's shared budget.
+    long_data: Option<crate::budget::Held>,
 }
 
 impl Statements {
+    /// Drops statement `id`'s pending long data and gives its bytes back.
+    fn clear_long_data(&mut self, id: u32) {
+        if let Some(stmt) = self.map.get_mut(&id) {
+            let bytes: usize = stmt.long_data.drain(..).map(|d| d.len()).sum();
+            if let Some(held) = self.long_data.as_mut() {
+                held.shrink(bytes);
+            }
+        }
+    }
+
     /// Whether a cursor is open on some backend (COM_STMT_FETCH must reach it).
     pub fn has_cursor(&self) -> bool {
         self.map.values().any(|s| s.cursor_on.is_some())
@@ -117,6 +132,7 @@ impl Session {
                 types: None,
                 types_on: Vec::new(),
                 long_data: Vec::new(),
+                long_data_lost: false,
                 cursor_on: None,
             };
             self.stmts.map.insert(id, stmt);
@@ -136,6 +152,12 @@ impl Session {
         let Some(stmt) = self.stmts.map.get_mut(&id) else {
             return self.unknown_statement(id, "mysqld_stmt_execute").await;
         };
+        if std::mem::take(&mut stmt.long_data_lost) {
+            self.stmts.clear_long_data(id);
+            let message = "Parameter data sent with mysql_stmt_send_long_data() is over rwproxy's limit \
+                           (mysql.max_packet_size per session, mysql.max_long_data_total in all)";
+            return self.reply_err(1153, "08S01", message).await;
+        }
         let at = bound_flag_at(stmt.params);
         if stmt.params > 0 && payload.get(at) == Some(&1) {
             let end = (at + 1 + 2 * usize::from(stmt.params)).min(payload.len());
@@ -165,12 +187,12 @@ impl Session {
                 None,
             )
             .await?;
-        if let Some(stmt) = self.stmts.map.get_mut(&id) {
-            stmt.long_data.clear();
-            if let Some((_, backend)) = ran {
-                let cursor = payload.get(5).is_some_and(|flags| flags & 0x07 != 0);
-                stmt.cursor_on = cursor.then_some(backend);
-            }
+        self.stmts.clear_long_data(id);
+        if let Some(stmt) = self.stmts.map.get_mut(&id)
+            && let Some((_, backend)) = ran
+        {
+            let cursor = payload.get(5).is_some_and(|flags| flags & 0x07 != 0);
+            stmt.cursor_on = cursor.then_some(backend);
         }
         Ok(())
     }
@@ -188,15 +210,35 @@ impl Session {
         Ok(())
     }
 
-    /// No reply: the data waits for the execution.
+    /// No reply: the data waits for the execution. A session holds at most `max_packet_size`
+    /// of it, all sessions together `max_long_data_total`; data over either is dropped and
+    /// the execution it was for fails.
     pub(super) fn stmt_send_long_data(&mut self, payload: Vec<u8>) {
-        if let Some(stmt) = statement_id(&payload).and_then(|id| self.stmts.map.get_mut(&id)) {
-            stmt.long_data.push(payload);
+        let Some(id) = statement_id(&payload).filter(|id| self.stmts.map.contains_key(id)) else {
+            return;
+        };
+        let max = self.shared.config.mysql.max_packet_size;
+        let tier = self.running.tier();
+        let held = self.stmts.long_data.get_or_insert_with(|| tier.long_data.hold());
+        let fits = held.bytes() + payload.len() <= max && held.grow(payload.len());
+        if !fits {
+            tracing::debug!(session = self.id, "long data over the limits; dropped");
+            self.stmts.clear_long_data(id);
+        }
+        if let Some(stmt) = self.stmts.map.get_mut(&id) {
+            if fits {
+                stmt.long_data.push(payload);
+            } else {
+                stmt.long_data_lost = true;
+            }
         }
     }
 
     /// No reply. Closes the statement on every backend that has it.
     pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
+        if let Some(id) = statement_id(payload) {
+            self.stmts.clear_long_data(id);
+        }
         let Some(stmt) = statement_id(payload).and_then(|id| self.stmts.map.remove(&id)) else {
             return;
         };
@@ -216,9 +258,10 @@ impl Session {
         let Some(stmt) = self.stmts.map.get_mut(&id) else {
             return self.unknown_statement(id, "mysqld_stmt_reset").await;
         };
-        stmt.long_data.clear();
+        stmt.long_data_lost = false;
         stmt.cursor_on = None;
         let on = stmt.on.clone();
+        self.stmts.clear_long_data(id);
         for (backend, backend_id) in on {
             let Some(conn) = self.conns[backend].as_mut() else {
                 continue;

@@ -17,7 +17,25 @@ pub struct History {
     next: u64,
 }
 
+/// Settings a session may carry (distinct ones: a new value of a setting replaces the old).
+pub const MAX_HISTORY_ENTRIES: usize = 1000;
+/// Bytes of settings a session may carry.
+pub const MAX_HISTORY_BYTES: usize = 1 << 20;
+
 impl History {
+    /// Whether `payload` can be recorded within the limits. A command that replaces one already
+    /// recorded always can when it is no longer than the old.
+    pub fn has_room_for(&self, payload: &[u8]) -> bool {
+        let key = setting_key(payload);
+        let kept = |p: &Vec<u8>| p.as_slice() != payload && (key.is_none() || setting_key(p) != key);
+        let (count, bytes) = self
+            .entries
+            .iter()
+            .filter(|(_, p)| kept(p))
+            .fold((1, payload.len()), |(n, b), (_, p)| (n + 1, b + p.len()));
+        count <= MAX_HISTORY_ENTRIES && bytes <= MAX_HISTORY_BYTES
+    }
+
     /// Records a command that succeeded. A later command that sets the same thing replaces an
     /// earlier one, so the history stays as long as the set of distinct settings.
     pub fn push(&mut self, payload: &[u8]) {

@@ -83,6 +83,8 @@ struct Client<I> {
     request: Vec<u8>,
     /// Client-bound bytes.
     out: Vec<u8>,
+    /// The current request's body on the balancer's shared budget.
+    body: Option<crate::budget::Held>,
 }
 
 /// Serves requests on one connection until it closes, fails, idles out or the balancer drains.
@@ -107,6 +109,7 @@ pub async fn serve<I>(
         pool,
         request: Vec::new(),
         out: Vec::new(),
+        body: None,
     };
     // Bounded by the client: every pass serves one request or ends the connection.
     while let After::KeepAlive = client.next().await {}
@@ -115,6 +118,12 @@ pub async fn serve<I>(
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
     async fn next(&mut self) -> After {
+        // The last request's body is gone: its bytes go back to the budget, and a large
+        // buffer is not kept for the rest of the connection.
+        self.body = None;
+        if self.request.capacity() > 64 * 1024 {
+            self.request = Vec::new();
+        }
         let balancer = self.tier.balancer();
         let head = match self.read_head(&balancer).await {
             Ok(Some(head)) => head,
@@ -186,6 +195,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         deadline: Instant,
     ) -> Result<(), Refusal> {
         const TOO_LARGE: Refusal = Refusal { status: 413, text: "request body too large", termination: "PR" };
+        const NO_ROOM: Refusal =
+            Refusal { status: 503, text: "request bodies in memory are at their limit", termination: "RR" };
+        let mut held = balancer.bodies.hold();
         let limit = balancer.config.max_body_size;
         let Some(framing) = head.body else {
             request::finish(&mut self.request, 0, false);
@@ -201,6 +213,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         match framing {
             Framing::Length(n) => {
                 let n = usize::try_from(n).ok().filter(|&n| n <= limit).ok_or(TOO_LARGE)?;
+                if !held.grow(n) {
+                    return Err(NO_ROOM);
+                }
                 self.buf.reserve(n.saturating_sub(self.buf.len()));
                 // Bounded: every pass reads more bytes, up to n.
                 while self.buf.len() < n {
@@ -222,6 +237,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
                     if body.len() > limit {
                         return Err(TOO_LARGE);
                     }
+                    if body.len() > held.bytes() && !held.grow(body.len() - held.bytes()) {
+                        return Err(NO_ROOM);
+                    }
                     if chunks.is_done() {
                         break;
                     }
@@ -231,6 +249,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
                 self.request.extend_from_slice(&body);
             }
         }
+        self.body = Some(held);
         Ok(())
     }
 
