@@ -5,6 +5,8 @@
 //! (default `127.0.0.1:6033`). With `--cluster-only` the proxy is not started: the cluster runs
 //! and the config for a separately started `rwproxy` is written and printed (benchmarks use this).
 
+#[path = "../tests/common/certs.rs"]
+mod certs;
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
 

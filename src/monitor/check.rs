@@ -61,6 +61,8 @@ pub struct CheckSettings {
 
 pub struct Checker {
     address: String,
+    /// The backend's `tls`: the monitor's connection uses it too.
+    tls: Option<crate::config::BackendTls>,
     settings: CheckSettings,
     conn: Option<Conn>,
     /// `SHOW REPLICA STATUS` is understood (MySQL ≥ 8.0.22, MariaDB ≥ 10.5); else `SLAVE`.
@@ -79,10 +81,27 @@ enum CheckError {
     Bad(String),
 }
 
+/// The monitor's TLS, verified as the data path's is (`tls::client`).
+fn ssl_opts(tls: &crate::config::BackendTls) -> mysql_async::SslOpts {
+    use crate::config::Verify;
+    let mut opts = mysql_async::SslOpts::default()
+        .with_disable_built_in_roots(true)
+        .with_danger_skip_domain_validation(tls.verify != Verify::Full)
+        .with_danger_accept_invalid_certs(tls.verify == Verify::None);
+    if let Some(ca) = &tls.ca {
+        opts = opts.with_root_certs(vec![std::path::PathBuf::from(ca).into()]);
+    }
+    if let Some(name) = &tls.server_name {
+        opts = opts.with_danger_tls_hostname_override(Some(name.clone()));
+    }
+    opts
+}
+
 impl Checker {
-    pub fn new(address: String, settings: CheckSettings) -> Self {
+    pub fn new(address: String, tls: Option<crate::config::BackendTls>, settings: CheckSettings) -> Self {
         Checker {
             address,
+            tls,
             settings,
             conn: None,
             replica_syntax: true,
@@ -114,7 +133,8 @@ impl Checker {
                 .user(Some(self.settings.user.clone()))
                 .pass(Some(self.settings.password.clone()))
                 .prefer_socket(false)
-                .stmt_cache_size(0);
+                .stmt_cache_size(0)
+                .ssl_opts(self.tls.as_ref().map(ssl_opts));
             self.conn = Some(Conn::new(opts).await?);
             self.heartbeat_ready = false;
         }

@@ -31,11 +31,16 @@ pub struct Node {
     pub socket: PathBuf,
     replica: bool,
     process: Mutex<Option<Child>>,
+    /// The server's TLS certificate and key, signed by the cluster's CA.
+    tls: super::certs::Certs,
 }
 
 #[derive(Debug)]
 pub struct Cluster {
     pub base: PathBuf,
+    /// The cluster's CA and the servers' certificate (TLS is offered by every server; the
+    /// replicas replicate over it).
+    pub certs: super::certs::Certs,
     pub nodes: Vec<Node>,
     guardian: Mutex<Option<(Child, ChildStdin)>>,
 }
@@ -82,6 +87,9 @@ impl Node {
             .args(["--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0", "--performance-schema=OFF"])
             .args(["--innodb-log-file-size=32M", "--max-connections=500", "--character-set-server=utf8mb4"])
             .arg("--collation-server=utf8mb4_general_ci")
+            .arg(format!("--ssl-ca={}", self.tls.ca()))
+            .arg(format!("--ssl-cert={}", self.tls.cert("mariadb")))
+            .arg(format!("--ssl-key={}", self.tls.key("mariadb")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -177,6 +185,7 @@ impl Cluster {
             install.arg("--user=root");
         }
         run(&mut install)?;
+        let certs = super::certs::Certs::generate(&base.join("tls"), &["mariadb", "rwproxy"])?;
         let mut nodes = Vec::new();
         for (i, name) in ["primary", "replica1", "replica2"].iter().enumerate() {
             let datadir = base.join(name);
@@ -197,9 +206,11 @@ impl Cluster {
                 datadir,
                 replica: i > 0,
                 process: Mutex::new(None),
+                tls: certs.clone(),
             });
         }
-        let mut cluster = Cluster { base: base.to_path_buf(), nodes, guardian: Mutex::new(Some(guardian)) };
+        let mut cluster =
+            Cluster { base: base.to_path_buf(), certs, nodes, guardian: Mutex::new(Some(guardian)) };
         for node in &mut cluster.nodes {
             // Another process may take the free port before the server binds it: then once more
             // on a new one.
@@ -232,9 +243,11 @@ impl Cluster {
         for replica in self.replicas() {
             replica.sql(&format!(
                 "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl',
-                 MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1;
+                 MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1,
+                 MASTER_SSL=1, MASTER_SSL_CA='{}', MASTER_SSL_VERIFY_SERVER_CERT=1;
                  START SLAVE;",
-                self.primary().port
+                self.primary().port,
+                self.certs.ca()
             ))?;
         }
         self.wait_replicated()
