@@ -104,4 +104,45 @@ async fn a_hung_server_holds_clients_only_until_the_monitor_marks_it_down() {
         read.await.expect("an answer within 15 s").expect("reads go on");
     }
     drop(paused);
+
+    // The primary hangs in the middle of a long answer: once it is marked down, the relay stops
+    // waiting and the client connection is closed (part of the answer was sent: an error
+    // packet could not be placed in the stream).
+    let up = common::wait_for(Duration::from_secs(15), || {
+        proxy.sql.current().router.backends().all()[0].health.state() == rwproxy::backend::State::Up
+    });
+    assert!(up.await.is_some(), "the primary comes back after SIGCONT");
+    let address = proxy.sql_addr.to_string();
+    let mut client = common::raw::RawClient::connect(
+        &address,
+        common::cluster::APP_USER,
+        common::cluster::APP_PASSWORD,
+        common::cluster::DATABASE,
+        true,
+    )
+    .await
+    .expect("login");
+    let mut query = vec![0x03];
+    query.extend_from_slice(b"SELECT seq, REPEAT('x', 100) FROM seq_1_to_5000000 /* rwproxy:primary */");
+    rwproxy::protocol::packet::write_packet(&mut client.stream, 0, &query).await.expect("send");
+    let first = rwproxy::protocol::packet::read_logical(&mut client.stream, 1 << 20).await;
+    assert!(matches!(first, Ok(Some(_))), "the answer began: {first:?}");
+    let paused = Stopped::new(0);
+    let started = Instant::now();
+    let mut packets = 0u64;
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        // Bounded: the answer has 5,000,000 rows at most.
+        loop {
+            match rwproxy::protocol::packet::read_logical(&mut client.stream, 1 << 20).await {
+                Ok(Some(_)) => packets += 1,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    drop(paused);
+    assert!(ended.is_ok(), "the client connection was not closed within 15 s");
+    assert!(took < BOUND, "the stalled answer held the client {took:?}");
+    assert!(packets < 5_000_000, "the answer was cut off ({packets} packets)");
 }

@@ -268,7 +268,22 @@ impl Session {
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
-        match relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id).await {
+        // The answer has begun: a server that hangs in the middle of it is cut off when the
+        // monitor marks it down. Part of the answer may have reached the client, so the client
+        // connection ends too (an error packet there would corrupt the stream).
+        let relayed = tokio::select! {
+            biased;
+            relayed = relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id) => relayed,
+            () = &mut down, if watch_down => {
+                let why = format!("{} was marked down in the middle of an answer: {}", target.name, target.health.reason());
+                self.backend_failed(backend, &why);
+                return Err(AttemptError::Fatal(SessionError::BrokenResponse(why)));
+            }
+        };
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Err(AttemptError::Unavailable("connection vanished".into()));
+        };
+        match relayed {
             Ok(outcome) => {
                 conn.busy = false;
                 Ok(outcome)
