@@ -122,6 +122,11 @@ impl Checker {
         }
     }
 
+    /// Drops the connection (a check on it was cut off by its time limit).
+    pub fn forget_connection(&mut self) {
+        self.conn = None;
+    }
+
     async fn connect(&mut self) -> Result<&mut Conn, CheckError> {
         if self.conn.is_none() {
             let (host, port) =

@@ -25,6 +25,11 @@ impl Hysteresis {
         self.up
     }
 
+    /// Up, but the last check failed: the backend may be on its way out.
+    pub fn is_failing(&self) -> bool {
+        self.up && self.bad_streak > 0
+    }
+
     /// Records one check; returns the new side when it changed.
     pub fn observe(&mut self, good: bool) -> Option<bool> {
         if good {

@@ -70,9 +70,22 @@ async fn watch(ctx: Arc<Context>, index: usize) {
         ticker.tick().await;
         let started = Instant::now();
         let primary = ctx.backends.is_primary(index);
-        let report = tokio::time::timeout(ctx.config.timeout, checker.check(primary, &ctx.clock))
-            .await
-            .unwrap_or_else(|_| Report::down(format!("check timed out after {:?}", ctx.config.timeout)));
+        // After a failed check, a backend that is still up is checked against `interval` too
+        // (HAProxy's fastinter): a hung server is out after fall × interval + timeout, not
+        // fall × timeout, and the sessions waiting on it are released that much sooner.
+        let limit = if hysteresis.is_failing() {
+            ctx.config.timeout.min(ctx.config.interval)
+        } else {
+            ctx.config.timeout
+        };
+        let report = match tokio::time::timeout(limit, checker.check(primary, &ctx.clock)).await {
+            Ok(report) => report,
+            Err(_) => {
+                // The connection was left in the middle of a check: a new one next time.
+                checker.forget_connection();
+                Report::down(format!("check timed out after {limit:?}"))
+            }
+        };
         ctx.metrics.monitor_check(index, started.elapsed());
         apply(&ctx, index, &mut hysteresis, report);
         let sample = Sample {
