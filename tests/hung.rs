@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use common::{cluster, connect, start_proxy};
 use mysql_async::prelude::*;
 
-/// The longest a statement may wait, as the issue states it: `fall` (3) × `interval` (500 ms)
-/// + `timeout` (1 s) + 0.5 s. The first failed check takes up to `timeout`; the monitor then
-/// checks a failing backend against `interval` (fastinter), so the other two take 500 ms each.
+/// The longest a statement may wait, as the issue states it: `fall` (3) times `interval`
+/// (500 ms), plus `timeout` (1 s), plus 0.5 s. The first failed check takes up to `timeout`;
+/// the monitor then checks a failing backend against `interval` (fastinter), so the other two
+/// take 500 ms each.
 const BOUND: Duration = Duration::from_millis(3 * 500 + 1000 + 500);
 
 /// Resumes the server when dropped, whatever the test did.
