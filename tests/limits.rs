@@ -85,6 +85,7 @@ async fn connections_over_the_caps_get_1040_at_once() {
         .expect_err("a third connection is over the cap");
     assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
     assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1040), "{err:?}");
+    assert!(err.to_string().contains("Too many connections") && !err.to_string().contains('#'), "{err}");
     drop(first);
     drop(second);
     let mut room = false;
@@ -236,4 +237,96 @@ async fn repeated_failed_logins_from_one_address_are_slowed_down() {
     let started = Instant::now();
     let _ = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
     assert!(started.elapsed() < Duration::from_millis(300), "forgiven after a good login (else held 800 ms)");
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_thousand_silent_connections_change_nothing_for_real_clients() {
+    let _serial = SERIAL.lock().await;
+    const SILENT: usize = 5000;
+    // Both ends of every connection live in this process (rwproxy runs in it), plus slack.
+    let limit = open_files_limit();
+    assert!(
+        limit >= 2 * SILENT as u64 + 500,
+        "open-files limit {limit} is too low for this test; scripts/test.sh raises it"
+    );
+    let web = common::web::WebServer::start("web1").await;
+    // The cap on client connections counts connections that have not logged in yet too: it is
+    // set above the flood here, as an operator expecting one would.
+    let mut text = config("handshake_timeout = \"4s\"\nmax_client_connections = 8000");
+    text.push_str(&format!(
+        "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"200ms\"\n\n[[http.servers]]\nname = \"web1\"\naddress = \"{}\"\n",
+        web.addr
+    ));
+    let proxy = start_proxy_with(&text).await;
+    let http = proxy.http_addr.expect("http");
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        silent.push(TcpStream::connect(proxy.sql_addr).await.expect("connect"));
+    }
+    let opened = Instant::now();
+    // While they sit there: logins and reads stay fast, the web tier keeps serving and its
+    // health checks keep the server up.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let mut conn = connect(&proxy).await;
+        let one: Option<u32> = conn.query_first("SELECT 1").await.expect("query");
+        assert_eq!(one, Some(1));
+        slowest = slowest.max(started.elapsed());
+        drop(conn);
+        let (status, _) = common::http_get(http, "/").await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("slowest login + read among {SILENT} silent connections: {slowest:?}");
+    assert!(slowest < Duration::from_millis(100), "a login and read took {slowest:?}");
+    let up = proxy.http.as_ref().expect("tier").balancer().servers.list.iter().all(|s| s.is_up());
+    assert!(up, "the web server stayed up");
+    assert!(opened.elapsed() < Duration::from_secs(4), "checked before the deadline");
+    // After the deadline every silent connection has been closed.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(opened.elapsed()) + Duration::from_secs(1))
+        .await;
+    let mut closed = 0;
+    for stream in &mut silent {
+        let mut buf = vec![0u8; 4096];
+        // The greeting, then the end.
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(closed, SILENT, "every silent connection is closed at the handshake deadline");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_connections_over_the_cap_get_503_at_once() {
+    let _serial = SERIAL.lock().await;
+    let web = common::web::WebServer::start("web1").await;
+    let text = common::web::balancer_config(&[(&web, "")], "max_client_connections = 2");
+    let proxy = start_proxy_with(&text).await;
+    let http = proxy.http_addr.expect("http");
+    let _a = TcpStream::connect(http).await.expect("first");
+    let _b = TcpStream::connect(http).await.expect("second");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let answer = common::try_http(http, "GET", "/").await.expect("an answer");
+    assert_eq!(answer.0, 503);
+    assert!(started.elapsed() < Duration::from_secs(1), "at once");
 }

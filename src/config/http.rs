@@ -58,6 +58,13 @@ pub struct HttpConfig {
     /// not fit gets 503. Default 256 MiB.
     #[serde(default = "default_max_buffered_bodies")]
     pub max_buffered_bodies: usize,
+    /// Client connections served at once; one more gets `503` and is closed. Default 4096.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+}
+
+fn default_max_client_connections() -> usize {
+    4096
 }
 
 fn default_max_buffered_bodies() -> usize {

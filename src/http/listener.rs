@@ -119,13 +119,20 @@ pub async fn serve(
     loop {
         tokio::select! {
             (stream, peer) = crate::server::next_connection(&listener, "http") => {
-                if let Some(tier) = tier.upgrade()
-                    && !tier.balancer().config.firewall.permits(peer.ip())
-                {
-                    tier.metrics().refused_by_firewall("http");
+                let Some(current) = tier.upgrade() else { break };
+                let balancer = current.balancer();
+                if !balancer.config.firewall.permits(peer.ip()) {
+                    current.metrics().refused_by_firewall("http");
                     refusals.refused("http", peer);
                     continue;
                 }
+                let open: usize = workers.iter().map(|w| w.load.get()).sum();
+                if open >= balancer.config.max_client_connections {
+                    tracing::debug!(%peer, open, "too many HTTP client connections; 503");
+                    tokio::spawn(refuse_busy(stream));
+                    continue;
+                }
+                drop((balancer, current));
                 // The least loaded, taking turns among equals, in one pass: the loads change
                 // while we look (workers finish connections), and a two-pass "find the minimum,
                 // then find who has it" could find no one and drop the connection unanswered.
@@ -150,6 +157,18 @@ pub async fn serve(
         }
     }
     tracing::info!("HTTP balancer stopped accepting");
+}
+
+/// Answers a connection over `max_client_connections` with 503 and closes it: at once, never a
+/// hang, and without a worker's resources.
+async fn refuse_busy(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 29\r\nconnection: close\r\nretry-after: 1\r\n\r\ntoo many client connections\r\n";
+    let write = async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 async fn connection(

@@ -72,6 +72,16 @@ pub fn err_packet(code: u16, sql_state: &str, message: &str) -> Vec<u8> {
     out
 }
 
+/// An ERR packet sent instead of the greeting: nothing is negotiated yet, so it has no SQLSTATE
+/// (a client would print the marker as part of the message).
+pub fn err_packet_before_greeting(code: u16, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + message.len());
+    out.push(0xFF);
+    out.extend_from_slice(&code.to_le_bytes());
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
 /// A plain OK packet payload with the given status flags.
 pub fn ok_packet(status: u16) -> Vec<u8> {
     let mut out = vec![0x00, 0, 0];

@@ -186,7 +186,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
 /// Answers a connection over the limits with `1040 Too many connections` in place of the
 /// greeting (as a server does), then closes it.
 async fn refuse_too_many(mut stream: TcpStream) {
-    let payload = wire::err_packet(1040, "08004", "Too many connections");
+    let payload = wire::err_packet_before_greeting(1040, "Too many connections");
     let mut out = Vec::with_capacity(payload.len() + 4);
     packet::encode_packet(0, &payload, &mut out);
     let write = async {
