@@ -24,6 +24,8 @@ pub mod classifier;
 pub mod config;
 pub mod consistency;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mysql_common::constants::CapabilityFlags as Caps;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
@@ -348,9 +348,8 @@ impl LoginPlan {
         if greeting.payload.first() == Some(&0xFF) {
             return Err(refused(backend, &greeting.payload));
         }
-        let handshake = ParseBuf(&greeting.payload)
-            .parse::<HandshakePacket>(())
-            .map_err(|e| protocol(backend, format!("bad greeting: {e}")))?;
+        let handshake =
+            crate::protocol::wire::parse_greeting(&greeting.payload).map_err(|e| protocol(backend, e))?;
         let server_caps = handshake.capabilities();
         let wanted_format = login.client_caps & FORMAT_CAPS;
         if !server_caps.contains(wanted_format) {
@@ -436,7 +435,7 @@ pub async fn probe(address: &str, timeout: Duration) -> Option<(String, Caps)> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.ok()?;
         let greeting = packet::read_logical(&mut stream, 1 << 16).await.ok()??;
-        let handshake = ParseBuf(&greeting.payload).parse::<HandshakePacket>(()).ok()?;
+        let handshake = crate::protocol::wire::parse_greeting(&greeting.payload).ok()?;
         Some((handshake.server_version_str().into_owned(), handshake.capabilities()))
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()

@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::tls;
 
+pub use h1::fuzz_parsers as fuzz_h1;
 pub use servers::{HttpServer, Servers};
 
 use crate::config::HttpConfig;

@@ -82,6 +82,28 @@ pub fn err_packet_before_greeting(code: u16, message: &str) -> Vec<u8> {
     out
 }
 
+/// Parses a server's greeting. mysql_common's parser computes the scramble length as
+/// `len as i8 - 8`, which overflows (a panic with overflow checks) for a length byte of
+/// 0x80..=0x87 that no server sends: such a greeting is refused here first, and any other
+/// panic in the parser becomes an error too (the bytes come from the network).
+pub fn parse_greeting(payload: &[u8]) -> Result<mysql_common::packets::HandshakePacket<'_>, String> {
+    let version_end = payload.iter().skip(1).position(|b| *b == 0).map(|i| i + 1);
+    // After the version's NUL: connection id (4), scramble (8), filler (1), capabilities (2),
+    // collation (1), status (2), capabilities (2), then the scramble length.
+    let length_byte = version_end.and_then(|end| payload.get(end + 1 + 20));
+    if length_byte.is_some_and(|len| (0x80..=0x87).contains(len)) {
+        return Err("bad greeting: impossible scramble length".into());
+    }
+    let parsed = std::panic::catch_unwind(|| {
+        mysql_common::io::ParseBuf(payload).parse::<mysql_common::packets::HandshakePacket<'_>>(())
+    });
+    match parsed {
+        Ok(Ok(greeting)) => Ok(greeting),
+        Ok(Err(e)) => Err(format!("bad greeting: {e}")),
+        Err(_) => Err("bad greeting: unparsable".into()),
+    }
+}
+
 /// A plain OK packet payload with the given status flags.
 pub fn ok_packet(status: u16) -> Vec<u8> {
     let mut out = vec![0x00, 0, 0];
@@ -122,6 +144,20 @@ pub fn text_column(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_greeting_with_an_impossible_scramble_length_is_an_error_not_a_panic() {
+        // Found by the handshake fuzz target: mysql_common computes `len as i8 - 8`.
+        let mut greeting = b"\x0a10.11.6-MariaDB\x00".to_vec();
+        greeting.extend_from_slice(&[7, 0, 0, 0]);
+        greeting.extend_from_slice(b"abcdefgh\x00");
+        greeting.extend_from_slice(&[0xfe, 0xf7, 0x2d, 0x02, 0x00, 0xbf, 0x81, 0x81]);
+        greeting.extend_from_slice(&[0; 10]);
+        greeting.extend_from_slice(b"ijklmnopqrst\x00mysql_native_password\x00");
+        assert!(parse_greeting(&greeting).is_err());
+        greeting[16 + 1 + 20] = 21;
+        assert!(parse_greeting(&greeting).is_ok(), "the same greeting with a real length parses");
+    }
 
     #[test]
     fn lenenc_round_trip() {

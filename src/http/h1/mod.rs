@@ -475,3 +475,30 @@ async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> std:
     }
     io.read_buf(buf).await
 }
+
+/// Runs the HTTP/1 parsers over arbitrary bytes (the fuzz targets' entry): request head,
+/// response head, chunked body. Must never panic.
+pub fn fuzz_parsers(data: &[u8]) {
+    let client = ClientAddr::new(std::net::SocketAddr::from(([127, 0, 0, 1], 1)), false);
+    let mut out = Vec::new();
+    let _ = request::parse(data, &client, &mut out, true);
+    let flags = data.first().copied().unwrap_or(0);
+    let exchange = response::Exchange {
+        head_request: flags & 1 != 0,
+        client_http10: flags & 2 != 0,
+        client_keep_alive: flags & 4 != 0,
+        upgrade: flags & 8 != 0,
+    };
+    out.clear();
+    let _ = response::parse(data, exchange, &mut out);
+    let mut chunks = chunked::Chunked::default();
+    let mut body = 0usize;
+    let mut rest = data;
+    // Bounded: every pass consumes input or stops.
+    while !rest.is_empty() && !chunks.is_done() {
+        match chunks.feed(rest, |d| body += d.len()) {
+            Ok(0) | Err(_) => break,
+            Ok(used) => rest = rest.get(used..).unwrap_or_default(),
+        }
+    }
+}
