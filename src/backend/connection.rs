@@ -60,8 +60,8 @@ impl BackendError {
     }
 }
 
-/// Who rwproxy logs in as, and with which options.
-#[derive(Debug, Clone)]
+/// Who rwproxy logs in as, and with which options. `Debug` masks the password and its hash.
+#[derive(Clone)]
 pub struct Login {
     pub user: String,
     pub password: String,
@@ -73,6 +73,17 @@ pub struct Login {
     /// The capabilities negotiated with the client.
     pub client_caps: Caps,
     pub max_packet_size: u32,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("database", &self.database)
+            .field("collation", &self.collation)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct BackendConn {

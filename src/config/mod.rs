@@ -64,8 +64,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
 }
 
-/// Backend health and replication-lag checks.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// Backend health and replication-lag checks. `Debug` masks the password.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Checks run at all. Default `true`.
@@ -109,6 +109,18 @@ pub struct MonitorConfig {
     /// primary. Default `false`.
     #[serde(default)]
     pub detect_primary: bool,
+}
+
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("enabled", &self.enabled)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MonitorConfig {
@@ -221,7 +233,8 @@ pub struct MysqlConfig {
     pub max_long_data_total: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `Debug` leaves the password and its hash out (see the impl below).
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
@@ -248,6 +261,19 @@ pub struct UserConfig {
     /// Sessions of this user at once (0 = no limit, the default); one more gets 1226.
     #[serde(default)]
     pub max_connections: usize,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"***")
+            .field("password_hash", &self.password_hash.as_ref().map(|_| "***"))
+            .field("require_tls", &self.require_tls)
+            .field("hosts", &self.hosts)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserConfig {
@@ -762,6 +788,16 @@ role = "replica"
         let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
         assert!(keys.contains(&("mysql.backends[1].address", 15)), "{keys:?}");
         assert!(keys.iter().any(|(k, _)| *k == "mysql.backends"), "{keys:?}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_passwords() {
+        let text = GOOD.replace("password = \"app\"", "password = \"s3cret-pw\"")
+            + "\n[monitor]\npassword = \"m0nitor-pw\"\n";
+        let c = Config::from_toml(&text).expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-pw") && !shown.contains("m0nitor-pw"), "{shown}");
+        assert!(shown.contains("app"), "names stay visible");
     }
 
     #[test]

@@ -49,14 +49,25 @@ impl HeartbeatClock {
     }
 }
 
-/// The settings a checker needs.
-#[derive(Debug, Clone)]
+/// The settings a checker needs. `Debug` masks the password.
+#[derive(Clone)]
 pub struct CheckSettings {
     pub user: String,
     pub password: String,
     pub heartbeat_table: Option<String>,
     pub max_lag: Duration,
     pub read_only_check: bool,
+}
+
+impl std::fmt::Debug for CheckSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckSettings")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("heartbeat_table", &self.heartbeat_table)
+            .field("max_lag", &self.max_lag)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Checker {

@@ -62,8 +62,8 @@ pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps:
     out
 }
 
-/// What the client sent in its handshake response.
-#[derive(Debug, Clone)]
+/// What the client sent in its handshake response. `Debug` leaves the password proof out.
+#[derive(Clone)]
 pub struct ClientLogin {
     pub caps: Caps,
     pub collation: u8,
@@ -71,6 +71,16 @@ pub struct ClientLogin {
     pub database: Option<String>,
     pub plugin: Vec<u8>,
     pub auth_data: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLogin")
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("plugin", &String::from_utf8_lossy(&self.plugin))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +143,9 @@ pub fn auth_switch(salt: &[u8; 20]) -> Vec<u8> {
     out
 }
 
-/// How rwproxy logs in to backends for a client that proved who it is.
-#[derive(Debug, Clone)]
+/// How rwproxy logs in to backends for a client that proved who it is. No `Debug`: it is
+/// nothing but secrets.
+#[derive(Clone)]
 pub struct Credentials {
     pub password: String,
     /// SHA1(password), recovered from the client's proof when only the hash is configured.
