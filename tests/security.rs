@@ -322,3 +322,50 @@ async fn long_data_over_the_shared_budget_fails_the_execution_only() {
         .expect("read");
     assert_eq!(len, Some(80_000));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_name_that_forges_log_lines_is_logged_escaped_on_one_line() {
+    let ca = cluster().certs.ca();
+    let port = common::free_port();
+    let text = config(&ca, "").replacen(
+        "listen = \"127.0.0.1:0\"\nconnect_timeout",
+        &format!("listen = \"127.0.0.1:{port}\"\nconnect_timeout"),
+        1,
+    );
+    let path = cluster().base.join(format!("forged-{port}.toml"));
+    std::fs::write(&path, &text).expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rwproxy"))
+        .args(["--config", &path.display().to_string()])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rwproxy");
+    let address = format!("127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "rwproxy listens");
+    let forged = "admin\n2026-12-01T00:00:00Z  INFO rwproxy: client logged in user=admin\x1b[2K";
+    let login = RawClient::connect(&address, forged, "wrong", DATABASE, true).await;
+    assert!(login.is_err(), "no such user");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let log = format!("{}{}", text_of(&out.stdout), text_of(&out.stderr));
+    let denied: Vec<&str> = log.lines().filter(|l| l.contains("access denied")).collect();
+    assert_eq!(denied.len(), 1, "{log}");
+    assert!(denied[0].contains("admin\\n2026") && denied[0].contains("\\u{1b}"), "escaped: {}", denied[0]);
+    assert!(!log.lines().any(|l| l.starts_with("2026-12-01T00:00:00Z")), "no forged line:\n{log}");
+    assert!(!log.contains('\x1b'), "no raw escape sequence reached the log");
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
