@@ -312,7 +312,7 @@ impl Cluster {
 
 /// The guardian waits for its stdin to close, then kills every mariadbd running from `base`
 /// and removes it.
-fn spawn_guardian(base: &Path) -> Result<(Child, ChildStdin), String> {
+pub fn spawn_guardian(base: &Path) -> Result<(Child, ChildStdin), String> {
     let script = r#"read _ignored; pkill -KILL -f -- "--datadir=$1/" ; sleep 0.5; rm -rf -- "$1""#;
     let mut child = Command::new("sh")
         .args(["-c", script, "guardian"])

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod mysql;
 pub mod raw;
 pub mod web;
 
