@@ -13,7 +13,9 @@ use rwproxy::proxy::Proxy;
 
 fn mysql() -> &'static MysqlCluster {
     static CLUSTER: OnceLock<MysqlCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| MysqlCluster::start().unwrap_or_else(|e| panic!("cannot start the MySQL cluster: {e}")))
+    CLUSTER.get_or_init(|| {
+        MysqlCluster::start().unwrap_or_else(|e| panic!("cannot start the MySQL cluster: {e}"))
+    })
 }
 
 async fn start(extra_mysql: &str) -> Proxy {
@@ -52,4 +54,41 @@ async fn reads_split_and_writes_reach_the_source() {
     }
     replicated().await;
     let _ = Duration::ZERO;
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_log_in_with_their_default_settings() {
+    let proxy = start("").await;
+    let port = proxy.sql_addr.port().to_string();
+    // The MySQL 9 command-line client: caching_sha2_password, no mysql_native_password plugin.
+    let out = tokio::task::spawn_blocking(move || {
+        common::mysql::program("mysql")
+            .args(["--no-defaults", "-h127.0.0.1", &format!("-P{port}"), "-uapp", "-papp", DATABASE])
+            .args(["--batch", "--skip-column-names", "-e", "SELECT 40 + 2"])
+            .output()
+            .expect("mysql client")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "mysql 9 client: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "42");
+    let script = r#"
+import sys, pymysql, mysql.connector
+port = int(sys.argv[1])
+c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", database="appdb")
+cur = c.cursor(); cur.execute("SELECT 6 * 7"); print(cur.fetchone()[0])
+c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app", database="appdb", use_pure=True)
+cur = c.cursor(); cur.execute("SELECT 6 * 7"); print(cur.fetchone()[0])
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &proxy.sql_addr.port().to_string()])
+        .output()
+        .await
+        .expect("python3");
+    assert!(out.status.success(), "PyMySQL / Connector/Python: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), ["42", "42"]);
 }

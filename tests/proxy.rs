@@ -507,19 +507,32 @@ async fn long_data_cursors_and_statement_reset_across_backends() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_starting_with_caching_sha2_is_switched_to_native() {
+async fn clients_starting_with_either_plugin_log_in() {
     let proxy = start_proxy().await;
-    let mut raw = RawClient::connect_with_plugin(
-        &proxy.sql_addr.to_string(),
-        APP_USER,
-        APP_PASSWORD,
-        DATABASE,
-        "caching_sha2_password",
-    )
-    .await
-    .expect("login after auth switch");
-    let reply = raw.query("SELECT 1").await.expect("query");
-    assert_eq!(reply[4], 1, "one column");
+    let address = proxy.sql_addr.to_string();
+    // The user's plugin is caching_sha2_password (the default): a native client is switched;
+    // a user configured for mysql_native_password switches a caching_sha2 client.
+    for plugin in ["caching_sha2_password", "mysql_native_password"] {
+        let mut raw = RawClient::connect_with_plugin(&address, APP_USER, APP_PASSWORD, DATABASE, plugin)
+            .await
+            .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+        let reply = raw.query("SELECT 1").await.expect("query");
+        assert_eq!(reply[4], 1, "one column");
+        let wrong = RawClient::connect_with_plugin(&address, APP_USER, "wrong", DATABASE, plugin).await;
+        assert!(wrong.expect_err("wrong password").contains("Access denied"), "{plugin}");
+    }
+    let native = cluster().proxy_config("127.0.0.1:0").replace(
+        "name = \"reader\"\npassword = \"reader\"\n",
+        "name = \"reader\"\npassword = \"reader\"\nauth = \"mysql_native_password\"\n",
+    );
+    let proxy = common::start_proxy_with(&native).await;
+    let address = proxy.sql_addr.to_string();
+    for plugin in ["caching_sha2_password", "mysql_native_password"] {
+        let mut raw = RawClient::connect_with_plugin(&address, "reader", "reader", DATABASE, plugin)
+            .await
+            .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+        assert_eq!(raw.query("SELECT 1").await.expect("query")[4], 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

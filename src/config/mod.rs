@@ -261,6 +261,20 @@ pub struct UserConfig {
     /// Sessions of this user at once (0 = no limit, the default); one more gets 1226.
     #[serde(default)]
     pub max_connections: usize,
+    /// The authentication plugin clients use for this user: `"caching_sha2_password"` (the
+    /// default, MySQL 8/9's) or `"mysql_native_password"` (the default, and the only choice,
+    /// with `password_hash`). A client that starts with the other plugin is switched.
+    #[serde(default)]
+    pub auth: Option<ClientAuth>,
+}
+
+/// `[[mysql.users]] auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ClientAuth {
+    #[serde(rename = "caching_sha2_password")]
+    CachingSha2,
+    #[serde(rename = "mysql_native_password")]
+    Native,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -277,6 +291,15 @@ impl std::fmt::Debug for UserConfig {
 }
 
 impl UserConfig {
+    /// The plugin this user's clients authenticate with.
+    pub fn auth_plugin(&self) -> ClientAuth {
+        match (self.auth, &self.password_hash) {
+            (Some(auth), _) => auth,
+            (None, Some(_)) => ClientAuth::Native,
+            (None, None) => ClientAuth::CachingSha2,
+        }
+    }
+
     /// Whether this user may log in from `ip`.
     pub fn allows_host(&self, ip: std::net::IpAddr) -> bool {
         self.hosts.is_empty() || self.hosts.iter().any(|n| n.contains(ip))
@@ -563,6 +586,11 @@ impl Config {
             if u.password_hash.is_some() && !u.password.is_empty() {
                 let msg = "give either password or password_hash, not both".to_string();
                 report(format!("mysql.users[{i}].password_hash"), line(user.span()), msg);
+            } else if u.password_hash.is_some() && u.auth == Some(ClientAuth::CachingSha2) {
+                let msg =
+                    "password_hash is a mysql_native_password hash: auth must be \"mysql_native_password\""
+                        .to_string();
+                report(format!("mysql.users[{i}].auth"), line(user.span()), msg);
             } else if u.password_hash.is_some() && u.stage2().is_none() {
                 let msg = "must be \"*\" and 40 hex digits, as SELECT PASSWORD('...') prints it".to_string();
                 report(format!("mysql.users[{i}].password_hash"), line(user.span()), msg);

@@ -9,7 +9,7 @@ use super::prepared::Statements;
 use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState};
 use crate::backend::auth_plugins::NATIVE;
 use crate::backend::{Login, release};
-use crate::config::UserConfig;
+use crate::config::{ClientAuth, UserConfig};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
 use crate::server::{Running, UserSlot};
@@ -95,18 +95,33 @@ impl Session {
         Ok(packet.payload)
     }
 
-    /// The client's password proof for mysql_native_password: the one it sent if it used that
-    /// plugin, otherwise the answer to an AuthSwitchRequest.
-    async fn native_proof(&mut self, plugin: Option<&[u8]>, data: Vec<u8>) -> Result<Vec<u8>, SessionError> {
-        if plugin.is_none_or(|p| p == NATIVE) && (data.is_empty() || data.len() == 20) {
+    /// The plugin `user` authenticates with (the default one for an unknown user, so that a
+    /// denial looks the same either way).
+    fn wanted_auth(&self, user: &str) -> ClientAuth {
+        self.shared.config.user(user.as_bytes()).map_or(ClientAuth::CachingSha2, UserConfig::auth_plugin)
+    }
+
+    /// The client's password proof under `wanted`: the one it sent if it used that plugin,
+    /// otherwise the answer to an AuthSwitchRequest.
+    async fn auth_proof(
+        &mut self,
+        plugin: Option<&[u8]>,
+        data: Vec<u8>,
+        wanted: ClientAuth,
+    ) -> Result<Vec<u8>, SessionError> {
+        let name = handshake::plugin_name(wanted);
+        // No plugin name: a client without CLIENT_PLUGIN_AUTH speaks mysql_native_password.
+        let used = plugin.unwrap_or(NATIVE);
+        if used == name && (data.is_empty() || data.len() == handshake::proof_len(wanted)) {
             return Ok(data);
         }
-        self.write_reply(&handshake::auth_switch(&self.salt)).await?;
+        self.write_reply(&handshake::auth_switch(wanted, &self.salt)).await?;
         self.read_auth_packet().await
     }
 
     async fn authenticate(&mut self, login: ClientLogin) -> Result<(), SessionError> {
-        let proof = self.native_proof(Some(&login.plugin), login.auth_data.clone()).await?;
+        let wanted = self.wanted_auth(&login.user);
+        let proof = self.auth_proof(Some(&login.plugin), login.auth_data.clone(), wanted).await?;
         let Some((user, credentials)) = self.verify(&login.user, &proof) else {
             self.deny(&login.user, !proof.is_empty()).await?;
             return Err(SessionError::AccessDenied(login.user));
@@ -120,6 +135,9 @@ impl Session {
         self.login.client_caps = login.caps;
         self.running.tier().login_succeeded(self.peer.ip());
         tracing::debug!(session = self.id, peer = %self.peer, user = %self.login.user, "client logged in");
+        if wanted == ClientAuth::CachingSha2 {
+            self.write_reply(&handshake::FAST_AUTH_OK).await?;
+        }
         self.reply_ok().await
     }
 
@@ -176,7 +194,8 @@ impl Session {
         let request: ChangeUser =
             handshake::parse_change_user(payload.get(1..).unwrap_or_default(), self.login.client_caps)
                 .ok_or(SessionError::Malformed("COM_CHANGE_USER"))?;
-        let proof = self.native_proof(request.plugin.as_deref(), request.auth_data.clone()).await?;
+        let wanted = self.wanted_auth(&request.user);
+        let proof = self.auth_proof(request.plugin.as_deref(), request.auth_data.clone(), wanted).await?;
         let Some((user, credentials)) = self.verify(&request.user, &proof) else {
             self.deny(&request.user, !proof.is_empty()).await?;
             return Ok(Flow::Quit);
@@ -196,6 +215,9 @@ impl Session {
         self.login.database = request.database;
         if let Some(collation) = request.collation {
             self.login.collation = collation;
+        }
+        if wanted == ClientAuth::CachingSha2 {
+            self.write_reply(&handshake::FAST_AUTH_OK).await?;
         }
         self.reply_ok().await?;
         Ok(Flow::Continue)

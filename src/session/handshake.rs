@@ -4,9 +4,30 @@ use mysql_common::constants::{CapabilityFlags as Caps, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
-use mysql_common::scramble::scramble_native;
+use mysql_common::scramble::{scramble_native, scramble_sha256};
 
-use crate::backend::auth_plugins::NATIVE;
+use crate::backend::auth_plugins::{CACHING_SHA2, NATIVE};
+use crate::config::ClientAuth;
+
+/// The wire name of a client authentication plugin.
+pub fn plugin_name(auth: ClientAuth) -> &'static [u8] {
+    match auth {
+        ClientAuth::CachingSha2 => CACHING_SHA2,
+        ClientAuth::Native => NATIVE,
+    }
+}
+
+/// The length of a password proof under `auth` (0 for an empty password).
+pub fn proof_len(auth: ClientAuth) -> usize {
+    match auth {
+        ClientAuth::CachingSha2 => 32,
+        ClientAuth::Native => 20,
+    }
+}
+
+/// caching_sha2_password's "fast authentication succeeded" (AuthMoreData 0x03), sent before the
+/// OK.
+pub const FAST_AUTH_OK: [u8; 2] = [0x01, 0x03];
 
 /// What rwproxy offers clients. No TLS or compression on the SQL port yet, no
 /// MARIADB_CLIENT_CACHE_METADATA (it changes result framing), no query attributes.
@@ -41,6 +62,8 @@ pub fn new_salt() -> [u8; 20] {
     salt
 }
 
+/// The greeting; it names caching_sha2_password, MySQL 8/9's default, so that clients which no
+/// longer carry mysql_native_password start with a plugin they have.
 pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps: Caps) -> Vec<u8> {
     let mut scramble_1 = [0u8; 8];
     scramble_1.copy_from_slice(&salt[..8]);
@@ -55,7 +78,7 @@ pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps:
         caps,
         DEFAULT_COLLATION,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        Some(NATIVE),
+        Some(CACHING_SHA2),
     );
     let mut out = Vec::new();
     packet.serialize(&mut out);
@@ -134,12 +157,12 @@ pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, Handsha
     })
 }
 
-/// An AuthSwitchRequest to mysql_native_password with `salt`.
-pub fn auth_switch(salt: &[u8; 20]) -> Vec<u8> {
+/// An AuthSwitchRequest to `auth` with `salt`.
+pub fn auth_switch(auth: ClientAuth, salt: &[u8; 20]) -> Vec<u8> {
     let mut data = salt.to_vec();
     data.push(0);
     let mut out = Vec::new();
-    AuthSwitchRequest::new(NATIVE, data).serialize(&mut out);
+    AuthSwitchRequest::new(plugin_name(auth), data).serialize(&mut out);
     out
 }
 
@@ -152,15 +175,18 @@ pub struct Credentials {
     pub stage1: Option<[u8; 20]>,
 }
 
-/// Checks a mysql_native_password response against the user's password or password hash.
+/// Checks a response under the user's plugin against the user's password or password hash.
 pub fn verify_user(salt: &[u8], user: &crate::config::UserConfig, response: &[u8]) -> Option<Credentials> {
     let Some(stage2) = user.stage2() else {
         // An empty password lets anyone in: only where the configuration says so.
         if user.password.is_empty() && !user.allow_empty_password {
             return None;
         }
-        return verify_native(salt, &user.password, response)
-            .then(|| Credentials { password: user.password.clone(), stage1: None });
+        let good = match user.auth_plugin() {
+            ClientAuth::Native => verify_native(salt, &user.password, response),
+            ClientAuth::CachingSha2 => verify_sha256(salt, &user.password, response),
+        };
+        return good.then(|| Credentials { password: user.password.clone(), stage1: None });
     };
     // response = SHA1(pw) XOR SHA1(salt + SHA1(SHA1(pw))): XOR again to get SHA1(pw), whose
     // SHA1 must be the stored hash.
@@ -183,6 +209,18 @@ pub fn verify_native(salt: &[u8], password: &str, response: &[u8]) -> bool {
         return response.is_empty();
     }
     match scramble_native(salt, password.as_bytes()) {
+        Some(expected) => constant_time_eq(&expected, response),
+        None => false,
+    }
+}
+
+/// Checks a caching_sha2_password scramble: SHA256(pw) XOR SHA256(SHA256(SHA256(pw)) + salt).
+/// rwproxy knows the password, so every login takes MySQL's fast path (no cache to miss).
+pub fn verify_sha256(salt: &[u8], password: &str, response: &[u8]) -> bool {
+    if password.is_empty() {
+        return response.is_empty();
+    }
+    match scramble_sha256(salt, password.as_bytes()) {
         Some(expected) => constant_time_eq(&expected, response),
         None => false,
     }
@@ -244,7 +282,7 @@ mod tests {
         assert_eq!(parsed.connection_id(), 42);
         assert_eq!(parsed.nonce(), salt.to_vec());
         assert_eq!(parsed.capabilities(), OFFERED_CAPS);
-        assert_eq!(parsed.auth_plugin_name_ref(), Some(NATIVE));
+        assert_eq!(parsed.auth_plugin_name_ref(), Some(CACHING_SHA2));
     }
 
     #[test]
@@ -256,6 +294,17 @@ mod tests {
         assert!(!verify_native(&salt, "secret", &good[..19]));
         assert!(verify_native(&salt, "", &[]));
         assert!(!verify_native(&salt, "", &good));
+    }
+
+    #[test]
+    fn caching_sha2_verification() {
+        let salt = new_salt();
+        let good = scramble_sha256(&salt, b"secret").expect("scramble");
+        assert!(verify_sha256(&salt, "secret", &good));
+        assert!(!verify_sha256(&salt, "other", &good));
+        assert!(!verify_sha256(&salt, "secret", &good[..31]));
+        assert!(!verify_sha256(&new_salt(), "secret", &good), "another salt");
+        assert!(verify_sha256(&salt, "", &[]));
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub fn program(name: &str) -> Command {
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -99,10 +103,13 @@ impl Node {
 
     /// Runs SQL as root over the unix socket; returns tab-separated rows without headers.
     pub fn sql(&self, sql: &str) -> Result<String, String> {
-        run(program("mysql")
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]))
+        run(program("mysql").arg("--no-defaults").arg(format!("--socket={}", self.socket.display())).args([
+            "-uroot",
+            "--batch",
+            "--skip-column-names",
+            "-e",
+            sql,
+        ]))
     }
 
     pub fn address(&self) -> String {
@@ -131,8 +138,12 @@ impl MysqlCluster {
         if !prefix().join("usr/sbin/mysqld").exists() {
             return Err(format!("no MySQL in {}: run scripts/mysql-prefix.sh", prefix().display()));
         }
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let base = std::env::temp_dir().join(format!("rwproxy-mysql-{}-{}", std::process::id(), stamp % 1_000_000));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let base =
+            std::env::temp_dir().join(format!("rwproxy-mysql-{}-{}", std::process::id(), stamp % 1_000_000));
         std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
         let guardian = super::cluster::spawn_guardian(&base)?;
         let certs = Certs::generate(&base.join("tls"), &["mariadb", "rwproxy"])?;

@@ -12,6 +12,7 @@ use rwproxy::protocol::{Progress, ResponseKind, ResponseTracker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+#[derive(Debug)]
 pub struct RawClient {
     pub stream: TcpStream,
     pub deprecate_eof: bool,
@@ -55,7 +56,7 @@ impl RawClient {
         Self::login(address, user, password, db, deprecate_eof, "mysql_native_password", extra).await
     }
 
-    /// Logs in starting with `plugin`; follows an AuthSwitchRequest to mysql_native_password.
+    /// Logs in starting with `plugin`; follows an AuthSwitchRequest to either plugin.
     pub async fn connect_with_plugin(
         address: &str,
         user: &str,
@@ -101,13 +102,23 @@ impl RawClient {
         let mut reply = read(&mut stream).await?;
         if reply.payload.first() == Some(&0xFE) {
             let switch = ParseBuf(&reply.payload).parse::<AuthSwitchRequest>(()).map_err(|e| err(&e))?;
-            if switch.auth_plugin().as_bytes() != b"mysql_native_password" {
-                return Err("switched to an unexpected plugin".into());
-            }
-            let proof = mysql_common::scramble::scramble_native(switch.plugin_data(), password.as_bytes())
-                .ok_or("scramble")?;
+            let nonce = switch.plugin_data();
+            let nonce = nonce.strip_suffix(&[0]).unwrap_or(nonce);
+            let proof = match switch.auth_plugin().as_bytes() {
+                b"mysql_native_password" => {
+                    mysql_common::scramble::scramble_native(nonce, password.as_bytes()).map(|s| s.to_vec())
+                }
+                b"caching_sha2_password" => {
+                    mysql_common::scramble::scramble_sha256(nonce, password.as_bytes()).map(|s| s.to_vec())
+                }
+                _ => return Err("switched to an unexpected plugin".into()),
+            };
             let seq = reply.last_seq.wrapping_add(1);
-            packet::write_packet(&mut stream, seq, &proof).await.map_err(|e| err(&e))?;
+            packet::write_packet(&mut stream, seq, &proof.unwrap_or_default()).await.map_err(|e| err(&e))?;
+            reply = read(&mut stream).await?;
+        }
+        // caching_sha2_password: "fast authentication succeeded", then the OK.
+        if reply.payload == [0x01, 0x03] {
             reply = read(&mut stream).await?;
         }
         if reply.payload.first() != Some(&0) {
