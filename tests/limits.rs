@@ -134,8 +134,7 @@ async fn over_long_user_names_are_refused() {
     let long = format!("{}\nclient logged in user=admin", "x".repeat(200));
     let err = RawClient::connect(&proxy.sql_addr.to_string(), &long, "x", DATABASE, true)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(!err.is_empty());
     let mut conn = connect(&proxy).await;
     let one: Option<u32> = conn.query_first("SELECT 1").await.expect("the proxy serves on");
@@ -208,7 +207,7 @@ async fn empty_passwords_are_refused_unless_allowed() {
     };
     let proxy = start_proxy_with(&with_user("")).await;
     let refused = RawClient::connect(&proxy.sql_addr.to_string(), "nopass", "", DATABASE, true).await;
-    let err = refused.err().expect("an empty password is refused by default");
+    let err = refused.expect_err("an empty password is refused by default");
     assert!(err.contains("Access denied"), "{err}");
     let proxy = start_proxy_with(&with_user("allow_empty_password = true")).await;
     RawClient::connect(&proxy.sql_addr.to_string(), "nopass", "", DATABASE, true)
