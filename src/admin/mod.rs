@@ -186,7 +186,10 @@ fn reload(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
 /// 200 when the proxy can reach a primary, 503 otherwise.
 fn health(state: &AdminState) -> Response<Full<Bytes>> {
     let primary = state.backends().primary();
-    if primary.health.state() == State::Up {
+    if primary.health.state() == State::Up && primary.health.read_only() == Some(true) {
+        let body = format!("primary {} is up but read-only: writes fail\n", primary.name);
+        respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+    } else if primary.health.state() == State::Up {
         respond(StatusCode::OK, "text/plain", format!("ok: primary {} is up\n", primary.name))
     } else {
         let body = format!(

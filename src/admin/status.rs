@@ -45,9 +45,21 @@ pub fn snapshot(state: &AdminState) -> Value {
             })
         })
         .collect();
+    let writable: Vec<&str> =
+        backends.writable().iter().filter_map(|i| backends.get(*i)).map(|b| b.name.as_str()).collect();
+    let warnings: Vec<String> = if writable.len() > 1 {
+        vec![format!(
+            "several backends are writable ({}); the primary stays where it is",
+            writable.join(", ")
+        )]
+    } else {
+        Vec::new()
+    };
     json!({
         "http_servers": http,
         "primary": backends.primary().name,
+        "writable": writable,
+        "warnings": warnings,
         "read_pool": read_pool,
         "max_replication_lag_seconds": state.monitor.max_replication_lag.as_secs_f64(),
         "uptime_seconds": backends.uptime().as_secs_f64(),

@@ -78,6 +78,9 @@ pub struct Backends {
     primary: AtomicUsize,
     epoch: Instant,
     retry_after: Duration,
+    /// The backends the monitor last found writable, when `detect_primary` looks (more than
+    /// one is a misconfiguration shown on `/status`).
+    writable: Mutex<Vec<usize>>,
 }
 
 impl Backends {
@@ -133,6 +136,7 @@ impl Backends {
             // Kept across reloads: passive-failure deadlines and history are measured from it.
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
             retry_after: config.mysql.routing.retry_failed_after,
+            writable: Mutex::new(Vec::new()),
         }
     }
 
@@ -157,6 +161,18 @@ impl Backends {
                 tracing::warn!(old = %self.list[old].name, new = %self.list[index].name, "primary changed");
             }
         }
+    }
+
+    /// Records which backends are writable (`detect_primary`).
+    pub fn set_writable(&self, writable: &[usize]) {
+        if let Ok(mut w) = self.writable.lock() {
+            writable.clone_into(&mut w);
+        }
+    }
+
+    /// The backends found writable by the last failover check (empty without `detect_primary`).
+    pub fn writable(&self) -> Vec<usize> {
+        self.writable.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     pub fn is_primary(&self, index: usize) -> bool {

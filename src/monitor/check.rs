@@ -49,6 +49,33 @@ impl HeartbeatClock {
     }
 }
 
+/// The statements of the heartbeat on `table` (`db.table` or `table`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatSql {
+    pub create_database: Option<String>,
+    pub create_table: String,
+    pub upsert: String,
+    pub age: String,
+}
+
+impl HeartbeatSql {
+    pub fn new(table: &str) -> HeartbeatSql {
+        HeartbeatSql {
+            create_database: table
+                .split_once('.')
+                .map(|(db, _)| format!("CREATE DATABASE IF NOT EXISTS {db}")),
+            create_table: format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"
+            ),
+            // NOW() is fixed for the statement: the update writes the same instant.
+            upsert: format!(
+                "INSERT INTO {table} (id, ts) VALUES (1, NOW(6)) ON DUPLICATE KEY UPDATE ts = NOW(6)"
+            ),
+            age: format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {table} WHERE id = 1"),
+        }
+    }
+}
+
 /// The settings a checker needs. `Debug` masks the password.
 #[derive(Clone)]
 pub struct CheckSettings {
@@ -274,7 +301,10 @@ impl Checker {
         })
     }
 
-    /// On the primary: creates the heartbeat table if needed and writes `ts = NOW(6)`.
+    /// On the primary: writes `ts = NOW(6)`, creating the table (and its database) the first
+    /// time the write finds them missing. No `IF NOT EXISTS` on every start (a note each time)
+    /// and no `VALUES()` in the upsert (deprecated on MySQL 8.0.20+): rwproxy's own statements
+    /// raise no warnings.
     async fn write_heartbeat(&mut self, clock: &HeartbeatClock) {
         let Some(table) = self.settings.heartbeat_table.clone() else {
             return;
@@ -282,29 +312,30 @@ impl Checker {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if !self.heartbeat_ready {
-            let mut ddl = Vec::new();
-            if let Some((db, _)) = table.split_once('.') {
-                ddl.push(format!("CREATE DATABASE IF NOT EXISTS {db}"));
+        let sql = HeartbeatSql::new(&table);
+        let mut result = conn.query_drop(&sql.upsert).await;
+        let missing = |r: &Result<(), mysql_async::Error>| matches!(r, Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049);
+        // Once per connection: create what is missing, the database only when the table's
+        // creation says it is missing too.
+        if !self.heartbeat_ready && missing(&result) {
+            let mut created = conn.query_drop(&sql.create_table).await;
+            if missing(&created)
+                && let Some(create_database) = &sql.create_database
+            {
+                let _ = conn.query_drop(create_database).await;
+                created = conn.query_drop(&sql.create_table).await;
             }
-            ddl.push(format!(
-                "CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"
-            ));
-            for statement in ddl {
-                if let Err(e) = conn.query_drop(&statement).await {
-                    tracing::debug!(%table, error = %e, "heartbeat table not created here");
-                }
+            if let Err(e) = created {
+                tracing::debug!(%table, error = %e, "heartbeat table not created here");
             }
+            result = conn.query_drop(&sql.upsert).await;
             self.heartbeat_ready = true;
         }
-        let upsert = format!(
-            "INSERT INTO {table} (id, ts) VALUES (1, NOW(6)) ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
-        );
-        match conn.query_drop(&upsert).await {
+        match result {
             Ok(()) => clock.wrote(),
             Err(e) if !self.heartbeat_warned => {
                 self.heartbeat_warned = true;
-                tracing::warn!(%table, error = %e, "cannot write the heartbeat; lag falls back to Seconds_Behind_Master");
+                tracing::warn!(%table, error = %e, "cannot write the heartbeat; lag falls back to Seconds_Behind_Source (Seconds_Behind_Master)");
             }
             Err(_) => {}
         }
@@ -317,7 +348,7 @@ impl Checker {
         let table = self.settings.heartbeat_table.as_ref()?;
         let since_write = clock.age()?;
         let conn = self.conn.as_mut()?;
-        let sql = format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {table} WHERE id = 1");
+        let sql = HeartbeatSql::new(table).age;
         let age_us: i64 = conn.query_first(&sql).await.ok().flatten()?;
         let age = Duration::from_micros(u64::try_from(age_us).unwrap_or(0));
         Some(age.saturating_sub(since_write))

@@ -26,6 +26,17 @@ struct Context {
     clock: HeartbeatClock,
     config: crate::config::MonitorConfig,
     settings: CheckSettings,
+    failover: std::sync::Mutex<Failover>,
+}
+
+/// What `detect_primary` has seen: the backend that alone is writable, and in how many of its
+/// own checks in a row.
+#[derive(Debug, Default)]
+struct Failover {
+    candidate: Option<usize>,
+    streak: u32,
+    /// Several writable backends were seen (and logged) and not resolved since.
+    several_writable: bool,
 }
 
 /// Starts one monitor task per backend; abort the handles to stop them.
@@ -39,7 +50,8 @@ pub fn spawn(config: &Config, backends: Arc<Backends>, metrics: Arc<Metrics>) ->
         password,
         heartbeat_table: config.monitor.heartbeat.then(|| config.monitor.heartbeat_table.clone()),
         max_lag: config.monitor.max_replication_lag,
-        read_only_check: config.monitor.detect_primary,
+        // Always: `/health` reports a primary that refuses writes, and `detect_primary` needs it.
+        read_only_check: true,
     };
     let ctx = Arc::new(Context {
         backends,
@@ -47,6 +59,7 @@ pub fn spawn(config: &Config, backends: Arc<Backends>, metrics: Arc<Metrics>) ->
         clock: HeartbeatClock::default(),
         config: config.monitor.clone(),
         settings,
+        failover: std::sync::Mutex::new(Failover::default()),
     });
     (0..ctx.backends.len()).map(|index| tokio::spawn(watch(ctx.clone(), index))).collect()
 }
@@ -135,22 +148,53 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
             tracing::warn!(backend = %backend.name, from = old.as_str(), to = new.as_str(), %reason, "backend state changed");
         }
     }
-    if ctx.config.detect_primary {
-        follow_failover(&ctx.backends);
+    if ctx.config.detect_primary
+        && let Ok(mut failover) = ctx.failover.lock()
+    {
+        follow_failover(&ctx.backends, &mut failover, index, ctx.config.rise);
     }
 }
 
-/// With `detect_primary`: the one healthy backend with `read_only = OFF` is the primary.
-fn follow_failover(backends: &Backends) {
-    let writable: Vec<usize> = backends
-        .all()
-        .iter()
-        .filter(|b| b.health.read_only() == Some(false) && b.health.state() == State::Up)
-        .map(|b| b.index)
-        .collect();
-    if let [only] = writable.as_slice()
-        && !backends.is_primary(*only)
-    {
-        backends.set_primary(*only);
+/// With `detect_primary`: a backend becomes the primary only when it alone is writable
+/// (`read_only = OFF`) among backends that are up and have all answered, in `rise` of its own
+/// checks in a row. With several writable backends nothing moves (a replica someone forgot to
+/// make read-only must not take the writes): the current primary stays, and the log and
+/// `/status` say so. Called after each check of backend `checked`.
+fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize, rise: u32) {
+    let up: Vec<_> = backends.all().iter().filter(|b| b.health.state() == State::Up).collect();
+    if up.iter().any(|b| b.health.read_only().is_none()) {
+        return; // not every answer is in yet (at start, or a check failed)
+    }
+    let writable: Vec<usize> =
+        up.iter().filter(|b| b.health.read_only() == Some(false)).map(|b| b.index).collect();
+    backends.set_writable(&writable);
+    if writable.len() > 1 {
+        if !failover.several_writable {
+            let names: Vec<&str> =
+                writable.iter().filter_map(|i| backends.get(*i)).map(|b| b.name.as_str()).collect();
+            tracing::warn!(writable = ?names, primary = %backends.primary().name, "several backends are writable; the primary stays where it is (set read_only/super_read_only on the replicas)");
+        }
+        failover.several_writable = true;
+        failover.candidate = None;
+        return;
+    }
+    failover.several_writable = false;
+    let Some(&only) = writable.first() else {
+        failover.candidate = None;
+        return;
+    };
+    if backends.is_primary(only) {
+        failover.candidate = None;
+        return;
+    }
+    if failover.candidate != Some(only) {
+        *failover = Failover { candidate: Some(only), streak: 0, several_writable: false };
+    }
+    if checked == only {
+        failover.streak += 1;
+    }
+    if failover.streak >= rise.max(1) {
+        backends.set_primary(only);
+        failover.candidate = None;
     }
 }
