@@ -36,6 +36,8 @@ pip_install() {
 }
 
 if [ "${1:-}" = "--tests" ]; then
+  # tests/mysql.rs: Oracle MySQL 9.7 (Debian sid's build) in a private prefix.
+  bash "$(dirname "$0")/mysql-prefix.sh"
   if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector, sqlalchemy' 2>/dev/null; then
     echo "installing: PyMySQL, mysqlclient, pytest, SQLAlchemy"
     # mysql-connector-python: a client library that takes several hosts (failover).

@@ -92,3 +92,137 @@ cur = c.cursor(); cur.execute("SELECT 6 * 7"); print(cur.fetchone()[0])
     assert!(out.status.success(), "PyMySQL / Connector/Python: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), ["42", "42"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_session_replay_load_data_and_a_20_mb_blob() {
+    let proxy = start("").await;
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE IF NOT EXISTS ps (id INT PRIMARY KEY, b LONGBLOB)").await.expect("ddl");
+    let insert = conn.prep("REPLACE INTO ps VALUES (?, ?)").await.expect("prepare");
+    // 20 MB: more than one 16 MiB packet, sent as long data by mysql_async.
+    let blob: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    conn.exec_drop(&insert, (1, blob.clone())).await.expect("20 MB blob");
+    let back: Option<Vec<u8>> = conn.query_first("SELECT b FROM ps WHERE id = 1").await.expect("read blob");
+    assert!(back.as_ref() == Some(&blob), "the blob comes back whole");
+    // Session state reaches every backend the session uses.
+    conn.query_drop("SET time_zone = '+03:00'").await.expect("set");
+    for _ in 0..4 {
+        let tz: Option<String> = conn.query_first("SELECT @@time_zone").await.expect("read");
+        assert_eq!(tz.as_deref(), Some("+03:00"));
+    }
+    // Prepared reads rotate with one client-visible id.
+    let select = conn.prep("SELECT @@server_id FROM ps WHERE id = ?").await.expect("prepare select");
+    replicated().await;
+    // Once rwproxy's monitor has seen the replica apply the session's writes (within an
+    // interval or two), the reads rotate.
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let id: Option<u32> = conn.exec_first(&select, (1,)).await.expect("execute");
+        ids.insert(id.expect("row"));
+        if ids.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), [1, 2], "prepared reads on both servers");
+    // LOAD DATA LOCAL INFILE with the MySQL 9 client.
+    let path = mysql().base.join("load.tsv");
+    std::fs::write(&path, (0..1000).map(|i| format!("{i}\tv{i}\n")).collect::<String>()).expect("file");
+    conn.query_drop("CREATE TABLE IF NOT EXISTS loaded (id INT PRIMARY KEY, v VARCHAR(10))")
+        .await
+        .expect("ddl");
+    let port = proxy.sql_addr.port();
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE '{}' REPLACE INTO TABLE loaded; SELECT COUNT(*) FROM loaded /* rwproxy:primary */",
+        path.display()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        common::mysql::program("mysql")
+            .args([
+                "--no-defaults",
+                "--local-infile=1",
+                "-h127.0.0.1",
+                &format!("-P{port}"),
+                "-uapp",
+                "-papp",
+                DATABASE,
+            ])
+            .args(["--batch", "--skip-column-names", "-e", &sql])
+            .output()
+            .expect("mysql client")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "LOAD DATA LOCAL: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_replica_leaves_the_read_pool_and_rwproxy_raises_no_warnings() {
+    let proxy = start("").await;
+    let lag_known = common::wait_for(Duration::from_secs(10), || {
+        proxy.sql.current().router.backends().get(1).is_some_and(|b| b.health.lag().is_some())
+    })
+    .await;
+    assert!(lag_known.is_some(), "heartbeat lag is measured on MySQL");
+    let c = mysql();
+    c.replica()
+        .sql("STOP REPLICA; CHANGE REPLICATION SOURCE TO SOURCE_DELAY = 5; START REPLICA;")
+        .expect("delay");
+    let demoted = common::wait_for(Duration::from_secs(20), || {
+        proxy
+            .sql
+            .current()
+            .router
+            .backends()
+            .get(1)
+            .is_some_and(|b| b.health.state() == rwproxy::backend::State::Lagging)
+    })
+    .await;
+    c.replica()
+        .sql("STOP REPLICA; CHANGE REPLICATION SOURCE TO SOURCE_DELAY = 0; START REPLICA;")
+        .expect("undelay");
+    assert!(demoted.is_some(), "the replica is demoted for lag (SOURCE_DELAY = 5, max lag 2 s)");
+    // None of rwproxy's own statements (monitor, heartbeat, position tracking and waits) left a
+    // warning on either server (MySQL counts warnings per statement digest).
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("REPLACE INTO t VALUES (2, 'two')").await.ok();
+    let _: Option<String> = conn.query_first("SELECT v FROM t WHERE id = 2").await.ok().flatten();
+    for node in &c.nodes {
+        let warned = node
+            .sql(
+                "SELECT DIGEST_TEXT, SUM_WARNINGS FROM performance_schema.events_statements_summary_by_digest \
+                 WHERE SUM_WARNINGS > 0 AND (DIGEST_TEXT LIKE '%heartbeat%' OR DIGEST_TEXT LIKE '%@@%' \
+                 OR DIGEST_TEXT LIKE 'SHOW REPLICA%' OR DIGEST_TEXT LIKE '%GTID%' OR DIGEST_TEXT LIKE '%session_track%')",
+            )
+            .expect("digests");
+        assert!(warned.trim().is_empty(), "{}: rwproxy's statements raised warnings:\n{warned}", node.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detect_primary_keeps_writes_on_the_source_while_the_replica_is_writable() {
+    let c = mysql();
+    // A replica someone left writable.
+    c.replica()
+        .sql("SET GLOBAL super_read_only = OFF; SET GLOBAL read_only = OFF;")
+        .expect("writable replica");
+    let text = mysql()
+        .proxy_config("127.0.0.1:0")
+        .replace("interval = \"500ms\"", "interval = \"200ms\"\ndetect_primary = true");
+    let proxy = common::start_proxy_with(&text).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let backends = proxy.sql.current().router.backends().clone();
+    let primary = backends.primary().name.clone();
+    let writable = backends.writable().len();
+    let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;
+    c.replica().sql("SET GLOBAL super_read_only = ON;").expect("read-only again");
+    assert_eq!(primary, "source", "the primary did not move to the writable replica");
+    assert_eq!(writable, 2, "both writable backends seen");
+    assert!(status.contains("several backends are writable"), "{status}");
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE IF NOT EXISTS dp (id INT PRIMARY KEY)").await.expect("ddl");
+    conn.query_drop("REPLACE INTO dp VALUES (1)").await.expect("write");
+    let on_source = c.source().sql("SELECT COUNT(*) FROM appdb.dp").expect("count");
+    assert_eq!(on_source.trim(), "1", "the write reached the source");
+}

@@ -61,12 +61,10 @@ pub struct HeartbeatSql {
 impl HeartbeatSql {
     pub fn new(table: &str) -> HeartbeatSql {
         HeartbeatSql {
-            create_database: table
-                .split_once('.')
-                .map(|(db, _)| format!("CREATE DATABASE IF NOT EXISTS {db}")),
-            create_table: format!(
-                "CREATE TABLE IF NOT EXISTS {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"
-            ),
+            // Without IF NOT EXISTS: two proxies creating it at once get an error (ignored), not
+            // a warning.
+            create_database: table.split_once('.').map(|(db, _)| format!("CREATE DATABASE {db}")),
+            create_table: format!("CREATE TABLE {table} (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"),
             // NOW() is fixed for the statement: the update writes the same instant.
             upsert: format!(
                 "INSERT INTO {table} (id, ts) VALUES (1, NOW(6)) ON DUPLICATE KEY UPDATE ts = NOW(6)"

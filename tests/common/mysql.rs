@@ -72,7 +72,7 @@ impl Node {
             .args(["--gtid-mode=ON", "--enforce-gtid-consistency=ON", "--log-bin=binlog", "--mysqlx=OFF"])
             .args(["--skip-name-resolve", "--local-infile=1", "--max-allowed-packet=256M"])
             .args(["--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0"])
-            .args(["--performance-schema=OFF", "--max-connections=500", "--user=root"])
+            .args(["--max-connections=500", "--user=root"])
             .arg(format!("--secure-file-priv={d}"))
             .arg(format!("--ssl-ca={}", self.tls.ca()))
             .arg(format!("--ssl-cert={}", self.tls.cert("mariadb")))
