@@ -38,7 +38,8 @@ const BUCKETS: [f64; 14] =
 
 fn route_index(target: Target) -> usize {
     match target {
-        Target::ReadPool => 0,
+        // Counted with the reads: the series' labels stay as they were.
+        Target::ReadPool | Target::Replica => 0,
         Target::Primary => 1,
         Target::PreferPrimary => 2,
         Target::Backend(_) => 3,

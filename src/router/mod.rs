@@ -19,11 +19,22 @@ use crate::config::AllReplicasDown;
 pub enum Target {
     /// The next backend of the read pool (falls back along the rotation, then to the primary).
     ReadPool,
+    /// `/* rwproxy:replica */`: the next replica, the primary only when no replica is usable
+    /// (whether or not the primary takes reads otherwise).
+    Replica,
     Primary,
     /// A session command: the primary when it can be reached, any read backend otherwise.
     PreferPrimary,
     /// One specific backend (a pinned transaction, or "the previous statement's backend").
     Backend(usize),
+}
+
+impl Target {
+    /// A read that may go to any read backend (and needs a position under `session`
+    /// consistency).
+    pub fn is_read(self) -> bool {
+        matches!(self, Target::ReadPool | Target::Replica)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +146,7 @@ impl Router {
             AllReplicasDown::Error => Vec::new(),
             AllReplicasDown::Primary => vec![primary],
             AllReplicasDown::LeastLagged => {
-                let mut order = self.read_rotation(&[], primary, false);
+                let mut order = self.read_rotation(&[], primary, false, false);
                 order.truncate(1);
                 order
             }
@@ -166,7 +177,7 @@ impl Router {
         match class.hint {
             Some(Hint::Primary) => return decision(Target::Primary, Reason::Hint),
             Some(Hint::Replica) if may_read && !view.primary_locked => {
-                return decision(Target::ReadPool, Reason::Hint);
+                return decision(Target::Replica, Reason::Hint);
             }
             _ => {}
         }
@@ -200,7 +211,8 @@ impl Router {
         match target {
             Target::Primary | Target::PreferPrimary => Some(primary),
             Target::Backend(b) => Some(b),
-            Target::ReadPool => self.read_rotation(excluded, primary, false).first().copied(),
+            Target::ReadPool => self.read_rotation(excluded, primary, false, false).first().copied(),
+            Target::Replica => self.read_rotation(excluded, primary, false, true).first().copied(),
         }
     }
 
@@ -211,11 +223,12 @@ impl Router {
         match target {
             Target::Primary => vec![primary],
             Target::Backend(b) => vec![b],
-            Target::ReadPool => self.read_rotation(excluded, primary, true),
+            Target::ReadPool => self.read_rotation(excluded, primary, true, false),
+            Target::Replica => self.read_rotation(excluded, primary, true, true),
             Target::PreferPrimary => {
                 let mut order = vec![primary];
                 order.extend(
-                    self.read_rotation(excluded, primary, true).into_iter().filter(|b| *b != primary),
+                    self.read_rotation(excluded, primary, true, false).into_iter().filter(|b| *b != primary),
                 );
                 order
             }
@@ -225,10 +238,18 @@ impl Router {
     /// The read pool in rotation order starting at the balancer's pick, then the fallbacks:
     /// per `all_replicas_down` when no replica is usable, and backends the monitor still calls
     /// up but whose last connect failed.
-    fn read_rotation(&self, excluded: &[bool], primary: usize, advance: bool) -> Vec<usize> {
+    /// `replicas_only`: the primary is only the last fallback.
+    fn read_rotation(
+        &self,
+        excluded: &[bool],
+        primary: usize,
+        advance: bool,
+        replicas_only: bool,
+    ) -> Vec<usize> {
         let all = self.backends.all();
         let allowed = |b: usize| !excluded.get(b).copied().unwrap_or(false);
-        let in_pool = |b: usize| allowed(b) && (b != primary || self.reads_include_primary);
+        let in_pool =
+            |b: usize| allowed(b) && (b != primary || (self.reads_include_primary && !replicas_only));
         let mut order = Vec::with_capacity(all.len() + 1);
         order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
         let start = if advance { self.balancer.next(order.len()) } else { self.balancer.peek(order.len()) };

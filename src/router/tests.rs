@@ -66,9 +66,17 @@ fn hints() {
     assert_eq!(r.decide(&classify("SELECT 1 /* rwproxy:primary */"), &view).target, Target::Primary);
     assert_eq!(
         r.decide(&classify("SELECT LAST_INSERT_ID() /* rwproxy:replica */"), &view).target,
-        Target::ReadPool
+        Target::Replica
     );
     assert_eq!(r.decide(&classify("DELETE FROM t /* rwproxy:replica */"), &view).target, Target::Primary);
+    // A replica hint never lands on the primary while a replica is usable, though the primary
+    // takes reads too (the router of these tests has reads_include_primary).
+    for _ in 0..6 {
+        let first = r.candidates(Target::Replica, &[])[0];
+        assert_ne!(first, 0, "the primary is backend 0");
+    }
+    let order = r.candidates(Target::Replica, &[]);
+    assert_eq!(order.last(), Some(&0), "the primary is the last fallback: {order:?}");
 }
 
 #[test]

@@ -153,9 +153,9 @@ impl Session {
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
-        let retry_lost = decision.target == Target::ReadPool;
+        let retry_lost = decision.target.is_read();
         let mut candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
-        if decision.target == Target::ReadPool {
+        if decision.target.is_read() {
             // The classifier saw the token; only then is the text searched for the position.
             let hinted = statement
                 .filter(|(class, _)| class.hint == Some(Hint::After))
@@ -210,7 +210,7 @@ impl Session {
         let what = match decision.target {
             Target::Primary => "primary",
             Target::Backend(_) => "backend for this session",
-            Target::ReadPool | Target::PreferPrimary => "backend",
+            Target::ReadPool | Target::Replica | Target::PreferPrimary => "backend",
         };
         if failures.is_empty() {
             failures.push("no replica is usable and all_replicas_down = \"error\"".to_string());

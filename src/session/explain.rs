@@ -15,6 +15,7 @@ impl Session {
         let decision = router.decide(&class, &self.state.view);
         let destination = match decision.target {
             Target::ReadPool => "read",
+            Target::Replica => "replica",
             Target::Primary => "primary",
             Target::PreferPrimary => "all",
             Target::Backend(_) if self.state.view.pinned.is_some() => "pinned",
@@ -24,7 +25,7 @@ impl Session {
             .would_pick(decision.target, &self.state.excluded)
             .and_then(|b| router.backends().get(b).map(|b| b.name.clone()))
             .unwrap_or_else(|| "none".into());
-        let consistency = if decision.target == Target::ReadPool {
+        let consistency = if decision.target.is_read() {
             self.describe_consistency(super::consistency::hinted_position(statement))
         } else {
             "no position needed".to_string()
