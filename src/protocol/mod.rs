@@ -2,6 +2,7 @@
 //! writes itself. Nothing here knows about sockets beyond `AsyncRead`/`AsyncWrite`, config or
 //! routing, so it can be unit-tested and benchmarked alone.
 
+pub mod errors;
 pub mod packet;
 pub mod response;
 pub mod session_track;

@@ -246,7 +246,8 @@ impl Session {
                 }
                 Err(e) => {
                     let message = format!("rwproxy: the primary's position is unknown ({e})");
-                    return self.reply_err(2003, "HY000", &message).await;
+                    let code = crate::protocol::errors::POSITION_UNKNOWN;
+                    return self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await;
                 }
             }
         } else {

@@ -201,7 +201,8 @@ impl Session {
                 Err(AttemptError::Lost(why)) if retry_lost => failures.push(why),
                 Err(AttemptError::Lost(why)) => {
                     let message = format!("rwproxy: lost connection to backend during query ({why})");
-                    self.reply_err(2013, "HY000", &message).await?;
+                    let code = crate::protocol::errors::BACKEND_LOST;
+                    self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await?;
                     return Ok(None);
                 }
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -216,7 +217,8 @@ impl Session {
             failures.push("no replica is usable and all_replicas_down = \"error\"".to_string());
         }
         let message = format!("rwproxy: no {what} available ({})", failures.join("; "));
-        self.reply_err(2003, "HY000", &message).await?;
+        let code = crate::protocol::errors::NO_BACKEND;
+        self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await?;
         Ok(None)
     }
 
