@@ -113,7 +113,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
         .or_else(|| probed.map(|(v, _)| v))
         .unwrap_or_else(|| FALLBACK_VERSION.to_string());
     let listen = config.listen_addr().ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
-    let listener = TcpListener::bind(listen).await?;
+    let listener = bind(listen, "mysql.listen").await?;
     let sql_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(&backends));
     let router = Arc::new(Router::new(
@@ -136,7 +136,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     let admin_addr = match admin_listen {
         Some(listen) => {
             let addr: SocketAddr = listen.parse().map_err(std::io::Error::other)?;
-            let listener = TcpListener::bind(addr).await?;
+            let listener = bind(addr, "admin.listen").await?;
             let bound = listener.local_addr()?;
             let state = Arc::new(Admin { sql: sql.clone(), http: http.clone(), reloader: reloader.clone() });
             tasks.push(tokio::spawn(admin::serve(listener, state)));
@@ -149,4 +149,12 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     tasks.push(tokio::spawn(server::serve(listener, sql.clone())));
     let http_addr = http.as_ref().map(|h| h.addr);
     Ok(Proxy { sql_addr, admin_addr, http_addr, sql, http, reloader, shutdown_timeout, tasks })
+}
+
+/// Binds a listener; the error names the address and the key it came from (a bare "Address
+/// already in use" does not say which).
+pub async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({key}): {e}")))
 }

@@ -78,3 +78,20 @@ fn environment_variables_fill_the_config_and_print_config_masks_secrets() {
     assert!(stderr.contains("${RWPROXY_CLI_SECRET}") && stderr.contains("not set"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_listen_address_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let config = format!(
+        "[mysql]\nlisten = \"{addr}\"\nconnect_timeout = \"200ms\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n[[mysql.backends]]\nname = \"p\"\naddress = \"{dead}\"\nrole = \"primary\"\n\n[monitor]\nenabled = false\n"
+    );
+    let path = std::env::temp_dir().join(format!("rwproxy-bind-{}.toml", std::process::id()));
+    std::fs::write(&path, config).expect("write config");
+    let out = rwproxy(&["--config", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr} (mysql.listen)")), "{stderr}");
+}

@@ -140,9 +140,25 @@ impl BackendConn {
             address: backend.address.clone(),
             timeout,
         };
-        tokio::time::timeout(timeout, Self::connect_inner(backend.clone(), login))
+        let result = tokio::time::timeout(timeout, Self::connect_inner(backend.clone(), login))
             .await
-            .unwrap_or_else(|_| Err(timed_out()))
+            .unwrap_or_else(|_| Err(timed_out()));
+        match &result {
+            Ok(conn) => tracing::debug!(
+                backend = %backend.name, address = %backend.address, user = %login.user, tls = conn.tls,
+                "logged in to backend"
+            ),
+            // Unreachable: the caller marks the backend failed and says so once.
+            Err(e) if e.is_unreachable() => tracing::debug!(
+                backend = %backend.name, address = %backend.address, user = %login.user, error = %e,
+                "backend login failed"
+            ),
+            Err(e) => tracing::warn!(
+                backend = %backend.name, address = %backend.address, user = %login.user, error = %e,
+                "backend refused the login"
+            ),
+        }
+        result
     }
 
     async fn connect_inner(backend: Arc<Backend>, login: &Login) -> Result<Self, BackendError> {

@@ -30,7 +30,6 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -192,7 +191,7 @@ pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::proxy::bind(addr, "http.listen").await?;
     let bound = listener.local_addr()?;
     let balancer = Balancer::new(config, &metrics, None)?;
     let https = balancer.tls.is_some();

@@ -37,7 +37,7 @@ impl Session {
         // handshake follows at once, and those bytes belong to TLS.
         let first = packet::read_logical(&mut stream, MAX_LOGIN_PACKET)
             .await?
-            .ok_or(SessionError::Malformed("login (connection closed)"))?;
+            .ok_or(SessionError::ClosedDuringLogin)?;
         let (halves, response) = if handshake::is_tls_request(&first.payload) {
             let config = shared.tls.clone().ok_or(HandshakeError::TlsRequested)?;
             let tls =
@@ -90,7 +90,7 @@ impl Session {
     async fn read_auth_packet(&mut self) -> Result<Vec<u8>, SessionError> {
         let packet = packet::read_logical(&mut self.reader, MAX_LOGIN_PACKET)
             .await?
-            .ok_or(SessionError::Malformed("login (connection closed)"))?;
+            .ok_or(SessionError::ClosedDuringLogin)?;
         self.seq = packet.last_seq.wrapping_add(1);
         Ok(packet.payload)
     }

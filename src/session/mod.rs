@@ -92,6 +92,8 @@ pub enum SessionError {
     AccessDenied(String),
     #[error("backend failed in the middle of a response: {0}")]
     BrokenResponse(String),
+    #[error("the client closed the connection during the login")]
+    ClosedDuringLogin,
     #[error("login not finished within {0:?}")]
     HandshakeTimeout(std::time::Duration),
     #[error("TLS handshake: {0}")]
@@ -178,6 +180,11 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
         // forge log lines.
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(session = id, %peer, user = ?user, "access denied")
+        }
+        // A client that hangs up before it logs in (a port check, a load balancer's probe)
+        // is not a problem worth a warning.
+        Err(SessionError::ClosedDuringLogin) => {
+            tracing::debug!(session = id, %peer, "client closed the connection during the login")
         }
         Err(e) => tracing::warn!(session = id, %peer, error = %e, "client connection closed"),
     }
