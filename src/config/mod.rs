@@ -557,7 +557,7 @@ impl Config {
     /// column.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let text = &env::substitute(text, |name| std::env::var(name).ok()).map_err(ConfigError::Invalid)?;
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config = parse_listing_unknown_keys(text)?;
         let problems = config.validate(text);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
     }
@@ -737,6 +737,44 @@ impl Config {
     }
 }
 
+/// Parses the config; every unknown key is reported with its line, not only the first: each
+/// one found is blanked out (its line) and the parse tried again, a bounded number of times.
+fn parse_listing_unknown_keys(text: &str) -> Result<Config, ConfigError> {
+    const MAX_UNKNOWN: usize = 50;
+    let mut unknown: Vec<Problem> = Vec::new();
+    let mut current = text.to_string();
+    for _ in 0..=MAX_UNKNOWN {
+        let error = match toml::from_str::<Config>(&current) {
+            Ok(config) if unknown.is_empty() => return Ok(config),
+            Ok(_) => {
+                unknown.sort_by_key(|p| p.line);
+                return Err(ConfigError::Invalid(unknown));
+            }
+            Err(e) => e,
+        };
+        let span = error.span().filter(|_| error.message().starts_with("unknown field"));
+        let Some(span) = span else {
+            // Another kind of error: reported as toml words it, after the unknown keys.
+            if unknown.is_empty() {
+                return Err(ConfigError::Parse(error.to_string()));
+            }
+            let line = line_of(&current, error.span().map_or(0, |s| s.start));
+            unknown.push(Problem { key: "config".into(), line, message: error.message().to_string() });
+            unknown.sort_by_key(|p| p.line);
+            return Err(ConfigError::Invalid(unknown));
+        };
+        let line = line_of(&current, span.start);
+        let key = current.get(span.clone()).unwrap_or_default().trim().to_string();
+        let message = error.message().lines().next().unwrap_or_default().to_string();
+        unknown.push(Problem { key, line, message });
+        // Blank the key's line (keeping the line count) and parse again.
+        let start = current[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let end = current[span.start..].find('\n').map_or(current.len(), |i| span.start + i);
+        current.replace_range(start..end, "");
+    }
+    Err(ConfigError::Invalid(unknown))
+}
+
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 2] = ["password", "password_hash"];
 
@@ -805,6 +843,19 @@ role = "replica"
         let text = GOOD.replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
         let err = Config::from_toml(&text).expect_err("unknown key").to_string();
         assert!(err.contains("weight") && err.contains("line 19"), "{err}");
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_line() {
+        let text = GOOD
+            .replace("connect_timeout = \"500ms\"", "connect_timeout = \"500ms\"\nlisten_port = 1")
+            .replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
+            panic!("expected every unknown key");
+        };
+        let found: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(found, [("listen_port", 5), ("weight", 20)], "{problems:?}");
+        assert!(problems[0].message.contains("unknown field"), "{problems:?}");
     }
 
     #[test]
