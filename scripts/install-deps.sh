@@ -24,6 +24,9 @@ if [ "${1:-}" = "--tests" ]; then
   # tests/sysbench.rs runs sysbench's OLTP workloads through rwproxy.
   command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
   pkg-config --exists libmariadb 2>/dev/null || missing+=(libmariadb-dev pkg-config)
+  # tests/clients.rs: Node's mysql2 reads JSON columns through rwproxy.
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
@@ -38,6 +41,12 @@ pip_install() {
 if [ "${1:-}" = "--tests" ]; then
   # tests/mysql.rs: Oracle MySQL 9.7 (Debian sid's build) in a private prefix.
   bash "$(dirname "$0")/mysql-prefix.sh"
+  npm_dir="$(dirname "$0")/../target/npm"
+  if [ ! -d "$npm_dir/node_modules/mysql2" ]; then
+    echo "installing: mysql2 (npm) into target/npm"
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" mysql2@3 >/dev/null
+  fi
   if ! python3 -c 'import pymysql, MySQLdb, pytest, mysql.connector, sqlalchemy' 2>/dev/null; then
     echo "installing: PyMySQL, mysqlclient, pytest, SQLAlchemy"
     # mysql-connector-python: a client library that takes several hosts (failover).

@@ -51,7 +51,8 @@ pub fn mysql_response(data: &[u8]) {
 pub fn handshake(data: &[u8]) {
     let offered = crate::session::handshake::OFFERED_CAPS | Caps::CLIENT_SSL;
     let _ = crate::session::handshake::is_tls_request(data);
-    let _ = crate::session::handshake::parse_login(data, offered);
+    let mariadb = mysql_common::constants::MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
+    let _ = crate::session::handshake::parse_login(data, offered, mariadb);
     let _ = crate::session::handshake::parse_change_user(data, offered);
     let _ = crate::protocol::wire::parse_greeting(data);
     let _ = ParseBuf(data).parse::<AuthSwitchRequest>(());

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use mysql_common::constants::MariadbCapabilities;
+
 use crate::admin::{self, Admin};
 use crate::backend::{Backends, probe};
 use crate::config::Config;
@@ -98,8 +100,8 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     // Offer only what the primary has too: a client must never be promised a capability the
     // backends would not honour, since their packets reach it unchanged.
     let caps = match &probed {
-        Some((_, primary_caps)) => {
-            OFFERED_CAPS & (*primary_caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS)
+        Some(primary) => {
+            OFFERED_CAPS & (primary.caps | mysql_common::constants::CapabilityFlags::CLIENT_CONNECT_ATTRS)
         }
         None => {
             tracing::warn!(%primary, "primary not reachable at start-up; offering default capabilities");
@@ -110,7 +112,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
         .mysql
         .server_version
         .clone()
-        .or_else(|| probed.map(|(v, _)| v))
+        .or_else(|| probed.as_ref().map(|p| p.version.clone()))
         .unwrap_or_else(|| FALLBACK_VERSION.to_string());
     let listen = config.listen_addr().ok_or_else(|| std::io::Error::other("invalid mysql.listen address"))?;
     let listener = bind(listen, "mysql.listen").await?;
@@ -129,7 +131,14 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     };
     let admin_listen = config.admin.as_ref().map(|a| a.listen.get_ref().clone());
     let shutdown_timeout = config.shutdown_timeout;
-    let shared = Shared::new(config, router, metrics, version, caps).map_err(std::io::Error::other)?;
+    // MariaDB's extended type metadata (JSON, UUID, INET column formats) is relayed when the
+    // primary offers it; the rest of the extended set changes framing or needs commands rwproxy
+    // does not relay (progress reports, bulk execution, metadata cache).
+    let mariadb_caps = probed.as_ref().map_or(MariadbCapabilities::empty(), |p| {
+        p.mariadb_caps & MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA
+    });
+    let shared =
+        Shared::new(config, router, metrics, version, (caps, mariadb_caps)).map_err(std::io::Error::other)?;
     let sql = Arc::new(SqlTier::new(sql_addr, shared, monitor));
     let reloader = Arc::new(Reloader::new(path, sql.clone(), http.clone()));
     let mut tasks = Vec::new();

@@ -74,7 +74,13 @@ impl Reloader {
             config.mysql.routing.optimistic_transactions,
         ));
         // Everything that can fail comes before anything changes.
-        let shared = Shared::new(config, router, metrics.clone(), old.server_version.clone(), old.caps)?;
+        let shared = Shared::new(
+            config,
+            router,
+            metrics.clone(),
+            old.server_version.clone(),
+            (old.caps, old.mariadb_caps),
+        )?;
         if let (Some(tier), Some(http_config)) = (&self.http, &shared.config.http) {
             tier.reload(http_config.clone())?;
         }

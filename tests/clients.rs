@@ -160,3 +160,25 @@ async fn autocommit_off_stacks_read_on_replicas_and_write_on_the_primary() {
     // transactions still send the read-only ones to replicas.
     python_checks("autocommit_off.py", "autocommit_off: all checks passed").await;
 }
+
+async fn mysql2_json(port: u16, table: &str) -> String {
+    let npm = concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mysql2_json.js");
+    let out = Command::new("node")
+        .env("RWPROXY_NPM", npm)
+        .args([script, &port.to_string(), APP_USER, APP_PASSWORD, DATABASE, table])
+        .output()
+        .await
+        .expect("node (scripts/install-deps.sh --tests installs mysql2)");
+    assert!(out.status.success(), "mysql2: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql2_reads_json_columns_as_objects_through_rwproxy_as_directly() {
+    let proxy = start_proxy().await;
+    let direct = mysql2_json(cluster().primary().port, "json_direct").await;
+    let through = mysql2_json(proxy.sql_addr.port(), "json_proxied").await;
+    assert_eq!(direct, "object {\"a\":[1,2]}", "MariaDB's extended metadata, directly");
+    assert_eq!(through, direct, "the same through rwproxy");
+}

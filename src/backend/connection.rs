@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mysql_common::constants::CapabilityFlags as Caps;
+use mysql_common::constants::{CapabilityFlags as Caps, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakeResponse};
 use mysql_common::proto::MySerialize;
@@ -72,6 +72,9 @@ pub struct Login {
     pub collation: u8,
     /// The capabilities negotiated with the client.
     pub client_caps: Caps,
+    /// MariaDB extended capabilities negotiated with the client (extended type metadata); a
+    /// backend connection must use the same, its column definitions reach the client as they are.
+    pub mariadb_caps: MariadbCapabilities,
     pub max_packet_size: u32,
 }
 
@@ -392,6 +395,14 @@ impl LoginPlan {
         if login.database.is_some() {
             caps |= Caps::CLIENT_CONNECT_WITH_DB;
         }
+        let server_mariadb = mariadb_caps(&handshake);
+        if !server_mariadb.contains(login.mariadb_caps) {
+            let missing = login.mariadb_caps.difference(server_mariadb);
+            return Err(protocol(
+                backend,
+                format!("server lacks MariaDB capabilities the client uses: {missing:?}"),
+            ));
+        }
         // Always: OK packets then carry the transaction position of writes (see
         // `protocol::session_track`); what the client did not ask for is taken out on relay.
         caps |= server_caps & Caps::CLIENT_SESSION_TRACK;
@@ -416,7 +427,8 @@ impl LoginPlan {
             caps,
             None,
             login.max_packet_size,
-        );
+        )
+        .with_mariadb_ext_capabilities(login.mariadb_caps);
         let mut payload = Vec::new();
         response.serialize(&mut payload);
         // The client's character set follows it to the backend. mysql_common picks utf8mb4 and
@@ -452,18 +464,40 @@ fn refused(backend: &Backend, payload: &[u8]) -> BackendError {
     }
 }
 
+/// A greeting's MariaDB extended capabilities: only a MariaDB server that clears
+/// `CLIENT_LONG_PASSWORD` (MariaDB's `CLIENT_MYSQL`) sends them.
+pub fn mariadb_caps(greeting: &mysql_common::packets::HandshakePacket<'_>) -> MariadbCapabilities {
+    if greeting.capabilities().contains(Caps::CLIENT_LONG_PASSWORD) {
+        MariadbCapabilities::empty()
+    } else {
+        greeting.mariadb_ext_capabilities()
+    }
+}
+
 fn packet_error(backend: &Backend, source: PacketError) -> BackendError {
     BackendError::Packet { backend: backend.name.clone(), source }
 }
 
-/// Reads the greeting of the server at `address` and returns its version string and
-/// capabilities, without logging in.
-pub async fn probe(address: &str, timeout: Duration) -> Option<(String, Caps)> {
+/// What a server's greeting says about it.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    pub version: String,
+    pub caps: Caps,
+    /// MariaDB's extended capabilities (meaningful when `CLIENT_LONG_PASSWORD` is clear).
+    pub mariadb_caps: MariadbCapabilities,
+}
+
+/// Reads the greeting of the server at `address`, without logging in.
+pub async fn probe(address: &str, timeout: Duration) -> Option<Probed> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.ok()?;
         let greeting = packet::read_logical(&mut stream, 1 << 16).await.ok()??;
         let handshake = crate::protocol::wire::parse_greeting(&greeting.payload).ok()?;
-        Some((handshake.server_version_str().into_owned(), handshake.capabilities()))
+        Some(Probed {
+            version: handshake.server_version_str().into_owned(),
+            caps: handshake.capabilities(),
+            mariadb_caps: mariadb_caps(&handshake),
+        })
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }

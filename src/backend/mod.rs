@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use auth as auth_plugins;
-pub use connection::{BackendConn, BackendError, Login, probe};
+pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, probe};
 pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, checkout, release};
 pub use query::QueryError;

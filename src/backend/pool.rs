@@ -22,11 +22,17 @@ pub struct PoolKey {
     pub user: String,
     pub collation: u8,
     pub caps: u32,
+    pub mariadb_caps: u32,
 }
 
 impl PoolKey {
     pub fn of(login: &Login) -> PoolKey {
-        PoolKey { user: login.user.clone(), collation: login.collation, caps: login.client_caps.bits() }
+        PoolKey {
+            user: login.user.clone(),
+            collation: login.collation,
+            caps: login.client_caps.bits(),
+            mariadb_caps: login.mariadb_caps.bits(),
+        }
     }
 }
 

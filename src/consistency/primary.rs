@@ -41,6 +41,7 @@ impl PrimaryPosition {
             stage1: None,
             database: None,
             collation: 45, // utf8mb4_general_ci
+            mariadb_caps: mysql_common::constants::MariadbCapabilities::empty(),
             client_caps: Caps::CLIENT_PROTOCOL_41 | Caps::CLIENT_DEPRECATE_EOF | Caps::CLIENT_TRANSACTIONS,
             max_packet_size: 1 << 24,
         };

@@ -31,7 +31,8 @@ impl Session {
         let salt = handshake::new_salt();
         let offered = shared.offered_caps();
         let mut out = Vec::with_capacity(128);
-        packet::encode_packet(0, &handshake::greeting(&shared.server_version, id, &salt, offered), &mut out);
+        let greeting = handshake::greeting(&shared.server_version, id, &salt, offered, shared.mariadb_caps);
+        packet::encode_packet(0, &greeting, &mut out);
         stream.write_all(&out).await?;
         // Straight from the socket, exactly one packet: after an SSLRequest the client's TLS
         // handshake follows at once, and those bytes belong to TLS.
@@ -62,6 +63,7 @@ impl Session {
                 database: None,
                 collation: handshake::DEFAULT_COLLATION,
                 client_caps: shared.caps,
+                mariadb_caps: mysql_common::constants::MariadbCapabilities::empty(),
                 max_packet_size: u32::try_from(shared.config.mysql.max_packet_size).unwrap_or(u32::MAX),
             },
             conns: (0..backends).map(|_| None).collect(),
@@ -80,7 +82,7 @@ impl Session {
             Some(payload) => payload,
             None => session.read_auth_packet().await?,
         };
-        let login = handshake::parse_login(&response, offered)?;
+        let login = handshake::parse_login(&response, offered, session.shared.mariadb_caps)?;
         session.authenticate(login).await?;
         session.state.view.optimistic_next = session.shared.router.new_sessions_optimistic();
         Ok(session)
@@ -133,6 +135,7 @@ impl Session {
         self.login.database = login.database;
         self.login.collation = login.collation;
         self.login.client_caps = login.caps;
+        self.login.mariadb_caps = login.mariadb_caps;
         self.running.tier().login_succeeded(self.peer.ip());
         tracing::debug!(session = self.id, peer = %self.peer, user = %self.login.user, "client logged in");
         if wanted == ClientAuth::CachingSha2 {

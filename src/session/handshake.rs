@@ -1,6 +1,6 @@
 //! The client side of the connection phase: rwproxy's greeting and the client's login.
 
-use mysql_common::constants::{CapabilityFlags as Caps, StatusFlags};
+use mysql_common::constants::{CapabilityFlags as Caps, MariadbCapabilities, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
@@ -64,7 +64,13 @@ pub fn new_salt() -> [u8; 20] {
 
 /// The greeting; it names caching_sha2_password, MySQL 8/9's default, so that clients which no
 /// longer carry mysql_native_password start with a plugin they have.
-pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps: Caps) -> Vec<u8> {
+pub fn greeting(
+    server_version: &str,
+    connection_id: u32,
+    salt: &[u8; 20],
+    caps: Caps,
+    mariadb_caps: MariadbCapabilities,
+) -> Vec<u8> {
     let mut scramble_1 = [0u8; 8];
     scramble_1.copy_from_slice(&salt[..8]);
     let mut scramble_2 = salt[8..].to_vec();
@@ -79,7 +85,8 @@ pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps:
         DEFAULT_COLLATION,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
         Some(CACHING_SHA2),
-    );
+    )
+    .with_mariadb_ext_capabilities(mariadb_caps);
     let mut out = Vec::new();
     packet.serialize(&mut out);
     out
@@ -89,6 +96,8 @@ pub fn greeting(server_version: &str, connection_id: u32, salt: &[u8; 20], caps:
 #[derive(Clone)]
 pub struct ClientLogin {
     pub caps: Caps,
+    /// MariaDB extended capabilities the client chose among those offered.
+    pub mariadb_caps: MariadbCapabilities,
     pub collation: u8,
     pub user: String,
     pub database: Option<String>,
@@ -129,7 +138,11 @@ pub fn is_tls_request(payload: &[u8]) -> bool {
         && payload[..4].try_into().is_ok_and(|b| u32::from_le_bytes(b) & Caps::CLIENT_SSL.bits() != 0)
 }
 
-pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, HandshakeError> {
+pub fn parse_login(
+    payload: &[u8],
+    offered: Caps,
+    offered_mariadb: MariadbCapabilities,
+) -> Result<ClientLogin, HandshakeError> {
     if payload.len() == 32 {
         return Err(HandshakeError::TlsRequested);
     }
@@ -144,8 +157,15 @@ pub fn parse_login(payload: &[u8], offered: Caps) -> Result<ClientLogin, Handsha
     if user.chars().count() > MAX_USER_CHARS {
         return Err(HandshakeError::UserTooLong);
     }
+    // The extended set is only there when the client, like the greeting, cleared CLIENT_MYSQL.
+    let mariadb_caps = if response.capabilities().contains(Caps::CLIENT_LONG_PASSWORD) {
+        MariadbCapabilities::empty()
+    } else {
+        response.mariadb_ext_capabilities() & offered_mariadb
+    };
     Ok(ClientLogin {
         caps,
+        mariadb_caps,
         collation: response.collation(),
         user,
         database: response
@@ -277,11 +297,14 @@ mod tests {
     #[test]
     fn greeting_parses_back() {
         let salt = new_salt();
-        let bytes = greeting("10.11.6-MariaDB", 42, &salt, OFFERED_CAPS);
+        let ext = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
+        let caps = OFFERED_CAPS.difference(Caps::CLIENT_LONG_PASSWORD);
+        let bytes = greeting("10.11.6-MariaDB", 42, &salt, caps, ext);
         let parsed = ParseBuf(&bytes).parse::<HandshakePacket>(()).expect("greeting");
         assert_eq!(parsed.connection_id(), 42);
         assert_eq!(parsed.nonce(), salt.to_vec());
-        assert_eq!(parsed.capabilities(), OFFERED_CAPS);
+        assert_eq!(parsed.capabilities(), caps);
+        assert_eq!(parsed.mariadb_ext_capabilities(), ext, "MariaDB's extended set is offered");
         assert_eq!(parsed.auth_plugin_name_ref(), Some(CACHING_SHA2));
     }
 
@@ -319,6 +342,6 @@ mod tests {
         for cut in 0..body.len() {
             let _ = parse_change_user(&body[..cut], Caps::CLIENT_PLUGIN_AUTH);
         }
-        assert!(parse_login(&[1, 2, 3], OFFERED_CAPS).is_err());
+        assert!(parse_login(&[1, 2, 3], OFFERED_CAPS, MariadbCapabilities::empty()).is_err());
     }
 }

@@ -44,6 +44,9 @@ pub struct Shared {
     pub server_version: String,
     /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
     pub caps: Caps,
+    /// MariaDB extended capabilities offered to clients (extended type metadata, when the
+    /// primary has it).
+    pub mariadb_caps: mysql_common::constants::MariadbCapabilities,
     /// The primary's current position, shared by the reads that need it (`global`
     /// consistency, and a write whose GTID did not show).
     pub primary_position: PrimaryPosition,
@@ -57,7 +60,7 @@ impl Shared {
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         server_version: String,
-        caps: Caps,
+        (caps, mariadb_caps): (Caps, mysql_common::constants::MariadbCapabilities),
     ) -> Result<Shared, crate::tls::TlsError> {
         let (user, password) = config.monitor_login();
         let primary_position = PrimaryPosition::new(user, password, config.mysql.connect_timeout);
@@ -69,7 +72,7 @@ impl Shared {
             )?),
             None => None,
         };
-        Ok(Shared { config, router, metrics, server_version, caps, primary_position, tls })
+        Ok(Shared { config, router, metrics, server_version, caps, mariadb_caps, primary_position, tls })
     }
 
     /// What the greeting offers: the relayed capabilities, and TLS when configured.
