@@ -226,3 +226,36 @@ async fn detect_primary_keeps_writes_on_the_source_while_the_replica_is_writable
     let on_source = c.source().sql("SELECT COUNT(*) FROM appdb.dp").expect("count");
     assert_eq!(on_source.trim(), "1", "the write reached the source");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caching_sha2_full_authentication_without_tls_needs_a_pinned_key_or_explicit_retrieval() {
+    let c = mysql();
+    // The server's own key pair, made at --initialize (datadir/public_key.pem).
+    let key = c.source().datadir.join("public_key.pem");
+    assert!(key.exists(), "{} exists", key.display());
+    let plain = |extra: &str| {
+        mysql()
+            .proxy_config("127.0.0.1:0")
+            .replace(&format!("tls = {{ ca = \"{}\" }}\n", c.certs.ca()), extra)
+            .replace("[monitor]\n", "[monitor]\nenabled = false\n")
+    };
+    let attempt = |text: String| async move {
+        // An empty authentication cache: the next login of `app` is a full authentication.
+        tokio::task::spawn_blocking(|| mysql().source().sql("FLUSH PRIVILEGES"))
+            .await
+            .expect("join")
+            .expect("flush");
+        let proxy = common::start_proxy_with(&text).await;
+        let opts = common::opts(proxy.sql_addr.port(), APP_USER, APP_PASSWORD).db_name(Some(DATABASE));
+        let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
+        conn.query_first::<u32, _>("SELECT 1 /* rwproxy:primary */").await.map_err(|e| e.to_string())
+    };
+    let refused = attempt(plain("")).await.expect_err("no TLS, no key: the password is not sent");
+    assert!(refused.contains("full authentication needs TLS"), "{refused}");
+    let pinned = plain(&format!("server_public_key = \"{}\"\n", key.display()));
+    assert_eq!(attempt(pinned).await.expect("with the pinned key"), Some(1));
+    let retrieval = plain("allow_public_key_retrieval = true\n");
+    assert_eq!(attempt(retrieval).await.expect("with explicit key retrieval"), Some(1));
+    // And with TLS (the profile's default config), after the cache was emptied too.
+    assert_eq!(attempt(mysql().proxy_config("127.0.0.1:0")).await.expect("over TLS"), Some(1));
+}

@@ -37,6 +37,9 @@ struct Failover {
     streak: u32,
     /// Several writable backends were seen (and logged) and not resolved since.
     several_writable: bool,
+    /// Backends checked at least once: nothing moves before every backend has had its say
+    /// (at start, the first answer must not win the primary role).
+    checked: Vec<bool>,
 }
 
 /// Starts one monitor task per backend; abort the handles to stop them.
@@ -155,18 +158,23 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     }
 }
 
-/// With `detect_primary`: a backend becomes the primary only when it alone is writable
-/// (`read_only = OFF`) among backends that are up and have all answered, in `rise` of its own
-/// checks in a row. With several writable backends nothing moves (a replica someone forgot to
-/// make read-only must not take the writes): the current primary stays, and the log and
-/// `/status` say so. Called after each check of backend `checked`.
+/// With `detect_primary`: a backend becomes the primary only when it alone answers as writable
+/// (`read_only = OFF`; a backend that does not answer is not), once every backend has been
+/// checked, in `rise` of its own checks in a row. With several writable backends nothing moves
+/// (a replica someone forgot to make read-only must not take the writes): the current primary
+/// stays, and the log and `/status` say so. Called after each check of backend `checked`.
 fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize, rise: u32) {
-    let up: Vec<_> = backends.all().iter().filter(|b| b.health.state() == State::Up).collect();
-    if up.iter().any(|b| b.health.read_only().is_none()) {
-        return; // not every answer is in yet (at start, or a check failed)
+    if failover.checked.len() != backends.len() {
+        failover.checked = vec![false; backends.len()];
+    }
+    if let Some(seen) = failover.checked.get_mut(checked) {
+        *seen = true;
+    }
+    if failover.checked.iter().any(|seen| !seen) {
+        return;
     }
     let writable: Vec<usize> =
-        up.iter().filter(|b| b.health.read_only() == Some(false)).map(|b| b.index).collect();
+        backends.all().iter().filter(|b| b.health.read_only() == Some(false)).map(|b| b.index).collect();
     backends.set_writable(&writable);
     if writable.len() > 1 {
         if !failover.several_writable {
@@ -188,7 +196,8 @@ fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize,
         return;
     }
     if failover.candidate != Some(only) {
-        *failover = Failover { candidate: Some(only), streak: 0, several_writable: false };
+        failover.candidate = Some(only);
+        failover.streak = 0;
     }
     if checked == only {
         failover.streak += 1;
