@@ -311,6 +311,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with backend gauges refreshed from live state.
+    /// Folds recorded histogram samples into their summaries. The recorder keeps every sample
+    /// until this runs (rendering runs it too): without a regular call, memory grows with the
+    /// query count whenever nobody scrapes `/metrics`.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     pub fn render(&self, backends: &Backends) -> String {
         for (backend, series) in backends.all().iter().zip(&self.backends) {
             let state = backend.health.state();

@@ -156,6 +156,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     };
     tracing::info!(%sql_addr, "SQL proxy listening");
     tasks.push(tokio::spawn(server::serve(listener, sql.clone())));
+    tasks.push(tokio::spawn(metrics_upkeep(sql.clone())));
     let http_addr = http.as_ref().map(|h| h.addr);
     Ok(Proxy { sql_addr, admin_addr, http_addr, sql, http, reloader, shutdown_timeout, tasks })
 }
@@ -166,4 +167,14 @@ pub async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({key}): {e}")))
+}
+
+/// Runs the metrics recorder's upkeep every five seconds, scraped or not.
+async fn metrics_upkeep(sql: Arc<SqlTier>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        sql.current().metrics.run_upkeep();
+    }
 }
