@@ -71,11 +71,11 @@ pub struct SqlTier {
     /// The running sessions, told to close at their next transaction boundary on shutdown.
     sessions: Arc<Drain>,
     /// Running sessions per client address (for `max_connections_per_source`).
-    per_source: Mutex<HashMap<IpAddr, usize>>,
+    per_source: Tally<IpAddr>,
     /// Recent failed logins per client address, for throttling password guessing.
     login_failures: Mutex<HashMap<IpAddr, Failures>>,
     /// Logged-in sessions per user (for a user's `max_connections`).
-    per_user: Mutex<HashMap<String, usize>>,
+    per_user: Tally<String>,
     /// Long data of prepared statements held for all sessions (`max_long_data_total`).
     pub long_data: crate::budget::Budget,
 }
@@ -113,9 +113,9 @@ impl SqlTier {
             monitor: Mutex::new(monitor),
             draining: watch::channel(false).0,
             sessions: Arc::new(Drain::default()),
-            per_source: Mutex::new(HashMap::new()),
+            per_source: Tally::default(),
             login_failures: Mutex::new(HashMap::new()),
-            per_user: Mutex::new(HashMap::new()),
+            per_user: Tally::default(),
             long_data,
         }
     }
@@ -195,6 +195,41 @@ impl SqlTier {
     }
 }
 
+/// Sessions counted by a key (source address, user): `enter` returns the count with the new
+/// one, `leave` takes it back and forgets keys that reach zero.
+#[derive(Debug)]
+struct Tally<K>(Mutex<HashMap<K, usize>>);
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
+    fn enter(&self, key: &K) -> usize {
+        match self.0.lock() {
+            Ok(mut counts) => {
+                let n = counts.entry(key.clone()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn leave(&self, key: &K) {
+        if let Ok(mut counts) = self.0.lock()
+            && let Some(n) = counts.get_mut(key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(key);
+            }
+        }
+    }
+}
+
 /// Counts a session as running for as long as it lives, in all and per source address.
 pub struct Running {
     tier: Arc<SqlTier>,
@@ -209,14 +244,7 @@ impl Running {
     /// proxy drains (at once if it already is).
     pub fn start(tier: Arc<SqlTier>, source: IpAddr) -> (Running, u32, oneshot::Receiver<()>) {
         let (member, id, kicked) = tier.sessions.join();
-        let from_source = match tier.per_source.lock() {
-            Ok(mut counts) => {
-                let n = counts.entry(source).or_insert(0);
-                *n += 1;
-                *n
-            }
-            Err(_) => 0,
-        };
+        let from_source = tier.per_source.enter(&source);
         (Running { tier, _member: member, source, from_source }, id, kicked)
     }
 
@@ -232,14 +260,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.tier.per_source.lock()
-            && let Some(n) = counts.get_mut(&self.source)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.source);
-            }
-        }
+        self.tier.per_source.leave(&self.source);
     }
 }
 
@@ -253,14 +274,7 @@ pub struct UserSlot {
 
 impl UserSlot {
     pub fn take(tier: Arc<SqlTier>, user: &str) -> UserSlot {
-        let sessions = match tier.per_user.lock() {
-            Ok(mut counts) => {
-                let n = counts.entry(user.to_string()).or_insert(0);
-                *n += 1;
-                *n
-            }
-            Err(_) => 0,
-        };
+        let sessions = tier.per_user.enter(&user.to_string());
         UserSlot { tier, user: user.to_string(), sessions }
     }
 
@@ -271,14 +285,7 @@ impl UserSlot {
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.tier.per_user.lock()
-            && let Some(n) = counts.get_mut(&self.user)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.user);
-            }
-        }
+        self.tier.per_user.leave(&self.user);
     }
 }
 

@@ -105,20 +105,9 @@ impl Node {
     }
 
     fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.sql("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.process.lock().map_err(|e| e.to_string())?.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let log = std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
-                return Err(format!("{} exited with {status}:\n{log}", self.name));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(format!("{} did not become ready in 60 s", self.name))
+        wait_ready(&self.name, &self.datadir, &self.process, Duration::from_secs(60), || {
+            self.sql("SELECT 1").is_ok()
+        })
     }
 
     /// Runs SQL as root over the unix socket; returns tab-separated rows without headers.
@@ -308,6 +297,31 @@ impl Cluster {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until `ready` says yes, failing early with the server's error log when its process has
+/// exited, or after `limit`.
+pub fn wait_ready(
+    name: &str,
+    datadir: &Path,
+    process: &Mutex<Option<Child>>,
+    limit: Duration,
+    ready: impl Fn() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(child) = process.lock().map_err(|e| e.to_string())?.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            let log = std::fs::read_to_string(datadir.join("error.log")).unwrap_or_default();
+            return Err(format!("{name} exited with {status}:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{name} did not become ready in {limit:?}"))
 }
 
 /// The guardian waits for its stdin to close, then kills every mariadbd running from `base`

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::certs::Certs;
 
@@ -85,20 +85,9 @@ impl Node {
         }
         let child = cmd.spawn().map_err(|e| format!("cannot start mysqld: {e}"))?;
         *self.process.lock().map_err(|e| e.to_string())? = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            if self.sql("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.process.lock().map_err(|e| e.to_string())?.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let log = std::fs::read_to_string(self.datadir.join("error.log")).unwrap_or_default();
-                return Err(format!("{} exited with {status}:\n{log}", self.name));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(format!("{} did not become ready in 90 s", self.name))
+        super::cluster::wait_ready(&self.name, &self.datadir, &self.process, Duration::from_secs(90), || {
+            self.sql("SELECT 1").is_ok()
+        })
     }
 
     /// Runs SQL as root over the unix socket; returns tab-separated rows without headers.
@@ -177,9 +166,17 @@ impl MysqlCluster {
                 process: Mutex::new(None),
             });
         }
-        let cluster = MysqlCluster { base, certs, nodes, guardian: Mutex::new(Some(guardian)) };
-        for node in &cluster.nodes {
-            node.start()?;
+        let mut cluster = MysqlCluster { base, certs, nodes, guardian: Mutex::new(Some(guardian)) };
+        for node in &mut cluster.nodes {
+            // Another process may take the free port before the server binds it: then once more
+            // on a new one.
+            if let Err(first) = node.start() {
+                if !first.contains("Address already in use") {
+                    return Err(first);
+                }
+                node.port = free_port()?;
+                node.start()?;
+            }
         }
         cluster.set_up_replication()?;
         Ok(cluster)
