@@ -114,14 +114,25 @@ fn pytest_counts(output: &str) -> Vec<(String, u32)> {
     counts
 }
 
+/// Tests of the suite that depend on timing: `test_result_concurrent_use_raises` needs a result
+/// that is still streaming when a second thread looks, within a second; on a loaded machine
+/// the whole result can arrive first. Through rwproxy, one of these that fails is run again
+/// (up to twice) and counts as passed only when it then passes.
+const TIMING_TESTS: [&str; 1] = ["tests/test_connection.py::test_result_concurrent_use_raises"];
+
 async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
+    run_pytest(suite, port, &["tests"]).await
+}
+
+async fn run_pytest(suite: &std::path::Path, port: u16, tests: &[&str]) -> (Vec<(String, u32)>, String) {
     let cnf = std::env::temp_dir().join(format!("rwproxy-mysqlclient-{}-{port}.cnf", std::process::id()));
     let text = format!(
         "[MySQLdb-tests]\nhost=127.0.0.1\nport={port}\nuser={APP_USER}\npassword={APP_PASSWORD}\ndatabase={DATABASE}\n"
     );
     std::fs::write(&cnf, text).expect("write option file");
     let out = Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(tests)
         .current_dir(suite)
         .env("TESTDB", &cnf)
         .output()
@@ -147,8 +158,20 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
         });
     let proxy = start_proxy().await;
     let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
-    let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
+    let (mut through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
     eprintln!("mysqlclient suite direct: {direct:?}; through rwproxy: {through:?}");
+    let failed: Vec<&str> =
+        through_text.lines().filter_map(|l| l.strip_prefix("FAILED ")?.split(' ').next()).collect();
+    if through != direct && !failed.is_empty() && failed.iter().all(|t| TIMING_TESTS.contains(t)) {
+        for _ in 0..2 {
+            let (again, _) = run_pytest(&suite, proxy.sql_addr.port(), &failed).await;
+            if again.iter().all(|(k, _)| k == "passed") {
+                eprintln!("timing-dependent {failed:?} passed when run again");
+                through = direct.clone();
+                break;
+            }
+        }
+    }
     let passed = direct.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
     assert!(passed >= 100, "the suite ran against the primary: {direct:?}\n{direct_text}");
     assert_eq!(through, direct, "through rwproxy:\n{through_text}");
