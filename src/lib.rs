@@ -36,4 +36,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod tally;
 pub mod tls;

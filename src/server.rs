@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::drain::{Drain, Member};
 use crate::session::{self, Shared};
+use crate::tally::Tally;
 
 /// The next connection. Accept errors (running out of file descriptors, a connection reset
 /// before it was accepted) must not end a listener: they are logged and retried after a short
@@ -190,41 +191,6 @@ impl SqlTier {
         if let Ok(mut tasks) = self.monitor.lock() {
             for task in tasks.drain(..) {
                 task.abort();
-            }
-        }
-    }
-}
-
-/// Sessions counted by a key (source address, user): `enter` returns the count with the new
-/// one, `leave` takes it back and forgets keys that reach zero.
-#[derive(Debug)]
-struct Tally<K>(Mutex<HashMap<K, usize>>);
-
-impl<K> Default for Tally<K> {
-    fn default() -> Self {
-        Tally(Mutex::new(HashMap::new()))
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
-    fn enter(&self, key: &K) -> usize {
-        match self.0.lock() {
-            Ok(mut counts) => {
-                let n = counts.entry(key.clone()).or_insert(0);
-                *n += 1;
-                *n
-            }
-            Err(_) => 0,
-        }
-    }
-
-    fn leave(&self, key: &K) {
-        if let Ok(mut counts) = self.0.lock()
-            && let Some(n) = counts.get_mut(key)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(key);
             }
         }
     }

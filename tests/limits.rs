@@ -328,4 +328,23 @@ async fn http_connections_over_the_cap_get_503_at_once() {
     let answer = common::try_http(http, "GET", "/").await.expect("an answer");
     assert_eq!(answer.0, 503);
     assert!(started.elapsed() < Duration::from_secs(1), "at once");
+
+    // Per source address: two from 127.0.0.1 at most.
+    let text = common::web::balancer_config(&[(&web, "")], "max_connections_per_source = 2");
+    let proxy = start_proxy_with(&text).await;
+    let http = proxy.http_addr.expect("http");
+    let _a = TcpStream::connect(http).await.expect("first");
+    let _b = TcpStream::connect(http).await.expect("second");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(common::try_http(http, "GET", "/").await.expect("an answer").0, 503);
+    drop(_a);
+    let mut ok = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if common::try_http(http, "GET", "/").await.is_some_and(|(status, _)| status == 200) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "a closed connection makes room for its source");
 }

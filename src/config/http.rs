@@ -61,6 +61,10 @@ pub struct HttpConfig {
     /// Client connections served at once; one more gets `503` and is closed. Default 4096.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Client connections from one source address at once (0 = no limit, the default); one
+    /// more gets 503.
+    #[serde(default)]
+    pub max_connections_per_source: usize,
 }
 
 fn default_max_client_connections() -> usize {

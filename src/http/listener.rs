@@ -22,6 +22,7 @@ use super::prefixed::Prefixed;
 use super::upstream::Upstreams;
 use super::{HttpTier, forward, h1};
 use crate::drain::Member;
+use crate::tally::Counted;
 
 /// What a client sends first on an h2 connection with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -29,8 +30,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A thread serving client connections on its own single-threaded event loop: each connection
 /// and its server connections stay there, sparing the cross-thread wake-ups and cache traffic
 /// of a work-stealing scheduler.
+/// A connection handed to a worker, counted under its source address while it lives.
+type Arrival = (std::net::TcpStream, SocketAddr, Counted<std::net::IpAddr>);
+
 pub struct Worker {
-    handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    handoff: mpsc::UnboundedSender<Arrival>,
     load: Arc<Load>,
 }
 
@@ -68,11 +72,7 @@ impl Worker {
     }
 }
 
-fn run_worker(
-    mut arrivals: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    tier: Weak<HttpTier>,
-    load: Arc<Load>,
-) {
+fn run_worker(mut arrivals: mpsc::UnboundedReceiver<Arrival>, tier: Weak<HttpTier>, load: Arc<Load>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return tracing::error!(error = %e, "HTTP worker thread could not start"),
@@ -84,7 +84,7 @@ fn run_worker(
         loop {
             tokio::select! {
                 arrival = arrivals.recv() => {
-                    let Some((stream, peer)) = arrival else { break };
+                    let Some((stream, peer, slot)) = arrival else { break };
                     let (Some(tier), Ok(stream)) = (tier.upgrade(), TcpStream::from_std(stream)) else {
                         load.sub();
                         continue;
@@ -93,6 +93,7 @@ fn run_worker(
                     let (load, pool) = (load.clone(), pool.clone());
                     connections.spawn(async move {
                         connection(stream, peer, tier, member, kicked, pool).await;
+                        drop(slot);
                         load.sub();
                     });
                 }
@@ -127,8 +128,10 @@ pub async fn serve(
                     continue;
                 }
                 let open: usize = workers.iter().map(|w| w.load.get()).sum();
-                if open >= balancer.config.max_client_connections {
-                    tracing::debug!(%peer, open, "too many HTTP client connections; 503");
+                let slot = Counted::new(current.per_source.clone(), peer.ip());
+                let per_source = balancer.config.max_connections_per_source;
+                if open >= balancer.config.max_client_connections || per_source > 0 && slot.count > per_source {
+                    tracing::debug!(%peer, open, from_source = slot.count, "too many HTTP client connections; 503");
                     tokio::spawn(refuse_busy(stream));
                     continue;
                 }
@@ -142,7 +145,7 @@ pub async fn serve(
                 next = at + 1;
                 let Ok(stream) = stream.into_std() else { continue };
                 workers[at].load.add();
-                if workers[at].handoff.send((stream, peer)).is_err() {
+                if workers[at].handoff.send((stream, peer, slot)).is_err() {
                     workers[at].load.sub();
                 }
             }

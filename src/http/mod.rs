@@ -100,6 +100,8 @@ pub struct HttpTier {
     listener: Mutex<Option<JoinHandle<()>>>,
     /// The client connections, told to finish on shutdown.
     connections: Arc<Drain>,
+    /// Client connections per source address (`max_connections_per_source`).
+    per_source: Arc<crate::tally::Tally<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for HttpTier {
@@ -204,6 +206,7 @@ pub async fn start(config: HttpConfig, metrics: Arc<Metrics>) -> std::io::Result
         drain,
         listener: Mutex::new(None),
         connections: Arc::new(Drain::default()),
+        per_source: Arc::default(),
     });
     tier.start_health_checks();
     // Workers and the acceptor hold only weak references, so dropping the tier stops everything.
