@@ -272,7 +272,8 @@ async fn explain_route_answers_without_running_the_statement() {
     assert!(
         text.contains("destination\tbackend\treason\tconsistency")
             && text.contains("primary\tprimary\tlocking_read\tno position needed"),
-        "{text}"
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

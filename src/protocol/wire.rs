@@ -126,10 +126,15 @@ pub fn eof_packet(status: u16, deprecate_eof: bool) -> Vec<u8> {
 }
 
 /// A column definition (protocol 4.1) for a text column in a result rwproxy builds itself.
-pub fn text_column(name: &str) -> Vec<u8> {
+/// `extended_metadata`: the client negotiated MariaDB's extended type info, whose (here empty)
+/// block sits between the names and the fixed fields.
+pub fn text_column(name: &str, extended_metadata: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + name.len());
     for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
         put_lenenc_str(&mut out, part);
+    }
+    if extended_metadata {
+        put_lenenc_int(&mut out, 0);
     }
     out.push(0x0C);
     out.extend_from_slice(&45u16.to_le_bytes()); // utf8mb4_general_ci

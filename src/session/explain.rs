@@ -42,7 +42,11 @@ impl Session {
     ) -> Result<(), SessionError> {
         let deprecate_eof = self.login.client_caps.contains(Caps::CLIENT_DEPRECATE_EOF);
         let mut packets: Vec<Vec<u8>> = vec![vec![columns.len() as u8]];
-        packets.extend(columns.iter().map(|c| wire::text_column(c)));
+        let extended = self
+            .login
+            .mariadb_caps
+            .contains(mysql_common::constants::MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA);
+        packets.extend(columns.iter().map(|c| wire::text_column(c, extended)));
         if !deprecate_eof {
             packets.push(wire::eof_packet(self.state.status, false));
         }
