@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::drain::{Drain, Member};
 use crate::session::{self, Shared};
-use crate::tally::Tally;
+use crate::tally::{Counted, Tally};
 
 /// The next connection. Accept errors (running out of file descriptors, a connection reset
 /// before it was accepted) must not end a listener: they are logged and retried after a short
@@ -72,11 +72,11 @@ pub struct SqlTier {
     /// The running sessions, told to close at their next transaction boundary on shutdown.
     sessions: Arc<Drain>,
     /// Running sessions per client address (for `max_connections_per_source`).
-    per_source: Tally<IpAddr>,
+    per_source: Arc<Tally<IpAddr>>,
     /// Recent failed logins per client address, for throttling password guessing.
     login_failures: Mutex<HashMap<IpAddr, Failures>>,
     /// Logged-in sessions per user (for a user's `max_connections`).
-    per_user: Tally<String>,
+    per_user: Arc<Tally<String>>,
     /// Long data of prepared statements held for all sessions (`max_long_data_total`).
     pub long_data: crate::budget::Budget,
 }
@@ -114,9 +114,9 @@ impl SqlTier {
             monitor: Mutex::new(monitor),
             draining: watch::channel(false).0,
             sessions: Arc::new(Drain::default()),
-            per_source: Tally::default(),
+            per_source: Arc::default(),
             login_failures: Mutex::new(HashMap::new()),
-            per_user: Tally::default(),
+            per_user: Arc::default(),
             long_data,
         }
     }
@@ -200,9 +200,8 @@ impl SqlTier {
 pub struct Running {
     tier: Arc<SqlTier>,
     _member: Member,
-    source: IpAddr,
-    /// Sessions from `source`, this one included, when it started.
-    from_source: usize,
+    /// Counted under its source address while it lives.
+    source: Counted<IpAddr>,
 }
 
 impl Running {
@@ -210,8 +209,8 @@ impl Running {
     /// proxy drains (at once if it already is).
     pub fn start(tier: Arc<SqlTier>, source: IpAddr) -> (Running, u32, oneshot::Receiver<()>) {
         let (member, id, kicked) = tier.sessions.join();
-        let from_source = tier.per_source.enter(&source);
-        (Running { tier, _member: member, source, from_source }, id, kicked)
+        let source = Counted::new(tier.per_source.clone(), source);
+        (Running { tier, _member: member, source }, id, kicked)
     }
 
     pub fn tier(&self) -> &Arc<SqlTier> {
@@ -220,38 +219,13 @@ impl Running {
 
     /// Sessions from this session's source address when it started, itself included.
     pub fn from_source(&self) -> usize {
-        self.from_source
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.tier.per_source.leave(&self.source);
-    }
-}
-
-/// A logged-in session counted under its user while it lives.
-pub struct UserSlot {
-    tier: Arc<SqlTier>,
-    user: String,
-    /// The user's sessions when this one was counted, itself included.
-    sessions: usize,
-}
-
-impl UserSlot {
-    pub fn take(tier: Arc<SqlTier>, user: &str) -> UserSlot {
-        let sessions = tier.per_user.enter(&user.to_string());
-        UserSlot { tier, user: user.to_string(), sessions }
+        self.source.count
     }
 
-    pub fn sessions(&self) -> usize {
-        self.sessions
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        self.tier.per_user.leave(&self.user);
+    /// Counts the logged-in session under `user` (for the user's `max_connections`) while the
+    /// returned guard lives.
+    pub fn count_user(&self, user: &str) -> Counted<String> {
+        Counted::new(self.tier.per_user.clone(), user.to_string())
     }
 }
 

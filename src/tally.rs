@@ -15,7 +15,7 @@ impl<K> Default for Tally<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
-    pub fn enter(&self, key: &K) -> usize {
+    fn enter(&self, key: &K) -> usize {
         match self.0.lock() {
             Ok(mut counts) => {
                 let n = counts.entry(key.clone()).or_insert(0);
@@ -26,7 +26,7 @@ impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
         }
     }
 
-    pub fn leave(&self, key: &K) {
+    fn leave(&self, key: &K) {
         if let Ok(mut counts) = self.0.lock()
             && let Some(n) = counts.get_mut(key)
         {

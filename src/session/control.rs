@@ -12,7 +12,7 @@ use crate::backend::{Login, release};
 use crate::config::{ClientAuth, UserConfig};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
-use crate::server::{Running, UserSlot};
+use crate::server::Running;
 
 /// Packets of the connection phase are small; a bigger one is not a login.
 const MAX_LOGIN_PACKET: usize = 64 * 1024;
@@ -165,8 +165,8 @@ impl Session {
             self.reply_err(3159, "HY000", &message).await?;
             return Err(SessionError::InsecureTransport(user.name.clone()));
         }
-        let slot = UserSlot::take(self.running.tier().clone(), &user.name);
-        if user.max_connections > 0 && slot.sessions() > user.max_connections {
+        let slot = self.running.count_user(&user.name);
+        if user.max_connections > 0 && slot.count > user.max_connections {
             let message = format!(
                 "User '{}' has exceeded the 'max_user_connections' resource (current value: {})",
                 user.name, user.max_connections

@@ -120,7 +120,7 @@ pub struct Session {
     /// Keeps the session counted; leads to the current configuration after a reload.
     running: Running,
     /// Counts the session under its user (for the user's `max_connections`) once logged in.
-    user_slot: Option<crate::server::UserSlot>,
+    user_slot: Option<crate::tally::Counted<String>>,
     /// Completes when the proxy drains (see [`Running::start`]).
     kick: tokio::sync::oneshot::Receiver<()>,
     draining: bool,
