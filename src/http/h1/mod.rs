@@ -197,12 +197,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
         const TOO_LARGE: Refusal = Refusal { status: 413, text: "request body too large", termination: "PR" };
         const NO_ROOM: Refusal =
             Refusal { status: 503, text: "request bodies in memory are at their limit", termination: "RR" };
-        let mut held = balancer.bodies.hold();
         let limit = balancer.config.max_body_size;
         let Some(framing) = head.body else {
             request::finish(&mut self.request, 0, false);
             return Ok(());
         };
+        // Only a request with a body touches the shared budget.
+        let mut held = balancer.bodies.hold();
         if head.expect_continue && self.buf.is_empty() {
             if matches!(framing, Framing::Length(n) if n > limit as u64) {
                 return Err(TOO_LARGE);
