@@ -2,6 +2,7 @@
 //! live in one process, as they do in tests). Every series is registered once, with its full
 //! label set, when the proxy starts; the hot path only bumps handles.
 
+use crate::session::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct Metrics {
     consistency: ConsistencySeries,
     /// `rwproxy_login_failures_total`: clients refused with 1045.
     login_failures: Counter,
+    /// `rwproxy_multiplex_pins_total{reason}`: sessions that kept their backend connections
+    /// after a command, counted when the reason appears.
+    pins: [Counter; 9],
 }
 
 const READ_OUTCOMES: [ReadOutcome; 3] =
@@ -149,6 +153,12 @@ impl Metrics {
         let mut m = Metrics {
             login_failures: recorder
                 .register_counter(&Key::from_name("rwproxy_login_failures_total"), &METADATA),
+            pins: Pin::ALL.map(|pin| {
+                recorder.register_counter(
+                    &Self::key("rwproxy_multiplex_pins_total", &[("reason", pin.as_str())]),
+                    &METADATA,
+                )
+            }),
             consistency,
             query_duration: recorder
                 .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
@@ -230,6 +240,13 @@ impl Metrics {
                 &METADATA,
             ),
             queries,
+        }
+    }
+
+    /// A session became pinned to its backend connections (multiplexing).
+    pub fn multiplex_pin(&self, pin: Pin) {
+        if let Some(at) = Pin::ALL.iter().position(|p| *p == pin) {
+            self.pins[at].increment(1);
         }
     }
 

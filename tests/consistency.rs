@@ -153,7 +153,7 @@ async fn replicas_answer_most_reads_after_a_write() {
     }
     assert_eq!(stale, 0);
     assert!(on_replicas * 2 >= reads, "replicas answered {on_replicas} of {reads} reads after writes");
-    let explained: (String, String, String, String) =
+    let explained: (String, String, String, String, String) =
         conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
     assert!(explained.3.contains("0-1-") && explained.3.contains("last read:"), "{explained:?}");
     let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;

@@ -231,13 +231,13 @@ async fn reset_connection_forgets_pins_and_replayed_state() {
 async fn explain_route_answers_without_running_the_statement() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;
-    let row: (String, String, String, String) =
+    let row: (String, String, String, String, String) =
         first(&mut conn, "EXPLAIN ROUTE DELETE FROM no_such_table").await;
     assert_eq!((row.0.as_str(), row.1.as_str(), row.2.as_str()), ("primary", "primary", "write"));
-    let row: (String, String, String, String) =
+    let row: (String, String, String, String, String) =
         first(&mut conn, "EXPLAIN ROUTE SELECT LAST_INSERT_ID()").await;
     assert_eq!((row.0.as_str(), row.2.as_str()), ("primary", "side_effect_function"));
-    let row: (String, String, String, String) = first(&mut conn, "explain route SELECT 1").await;
+    let row: (String, String, String, String, String) = first(&mut conn, "explain route SELECT 1").await;
     assert_eq!((row.0.as_str(), row.2.as_str()), ("read", "read"));
     let picked = row.1.clone();
     let actual: u32 = first(&mut conn, "SELECT @@server_id").await;
@@ -249,7 +249,7 @@ async fn explain_route_answers_without_running_the_statement() {
     assert_eq!(actual, expected, "the backend named is the one the next read uses");
     conn.query_drop("BEGIN").await.expect("begin");
     let in_transaction: u32 = first(&mut conn, "SELECT @@server_id").await;
-    let row: (String, String, String, String) = first(&mut conn, "EXPLAIN ROUTE SELECT 1").await;
+    let row: (String, String, String, String, String) = first(&mut conn, "EXPLAIN ROUTE SELECT 1").await;
     assert_eq!((row.0.as_str(), row.2.as_str()), ("pinned", "transaction"));
     let pinned = ["primary", "replica1", "replica2"][in_transaction as usize - 1];
     assert_eq!(row.1, pinned, "the transaction stays where it started");

@@ -116,6 +116,21 @@ pub struct BackendConn {
     pub digest: Option<Digest>,
     /// The connection runs over TLS.
     pub tls: bool,
+    /// Unique among the connections to this backend: a session's prepared statement remembers
+    /// which connection it is prepared on.
+    pub uid: u64,
+    /// The session settings the connection holds, for the next session that borrows it;
+    /// `None` when unknown (it is reset before another session uses it).
+    pub settings: Option<super::pool::SettingsTag>,
+    /// The default database the connection is in, when known.
+    pub database: Option<Option<String>>,
+    /// `LAST_INSERT_ID()` on this connection, as its OK packets said.
+    pub last_insert_id: u64,
+    /// Prepared statements on this connection, by text.
+    pub statements: super::statements::StatementCache,
+    /// The last statement left warnings (or found-rows state) that only its session may read:
+    /// the connection is reset before another session borrows it.
+    pub diagnostics: bool,
 }
 
 impl Drop for BackendConn {
@@ -203,6 +218,7 @@ impl BackendConn {
                 stream::tls(upgraded)
             }
         };
+        let backend_uid = backend.pool.next_uid();
         let mut conn = BackendConn {
             tls: reader.is_tls(),
             reader: BufReader::with_capacity(BUFFER, reader),
@@ -223,6 +239,12 @@ impl BackendConn {
             tracking_ready: false,
             last_gtid: None,
             digest: None,
+            uid: backend_uid,
+            settings: Some(super::pool::SettingsTag::FRESH),
+            database: Some(login.database.clone()),
+            last_insert_id: 0,
+            statements: super::statements::StatementCache::default(),
+            diagnostics: false,
         };
         conn.send(seq, &payload).await?;
         conn.finish_auth(plan.plugin, plan.nonce, login).await?;
@@ -355,6 +377,18 @@ impl BackendConn {
     pub async fn answer_started(&mut self) {
         use tokio::io::AsyncBufReadExt;
         let _ = self.reader.fill_buf().await;
+    }
+
+    /// After COM_RESET_CONNECTION: settings, statements, tracking and diagnostics are gone.
+    pub fn was_reset(&mut self) {
+        self.applied = 0;
+        self.tracking_ready = false;
+        self.settings = Some(super::pool::SettingsTag::FRESH);
+        self.statements.clear();
+        self.last_insert_id = 0;
+        self.diagnostics = false;
+        // MySQL keeps the database, MariaDB's documentation does not say: look again.
+        self.database = None;
     }
 
     pub fn deprecate_eof(&self) -> bool {

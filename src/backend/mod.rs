@@ -10,6 +10,7 @@ mod health;
 mod pool;
 mod query;
 mod relay;
+mod statements;
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 pub use auth as auth_plugins;
 pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, probe};
 pub use health::{Health, Sample, State};
-pub use pool::{Pool, PoolKey, checkout, release};
+pub use pool::{Pool, PoolKey, SettingsTag, checkout, park, release, reset};
 pub use query::QueryError;
 pub use relay::{Digest, RelayError, Side, relay_response};
+pub use statements::{MAX_CACHED_STATEMENTS, StatementCache};
 
 use crate::config::{BackendTls, Config, Role};
 use crate::consistency::Known;

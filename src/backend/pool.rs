@@ -1,16 +1,19 @@
 //! Reuse of backend connections across client sessions, and the per-backend connection cap.
 //!
-//! A session takes a connection when it first needs that backend and gives it back when it
-//! ends (or changes user). A returned connection is reset with COM_RESET_CONNECTION, which
-//! rolls back, drops temporary tables, prepared statements and user variables, and restores
-//! session variables; only then does it wait, idle, for the next session with the same login.
+//! A session borrows a connection when it needs that backend. With multiplexing it gives it
+//! back ([`park`]) as soon as nothing ties the session to it, unchanged: the next session with
+//! the same login takes it and replays only the settings it lacks. At the end of a session (or
+//! when the connection's state is unknown) it is reset with COM_RESET_CONNECTION ([`release`]),
+//! which rolls back, drops temporary tables, prepared statements and user variables, and restores
+//! session variables.
 //! deadpool's pools hand out interchangeable objects; these are keyed by login and capped per
 //! backend across logins, so a small keyed list and a semaphore do the job.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::Backend;
 use super::connection::{BackendConn, BackendError, Login};
@@ -36,93 +39,232 @@ impl PoolKey {
     }
 }
 
+/// The session settings a connection holds: how many entries of a session's settings history
+/// it has run, and a digest of those entries in order. Two sessions whose histories have the
+/// same tag need nothing replayed when one borrows the other's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsTag {
+    pub len: usize,
+    pub chain: u64,
+}
+
+impl SettingsTag {
+    /// A connection as it comes from a login or a reset.
+    pub const FRESH: SettingsTag = SettingsTag { len: 0, chain: 0 };
+}
+
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<Vec<BackendConn>>,
     permits: Option<Arc<Semaphore>>,
+    /// Woken when a connection is given back, for a session waiting at `max_connections`.
+    given_back: Notify,
+    next_uid: AtomicU64,
     max_connections: usize,
     max_idle: usize,
 }
 
+/// How many times a checkout looks again after a wake-up before it gives up (each round waits
+/// for a connection to be given back, within the deadline).
+const CHECKOUT_ROUNDS: usize = 10_000;
+
 impl Pool {
     pub fn new(max_connections: usize, max_idle: usize) -> Pool {
         let permits = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
-        Pool { idle: Mutex::new(Vec::new()), permits, max_connections, max_idle }
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            permits,
+            given_back: Notify::new(),
+            next_uid: AtomicU64::new(1),
+            max_connections,
+            max_idle,
+        }
     }
 
     pub fn max_connections(&self) -> usize {
         self.max_connections
     }
 
+    pub fn max_idle(&self) -> usize {
+        self.max_idle
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<BackendConn> {
+    pub(super) fn next_uid(&self) -> u64 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// An idle connection with this login: preferably one holding exactly the settings the
+    /// session has (nothing to replay), in its database; else the one given back last.
+    fn take_idle(&self, key: &PoolKey, want: Want<'_>) -> Option<BackendConn> {
         let mut idle = self.idle.lock().ok()?;
-        let at = idle.iter().rposition(|c| &c.key == key)?;
+        let mut fallback = None;
+        let mut settings_match = None;
+        for (at, conn) in idle.iter().enumerate().rev() {
+            if &conn.key != key {
+                continue;
+            }
+            let same_settings = conn.settings == Some(want.settings);
+            if same_settings && conn.database.as_ref().is_some_and(|d| d.as_deref() == want.database) {
+                return Some(idle.swap_remove(at));
+            }
+            if same_settings && settings_match.is_none() {
+                settings_match = Some(at);
+            }
+            fallback.get_or_insert(at);
+        }
+        let at = settings_match.or(fallback)?;
         Some(idle.swap_remove(at))
     }
 
-    async fn permit(
-        &self,
-        backend: &str,
-        wait: Duration,
-    ) -> Result<Option<OwnedSemaphorePermit>, BackendError> {
-        let Some(permits) = &self.permits else {
-            return Ok(None);
-        };
-        match tokio::time::timeout(wait, permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(BackendError::Exhausted {
-                backend: backend.to_string(),
-                max: self.max_connections,
-                waited: wait,
-            }),
+    /// Closes one idle connection of another login, freeing its slot under `max_connections`.
+    fn close_idle_other_than(&self, key: &PoolKey) -> bool {
+        let Ok(mut idle) = self.idle.lock() else { return false };
+        match idle.iter().position(|c| &c.key != key) {
+            Some(at) => {
+                drop(idle.swap_remove(at));
+                true
+            }
+            None => false,
         }
     }
+
+    fn put_idle(&self, conn: BackendConn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(conn);
+        }
+        self.given_back.notify_one();
+    }
+}
+
+/// What a session wants of a borrowed connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub settings: SettingsTag,
+    pub database: Option<&'a str>,
 }
 
 /// A connection to `backend` for a session logged in as `login`: an idle one with the same
-/// login when there is one (moved to the session's database), else a new one.
+/// login when there is one (moved to the session's database), else a new one. At the backend's
+/// `max_connections` it waits, up to `timeout`, for one to be given back.
 pub async fn checkout(
     backend: &Arc<Backend>,
     login: &Login,
+    settings: SettingsTag,
     timeout: Duration,
 ) -> Result<BackendConn, BackendError> {
     let key = PoolKey::of(login);
-    // Bounded by the idle list's length.
-    while let Some(mut conn) = backend.pool.take_idle(&key) {
-        if conn.is_closed() {
+    let want = Want { settings, database: login.database.as_deref() };
+    let pool = &backend.pool;
+    let deadline = tokio::time::Instant::now() + timeout;
+    for _ in 0..CHECKOUT_ROUNDS {
+        // Bounded by the idle list's length.
+        while let Some(mut conn) = pool.take_idle(&key, want) {
+            if conn.is_closed() {
+                continue;
+            }
+            // A server that hangs must not hold the session: the reuse is bounded like a connect.
+            let selected =
+                tokio::time::timeout_at(deadline, select_database(&mut conn, login.database.as_deref()))
+                    .await;
+            if selected == Ok(true) {
+                return Ok(conn);
+            }
+        }
+        let Some(permits) = &pool.permits else {
+            return BackendConn::connect(backend.clone(), login, timeout).await;
+        };
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return connect_with(backend, login, timeout, permit).await;
+        }
+        if pool.close_idle_other_than(&key) {
             continue;
         }
-        // A server that hangs must not hold the session: the reuse is bounded like a connect.
-        let selected =
-            tokio::time::timeout(timeout, select_database(&mut conn, login.database.as_deref())).await;
-        if selected == Ok(true) {
-            return Ok(conn);
+        let given_back = pool.given_back.notified();
+        tokio::pin!(given_back);
+        given_back.as_mut().enable();
+        if pool.idle_count() > 0 {
+            continue;
+        }
+        tokio::select! {
+            permit = permits.clone().acquire_owned() => {
+                if let Ok(permit) = permit {
+                    return connect_with(backend, login, timeout, permit).await;
+                }
+            }
+            () = &mut given_back => {}
+            () = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let permit = backend.pool.permit(&backend.name, timeout).await?;
+    Err(BackendError::Exhausted { backend: backend.name.clone(), max: pool.max_connections, waited: timeout })
+}
+
+async fn connect_with(
+    backend: &Arc<Backend>,
+    login: &Login,
+    timeout: Duration,
+    permit: OwnedSemaphorePermit,
+) -> Result<BackendConn, BackendError> {
     let mut conn = BackendConn::connect(backend.clone(), login, timeout).await?;
-    conn.permit = permit;
+    conn.permit = Some(permit);
     Ok(conn)
 }
 
-/// COM_INIT_DB on a reused connection: the previous session may have left it elsewhere.
+/// COM_INIT_DB on a reused connection that is not in the session's database.
 async fn select_database(conn: &mut BackendConn, database: Option<&str>) -> bool {
     let Some(db) = database else { return true };
+    if conn.database.as_ref().is_some_and(|d| d.as_deref() == Some(db)) {
+        return true;
+    }
     let mut payload = vec![command::INIT_DB];
     payload.extend_from_slice(db.as_bytes());
     let outcome = conn.run_silently(&payload, ResponseKind::Query).await;
-    matches!(outcome, Ok(o) if o.error.is_none())
+    let selected = matches!(outcome, Ok(o) if o.error.is_none());
+    conn.database = selected.then(|| Some(db.to_string()));
+    selected
+}
+
+/// Resets a borrowed connection whose settings are not the session's (COM_RESET_CONNECTION),
+/// then selects the session's database.
+pub async fn reset(conn: &mut BackendConn, database: Option<&str>) -> Result<(), String> {
+    let name = conn.backend.name.clone();
+    let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query);
+    match tokio::time::timeout(RESET_TIMEOUT, reset).await {
+        Ok(Ok(o)) if o.error.is_none() => {}
+        _ => return Err(format!("{name}: a pooled connection could not be reset")),
+    }
+    conn.was_reset();
+    if !tokio::time::timeout(RESET_TIMEOUT, select_database(conn, database)).await.unwrap_or(false) {
+        return Err(format!("{name}: a pooled connection could not select the session's database"));
+    }
+    Ok(())
 }
 
 /// How long a connection being given back may take to reset.
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Gives a connection back: reset, then kept idle (or closed when the idle list is full or the
-/// connection is in the middle of something).
+/// Gives a connection back between statements (multiplexing): kept idle as it is, with its
+/// settings and prepared statements, for the next session to borrow. One whose state is not
+/// known or holds a session's diagnostics is reset first.
+pub async fn park(conn: BackendConn) {
+    let pool = &conn.backend.pool;
+    if conn.busy || pool.max_idle == 0 {
+        return;
+    }
+    if conn.settings.is_none() || conn.diagnostics {
+        return release(conn).await;
+    }
+    let backend = conn.backend.clone();
+    backend.pool.put_idle(conn);
+}
+
+/// Gives a connection back at the end of a session: reset, then kept idle (or closed when the
+/// idle list is full or the connection is in the middle of something).
 pub async fn release(mut conn: BackendConn) {
     let pool = &conn.backend.pool;
     if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
@@ -134,12 +276,7 @@ pub async fn release(mut conn: BackendConn) {
     if !matches!(reset, Ok(Ok(o)) if o.error.is_none()) {
         return;
     }
-    conn.applied = 0;
-    conn.tracking_ready = false;
+    conn.was_reset();
     let backend = conn.backend.clone();
-    if let Ok(mut idle) = backend.pool.idle.lock()
-        && idle.len() < backend.pool.max_idle
-    {
-        idle.push(conn);
-    }
+    backend.pool.put_idle(conn);
 }

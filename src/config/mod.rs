@@ -231,6 +231,11 @@ pub struct MysqlConfig {
     /// Default 256 MiB.
     #[serde(default = "default_max_long_data")]
     pub max_long_data_total: usize,
+    /// Sessions borrow a backend connection for a statement (or a transaction) and give it
+    /// back as soon as nothing ties them to it, so many clients share a few backend
+    /// connections. Default true. Needs `max_idle_connections` > 0.
+    #[serde(default = "yes")]
+    pub multiplexing: bool,
 }
 
 /// `Debug` leaves the password and its hash out (see the impl below).

@@ -5,7 +5,7 @@
 //! rows). It then calls [`ResponseTracker::accept`] and learns whether the response goes on,
 //! ends, or asks the client for a LOCAL INFILE upload.
 
-use super::wire::{lenenc_int, status_of_eof, status_of_ok};
+use super::wire::{eof_fields, lenenc_int, ok_fields};
 use super::{CURSOR_EXISTS, MORE_RESULTS_EXISTS};
 
 /// Which command the response answers; it decides the shape the response may take.
@@ -52,6 +52,10 @@ pub struct Outcome {
     /// The error code when the response ended with ERR.
     pub error: Option<u16>,
     pub prepared: Option<Prepared>,
+    /// Warnings the final OK/EOF counts (`SHOW WARNINGS` must reach the same connection).
+    pub warnings: u16,
+    /// The last non-zero `last_insert_id` of an OK packet in the response.
+    pub insert_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +81,14 @@ pub struct ResponseTracker {
     kind: ResponseKind,
     deprecate_eof: bool,
     prepared: Option<Prepared>,
+    warnings: u16,
+    insert_id: u64,
 }
 
 impl ResponseTracker {
     pub fn new(kind: ResponseKind, deprecate_eof: bool) -> Self {
         let state = if kind == ResponseKind::Rows { State::Rows } else { State::First };
-        ResponseTracker { state, kind, deprecate_eof, prepared: None }
+        ResponseTracker { state, kind, deprecate_eof, prepared: None, warnings: 0, insert_id: 0 }
     }
 
     /// True when the end-of-rows marker may be this packet: 0xFE with a short payload. (A row
@@ -189,8 +195,12 @@ impl ResponseTracker {
             (_, 0xFF) => Ok(self.finish(error_outcome(payload))),
             (ResponseKind::Prepare, 0x00) => self.on_prepare_ok(payload),
             (_, 0x00) => {
-                let status = status_of_ok(payload).ok_or(ResponseError::Malformed("OK"))?;
-                Ok(self.end_of_result(status))
+                let ok = ok_fields(payload).ok_or(ResponseError::Malformed("OK"))?;
+                if ok.insert_id != 0 {
+                    self.insert_id = ok.insert_id;
+                }
+                self.warnings = ok.warnings;
+                Ok(self.end_of_result(ok.status))
             }
             (_, 0xFE) if self.is_terminator(first, len) => {
                 let status = self.terminator_status(payload)?;
@@ -246,9 +256,11 @@ impl ResponseTracker {
         Ok(self.end_of_result(status))
     }
 
-    fn terminator_status(&self, payload: &[u8]) -> Result<u16, ResponseError> {
-        let status = if self.deprecate_eof { status_of_ok(payload) } else { status_of_eof(payload) };
-        status.ok_or(ResponseError::Malformed("EOF"))
+    fn terminator_status(&mut self, payload: &[u8]) -> Result<u16, ResponseError> {
+        let fields = if self.deprecate_eof { ok_fields(payload) } else { eof_fields(payload) };
+        let fields = fields.ok_or(ResponseError::Malformed("EOF"))?;
+        self.warnings = fields.warnings;
+        Ok(fields.status)
     }
 
     /// One result ended; another follows when the server says so (CALL, multi-statements).
@@ -261,8 +273,12 @@ impl ResponseTracker {
         }
     }
 
-    fn finish(&mut self, outcome: Outcome) -> Progress {
+    fn finish(&mut self, mut outcome: Outcome) -> Progress {
         self.state = State::Done;
+        if outcome.error.is_none() {
+            outcome.warnings = self.warnings;
+        }
+        outcome.insert_id = self.insert_id;
         Progress::Done(outcome)
     }
 

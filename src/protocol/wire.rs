@@ -39,22 +39,47 @@ pub fn put_lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// Status flags of an OK packet (header 0x00 or 0xFE): header, affected rows, last insert id,
-/// then the 2-byte status.
-pub fn status_of_ok(payload: &[u8]) -> Option<u16> {
-    let mut pos = 1;
-    for _ in 0..2 {
-        let (_, used) = lenenc_int(payload.get(pos..)?)?;
-        pos += used;
-    }
-    let bytes = payload.get(pos..pos + 2)?;
-    Some(u16::from_le_bytes([bytes[0], bytes[1]]))
+/// What rwproxy reads from an OK packet or an EOF packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OkFields {
+    pub insert_id: u64,
+    pub status: u16,
+    pub warnings: u16,
 }
 
-/// Status flags of a pre-DEPRECATE_EOF EOF packet: 0xFE, warnings (2), status (2).
+/// An OK packet (header 0x00 or 0xFE): header, affected rows, last insert id, the 2-byte
+/// status, the 2-byte warning count.
+pub fn ok_fields(payload: &[u8]) -> Option<OkFields> {
+    let mut pos = 1;
+    let (_, used) = lenenc_int(payload.get(pos..)?)?;
+    pos += used;
+    let (insert_id, used) = lenenc_int(payload.get(pos..)?)?;
+    pos += used;
+    let bytes = payload.get(pos..pos + 2)?;
+    let status = u16::from_le_bytes([bytes[0], bytes[1]]);
+    // Servers always send the warning count with PROTOCOL_41; a short packet counts none.
+    let warnings = payload.get(pos + 2..pos + 4).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
+    Some(OkFields { insert_id, status, warnings })
+}
+
+/// Status flags of an OK packet.
+pub fn status_of_ok(payload: &[u8]) -> Option<u16> {
+    ok_fields(payload).map(|f| f.status)
+}
+
+/// A pre-DEPRECATE_EOF EOF packet: 0xFE, warnings (2), status (2).
+pub fn eof_fields(payload: &[u8]) -> Option<OkFields> {
+    let bytes = payload.get(1..5)?;
+    Some(OkFields {
+        insert_id: 0,
+        warnings: u16::from_le_bytes([bytes[0], bytes[1]]),
+        status: u16::from_le_bytes([bytes[2], bytes[3]]),
+    })
+}
+
+/// Status flags of a pre-DEPRECATE_EOF EOF packet.
 pub fn status_of_eof(payload: &[u8]) -> Option<u16> {
-    let bytes = payload.get(3..5)?;
-    Some(u16::from_le_bytes([bytes[0], bytes[1]]))
+    eof_fields(payload).map(|f| f.status)
 }
 
 /// An ERR packet payload (CLIENT_PROTOCOL_41 form).

@@ -77,6 +77,9 @@ impl Session {
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             kick,
             draining: false,
+            diagnostics: false,
+            pinned_by: None,
+            last_insert_id: 0,
         };
         let response = match response {
             Some(payload) => payload,
@@ -238,11 +241,8 @@ impl Session {
                 if outcome.error.is_some() { Err("reset refused".to_string()) } else { Ok(()) }
             };
             match reset.await {
-                Ok(()) => {
-                    conn.applied = 0;
-                    // The reset also dropped the position tracking rwproxy asked for.
-                    conn.tracking_ready = false;
-                }
+                // The reset also dropped the position tracking rwproxy asked for.
+                Ok(()) => conn.was_reset(),
                 Err(error) => {
                     tracing::debug!(session = self.id, %error, "closing backend connection that failed to reset");
                     self.drop_connection(index);
@@ -251,6 +251,8 @@ impl Session {
         }
         self.state.reset();
         self.stmts = Statements::default();
+        self.diagnostics = false;
+        self.last_insert_id = 0;
         self.reply_ok().await
     }
 

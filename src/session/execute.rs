@@ -4,7 +4,7 @@
 use super::consistency::hinted_position;
 use super::optimistic::Ran;
 use super::{Session, SessionError};
-use crate::backend::{Side, State, checkout, relay_response};
+use crate::backend::{Side, State, checkout, relay_response, reset};
 use crate::classifier::{
     Classification, Destination, Effect, Hint, Reason, classify, counts_as_write, explain_route_target,
 };
@@ -66,6 +66,7 @@ impl Session {
             }
             if class.effect == Effect::UseDatabase {
                 self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));
+                self.connection_in_database(backend);
             }
         }
         Ok(())
@@ -100,6 +101,7 @@ impl Session {
             self.remember_session_command(&payload, backend);
             if payload.first() == Some(&command::INIT_DB) {
                 self.login.database = Some(String::from_utf8_lossy(&payload[1..]).into_owned());
+                self.connection_in_database(backend);
             }
         }
         Ok(())
@@ -123,6 +125,16 @@ impl Session {
         self.state.history.push(payload);
         if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
             conn.applied = self.state.history.head();
+            if changes_database(payload) {
+                conn.database = None;
+            }
+        }
+    }
+
+    /// `backend`'s connection has just moved to the session's database.
+    fn connection_in_database(&mut self, backend: usize) {
+        if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
+            conn.database = Some(self.login.database.clone());
         }
     }
 
@@ -183,6 +195,13 @@ impl Session {
                     }
                     let took = started.elapsed();
                     self.shared.metrics.query(backend, decision.target, decision.reason, took);
+                    // Warnings, and the found-rows count, belong to the connection: the
+                    // client may read them next (a diagnostics statement keeps them too).
+                    self.diagnostics = outcome.warnings > 0
+                        || statement.is_some_and(|(class, _)| class.destination == Destination::Last);
+                    if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
+                        conn.diagnostics = self.diagnostics;
+                    }
                     let was_pinned = self.state.view.pinned;
                     self.state.after_response(backend, &outcome, self.shared.router.optimistic());
                     let writes = statement.is_some_and(|(class, _)| counts_as_write(class));
@@ -235,6 +254,7 @@ impl Session {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
             Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
+        self.carry_insert_id(backend, out).await?;
         let digest = self.digest_wanted(backend);
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
@@ -288,6 +308,10 @@ impl Session {
         match relayed {
             Ok(outcome) => {
                 conn.busy = false;
+                if outcome.insert_id != 0 && outcome.error.is_none() {
+                    conn.last_insert_id = outcome.insert_id;
+                    self.last_insert_id = outcome.insert_id;
+                }
                 Ok(outcome)
             }
             Err(e) if e.side == Side::Client => {
@@ -344,8 +368,19 @@ impl Session {
             return Err(AttemptError::Unavailable(format!("no backend #{backend}")));
         };
         let timeout = self.shared.config.mysql.connect_timeout;
-        match checkout(&target, &self.login, timeout).await {
+        match checkout(&target, &self.login, self.state.history.tag(), timeout).await {
             Ok(mut conn) => {
+                // A borrowed connection holds another session's settings: a prefix of this
+                // session's is completed by the replay, anything else is reset first.
+                conn.applied = match conn.settings.and_then(|tag| self.state.history.applied_for(tag)) {
+                    Some(applied) => applied,
+                    None => {
+                        if let Err(e) = reset(&mut conn, self.login.database.as_deref()).await {
+                            return Err(AttemptError::Unavailable(e));
+                        }
+                        0
+                    }
+                };
                 if let Err(e) = conn.enable_tracking().await {
                     self.shared.router.backends().mark_failed(backend, &e.to_string());
                     return Err(AttemptError::Unavailable(e.to_string()));
@@ -372,7 +407,13 @@ impl Session {
         for (seq, payload) in pending {
             let result = conn.run_silently(&payload, ResponseKind::Query).await;
             match result {
-                Ok(outcome) if outcome.error.is_none() => conn.applied = seq,
+                Ok(outcome) if outcome.error.is_none() => {
+                    conn.applied = seq;
+                    if changes_database(&payload) {
+                        // The last database command of the history is the session's database.
+                        conn.database = Some(self.login.database.clone());
+                    }
+                }
                 Ok(outcome) => {
                     let name = conn.backend.name.clone();
                     let text = String::from_utf8_lossy(&payload[1..]).into_owned();
@@ -399,6 +440,18 @@ impl Session {
 fn asks_position(sql: &str) -> bool {
     let text = sql.trim().trim_end_matches(';').trim_end();
     text.len() == 25 && text.eq_ignore_ascii_case("SELECT @@rwproxy_position")
+}
+
+/// Whether a session command changes the default database (COM_INIT_DB, `USE`).
+fn changes_database(payload: &[u8]) -> bool {
+    match payload.split_first() {
+        Some((&command::INIT_DB, _)) => true,
+        Some((&command::QUERY, sql)) => {
+            let sql = sql.trim_ascii_start();
+            sql.len() > 4 && sql[..3].eq_ignore_ascii_case(b"use") && sql[3].is_ascii_whitespace()
+        }
+        _ => false,
+    }
 }
 
 /// COM_INIT_DB and COM_SET_OPTION route like `USE` and `SET`: session commands.

@@ -30,8 +30,15 @@ impl Session {
         } else {
             "no position needed".to_string()
         };
-        let row = [destination, backend.as_str(), decision.reason.as_str(), consistency.as_str()];
-        self.write_text_result(&["destination", "backend", "reason", "consistency"], &row).await
+        let connection = self.describe_connection();
+        let row = [
+            destination,
+            backend.as_str(),
+            decision.reason.as_str(),
+            consistency.as_str(),
+            connection.as_str(),
+        ];
+        self.write_text_result(&["destination", "backend", "reason", "consistency", "connection"], &row).await
     }
 
     /// A one-row text result set written by rwproxy itself.

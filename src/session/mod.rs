@@ -10,6 +10,7 @@ mod control;
 mod execute;
 mod explain;
 pub mod handshake;
+mod multiplex;
 mod optimistic;
 mod prepared;
 mod state;
@@ -31,6 +32,7 @@ use crate::router::Router;
 use crate::server::{Running, SqlTier};
 pub use consistency::ReadAfter;
 use handshake::HandshakeError;
+pub use multiplex::Pin;
 use prepared::Statements;
 pub use state::{History, SessionState};
 
@@ -139,6 +141,13 @@ pub struct Session {
     /// after it.
     last_command: tokio::time::Instant,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The last statement left warnings (or asked for found rows) that the client may read
+    /// next: the connection that ran it stays with the session for one more command.
+    diagnostics: bool,
+    /// Why the session kept its connections after the last command (multiplexing).
+    pinned_by: Option<Pin>,
+    /// `LAST_INSERT_ID()` as the session's last insert left it, carried to borrowed connections.
+    last_insert_id: u64,
 }
 
 enum Flow {
@@ -223,6 +232,13 @@ impl Session {
                         self.draining = true;
                         continue;
                     }
+                    () = multiplex::diagnostics_kept(self.pinned_by) => {
+                        // The client did not read its warnings at once: they go, and so does
+                        // the connection that held them (reset before anyone borrows it).
+                        self.diagnostics = false;
+                        self.give_back_connections().await;
+                        continue;
+                    }
                     _ = &mut self.idle => {
                         // One timer per session, moved only when it fires: a command costs a
                         // clock read, not a timer reset.
@@ -256,6 +272,7 @@ impl Session {
             if let Flow::Quit = self.dispatch(cmd, packet.payload).await? {
                 return Ok(());
             }
+            self.give_back_connections().await;
         }
     }
 
@@ -291,13 +308,7 @@ impl Session {
         if tier.is_current(&self.shared) {
             return;
         }
-        let view = &self.state.view;
-        if view.pinned.is_some()
-            || view.primary_locked
-            || view.temporary_tables
-            || view.user_variables_on_primary
-            || self.stmts.has_cursor()
-        {
+        if self.pin().is_some_and(|pin| pin != Pin::Diagnostics) {
             return;
         }
         self.release_connections().await;

@@ -1,14 +1,17 @@
 //! Server-side prepared statements across several backends.
 //!
-//! The client sees one statement id, rwproxy's own. The statement is prepared on the backend
-//! that first runs it and lazily on each other backend the first time an execution is routed
-//! there. Parameter types, which a client sends only when they change, are kept and sent to a
-//! backend that has not seen them yet; long data is kept until the execution it belongs to.
+//! The client sees one statement id, rwproxy's own. The statement is prepared on the connection
+//! that first runs it and lazily on each other connection the first time an execution lands
+//! there: a connection keeps its statements by text ([`crate::backend::StatementCache`]), so a
+//! connection borrowed from the pool may already have it from another session. Parameter types,
+//! which a client sends only when they change, are kept and sent to a connection that may not
+//! hold them; long data is kept until the execution it belongs to.
 
 use std::collections::HashMap;
 
 use super::execute::Outgoing;
 use super::{Session, SessionError};
+use crate::backend::BackendConn;
 use crate::classifier::{Classification, classify};
 use crate::protocol::{ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -19,12 +22,10 @@ struct Statement {
     prepare: Vec<u8>,
     class: Classification,
     params: u16,
-    /// (backend index, that backend's statement id).
-    on: Vec<(usize, u32)>,
+    /// Where it was last run, newest last (a memo: the connection's cache is the truth).
+    on: Vec<Placement>,
     /// Parameter types from the last execution that bound them.
     types: Option<Vec<u8>>,
-    /// Backends that have seen `types`.
-    types_on: Vec<usize>,
     /// COM_STMT_SEND_LONG_DATA payloads for the next execution.
     long_data: Vec<Vec<u8>>,
     /// Long data for the next execution did not fit (the session's or the shared limit): it
@@ -34,9 +35,34 @@ struct Statement {
     cursor_on: Option<usize>,
 }
 
+/// The statement is `id` on connection `conn` of `backend`, as long as that connection's cache
+/// is in `epoch`.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    backend: usize,
+    conn: u64,
+    epoch: u64,
+    id: u32,
+    /// The connection's count of type bindings when this session's types were last bound
+    /// there (0: never).
+    types_bound: u64,
+}
+
+/// Placements a statement remembers; an older one is looked up in the connection's cache again.
+const PLACEMENTS: usize = 8;
+
 impl Statement {
-    fn backend_id(&self, backend: usize) -> Option<u32> {
-        self.on.iter().find(|(b, _)| *b == backend).map(|(_, id)| *id)
+    fn placement(&mut self, backend: usize, conn: &BackendConn) -> Option<&mut Placement> {
+        let epoch = conn.statements.epoch();
+        self.on.iter_mut().rev().find(|p| p.backend == backend && p.conn == conn.uid && p.epoch == epoch)
+    }
+
+    fn remember(&mut self, placement: Placement) {
+        self.on.retain(|p| p.backend != placement.backend || p.conn != placement.conn);
+        if self.on.len() >= PLACEMENTS {
+            self.on.remove(0);
+        }
+        self.on.push(placement);
     }
 }
 
@@ -59,16 +85,21 @@ impl Statements {
         }
     }
 
+    /// The text of the statement a statement command names.
+    pub fn text_of(&self, payload: &[u8]) -> Option<&[u8]> {
+        let stmt = self.map.get(&statement_id(payload)?)?;
+        stmt.prepare.get(1..)
+    }
+
     /// Whether a cursor is open on some backend (COM_STMT_FETCH must reach it).
     pub fn has_cursor(&self) -> bool {
         self.map.values().any(|s| s.cursor_on.is_some())
     }
 
-    /// A backend connection is gone: its statements went with it.
+    /// A backend connection is gone: its statements and cursors went with it.
     pub fn forget_backend(&mut self, backend: usize) {
         for stmt in self.map.values_mut() {
-            stmt.on.retain(|(b, _)| *b != backend);
-            stmt.types_on.retain(|b| *b != backend);
+            stmt.on.retain(|p| p.backend != backend);
             if stmt.cursor_on == Some(backend) {
                 stmt.cursor_on = None;
             }
@@ -124,20 +155,52 @@ impl Session {
         if let Some((outcome, backend)) = ran
             && let Some(prepared) = outcome.prepared
         {
-            let stmt = Statement {
+            let mut stmt = Statement {
                 prepare: payload,
                 class,
                 params: prepared.params,
-                on: vec![(backend, prepared.statement_id)],
+                on: Vec::new(),
                 types: None,
-                types_on: Vec::new(),
                 long_data: Vec::new(),
                 long_data_lost: false,
                 cursor_on: None,
             };
+            if let Some(placement) = self.cache_statement(backend, &stmt.prepare, prepared.statement_id).await
+            {
+                stmt.remember(placement);
+            }
             self.stmts.map.insert(id, stmt);
         }
         Ok(())
+    }
+
+    /// Records in the connection's cache that `prepare` is statement `backend_id` there, and
+    /// closes what that pushes out.
+    async fn cache_statement(
+        &mut self,
+        backend: usize,
+        prepare: &[u8],
+        backend_id: u32,
+    ) -> Option<Placement> {
+        let conn = self.conns.get_mut(backend)?.as_mut()?;
+        let closed = conn.statements.insert(prepare, backend_id);
+        let placement = Placement {
+            backend,
+            conn: conn.uid,
+            epoch: conn.statements.epoch(),
+            id: backend_id,
+            types_bound: 0,
+        };
+        for old in closed {
+            let mut close = vec![command::STMT_CLOSE];
+            close.extend_from_slice(&old.to_le_bytes());
+            // COM_STMT_CLOSE has no answer.
+            if conn.send(0, &close).await.is_err() {
+                self.drop_connection(backend);
+                return None;
+            }
+        }
+        Some(placement)
     }
 
     async fn unknown_statement(&mut self, id: u32, what: &str) -> Result<(), SessionError> {
@@ -162,7 +225,6 @@ impl Session {
         if stmt.params > 0 && payload.get(at) == Some(&1) {
             let end = (at + 1 + 2 * usize::from(stmt.params)).min(payload.len());
             stmt.types = Some(payload[at + 1..end].to_vec());
-            stmt.types_on.clear();
         }
         let class = stmt.class;
         // Only statements that change routing state or carry a position token need their text
@@ -234,20 +296,12 @@ impl Session {
         }
     }
 
-    /// No reply. Closes the statement on every backend that has it.
+    /// No reply. The statement stays prepared on the connections that have it, in their
+    /// caches, for whoever runs the same text there next.
     pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
         if let Some(id) = statement_id(payload) {
             self.stmts.clear_long_data(id);
-        }
-        let Some(stmt) = statement_id(payload).and_then(|id| self.stmts.map.remove(&id)) else {
-            return;
-        };
-        for (backend, backend_id) in stmt.on {
-            if let Some(conn) = self.conns[backend].as_mut()
-                && conn.send(0, &with_id(payload, backend_id)).await.is_err()
-            {
-                self.drop_connection(backend);
-            }
+            self.stmts.map.remove(&id);
         }
     }
 
@@ -262,13 +316,18 @@ impl Session {
         stmt.cursor_on = None;
         let on = stmt.on.clone();
         self.stmts.clear_long_data(id);
-        for (backend, backend_id) in on {
-            let Some(conn) = self.conns[backend].as_mut() else {
+        // Only a connection the session holds can have state of this statement (an open
+        // cursor); long data never waits on a server.
+        for placement in on {
+            let Some(conn) = self.conns.get_mut(placement.backend).and_then(Option::as_mut) else {
                 continue;
             };
-            let reset = with_id(payload, backend_id);
+            if conn.uid != placement.conn || conn.statements.epoch() != placement.epoch {
+                continue;
+            }
+            let reset = with_id(payload, placement.id);
             if conn.run_silently(&reset, ResponseKind::Query).await.is_err() {
-                self.drop_connection(backend);
+                self.drop_connection(placement.backend);
             }
         }
         self.reply_ok().await
@@ -285,42 +344,59 @@ impl Session {
         let id = statement_id(payload)
             .ok_or_else(|| AttemptError::Unavailable("malformed statement command".into()))?;
         let closed = || AttemptError::Unavailable("statement closed".into());
-        let stmt = self.stmts.map.get(&id).ok_or_else(closed)?;
-        let backend_id = match stmt.backend_id(backend) {
-            Some(backend_id) => backend_id,
-            // Rare: the first execution routed to this backend.
+        let vanished = || AttemptError::Unavailable("connection vanished".into());
+        let stmt = self.stmts.map.get_mut(&id).ok_or_else(closed)?;
+        let conn = self.conns[backend].as_ref().ok_or_else(vanished)?;
+        let placement = match stmt.placement(backend, conn) {
+            Some(placement) => *placement,
             None => {
                 let prepare = stmt.prepare.clone();
-                self.prepare_on(backend, id, &prepare).await?
+                let placement = match conn.statements.get(&prepare) {
+                    // Another session prepared the same text on this connection.
+                    Some(cached) => Placement {
+                        backend,
+                        conn: conn.uid,
+                        epoch: conn.statements.epoch(),
+                        id: cached.id,
+                        types_bound: 0,
+                    },
+                    None => self.prepare_on(backend, &prepare).await?,
+                };
+                self.stmts.map.get_mut(&id).ok_or_else(closed)?.remember(placement);
+                placement
             }
         };
         if payload.first() != Some(&command::STMT_EXECUTE) {
-            return Ok(with_id(payload, backend_id));
+            return Ok(with_id(payload, placement.id));
         }
-        let Some(conn) = self.conns[backend].as_mut() else {
-            return Err(AttemptError::Unavailable("connection vanished".into()));
-        };
+        let conn = self.conns[backend].as_mut().ok_or_else(vanished)?;
         let stmt = self.stmts.map.get_mut(&id).ok_or_else(closed)?;
         for data in &stmt.long_data {
-            conn.send(0, &with_id(data, backend_id))
+            conn.send(0, &with_id(data, placement.id))
                 .await
                 .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
         }
-        let seen = stmt.types.is_none() || stmt.types_on.contains(&backend);
-        let bytes = execute_for_backend(payload, backend_id, stmt.params, stmt.types.as_deref(), seen);
-        if !seen {
-            stmt.types_on.push(backend);
+        // The server holds the types last bound to the statement, perhaps by another session.
+        let binds = stmt.params > 0 && payload.get(bound_flag_at(stmt.params)) == Some(&1);
+        let seen = stmt.types.is_none()
+            || placement.types_bound != 0 && placement.types_bound == conn.statements.types_bound();
+        let bytes = execute_for_backend(payload, placement.id, stmt.params, stmt.types.as_deref(), seen);
+        if binds || !seen {
+            let types_bound = conn.statements.bind_types();
+            if let Some(p) = stmt.placement(backend, conn) {
+                p.types_bound = types_bound;
+            }
         }
         Ok(bytes)
     }
 
-    /// Prepares statement `id` on `backend`, silently, and remembers the backend's id.
+    /// Prepares a statement on the session's connection to `backend`, silently, and caches it
+    /// there.
     async fn prepare_on(
         &mut self,
         backend: usize,
-        id: u32,
         prepare: &[u8],
-    ) -> Result<u32, super::execute::AttemptError> {
+    ) -> Result<Placement, super::execute::AttemptError> {
         use super::execute::AttemptError;
         let conn = self.conns[backend]
             .as_mut()
@@ -331,10 +407,9 @@ impl Session {
         let prepared = outcome.prepared.ok_or_else(|| {
             AttemptError::Unavailable(format!("{name}: statement could not be prepared there"))
         })?;
-        if let Some(stmt) = self.stmts.map.get_mut(&id) {
-            stmt.on.push((backend, prepared.statement_id));
-        }
-        Ok(prepared.statement_id)
+        self.cache_statement(backend, prepare, prepared.statement_id)
+            .await
+            .ok_or_else(|| AttemptError::Unavailable(format!("{name}: connection lost")))
     }
 }
 

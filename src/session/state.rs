@@ -2,9 +2,11 @@
 //! every backend connection, and the server status the client last saw.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
 use super::consistency::ReadAfter;
 use super::optimistic::Optimistic;
+use crate::backend::SettingsTag;
 use crate::classifier::{Classification, Effect, prepared_name, table_names};
 use crate::protocol::{AUTOCOMMIT, IN_TRANS, Outcome};
 use crate::router::SessionView;
@@ -14,6 +16,9 @@ use crate::router::SessionView;
 #[derive(Debug, Default, Clone)]
 pub struct History {
     entries: Vec<(u64, Vec<u8>)>,
+    /// For each entry, a digest of it and every entry before it: a connection's
+    /// [`SettingsTag`] names a prefix of the history by its length and this digest.
+    chains: Vec<u64>,
     next: u64,
 }
 
@@ -43,6 +48,37 @@ impl History {
         self.entries.retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
         self.next += 1;
         self.entries.push((self.next, payload.to_vec()));
+        self.chains.clear();
+        let mut chain = 0u64;
+        for (_, p) in &self.entries {
+            let mut h = std::hash::DefaultHasher::new();
+            (chain, p).hash(&mut h);
+            // 0 is the empty history's digest.
+            chain = h.finish().max(1);
+            self.chains.push(chain);
+        }
+    }
+
+    /// What a connection that ran the whole history holds.
+    pub fn tag(&self) -> SettingsTag {
+        SettingsTag { len: self.entries.len(), chain: self.chains.last().copied().unwrap_or(0) }
+    }
+
+    /// For a borrowed connection holding `tag`: the sequence number it has applied when its
+    /// settings are a prefix of this history (the rest is replayed), `None` when they are
+    /// something else (it must be reset first).
+    pub fn applied_for(&self, tag: SettingsTag) -> Option<u64> {
+        if tag.len == 0 {
+            return Some(0);
+        }
+        let chain = *self.chains.get(tag.len - 1)?;
+        (chain == tag.chain).then(|| self.entries[tag.len - 1].0)
+    }
+
+    /// The tag of a connection that has applied up to `applied`, when that is everything (a
+    /// connection behind the history holds settings no tag names).
+    pub fn tag_if_current(&self, applied: u64) -> Option<SettingsTag> {
+        (applied == self.next).then(|| self.tag())
     }
 
     /// Entries a connection that has applied up to `applied` still has to run.
@@ -167,6 +203,19 @@ impl SessionState {
         self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
     }
 
+    /// A lock or text-prepared statement that holds the session on its connection.
+    pub fn lock_pin(&self) -> Option<super::Pin> {
+        if self.table_locks {
+            Some(super::Pin::TableLock)
+        } else if self.advisory_locks > 0 {
+            Some(super::Pin::AdvisoryLock)
+        } else if !self.prepared.is_empty() {
+            Some(super::Pin::SqlPrepare)
+        } else {
+            None
+        }
+    }
+
     pub fn start_optimistic(&mut self, transaction: Optimistic) {
         self.optimistic = Some(transaction);
         self.view.optimistic = true;
@@ -216,6 +265,24 @@ mod tests {
         assert_eq!(texts, ["SET time_zone = '+05:00'", "SET NAMES utf8mb4"]);
         assert_eq!(h.pending(h.head()).count(), 0);
         assert_eq!(h.pending(3).count(), 1, "a connection that ran the first three misses one");
+    }
+
+    #[test]
+    fn tags_name_prefixes_of_the_history() {
+        let mut a = History::default();
+        let mut b = History::default();
+        assert_eq!(a.tag(), SettingsTag::FRESH);
+        a.push(&query("SET NAMES utf8mb4"));
+        b.push(&query("SET NAMES utf8mb4"));
+        assert_eq!(a.tag(), b.tag(), "the same settings, the same tag");
+        let after_names = a.tag();
+        a.push(&query("SET time_zone = '+00:00'"));
+        assert_eq!(a.applied_for(after_names), Some(1), "a prefix: only the rest is replayed");
+        assert_eq!(a.applied_for(SettingsTag::FRESH), Some(0));
+        b.push(&query("SET sql_mode = ''"));
+        assert_eq!(a.applied_for(b.tag()), None, "different settings: reset first");
+        assert_eq!(a.tag_if_current(a.head()), Some(a.tag()));
+        assert_eq!(a.tag_if_current(1), None);
     }
 
     #[test]

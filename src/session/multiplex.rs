@@ -1,0 +1,214 @@
+//! Multiplexing: between commands a session gives its backend connections back to their pools
+//! unless something ties it to them, and borrows again for its next statement.
+//!
+//! What rwproxy can move, it moves: settings and the database are replayed on a borrowed
+//! connection (only what it lacks), prepared statements are prepared there under the same
+//! client-visible id, and `LAST_INSERT_ID()` is carried over. What it cannot move pins the
+//! session to its connections until the state is gone: see [`Pin`].
+
+use super::Session;
+use super::execute::{AttemptError, Outgoing};
+use crate::backend::park;
+use crate::protocol::{ResponseKind, command};
+
+/// Why a session keeps its backend connections between commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// An open transaction (or `autocommit = 0` without optimistic transactions).
+    Transaction,
+    /// A transaction running optimistically on a read backend.
+    Optimistic,
+    /// `LOCK TABLES`.
+    TableLock,
+    /// `GET_LOCK()`.
+    AdvisoryLock,
+    /// A text `PREPARE`: the statement lives in the connection.
+    SqlPrepare,
+    /// `CREATE TEMPORARY TABLE`.
+    TemporaryTable,
+    /// User variables assigned by a statement on the primary (`SELECT … INTO @v`).
+    UserVariables,
+    /// A prepared statement's open cursor.
+    Cursor,
+    /// The last statement left warnings or found-rows state that its session may read next
+    /// (`SHOW WARNINGS`, `FOUND_ROWS()`): kept for the next command.
+    Diagnostics,
+}
+
+impl Pin {
+    pub const ALL: [Pin; 9] = [
+        Pin::Transaction,
+        Pin::Optimistic,
+        Pin::TableLock,
+        Pin::AdvisoryLock,
+        Pin::SqlPrepare,
+        Pin::TemporaryTable,
+        Pin::UserVariables,
+        Pin::Cursor,
+        Pin::Diagnostics,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pin::Transaction => "transaction",
+            Pin::Optimistic => "optimistic_transaction",
+            Pin::TableLock => "lock_tables",
+            Pin::AdvisoryLock => "get_lock",
+            Pin::SqlPrepare => "sql_prepare",
+            Pin::TemporaryTable => "temporary_table",
+            Pin::UserVariables => "user_variables",
+            Pin::Cursor => "cursor",
+            Pin::Diagnostics => "diagnostics",
+        }
+    }
+}
+
+/// How long a session keeps the connection whose warnings (or found-rows count) it may read
+/// next, when no command comes.
+pub const DIAGNOSTICS_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Completes `DIAGNOSTICS_KEPT` after the session was pinned for its diagnostics alone; never
+/// otherwise (no timer is made then).
+pub(super) async fn diagnostics_kept(pinned_by: Option<Pin>) {
+    if pinned_by == Some(Pin::Diagnostics) {
+        tokio::time::sleep(DIAGNOSTICS_KEPT).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Session {
+    /// What ties the session to its backend connections now, if anything.
+    pub(super) fn pin(&self) -> Option<Pin> {
+        let view = &self.state.view;
+        if view.optimistic {
+            return Some(Pin::Optimistic);
+        }
+        if view.pinned.is_some() {
+            return Some(Pin::Transaction);
+        }
+        if let Some(pin) = self.state.lock_pin() {
+            return Some(pin);
+        }
+        if view.temporary_tables {
+            return Some(Pin::TemporaryTable);
+        }
+        if view.user_variables_on_primary {
+            return Some(Pin::UserVariables);
+        }
+        if self.stmts.has_cursor() {
+            return Some(Pin::Cursor);
+        }
+        self.diagnostics.then_some(Pin::Diagnostics)
+    }
+
+    /// For `EXPLAIN ROUTE`: whether the statement would run on a borrowed connection, and why
+    /// not when the session is pinned.
+    pub(super) fn describe_connection(&self) -> String {
+        if !self.multiplexing() {
+            return "own (multiplexing off)".into();
+        }
+        match self.pin() {
+            Some(pin) => format!("pinned: {}", pin.as_str()),
+            None => "borrowed for the statement (multiplexing)".into(),
+        }
+    }
+
+    fn multiplexing(&self) -> bool {
+        let mysql = &self.shared.config.mysql;
+        mysql.multiplexing && mysql.max_idle_connections > 0
+    }
+
+    /// After a command: gives every backend connection back unless the session is pinned.
+    pub(super) async fn give_back_connections(&mut self) {
+        if !self.multiplexing() {
+            return;
+        }
+        let pin = self.pin();
+        if pin != self.pinned_by {
+            if let Some(pin) = pin {
+                self.shared.metrics.multiplex_pin(pin);
+            }
+            self.pinned_by = pin;
+        }
+        if pin.is_some() {
+            return;
+        }
+        for index in 0..self.conns.len() {
+            if let Some(mut conn) = self.conns[index].take() {
+                // Settings behind the session's (a `SET` ran on another backend) are no state
+                // another session can name: such a connection is reset when it is next borrowed.
+                conn.settings = self.state.history.tag_if_current(conn.applied);
+                park(conn).await;
+            }
+        }
+    }
+
+    /// A statement that reads `LAST_INSERT_ID()` on a connection that did not run the
+    /// session's last insert gets the session's value set there first (`LAST_INSERT_ID(n)` sets
+    /// what the next `LAST_INSERT_ID()` returns).
+    pub(super) async fn carry_insert_id(
+        &mut self,
+        backend: usize,
+        out: Outgoing<'_>,
+    ) -> Result<(), AttemptError> {
+        let wanted = self.last_insert_id;
+        let Some(conn) = self.conns.get(backend).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        if wanted == 0 || conn.last_insert_id == wanted {
+            return Ok(());
+        }
+        let text: &[u8] = match out {
+            Outgoing::Raw(bytes) if bytes.first() == Some(&command::QUERY) => &bytes[1..],
+            Outgoing::Raw(_) => return Ok(()),
+            Outgoing::Statement(bytes) => match self.stmts.text_of(bytes) {
+                Some(text) => text,
+                None => return Ok(()),
+            },
+        };
+        if !mentions_insert_id(text) {
+            return Ok(());
+        }
+        let mut set = vec![command::QUERY];
+        set.extend_from_slice(format!("SELECT LAST_INSERT_ID({wanted})").as_bytes());
+        let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        match conn.run_silently(&set, ResponseKind::Query).await {
+            Ok(outcome) if outcome.error.is_none() => {
+                conn.last_insert_id = wanted;
+                Ok(())
+            }
+            Ok(_) => Err(AttemptError::Unavailable("LAST_INSERT_ID could not be carried over".into())),
+            Err(e) => {
+                self.backend_failed(backend, &e);
+                Err(AttemptError::Unavailable(e))
+            }
+        }
+    }
+}
+
+/// Whether statement text reads the last insert id (`LAST_INSERT_ID()`, `@@identity`,
+/// `@@last_insert_id`).
+fn mentions_insert_id(text: &[u8]) -> bool {
+    const NAMES: [&[u8]; 2] = [b"last_insert_id", b"identity"];
+    text.windows(8).enumerate().any(|(at, w)| {
+        NAMES.iter().any(|name| {
+            w.eq_ignore_ascii_case(&name[..8])
+                && text.get(at..at + name.len()).is_some_and(|t| t.eq_ignore_ascii_case(name))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn insert_id_readers_are_found() {
+        assert!(super::mentions_insert_id(b"SELECT LAST_INSERT_ID()"));
+        assert!(super::mentions_insert_id(b"insert into t2 values (last_insert_id())"));
+        assert!(super::mentions_insert_id(b"SELECT @@IDENTITY"));
+        assert!(!super::mentions_insert_id(b"SELECT 1"));
+        assert!(!super::mentions_insert_id(b"SELECT last"));
+    }
+}
