@@ -77,7 +77,7 @@ pub struct Metrics {
     login_failures: Counter,
     /// `rwproxy_multiplex_pins_total{reason}`: sessions that kept their backend connections
     /// after a command, counted when the reason appears.
-    pins: [Counter; 9],
+    pins: [Counter; 10],
 }
 
 const READ_OUTCOMES: [ReadOutcome; 3] =

@@ -47,6 +47,14 @@ async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() 
         .await
         .expect("join")
         .expect("restart");
+    // The monitor may have marked it down while it was away (how long a restart takes depends
+    // on the machine's load): it rejoins after `rise` good checks.
+    let backends = proxy.sql.current().router.backends().clone();
+    let up = common::wait_for(Duration::from_secs(10), || {
+        backends.get(2).is_some_and(|b| b.health.state() != rwproxy::backend::State::Down)
+    })
+    .await;
+    assert!(up.is_some(), "the monitor never saw the restarted replica up");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut after = BTreeSet::new();
     for _ in 0..9 {

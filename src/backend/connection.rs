@@ -128,9 +128,10 @@ pub struct BackendConn {
     pub last_insert_id: u64,
     /// Prepared statements on this connection, by text.
     pub statements: super::statements::StatementCache,
-    /// The last statement left warnings (or found-rows state) that only its session may read:
-    /// the connection is reset before another session borrows it.
-    pub diagnostics: bool,
+    /// The last statement left state for its session's next command only (warnings, the
+    /// found-rows count, `SET TRANSACTION` for the next transaction): the connection is reset
+    /// before another session borrows it.
+    pub leftover: bool,
 }
 
 impl Drop for BackendConn {
@@ -244,7 +245,7 @@ impl BackendConn {
             database: Some(login.database.clone()),
             last_insert_id: 0,
             statements: super::statements::StatementCache::default(),
-            diagnostics: false,
+            leftover: false,
         };
         conn.send(seq, &payload).await?;
         conn.finish_auth(plan.plugin, plan.nonce, login).await?;
@@ -386,7 +387,7 @@ impl BackendConn {
         self.settings = Some(super::pool::SettingsTag::FRESH);
         self.statements.clear();
         self.last_insert_id = 0;
-        self.diagnostics = false;
+        self.leftover = false;
         // MySQL keeps the database, MariaDB's documentation does not say: look again.
         self.database = None;
     }

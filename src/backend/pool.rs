@@ -250,13 +250,13 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Gives a connection back between statements (multiplexing): kept idle as it is, with its
 /// settings and prepared statements, for the next session to borrow. One whose state is not
-/// known or holds a session's diagnostics is reset first.
+/// known or holds state for its last session's next command is reset first.
 pub async fn park(conn: BackendConn) {
     let pool = &conn.backend.pool;
     if conn.busy || pool.max_idle == 0 {
         return;
     }
-    if conn.settings.is_none() || conn.diagnostics {
+    if conn.settings.is_none() || conn.leftover {
         return release(conn).await;
     }
     let backend = conn.backend.clone();

@@ -105,6 +105,9 @@ pub enum Effect {
     UserVariablesOnPrimary,
     /// `USE db`.
     UseDatabase,
+    /// `SET TRANSACTION …` (no `SESSION`): characteristics of the connection's next
+    /// transaction only.
+    NextTransaction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +237,10 @@ fn classify_set(sql: &str, lead: &Lead) -> Classification {
     let second = lexer::words_after(sql, lead.first_word_end, 1).next().unwrap_or("");
     // SET TRANSACTION applies to the next transaction, which runs on the primary; SET GLOBAL is
     // not session state; SET STATEMENT … FOR runs one statement.
-    let primary_only = ["TRANSACTION", "GLOBAL", "STATEMENT", "PASSWORD", "ROLE", "DEFAULT"];
+    if second.eq_ignore_ascii_case("TRANSACTION") {
+        return Classification::new(Destination::Primary, Reason::Write).with_effect(Effect::NextTransaction);
+    }
+    let primary_only = ["GLOBAL", "STATEMENT", "PASSWORD", "ROLE", "DEFAULT"];
     if primary_only.iter().any(|w| second.eq_ignore_ascii_case(w)) {
         return Classification::new(Destination::Primary, Reason::Write);
     }

@@ -77,7 +77,7 @@ impl Session {
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             kick,
             draining: false,
-            diagnostics: false,
+            keep_for_next: None,
             pinned_by: None,
             last_insert_id: 0,
         };
@@ -251,7 +251,7 @@ impl Session {
         }
         self.state.reset();
         self.stmts = Statements::default();
-        self.diagnostics = false;
+        self.keep_for_next = None;
         self.last_insert_id = 0;
         self.reply_ok().await
     }

@@ -195,12 +195,9 @@ impl Session {
                     }
                     let took = started.elapsed();
                     self.shared.metrics.query(backend, decision.target, decision.reason, took);
-                    // Warnings, and the found-rows count, belong to the connection: the
-                    // client may read them next (a diagnostics statement keeps them too).
-                    self.diagnostics = outcome.warnings > 0
-                        || statement.is_some_and(|(class, _)| class.destination == Destination::Last);
+                    self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
-                        conn.diagnostics = self.diagnostics;
+                        conn.leftover = self.keep_for_next.is_some();
                     }
                     let was_pinned = self.state.view.pinned;
                     self.state.after_response(backend, &outcome, self.shared.router.optimistic());
@@ -433,6 +430,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// State a statement leaves on its connection for the session's next command only: warnings
+/// and the found-rows count (the client may read them next; a diagnostics statement keeps them
+/// too), `SET TRANSACTION` for the next transaction.
+fn kept_for_next(class: Option<&Classification>, outcome: &Outcome) -> Option<super::Pin> {
+    if class.is_some_and(|c| c.effect == Effect::NextTransaction) && outcome.error.is_none() {
+        Some(super::Pin::NextTransaction)
+    } else if outcome.warnings > 0 || class.is_some_and(|c| c.destination == Destination::Last) {
+        Some(super::Pin::Diagnostics)
+    } else {
+        None
     }
 }
 

@@ -141,9 +141,9 @@ pub struct Session {
     /// after it.
     last_command: tokio::time::Instant,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The last statement left warnings (or asked for found rows) that the client may read
-    /// next: the connection that ran it stays with the session for one more command.
-    diagnostics: bool,
+    /// The last statement left state for the next command on its connection (warnings, found
+    /// rows, next-transaction characteristics): the connection stays for one more command.
+    keep_for_next: Option<Pin>,
     /// Why the session kept its connections after the last command (multiplexing).
     pinned_by: Option<Pin>,
     /// `LAST_INSERT_ID()` as the session's last insert left it, carried to borrowed connections.
@@ -235,7 +235,7 @@ impl Session {
                     () = multiplex::diagnostics_kept(self.pinned_by) => {
                         // The client did not read its warnings at once: they go, and so does
                         // the connection that held them (reset before anyone borrows it).
-                        self.diagnostics = false;
+                        self.keep_for_next = None;
                         self.give_back_connections().await;
                         continue;
                     }

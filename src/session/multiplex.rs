@@ -33,10 +33,12 @@ pub enum Pin {
     /// The last statement left warnings or found-rows state that its session may read next
     /// (`SHOW WARNINGS`, `FOUND_ROWS()`): kept for the next command.
     Diagnostics,
+    /// `SET TRANSACTION`: the characteristics wait on the connection for the next transaction.
+    NextTransaction,
 }
 
 impl Pin {
-    pub const ALL: [Pin; 9] = [
+    pub const ALL: [Pin; 10] = [
         Pin::Transaction,
         Pin::Optimistic,
         Pin::TableLock,
@@ -46,6 +48,7 @@ impl Pin {
         Pin::UserVariables,
         Pin::Cursor,
         Pin::Diagnostics,
+        Pin::NextTransaction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Pin {
             Pin::UserVariables => "user_variables",
             Pin::Cursor => "cursor",
             Pin::Diagnostics => "diagnostics",
+            Pin::NextTransaction => "next_transaction",
         }
     }
 }
@@ -99,7 +103,7 @@ impl Session {
         if self.stmts.has_cursor() {
             return Some(Pin::Cursor);
         }
-        self.diagnostics.then_some(Pin::Diagnostics)
+        self.keep_for_next
     }
 
     /// For `EXPLAIN ROUTE`: whether the statement would run on a borrowed connection, and why

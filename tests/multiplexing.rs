@@ -1,0 +1,354 @@
+//! Multiplexing on the real cluster: idle clients hold no backend connections, and the known
+//! traps of moving a session between backend connections give the same results as a direct
+//! connection.
+//!
+//! The trap tests run through a proxy whose only backend is the primary, with one connection
+//! (`max_connections = 1`): a second session with other settings runs a statement between every
+//! statement of the session under test, so each statement of that session runs on a connection
+//! the other session used last, and everything the session set must move with it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, connect, connect_direct, start_proxy_with};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Value};
+use rwproxy::proxy::Proxy;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The tests of this binary run one at a time: the idle-clients test counts every connection
+/// on the servers.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// The proxy config with the primary alone, holding one backend connection.
+fn primary_only(extra_mysql: &str) -> String {
+    let full = cluster().proxy_config("127.0.0.1:0");
+    let cut = full.find("\n[[mysql.backends]]\nname = \"replica").unwrap_or(full.len());
+    full[..cut]
+        .replace("role = \"primary\"", "role = \"primary\"\nmax_connections = 1")
+        .replace("connect_timeout = \"1s\"", &format!("connect_timeout = \"300ms\"\n{extra_mysql}"))
+}
+
+/// Everything a client can see of one statement's answer.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Rows { rows: Vec<Vec<String>>, affected: u64, insert_id: Option<u64>, warnings: u16 },
+    Error(u16),
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn run(conn: &mut Conn, sql: &str) -> Seen {
+    match conn.query_iter(sql).await {
+        Ok(mut result) => {
+            let rows: Vec<mysql_async::Row> = match result.collect().await {
+                Ok(rows) => rows,
+                Err(mysql_async::Error::Server(e)) => return Seen::Error(e.code),
+                Err(e) => panic!("{sql}: {e}"),
+            };
+            let rows = rows.iter().map(|r| (0..r.len()).map(|i| r.as_ref(i).map(text).unwrap_or_default()).collect()).collect();
+            let (affected, insert_id, warnings) = (conn.affected_rows(), conn.last_insert_id(), conn.get_warnings());
+            Seen::Rows { rows, affected, insert_id, warnings }
+        }
+        Err(mysql_async::Error::Server(e)) => Seen::Error(e.code),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// Runs `steps` on a direct connection to the primary and through `proxy`, where `other` (a
+/// session with other settings) runs its statements between every step; `{t}` in a step is a
+/// table of the side's own (`mx_<name>_direct`, `mx_<name>_proxy`), created from `table`.
+/// Every step must answer the same on both sides.
+async fn same_as_direct(proxy: &Proxy, name: &str, table: &str, steps: &[&str]) {
+    let mut direct = connect_direct(cluster().primary().port).await;
+    let mut through = connect(proxy).await;
+    let mut other = connect(proxy).await;
+    for statement in ["SET time_zone = '+09:00'", "SET sql_mode = 'NO_BACKSLASH_ESCAPES'", "SET NAMES latin1"] {
+        other.query_drop(statement).await.expect("the other session's settings");
+    }
+    let mut other_ids = 0;
+    other.query_drop("CREATE TABLE IF NOT EXISTS mx_other (id INT AUTO_INCREMENT PRIMARY KEY, v INT)").await.expect("create");
+    for side in ["direct", "proxy"] {
+        let t = format!("mx_{name}_{side}");
+        direct.query_drop(format!("DROP TABLE IF EXISTS {t}")).await.expect("drop");
+        if !table.is_empty() {
+            direct.query_drop(table.replace("{t}", &t)).await.expect("create");
+        }
+    }
+    for step in steps {
+        let want = run(&mut direct, &step.replace("{t}", &format!("mx_{name}_direct"))).await;
+        // Between the session's statements the other session takes the one connection (when
+        // the session has given it back) and inserts a row (a new LAST_INSERT_ID there).
+        let _ = other.query_drop("INSERT INTO mx_other (v) VALUES (7)").await.map(|()| other_ids += 1);
+        let got = run(&mut through, &step.replace("{t}", &format!("mx_{name}_proxy"))).await;
+        assert_eq!(got, want, "{name}: {step}");
+    }
+    assert!(other_ids > 0, "{name}: the other session never got the connection between the steps");
+}
+
+async fn trap_proxy() -> Proxy {
+    start_proxy_with(&primary_only("")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_names_and_charset_move_with_the_session() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "SET NAMES utf8mb4",
+        "SELECT @@character_set_client, @@character_set_results, @@collation_connection",
+        "SELECT CHARSET('x'), HEX('é')",
+        "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+        "SELECT @@collation_connection, 'a' = 'A'",
+        "SET character_set_results = NULL",
+        "SELECT @@character_set_results",
+    ];
+    same_as_direct(&proxy, "names", "", &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_mode_and_time_zone_move_with_the_session() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "SET sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT'",
+        "SELECT @@sql_mode",
+        "SELECT 'a' || 'b'",
+        "SELECT \"no_such_column\" FROM DUAL",
+        "SET time_zone = '+05:00'",
+        "SELECT @@time_zone, FROM_UNIXTIME(0)",
+        "SET SESSION time_zone = '-03:00'",
+        "SELECT FROM_UNIXTIME(0)",
+    ];
+    same_as_direct(&proxy, "mode", "", &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_off_keeps_the_transaction_on_its_connection() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "SET autocommit = 0",
+        "INSERT INTO {t} (v) VALUES (1)",
+        "SELECT COUNT(*) FROM {t}",
+        "ROLLBACK",
+        "SELECT COUNT(*) FROM {t}",
+        "INSERT INTO {t} (v) VALUES (2)",
+        "COMMIT",
+        "SET autocommit = 1",
+        "SELECT v FROM {t}",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "autocommit", table, &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_insert_id_is_carried_to_the_next_connection() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "INSERT INTO {t} (v) VALUES (1), (2)",
+        "SELECT LAST_INSERT_ID()",
+        "SELECT v FROM {t} ORDER BY id",
+        "SELECT @@identity, @@last_insert_id",
+        "INSERT INTO {t} (v) VALUES (LAST_INSERT_ID())",
+        "SELECT id, v FROM {t} ORDER BY id",
+        "SELECT LAST_INSERT_ID() + 0",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "insert_id", table, &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn found_rows_and_warnings_are_read_on_the_connection_that_made_them() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "INSERT INTO {t} (v) VALUES (1), (2), (3), (4), (5)",
+        "SELECT SQL_CALC_FOUND_ROWS v FROM {t} ORDER BY v LIMIT 2",
+        "SELECT FOUND_ROWS()",
+        "SELECT CAST('12abc' AS SIGNED)",
+        "SHOW WARNINGS",
+        "SHOW COUNT(*) WARNINGS",
+        "SELECT COUNT(*) FROM {t}",
+        "SHOW WARNINGS",
+        "SELECT CAST('x' AS SIGNED), CAST('y' AS SIGNED)",
+        "SHOW COUNT(*) WARNINGS",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "diagnostics", table, &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_isolation_for_the_next_transaction_only() {
+    let _serial = serial().await;
+    cluster().primary().sql("GRANT PROCESS ON *.* TO 'app'@'%'").expect("grant");
+    let proxy = trap_proxy().await;
+    let level = "SELECT trx_isolation_level FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()";
+    let steps = [
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN",
+        "INSERT INTO {t} (v) VALUES (1)",
+        level,
+        "COMMIT",
+        "BEGIN",
+        "INSERT INTO {t} (v) VALUES (1)",
+        level,
+        "COMMIT",
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        "BEGIN",
+        "INSERT INTO {t} (v) VALUES (1)",
+        level,
+        "COMMIT",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "isolation", table, &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_variables_and_prepared_statements_move_or_pin() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let steps = [
+        "SET @a = 5",
+        "SELECT @a + 1",
+        "PREPARE s FROM 'SELECT ? * 2'",
+        "SET @b = 21",
+        "EXECUTE s USING @b",
+        "DEALLOCATE PREPARE s",
+        "SELECT @a, @b",
+        "CREATE TEMPORARY TABLE {t}_tmp (v INT)",
+        "INSERT INTO {t}_tmp VALUES (1)",
+        "SELECT COUNT(*) FROM {t}_tmp",
+        "DROP TEMPORARY TABLE {t}_tmp",
+        "SELECT GET_LOCK('mx_lock_{t}', 1)",
+        "SELECT IS_USED_LOCK('mx_lock_{t}') = CONNECTION_ID()",
+        "SELECT RELEASE_LOCK('mx_lock_{t}')",
+    ];
+    same_as_direct(&proxy, "variables", "", &steps).await;
+}
+
+/// Binary-protocol statements of two sessions on one shared connection: each keeps its own
+/// statement ids and parameter types.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_of_two_sessions_share_one_connection() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let mut a = connect(&proxy).await;
+    let mut b = connect(&proxy).await;
+    let sa = a.prep("SELECT CONCAT(?, '-a')").await.expect("prepare a");
+    let sb = b.prep("SELECT CONCAT(?, '-a')").await.expect("prepare b (same text)");
+    let sc = b.prep("SELECT ? + 1").await.expect("prepare c");
+    for i in 0..20 {
+        let x: String = a.exec_first(&sa, (format!("x{i}"),)).await.expect("exec a").expect("row");
+        assert_eq!(x, format!("x{i}-a"));
+        let y: String = b.exec_first(&sb, (i,)).await.expect("exec b").expect("row");
+        assert_eq!(y, format!("{i}-a"));
+        let z: i64 = b.exec_first(&sc, (i,)).await.expect("exec c").expect("row");
+        assert_eq!(z, i + 1);
+    }
+    a.close(sa).await.expect("close");
+    let y: String = b.exec_first(&sb, ("still",)).await.expect("exec b after a closed").expect("row");
+    assert_eq!(y, "still-a");
+}
+
+/// `EXPLAIN ROUTE` names the pin, and the pins are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_route_and_metrics_say_why_a_session_is_pinned() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let mut conn = connect(&proxy).await;
+    let connection = |row: (String, String, String, String, String)| row.4;
+    let row = conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
+    assert!(connection(row).starts_with("borrowed"));
+    conn.query_drop("BEGIN").await.expect("begin");
+    conn.query_drop("SELECT 1").await.expect("select");
+    let row = conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
+    assert_eq!(connection(row), "pinned: transaction");
+    conn.query_drop("COMMIT").await.expect("commit");
+    conn.query_drop("CREATE TEMPORARY TABLE mx_explain (v INT)").await.expect("temporary");
+    let row = conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
+    assert_eq!(connection(row), "pinned: temporary_table");
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    for reason in ["transaction", "temporary_table"] {
+        let line = format!("rwproxy_multiplex_pins_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+/// Threads connected on a server now.
+async fn threads_connected(port: u16) -> u64 {
+    let mut conn = connect_direct(port).await;
+    let row: (String, u64) =
+        conn.query_first("SHOW GLOBAL STATUS LIKE 'Threads_connected'").await.expect("status").expect("row");
+    row.1
+}
+
+/// 2,000 clients that each ran a read and a write and now sit idle hold no more than
+/// `max_idle_connections` connections on any server.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_clients_hold_at_most_max_idle_backend_connections() {
+    let _serial = serial().await;
+    const CLIENTS: usize = 2000;
+    const MAX_IDLE: u64 = 4;
+    let text = cluster().proxy_config("127.0.0.1:0").replace(
+        "connect_timeout = \"1s\"",
+        &format!("connect_timeout = \"5s\"\nmax_idle_connections = {MAX_IDLE}"),
+    );
+    let ports: Vec<u16> =
+        std::iter::once(cluster().primary().port).chain(cluster().replicas().iter().map(|r| r.port)).collect();
+    let mut before = Vec::new();
+    for port in &ports {
+        before.push(threads_connected(*port).await);
+    }
+    let proxy = start_proxy_with(&text).await;
+    let mut setup = connect(&proxy).await;
+    setup.query_drop("CREATE TABLE IF NOT EXISTS mx_idle (id INT AUTO_INCREMENT PRIMARY KEY, v INT)").await.expect("create");
+    let mut clients = Vec::with_capacity(CLIENTS);
+    let mut logins = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let opts = common::opts(proxy.sql_addr.port(), common::cluster::APP_USER, common::cluster::APP_PASSWORD);
+        logins.spawn(async move {
+            let mut conn = Conn::new(opts).await.expect("login");
+            conn.query_drop(format!("INSERT INTO mx_idle (v) VALUES ({i})")).await.expect("write");
+            let _: Option<u32> = conn.query_first("SELECT @@server_id").await.expect("read");
+            conn
+        });
+        // A few dozen logins at a time: the test measures connections, not a login storm.
+        if logins.len() >= 50
+            && let Some(conn) = logins.join_next().await
+        {
+            clients.push(conn.expect("client"));
+        }
+    }
+    while let Some(conn) = logins.join_next().await {
+        clients.push(conn.expect("client"));
+    }
+    assert_eq!(clients.len(), CLIENTS);
+    // The monitor's connection and the consistency position fetcher are rwproxy's own too.
+    const OWN: u64 = 2;
+    for (i, port) in ports.iter().enumerate() {
+        let now = threads_connected(*port).await;
+        // The check's own connection counts once.
+        let added = now.saturating_sub(before[i]);
+        assert!(added <= MAX_IDLE + OWN, "server {port}: {added} more connections with {CLIENTS} idle clients");
+    }
+    // A new client logs in and reads while they sit there.
+    let started = std::time::Instant::now();
+    let mut fresh = connect(&proxy).await;
+    let _: Option<u32> = fresh.query_first("SELECT @@server_id").await.expect("read");
+    assert!(started.elapsed() < Duration::from_secs(2), "a new client took {:?}", started.elapsed());
+    for conn in clients {
+        drop(conn);
+    }
+}
