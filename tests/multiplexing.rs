@@ -56,8 +56,12 @@ async fn run(conn: &mut Conn, sql: &str) -> Seen {
                 Err(mysql_async::Error::Server(e)) => return Seen::Error(e.code),
                 Err(e) => panic!("{sql}: {e}"),
             };
-            let rows = rows.iter().map(|r| (0..r.len()).map(|i| r.as_ref(i).map(text).unwrap_or_default()).collect()).collect();
-            let (affected, insert_id, warnings) = (conn.affected_rows(), conn.last_insert_id(), conn.get_warnings());
+            let rows = rows
+                .iter()
+                .map(|r| (0..r.len()).map(|i| r.as_ref(i).map(text).unwrap_or_default()).collect())
+                .collect();
+            let (affected, insert_id, warnings) =
+                (conn.affected_rows(), conn.last_insert_id(), conn.get_warnings());
             Seen::Rows { rows, affected, insert_id, warnings }
         }
         Err(mysql_async::Error::Server(e)) => Seen::Error(e.code),
@@ -73,11 +77,15 @@ async fn same_as_direct(proxy: &Proxy, name: &str, table: &str, steps: &[&str]) 
     let mut direct = connect_direct(cluster().primary().port).await;
     let mut through = connect(proxy).await;
     let mut other = connect(proxy).await;
-    for statement in ["SET time_zone = '+09:00'", "SET sql_mode = 'NO_BACKSLASH_ESCAPES'", "SET NAMES latin1"] {
+    for statement in ["SET time_zone = '+09:00'", "SET sql_mode = 'NO_BACKSLASH_ESCAPES'", "SET NAMES latin1"]
+    {
         other.query_drop(statement).await.expect("the other session's settings");
     }
     let mut other_ids = 0;
-    other.query_drop("CREATE TABLE IF NOT EXISTS mx_other (id INT AUTO_INCREMENT PRIMARY KEY, v INT)").await.expect("create");
+    other
+        .query_drop("CREATE TABLE IF NOT EXISTS mx_other (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        .await
+        .expect("create");
     for side in ["direct", "proxy"] {
         let t = format!("mx_{name}_{side}");
         direct.query_drop(format!("DROP TABLE IF EXISTS {t}")).await.expect("drop");
@@ -305,19 +313,24 @@ async fn idle_clients_hold_at_most_max_idle_backend_connections() {
         "connect_timeout = \"1s\"",
         &format!("connect_timeout = \"5s\"\nmax_idle_connections = {MAX_IDLE}"),
     );
-    let ports: Vec<u16> =
-        std::iter::once(cluster().primary().port).chain(cluster().replicas().iter().map(|r| r.port)).collect();
+    let ports: Vec<u16> = std::iter::once(cluster().primary().port)
+        .chain(cluster().replicas().iter().map(|r| r.port))
+        .collect();
     let mut before = Vec::new();
     for port in &ports {
         before.push(threads_connected(*port).await);
     }
     let proxy = start_proxy_with(&text).await;
     let mut setup = connect(&proxy).await;
-    setup.query_drop("CREATE TABLE IF NOT EXISTS mx_idle (id INT AUTO_INCREMENT PRIMARY KEY, v INT)").await.expect("create");
+    setup
+        .query_drop("CREATE TABLE IF NOT EXISTS mx_idle (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        .await
+        .expect("create");
     let mut clients = Vec::with_capacity(CLIENTS);
     let mut logins = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
-        let opts = common::opts(proxy.sql_addr.port(), common::cluster::APP_USER, common::cluster::APP_PASSWORD);
+        let opts =
+            common::opts(proxy.sql_addr.port(), common::cluster::APP_USER, common::cluster::APP_PASSWORD);
         logins.spawn(async move {
             let mut conn = Conn::new(opts).await.expect("login");
             conn.query_drop(format!("INSERT INTO mx_idle (v) VALUES ({i})")).await.expect("write");
@@ -341,7 +354,10 @@ async fn idle_clients_hold_at_most_max_idle_backend_connections() {
         let now = threads_connected(*port).await;
         // The check's own connection counts once.
         let added = now.saturating_sub(before[i]);
-        assert!(added <= MAX_IDLE + OWN, "server {port}: {added} more connections with {CLIENTS} idle clients");
+        assert!(
+            added <= MAX_IDLE + OWN,
+            "server {port}: {added} more connections with {CLIENTS} idle clients"
+        );
     }
     // A new client logs in and reads while they sit there.
     let started = std::time::Instant::now();

@@ -341,8 +341,10 @@ pub struct BackendConfig {
     pub address: String,
     pub role: Role,
     /// Most connections rwproxy opens to this backend (in use and idle); 0 = no limit. A client
-    /// that would need one more waits up to `mysql.connect_timeout`, then gets an error.
-    #[serde(default)]
+    /// that would need one more waits up to `mysql.connect_timeout` for one to be given back,
+    /// then gets an error naming the limit. Default 64 (with multiplexing, connections are
+    /// needed for statements running at once and for pinned sessions, not for clients).
+    #[serde(default = "default_backend_max_connections")]
     pub max_connections: usize,
     /// TLS to this backend (data path and monitor): `{ ca = "ca.pem", verify = "full" }`.
     #[serde(default)]
@@ -455,6 +457,9 @@ fn default_max_lag() -> Duration {
 }
 fn default_heartbeat_table() -> String {
     "rwproxy.heartbeat".into()
+}
+fn default_backend_max_connections() -> usize {
+    64
 }
 fn default_max_idle() -> usize {
     16

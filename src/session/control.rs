@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 
 use super::handshake::{self, ChangeUser, ClientLogin, HandshakeError};
 use super::prepared::Statements;
-use super::{CLIENT_BUFFER, Flow, Session, SessionError, SessionState};
+use super::{CLIENT_READ_BUFFER, CLIENT_WRITE_BUFFER, Flow, Session, SessionError, SessionState};
 use crate::backend::auth_plugins::NATIVE;
 use crate::backend::{Login, release};
 use crate::config::{ClientAuth, UserConfig};
@@ -53,8 +53,8 @@ impl Session {
         let mut session = Session {
             id,
             peer,
-            reader: BufReader::with_capacity(CLIENT_BUFFER, r),
-            writer: BufWriter::with_capacity(CLIENT_BUFFER, w),
+            reader: BufReader::with_capacity(CLIENT_READ_BUFFER, r),
+            writer: BufWriter::with_capacity(CLIENT_WRITE_BUFFER, w),
             salt,
             login: Login {
                 user: String::new(),

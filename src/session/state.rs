@@ -197,7 +197,11 @@ impl SessionState {
                 }
             }
             Effect::UserVariablesOnPrimary => self.view.user_variables_on_primary = true,
-            Effect::None | Effect::Begin | Effect::BeginReadOnly | Effect::UseDatabase | Effect::NextTransaction => {}
+            Effect::None
+            | Effect::Begin
+            | Effect::BeginReadOnly
+            | Effect::UseDatabase
+            | Effect::NextTransaction => {}
         }
         self.view.temporary_tables = !self.temporary_tables.is_empty();
         self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
