@@ -177,7 +177,7 @@ pub async fn checkout(
             }
         }
         let Some(permits) = &pool.permits else {
-            return BackendConn::connect(backend.clone(), login, timeout).await;
+            return Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await;
         };
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             return connect_with(backend, login, timeout, permit).await;
@@ -210,7 +210,7 @@ async fn connect_with(
     timeout: Duration,
     permit: OwnedSemaphorePermit,
 ) -> Result<BackendConn, BackendError> {
-    let mut conn = BackendConn::connect(backend.clone(), login, timeout).await?;
+    let mut conn = Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await?;
     conn.permit = Some(permit);
     Ok(conn)
 }
@@ -251,16 +251,18 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gives a connection back between statements (multiplexing): kept idle as it is, with its
 /// settings and prepared statements, for the next session to borrow. One whose state is not
 /// known or holds state for its last session's next command is reset first.
-pub async fn park(conn: BackendConn) {
+/// Returns the connection when it must be reset first ([`release`] does it).
+pub fn park(conn: BackendConn) -> Option<BackendConn> {
     let pool = &conn.backend.pool;
     if conn.busy || pool.max_idle == 0 {
-        return;
+        return None;
     }
     if conn.settings.is_none() || conn.leftover {
-        return release(conn).await;
+        return Some(conn);
     }
     let backend = conn.backend.clone();
     backend.pool.put_idle(conn);
+    None
 }
 
 /// Gives a connection back at the end of a session: reset, then kept idle (or closed when the

@@ -149,7 +149,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
                     return Err(self.fail(Side::Backend, "response ended inside a packet".into()));
                 }
                 Progress::LocalInfile => {
-                    self.upload_local_infile().await?;
+                    Box::pin(self.upload_local_infile()).await?;
                     tracker.after_local_infile();
                 }
             }

@@ -110,7 +110,8 @@ impl Session {
         let global = mode == Consistency::Global;
         if global || self.state.read_after.unknown_write {
             let primary = self.shared.router.backends().primary().clone();
-            match self.shared.primary_position.after(&primary, Instant::now()).await {
+            // Boxed, here and below: rare paths that would otherwise size every session's task.
+            match Box::pin(self.shared.primary_position.after(&primary, Instant::now())).await {
                 Ok(Some(position)) => {
                     merge_into(&mut need, &position);
                     if !global {
@@ -182,7 +183,7 @@ impl Session {
                 continue;
             }
             let started = Instant::now();
-            if self.wait_on(backend, &position, left).await {
+            if Box::pin(self.wait_on(backend, &position, left)).await {
                 b.known.reached(&position);
                 self.placed(ReadOutcome::Waited, Some(backend), Some(started.elapsed()));
                 return vec![backend, primary];

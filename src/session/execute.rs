@@ -43,10 +43,10 @@ impl Session {
     pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let sql = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
         if let Some(statement) = explain_route_target(&sql) {
-            return self.explain_route(statement).await;
+            return Box::pin(self.explain_route(statement)).await;
         }
         if asks_position(&sql) {
-            return self.answer_position().await;
+            return Box::pin(self.answer_position()).await;
         }
         let class = classify(&sql);
         if class.destination == Destination::All && !self.state.history.has_room_for(&payload) {
@@ -79,7 +79,7 @@ impl Session {
         if !(self.state.view.optimistic && decision.target == Target::Primary) {
             return Ok(Some(decision));
         }
-        if !self.move_transaction().await? {
+        if !Box::pin(self.move_transaction()).await? {
             return Ok(None);
         }
         Ok(Some(self.shared.router.decide(class, &self.state.view)))
@@ -246,12 +246,17 @@ impl Session {
         statement_id: Option<u32>,
     ) -> Result<Outcome, AttemptError> {
         self.ensure_connection(backend).await?;
-        self.replay_history(backend).await?;
+        if self.conns[backend].as_ref().is_some_and(|c| c.applied != self.state.history.head()) {
+            // Boxed, like the other rare paths: they would size every session's task.
+            Box::pin(self.replay_history(backend)).await?;
+        }
         let bytes: Cow<'_, [u8]> = match out {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
             Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
-        self.carry_insert_id(backend, out).await?;
+        if self.last_insert_id != 0 {
+            Box::pin(self.carry_insert_id(backend, out)).await?;
+        }
         let digest = self.digest_wanted(backend);
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
@@ -344,7 +349,10 @@ impl Session {
         if let Some(conn) = self.conns[backend].as_mut() {
             if !conn.is_closed() {
                 // Tracking is asked for once per connection, and again after a client's reset.
-                return match conn.enable_tracking().await {
+                if conn.tracking_ready {
+                    return Ok(());
+                }
+                return match Box::pin(conn.enable_tracking()).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         self.backend_failed(backend, &e.to_string());
@@ -372,13 +380,13 @@ impl Session {
                 conn.applied = match conn.settings.and_then(|tag| self.state.history.applied_for(tag)) {
                     Some(applied) => applied,
                     None => {
-                        if let Err(e) = reset(&mut conn, self.login.database.as_deref()).await {
+                        if let Err(e) = Box::pin(reset(&mut conn, self.login.database.as_deref())).await {
                             return Err(AttemptError::Unavailable(e));
                         }
                         0
                     }
                 };
-                if let Err(e) = conn.enable_tracking().await {
+                if let Err(e) = Box::pin(conn.enable_tracking()).await {
                     self.shared.router.backends().mark_failed(backend, &e.to_string());
                     return Err(AttemptError::Unavailable(e.to_string()));
                 }

@@ -117,8 +117,8 @@ type ClientWriter = BufWriter<crate::stream::WriteHalf>;
 /// Client-side buffers: commands are small, and results leave in the runs the backend side
 /// reads (a write as large as the buffer bypasses it). Small buffers keep an idle client cheap
 /// (10,000 idle clients: see `benches/sql-idle-clients.sh`).
-const CLIENT_READ_BUFFER: usize = 4 * 1024;
-const CLIENT_WRITE_BUFFER: usize = 8 * 1024;
+const CLIENT_READ_BUFFER: usize = 2 * 1024;
+const CLIENT_WRITE_BUFFER: usize = 4 * 1024;
 
 pub struct Session {
     id: u32,
@@ -178,13 +178,15 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
     let metrics = shared.metrics.clone();
     drop(shared);
     metrics.client_connected();
-    let accepted = tokio::time::timeout(handshake_timeout, Session::accept(stream, peer, id, running, kick))
-        .await
-        .unwrap_or(Err(SessionError::HandshakeTimeout(handshake_timeout)));
+    // Boxed: the login's futures (TLS, RSA) would otherwise size every idle session's task.
+    let accepted =
+        tokio::time::timeout(handshake_timeout, Box::pin(Session::accept(stream, peer, id, running, kick)))
+            .await
+            .unwrap_or(Err(SessionError::HandshakeTimeout(handshake_timeout)));
     let result = match accepted {
         Ok(mut session) => {
             let served = session.serve().await;
-            session.release_connections().await;
+            Box::pin(session.release_connections()).await;
             served
         }
         Err(e) => Err(e),
@@ -286,16 +288,16 @@ impl Session {
             command::PING => self.reply_ok().await?,
             command::QUERY => self.query(payload).await?,
             command::INIT_DB | command::SET_OPTION => self.session_command(payload).await?,
-            command::FIELD_LIST => self.field_list(payload).await?,
-            command::STATISTICS => self.statistics(payload).await?,
+            command::FIELD_LIST => Box::pin(self.field_list(payload)).await?,
+            command::STATISTICS => Box::pin(self.statistics(payload)).await?,
             command::STMT_PREPARE => self.stmt_prepare(payload).await?,
             command::STMT_EXECUTE => self.stmt_execute(payload).await?,
             command::STMT_FETCH => self.stmt_fetch(payload).await?,
             command::STMT_SEND_LONG_DATA => self.stmt_send_long_data(payload),
             command::STMT_CLOSE => self.stmt_close(&payload).await,
             command::STMT_RESET => self.stmt_reset(&payload).await?,
-            command::RESET_CONNECTION => self.reset_connection().await?,
-            command::CHANGE_USER => return self.change_user(payload).await,
+            command::RESET_CONNECTION => Box::pin(self.reset_connection()).await?,
+            command::CHANGE_USER => return Box::pin(self.change_user(payload)).await,
             other => {
                 let message = format!("rwproxy: command 0x{other:02x} is not supported");
                 self.reply_err(1047, "08S01", &message).await?;

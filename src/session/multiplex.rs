@@ -8,7 +8,7 @@
 
 use super::Session;
 use super::execute::{AttemptError, Outgoing};
-use crate::backend::park;
+use crate::backend::{park, release};
 use crate::protocol::{ResponseKind, command};
 
 /// Why a session keeps its backend connections between commands.
@@ -143,7 +143,10 @@ impl Session {
                 // Settings behind the session's (a `SET` ran on another backend) are no state
                 // another session can name: such a connection is reset when it is next borrowed.
                 conn.settings = self.state.history.tag_if_current(conn.applied);
-                park(conn).await;
+                if let Some(conn) = park(conn) {
+                    // Boxed: a rare path that would otherwise size every session's task.
+                    Box::pin(release(conn)).await;
+                }
             }
         }
     }

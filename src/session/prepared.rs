@@ -360,7 +360,7 @@ impl Session {
                         id: cached.id,
                         types_bound: 0,
                     },
-                    None => self.prepare_on(backend, &prepare).await?,
+                    None => Box::pin(self.prepare_on(backend, &prepare)).await?,
                 };
                 self.stmts.map.get_mut(&id).ok_or_else(closed)?.remember(placement);
                 placement
