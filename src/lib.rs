@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod accept;
 pub mod admin;
 pub mod backend;
 pub mod budget;
@@ -35,6 +36,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sql_tier;
 pub mod stream;
 pub mod tally;
 pub mod tls;

@@ -18,9 +18,10 @@ use crate::http::HttpTier;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::router::Router;
-use crate::server::{self, SqlTier};
-use crate::session::Shared;
+use crate::server;
 use crate::session::handshake::OFFERED_CAPS;
+use crate::sql_tier::Shared;
+use crate::sql_tier::SqlTier;
 
 /// Announced when neither the config nor the primary gives a version.
 const FALLBACK_VERSION: &str = "8.0.0-rwproxy";

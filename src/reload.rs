@@ -10,8 +10,8 @@ use crate::backend::Backends;
 use crate::config::{Config, ConfigError};
 use crate::http::{self, HttpTier};
 use crate::router::Router;
-use crate::server::SqlTier;
-use crate::session::Shared;
+use crate::sql_tier::Shared;
+use crate::sql_tier::SqlTier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {

@@ -22,7 +22,7 @@ use crate::http::HttpTier;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::router::Router;
-use crate::server::SqlTier;
+use crate::sql_tier::SqlTier;
 
 /// What the admin listener serves: the running tiers and the reloader.
 #[derive(Debug)]
@@ -65,9 +65,9 @@ impl AdminState {
 
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<Admin>) {
-    let mut refusals = crate::server::Refusals::default();
+    let mut refusals = crate::accept::Refusals::default();
     loop {
-        let (stream, peer) = crate::server::next_connection(&listener, "admin").await;
+        let (stream, peer) = crate::accept::next_connection(&listener, "admin").await;
         let current = state.sql.current();
         if let Some(admin) = &current.config.admin
             && !admin.firewall.permits(peer.ip())

@@ -98,12 +98,8 @@ pub struct BackendConn {
     pub applied: u64,
     /// Counted in the backend's open connections (logged in).
     counted: bool,
-    /// The login this connection was opened with, for the pool.
-    pub(super) key: super::pool::PoolKey,
     /// A command was sent and its response not fully read: not reusable.
     pub busy: bool,
-    /// Held while the connection exists, when the backend has `max_connections`.
-    pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The server is MariaDB (it decides how the transaction position is tracked).
     pub mariadb: bool,
     /// What of the session-state data the client may see; rwproxy's own tracking is hidden.
@@ -116,12 +112,6 @@ pub struct BackendConn {
     pub digest: Option<Digest>,
     /// The connection runs over TLS.
     pub tls: bool,
-    /// Unique among the connections to this backend: a session's prepared statement remembers
-    /// which connection it is prepared on.
-    pub uid: u64,
-    /// The session settings the connection holds, for the next session that borrows it;
-    /// `None` when unknown (it is reset before another session uses it).
-    pub settings: Option<super::pool::SettingsTag>,
     /// The default database the connection is in, when known.
     pub database: Option<Option<String>>,
     /// `LAST_INSERT_ID()` on this connection, as its OK packets said.
@@ -219,7 +209,6 @@ impl BackendConn {
                 stream::tls(upgraded)
             }
         };
-        let backend_uid = backend.pool.next_uid();
         let mut conn = BackendConn {
             tls: reader.is_tls(),
             reader: BufReader::with_capacity(BUFFER, reader),
@@ -228,9 +217,7 @@ impl BackendConn {
             caps: plan.caps,
             applied: 0,
             counted: false,
-            key: super::pool::PoolKey::of(login),
             busy: false,
-            permit: None,
             mariadb: plan.mariadb,
             visible: Visible {
                 client_tracks: login.client_caps.contains(Caps::CLIENT_SESSION_TRACK),
@@ -240,8 +227,6 @@ impl BackendConn {
             tracking_ready: false,
             last_gtid: None,
             digest: None,
-            uid: backend_uid,
-            settings: Some(super::pool::SettingsTag::FRESH),
             database: Some(login.database.clone()),
             last_insert_id: 0,
             statements: super::statements::StatementCache::default(),
@@ -380,11 +365,10 @@ impl BackendConn {
         let _ = self.reader.fill_buf().await;
     }
 
-    /// After COM_RESET_CONNECTION: settings, statements, tracking and diagnostics are gone.
+    /// After COM_RESET_CONNECTION: statements, tracking and diagnostics are gone.
     pub fn was_reset(&mut self) {
         self.applied = 0;
         self.tracking_ready = false;
-        self.settings = Some(super::pool::SettingsTag::FRESH);
         self.statements.clear();
         self.last_insert_id = 0;
         self.leftover = false;

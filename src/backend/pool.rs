@@ -53,9 +53,47 @@ impl SettingsTag {
     pub const FRESH: SettingsTag = SettingsTag { len: 0, chain: 0 };
 }
 
+/// A backend connection as the pool lends it: the connection, and what the pool keeps about
+/// it (its login, its slot under `max_connections`, the settings it holds).
+#[derive(Debug)]
+pub struct Pooled {
+    conn: BackendConn,
+    key: PoolKey,
+    /// Held while the connection exists (given back when it is dropped), when the backend has
+    /// `max_connections`.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Unique among the connections to this backend: a session's prepared statement remembers
+    /// which connection it is prepared on.
+    pub uid: u64,
+    /// The session settings the connection holds, for the next session that borrows it;
+    /// `None` when unknown (it is reset before another session uses it).
+    pub settings: Option<SettingsTag>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        &mut self.conn
+    }
+}
+
+impl Pooled {
+    /// After COM_RESET_CONNECTION: the connection holds no settings.
+    pub fn was_reset(&mut self) {
+        self.conn.was_reset();
+        self.settings = Some(SettingsTag::FRESH);
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<Vec<BackendConn>>,
+    idle: Mutex<Vec<Pooled>>,
     permits: Option<Arc<Semaphore>>,
     /// Woken when a connection is given back, for a session waiting at `max_connections`.
     given_back: Notify,
@@ -93,13 +131,14 @@ impl Pool {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
 
-    pub(super) fn next_uid(&self) -> u64 {
-        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    fn lend(&self, conn: BackendConn, key: PoolKey, permit: Option<OwnedSemaphorePermit>) -> Pooled {
+        let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
+        Pooled { conn, key, _permit: permit, uid, settings: Some(SettingsTag::FRESH) }
     }
 
     /// An idle connection with this login: preferably one holding exactly the settings the
     /// session has (nothing to replay), in its database; else the one given back last.
-    fn take_idle(&self, key: &PoolKey, want: Want<'_>) -> Option<BackendConn> {
+    fn take_idle(&self, key: &PoolKey, want: Want<'_>) -> Option<Pooled> {
         let mut idle = self.idle.lock().ok()?;
         let mut fallback = None;
         let mut settings_match = None;
@@ -132,7 +171,7 @@ impl Pool {
         }
     }
 
-    fn put_idle(&self, conn: BackendConn) {
+    fn put_idle(&self, conn: Pooled) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -157,7 +196,7 @@ pub async fn checkout(
     login: &Login,
     settings: SettingsTag,
     timeout: Duration,
-) -> Result<BackendConn, BackendError> {
+) -> Result<Pooled, BackendError> {
     let key = PoolKey::of(login);
     let want = Want { settings, database: login.database.as_deref() };
     let pool = &backend.pool;
@@ -177,10 +216,10 @@ pub async fn checkout(
             }
         }
         let Some(permits) = &pool.permits else {
-            return Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await;
+            return connect_with(backend, login, timeout, None).await;
         };
         if let Ok(permit) = permits.clone().try_acquire_owned() {
-            return connect_with(backend, login, timeout, permit).await;
+            return connect_with(backend, login, timeout, Some(permit)).await;
         }
         if pool.close_idle_other_than(&key) {
             continue;
@@ -194,7 +233,7 @@ pub async fn checkout(
         tokio::select! {
             permit = permits.clone().acquire_owned() => {
                 if let Ok(permit) = permit {
-                    return connect_with(backend, login, timeout, permit).await;
+                    return connect_with(backend, login, timeout, Some(permit)).await;
                 }
             }
             () = &mut given_back => {}
@@ -208,15 +247,15 @@ async fn connect_with(
     backend: &Arc<Backend>,
     login: &Login,
     timeout: Duration,
-    permit: OwnedSemaphorePermit,
-) -> Result<BackendConn, BackendError> {
-    let mut conn = Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await?;
-    conn.permit = Some(permit);
-    Ok(conn)
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<Pooled, BackendError> {
+    // Boxed: a rare path (login, TLS) that would otherwise size every session's task.
+    let conn = Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await?;
+    Ok(backend.pool.lend(conn, PoolKey::of(login), permit))
 }
 
 /// COM_INIT_DB on a reused connection that is not in the session's database.
-async fn select_database(conn: &mut BackendConn, database: Option<&str>) -> bool {
+async fn select_database(conn: &mut Pooled, database: Option<&str>) -> bool {
     let Some(db) = database else { return true };
     if conn.database.as_ref().is_some_and(|d| d.as_deref() == Some(db)) {
         return true;
@@ -231,7 +270,7 @@ async fn select_database(conn: &mut BackendConn, database: Option<&str>) -> bool
 
 /// Resets a borrowed connection whose settings are not the session's (COM_RESET_CONNECTION),
 /// then selects the session's database.
-pub async fn reset(conn: &mut BackendConn, database: Option<&str>) -> Result<(), String> {
+pub async fn reset(conn: &mut Pooled, database: Option<&str>) -> Result<(), String> {
     let name = conn.backend.name.clone();
     let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query);
     match tokio::time::timeout(RESET_TIMEOUT, reset).await {
@@ -252,7 +291,7 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 /// settings and prepared statements, for the next session to borrow. One whose state is not
 /// known or holds state for its last session's next command is reset first.
 /// Returns the connection when it must be reset first ([`release`] does it).
-pub fn park(conn: BackendConn) -> Option<BackendConn> {
+pub fn park(conn: Pooled) -> Option<Pooled> {
     let pool = &conn.backend.pool;
     if conn.busy || pool.max_idle == 0 {
         return None;
@@ -267,7 +306,7 @@ pub fn park(conn: BackendConn) -> Option<BackendConn> {
 
 /// Gives a connection back at the end of a session: reset, then kept idle (or closed when the
 /// idle list is full or the connection is in the middle of something).
-pub async fn release(mut conn: BackendConn) {
+pub async fn release(mut conn: Pooled) {
     let pool = &conn.backend.pool;
     if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
         return;

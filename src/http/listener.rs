@@ -116,10 +116,10 @@ pub async fn serve(
     mut draining: watch::Receiver<bool>,
 ) {
     let mut next = 0;
-    let mut refusals = crate::server::Refusals::default();
+    let mut refusals = crate::accept::Refusals::default();
     loop {
         tokio::select! {
-            (stream, peer) = crate::server::next_connection(&listener, "http") => {
+            (stream, peer) = crate::accept::next_connection(&listener, "http") => {
                 let Some(current) = tier.upgrade() else { break };
                 let balancer = current.balancer();
                 if !balancer.config.firewall.permits(peer.ip()) {

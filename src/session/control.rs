@@ -12,7 +12,7 @@ use crate::backend::{Login, release};
 use crate::config::{ClientAuth, UserConfig};
 use crate::protocol::packet;
 use crate::protocol::{ResponseKind, command};
-use crate::server::Running;
+use crate::sql_tier::Running;
 
 /// Packets of the connection phase are small; a bigger one is not a login.
 const MAX_LOGIN_PACKET: usize = 64 * 1024;

@@ -18,70 +18,18 @@ mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mysql_common::constants::CapabilityFlags as Caps;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use crate::backend::{BackendConn, Login};
-use crate::config::Config;
-use crate::consistency::PrimaryPosition;
-use crate::metrics::Metrics;
+use crate::backend::{Login, Pooled};
 use crate::protocol::packet::{self, PacketError};
 use crate::protocol::{command, wire};
-use crate::router::Router;
-use crate::server::{Running, SqlTier};
+use crate::sql_tier::{Running, Shared, SqlTier};
 pub use consistency::ReadAfter;
 use handshake::HandshakeError;
 pub use multiplex::Pin;
 use prepared::Statements;
 pub use state::{History, SessionState};
-
-/// What every session shares: the config snapshot, the router, what the greeting says. A
-/// reload builds a new one; sessions move to it between transactions.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub router: Arc<Router>,
-    pub metrics: Arc<Metrics>,
-    pub server_version: String,
-    /// Capabilities offered to clients: what rwproxy relays, narrowed to what the primary has.
-    pub caps: Caps,
-    /// MariaDB extended capabilities offered to clients (extended type metadata, when the
-    /// primary has it).
-    pub mariadb_caps: mysql_common::constants::MariadbCapabilities,
-    /// The primary's current position, shared by the reads that need it (`global`
-    /// consistency, and a write whose GTID did not show).
-    pub primary_position: PrimaryPosition,
-    /// TLS offered to clients (`[mysql.tls]`), loaded again by every reload.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl Shared {
-    pub fn new(
-        config: Config,
-        router: Arc<Router>,
-        metrics: Arc<Metrics>,
-        server_version: String,
-        (caps, mariadb_caps): (Caps, mysql_common::constants::MariadbCapabilities),
-    ) -> Result<Shared, crate::tls::TlsError> {
-        let (user, password) = config.monitor_login();
-        let primary_position = PrimaryPosition::new(user, password, config.mysql.connect_timeout);
-        let tls = match &config.mysql.tls {
-            Some(files) => Some(crate::tls::server_config(
-                files.cert.get_ref().as_ref(),
-                files.key.get_ref().as_ref(),
-                &[],
-            )?),
-            None => None,
-        };
-        Ok(Shared { config, router, metrics, server_version, caps, mariadb_caps, primary_position, tls })
-    }
-
-    /// What the greeting offers: the relayed capabilities, and TLS when configured.
-    pub fn offered_caps(&self) -> Caps {
-        if self.tls.is_some() { self.caps | Caps::CLIENT_SSL } else { self.caps }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -136,7 +84,7 @@ pub struct Session {
     salt: [u8; 20],
     login: Login,
     /// Backend connections by backend index, opened on first use.
-    conns: Vec<Option<BackendConn>>,
+    conns: Vec<Option<Pooled>>,
     state: SessionState,
     stmts: Statements,
     /// Sequence id for the next packet rwproxy writes to the client.

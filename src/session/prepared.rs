@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use super::execute::Outgoing;
 use super::{Session, SessionError};
-use crate::backend::BackendConn;
+use crate::backend::Pooled;
 use crate::classifier::{Classification, classify};
 use crate::protocol::{ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -52,7 +52,7 @@ struct Placement {
 const PLACEMENTS: usize = 8;
 
 impl Statement {
-    fn placement(&mut self, backend: usize, conn: &BackendConn) -> Option<&mut Placement> {
+    fn placement(&mut self, backend: usize, conn: &Pooled) -> Option<&mut Placement> {
         let epoch = conn.statements.epoch();
         self.on.iter_mut().rev().find(|p| p.backend == backend && p.conn == conn.uid && p.epoch == epoch)
     }

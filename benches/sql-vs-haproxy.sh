@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# rwproxy against HAProxy 2.6 in TCP mode (round robin over the same three servers) on sysbench
+# oltp_point_select, in interleaved rounds: each round runs HAProxy then rwproxy for the same
+# time. Prints each round's QPS and proxy CPU microseconds per query (user + system, from /proc),
+# then the medians and rwproxy's ratios to HAProxy. rwproxy runs with its defaults (multiplexing
+# on, consistency = "session").
+#
+#   benches/sql-vs-haproxy.sh [rounds, default 6] [seconds per run, default 8] [client threads,
+#                             default 8] [rwproxy worker_threads, default 0 = one per core]
+#
+# Installs sysbench, haproxy and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-6}
+SECONDS_PER_RUN=${2:-8}
+THREADS=${3:-8}
+WORKERS=${4:-0}
+source benches/sql-setup.sh
+
+RWPORT=$(free_port); HAPORT=$(free_port)
+rwproxy_config "$RWPORT" "$work/rwproxy.toml"
+sed -i "1i worker_threads = $WORKERS" "$work/rwproxy.toml"
+RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
+RWPID=$!; pids+=($RWPID)
+cat >"$work/haproxy.cfg" <<CFG
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+listen mysql
+    bind 127.0.0.1:$HAPORT
+    balance roundrobin
+    server primary 127.0.0.1:$P
+    server replica1 127.0.0.1:$R1
+    server replica2 127.0.0.1:$R2
+CFG
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+HAPID=$!; pids+=($HAPID)
+sleep 1
+
+sb() { sysbench oltp_point_select --mysql-host=127.0.0.1 --mysql-port="$1" --mysql-user=app --mysql-password=app \
+  --mysql-db=appdb --tables=4 --table-size=10000 --threads="$THREADS" --time="$SECONDS_PER_RUN" \
+  --report-interval=0 --db-ps-mode=auto "${@:2}"; }
+sb "$P" prepare >/dev/null
+wait_replicas
+sb "$RWPORT" run >/dev/null   # warm both
+sb "$HAPORT" run >/dev/null
+
+measure() { # port pid -> "qps cpu_us_per_query"
+  local before after out qps queries
+  before=$(cpu_ticks "$2")
+  out=$(sb "$1" run)
+  after=$(cpu_ticks "$2")
+  qps=$(echo "$out" | awk '/queries:/ { gsub(/\(/, "", $3); print $3 }')
+  queries=$(echo "$out" | awk '/queries:/ { print $2 }')
+  awk -v q="$qps" -v n="$queries" -v d=$((after - before)) -v t="$TICK" 'BEGIN { printf "%.0f %.2f\n", q, d * 1e6 / t / n }'
+}
+printf '\noltp_point_select, %s threads, %s s per run, rwproxy worker_threads = %s\n' "$THREADS" "$SECONDS_PER_RUN" "$WORKERS"
+printf '%-6s %12s %14s %12s %14s\n' round "HAProxy QPS" "HAProxy µs/q" "rwproxy QPS" "rwproxy µs/q"
+: >"$work/rounds"
+for r in $(seq 1 "$ROUNDS"); do
+  read -r hq hc <<<"$(measure "$HAPORT" "$HAPID")"
+  read -r rq rc <<<"$(measure "$RWPORT" "$RWPID")"
+  printf '%-6s %12s %14s %12s %14s\n' "$r" "$hq" "$hc" "$rq" "$rc"
+  echo "$hq $hc $rq $rc" >>"$work/rounds"
+done
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+HQ=$(awk '{ print $1 }' "$work/rounds" | median); HC=$(awk '{ print $2 }' "$work/rounds" | median)
+RQ=$(awk '{ print $3 }' "$work/rounds" | median); RC=$(awk '{ print $4 }' "$work/rounds" | median)
+printf '%-6s %12s %14s %12s %14s\n' median "$HQ" "$HC" "$RQ" "$RC"
+awk -v hq="$HQ" -v hc="$HC" -v rq="$RQ" -v rc="$RC" 'BEGIN {
+  printf "rwproxy / HAProxy: QPS %.2f x, CPU per query %.2f x\n", rq / hq, rc / hc }'
