@@ -1,18 +1,93 @@
-//! The SQL listener: accepts clients, applies the firewall, and runs each as a session.
+//! The SQL listener: accepts clients, applies the firewall, and hands each to the SQL worker
+//! thread with the fewest sessions, where it runs to its end.
+//!
+//! Each worker is a single-threaded event loop with its own share of every backend's idle
+//! connections ([`crate::backend::Pool`] keeps one shard per worker): a session and the
+//! backend connections it borrows stay on one thread, sparing the cross-thread wake-ups and
+//! cache traffic of a work-stealing scheduler (the HTTP tier's model).
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::accept::{Refusals, next_connection};
 use crate::session;
 use crate::sql_tier::SqlTier;
 
-/// Accepts SQL clients until the task is aborted or the tier drains; each client runs in
-/// its own task.
+/// A client handed to a worker.
+type Arrival = (std::net::TcpStream, SocketAddr);
+
+struct Worker {
+    handoff: mpsc::UnboundedSender<Arrival>,
+    /// Sessions running on it, read by the acceptor.
+    load: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn spawn(index: usize, tier: Weak<SqlTier>) -> std::io::Result<Worker> {
+        let (handoff, arrivals) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        let counted = load.clone();
+        std::thread::Builder::new()
+            .name(format!("rwproxy-sql-{index}"))
+            .spawn(move || run_worker(index, arrivals, tier, counted))?;
+        Ok(Worker { handoff, load })
+    }
+}
+
+fn run_worker(
+    index: usize,
+    mut arrivals: mpsc::UnboundedReceiver<Arrival>,
+    tier: Weak<SqlTier>,
+    load: Arc<AtomicUsize>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return tracing::error!(error = %e, "SQL worker thread could not start"),
+    };
+    runtime.block_on(async move {
+        let mut sessions = JoinSet::new();
+        // Bounded by the acceptor: it ends when the tier drains or is dropped.
+        loop {
+            tokio::select! {
+                arrival = arrivals.recv() => {
+                    let Some((stream, peer)) = arrival else { break };
+                    let (Some(tier), Ok(stream)) = (tier.upgrade(), TcpStream::from_std(stream)) else {
+                        load.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let load = load.clone();
+                    sessions.spawn(async move {
+                        session::run(stream, peer, tier, index).await;
+                        load.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                // Finished sessions are reaped as they end.
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        // Bounded by the sessions: a drain closes them at their next transaction boundary,
+        // and the tier's shutdown deadline ends the process.
+        while sessions.join_next().await.is_some() {}
+    });
+}
+
+/// Accepts SQL clients until the task is aborted or the tier drains, handing each to the
+/// worker with the fewest sessions.
 pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
+    let count = tier.current().config.mysql.workers();
+    let workers: Vec<Worker> =
+        (0..count).filter_map(|i| Worker::spawn(i, Arc::downgrade(&tier)).ok()).collect();
+    if workers.is_empty() {
+        return tracing::error!("no SQL worker thread could start");
+    }
     let mut draining = tier.draining();
     let mut refusals = Refusals::default();
+    let mut next = 0;
     loop {
         tokio::select! {
             (stream, peer) = next_connection(&listener, "sql") => {
@@ -23,7 +98,16 @@ pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
                     continue;
                 }
                 drop(shared);
-                tokio::spawn(session::run(stream, peer, tier.clone()));
+                let Ok(stream) = stream.into_std() else { continue };
+                // One pass from a rotating start: ties go round.
+                let Some(at) = (0..workers.len())
+                    .map(|i| (next + i) % workers.len())
+                    .min_by_key(|&i| workers[i].load.load(Ordering::Relaxed)) else { continue };
+                next = (at + 1) % workers.len();
+                workers[at].load.fetch_add(1, Ordering::Relaxed);
+                if workers[at].handoff.send((stream, peer)).is_err() {
+                    workers[at].load.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             _ = draining.changed() => return,
         }

@@ -3,7 +3,8 @@
 //! connection.
 //!
 //! The trap tests run through a proxy whose only backend is the primary, with one connection
-//! (`max_connections = 1`): a second session with other settings runs a statement between every
+//! (`max_connections = 1`) and one SQL worker thread (so both sessions borrow from one shard of
+//! the pool): a second session with other settings runs a statement between every
 //! statement of the session under test, so each statement of that session runs on a connection
 //! the other session used last, and everything the session set must move with it.
 
@@ -29,9 +30,10 @@ async fn serial() -> MutexGuard<'static, ()> {
 fn primary_only(extra_mysql: &str) -> String {
     let full = cluster().proxy_config("127.0.0.1:0");
     let cut = full.find("\n[[mysql.backends]]\nname = \"replica").unwrap_or(full.len());
-    full[..cut]
-        .replace("role = \"primary\"", "role = \"primary\"\nmax_connections = 1")
-        .replace("connect_timeout = \"1s\"", &format!("connect_timeout = \"300ms\"\n{extra_mysql}"))
+    full[..cut].replace("role = \"primary\"", "role = \"primary\"\nmax_connections = 1").replace(
+        "connect_timeout = \"1s\"",
+        &format!("connect_timeout = \"300ms\"\nthreads = 1\n{extra_mysql}"),
+    )
 }
 
 /// Everything a client can see of one statement's answer.
@@ -268,6 +270,21 @@ async fn prepared_statements_of_two_sessions_share_one_connection() {
     a.close(sa).await.expect("close");
     let y: String = b.exec_first(&sb, ("still",)).await.expect("exec b after a closed").expect("row");
     assert_eq!(y, "still-a");
+}
+
+/// Two workers, one backend connection: a session on one worker gets the connection the other
+/// worker's session gave back (closed there to free the slot), not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_on_two_workers_share_one_backend_connection() {
+    let _serial = serial().await;
+    let proxy = start_proxy_with(&primary_only("").replace("threads = 1", "threads = 2")).await;
+    let mut a = connect(&proxy).await;
+    let mut b = connect(&proxy).await;
+    for i in 0..20u32 {
+        let x: u32 = a.query_first(format!("SELECT {i}")).await.expect("a").expect("row");
+        let y: u32 = b.query_first(format!("SELECT {i} + 1")).await.expect("b").expect("row");
+        assert_eq!((x, y), (i, i + 1));
+    }
 }
 
 /// `EXPLAIN ROUTE` names the pin, and the pins are counted.

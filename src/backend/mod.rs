@@ -103,6 +103,7 @@ impl Backends {
                         && old.address == b.address
                         && old.role == b.role
                         && old.pool.max_connections() == b.max_connections
+                        && old.pool.workers() == config.mysql.workers()
                         && old.tls_config == b.tls
                         && old.public_key_retrieval == b.allow_public_key_retrieval
                         && b.server_public_key.is_none()
@@ -117,7 +118,11 @@ impl Backends {
                         skip_until_ms: AtomicU64::new(0),
                         last_error: Mutex::new(None),
                         health: Health::default(),
-                        pool: Pool::new(b.max_connections, config.mysql.max_idle_connections),
+                        pool: Pool::new(
+                            b.max_connections,
+                            config.mysql.max_idle_connections,
+                            config.mysql.workers(),
+                        ),
                         known: Known::default(),
                         tls_config: b.tls.clone(),
                         tls: tls_client(b),

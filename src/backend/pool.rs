@@ -68,6 +68,8 @@ pub struct Pooled {
     /// The session settings the connection holds, for the next session that borrows it;
     /// `None` when unknown (it is reset before another session uses it).
     pub settings: Option<SettingsTag>,
+    /// The SQL worker thread whose shard it goes back to.
+    worker: usize,
 }
 
 impl std::ops::Deref for Pooled {
@@ -91,14 +93,25 @@ impl Pooled {
     }
 }
 
+/// Idle connections of one SQL worker thread: a connection stays with the thread (and the event
+/// loop) that opened it.
+#[derive(Debug, Default)]
+struct Shard {
+    idle: Mutex<Vec<Pooled>>,
+}
+
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<Vec<Pooled>>,
+    /// One per SQL worker thread.
+    shards: Vec<Shard>,
+    /// Slots under `max_connections`, shared by the shards.
     permits: Option<Arc<Semaphore>>,
-    /// Woken when a connection is given back, for a session waiting at `max_connections`.
+    /// Woken when a connection is given back, for a session waiting at `max_connections`
+    /// (on any worker: one given back to another worker's shard is closed to free its slot).
     given_back: Notify,
     next_uid: AtomicU64,
     max_connections: usize,
+    /// Idle connections kept per shard: `max_idle_connections` split over the workers.
     max_idle: usize,
 }
 
@@ -107,15 +120,18 @@ pub struct Pool {
 const CHECKOUT_ROUNDS: usize = 10_000;
 
 impl Pool {
-    pub fn new(max_connections: usize, max_idle: usize) -> Pool {
+    /// `max_idle` in all, over `workers` shards.
+    pub fn new(max_connections: usize, max_idle: usize, workers: usize) -> Pool {
         let permits = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
+        let workers = workers.max(1);
+        let per_shard = if max_idle == 0 { 0 } else { (max_idle / workers).max(1) };
         Pool {
-            idle: Mutex::new(Vec::new()),
+            shards: (0..workers).map(|_| Shard::default()).collect(),
             permits,
             given_back: Notify::new(),
             next_uid: AtomicU64::new(1),
             max_connections,
-            max_idle,
+            max_idle: per_shard,
         }
     }
 
@@ -123,23 +139,34 @@ impl Pool {
         self.max_connections
     }
 
-    pub fn max_idle(&self) -> usize {
-        self.max_idle
+    pub fn workers(&self) -> usize {
+        self.shards.len()
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        self.shards.iter().map(|s| s.idle.lock().map(|i| i.len()).unwrap_or(0)).sum()
     }
 
-    fn lend(&self, conn: BackendConn, key: PoolKey, permit: Option<OwnedSemaphorePermit>) -> Pooled {
+    fn shard(&self, worker: usize) -> &Shard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    fn lend(
+        &self,
+        conn: BackendConn,
+        key: PoolKey,
+        permit: Option<OwnedSemaphorePermit>,
+        worker: usize,
+    ) -> Pooled {
         let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
-        Pooled { conn, key, _permit: permit, uid, settings: Some(SettingsTag::FRESH) }
+        Pooled { conn, key, _permit: permit, uid, settings: Some(SettingsTag::FRESH), worker }
     }
 
-    /// An idle connection with this login: preferably one holding exactly the settings the
-    /// session has (nothing to replay), in its database; else the one given back last.
-    fn take_idle(&self, key: &PoolKey, want: Want<'_>) -> Option<Pooled> {
-        let mut idle = self.idle.lock().ok()?;
+    /// An idle connection of `worker` with this login: preferably one holding exactly the
+    /// settings the session has (nothing to replay), in its database; else the one given back
+    /// last.
+    fn take_idle(&self, key: &PoolKey, want: Want<'_>, worker: usize) -> Option<Pooled> {
+        let mut idle = self.shard(worker).idle.lock().ok()?;
         let mut fallback = None;
         let mut settings_match = None;
         for (at, conn) in idle.iter().enumerate().rev() {
@@ -159,20 +186,23 @@ impl Pool {
         Some(idle.swap_remove(at))
     }
 
-    /// Closes one idle connection of another login, freeing its slot under `max_connections`.
-    fn close_idle_other_than(&self, key: &PoolKey) -> bool {
-        let Ok(mut idle) = self.idle.lock() else { return false };
-        match idle.iter().position(|c| &c.key != key) {
-            Some(at) => {
+    /// Closes an idle connection that `worker` cannot use (another login, or another
+    /// worker's), freeing its slot under `max_connections`.
+    fn close_idle_other_than(&self, key: &PoolKey, worker: usize) -> bool {
+        let own = worker % self.shards.len();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let Ok(mut idle) = shard.idle.lock() else { continue };
+            if let Some(at) = idle.iter().position(|c| index != own || &c.key != key) {
                 drop(idle.swap_remove(at));
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     fn put_idle(&self, conn: Pooled) {
-        if let Ok(mut idle) = self.idle.lock()
+        let shard = self.shard(conn.worker);
+        if let Ok(mut idle) = shard.idle.lock()
             && idle.len() < self.max_idle
         {
             idle.push(conn);
@@ -196,6 +226,7 @@ pub async fn checkout(
     login: &Login,
     settings: SettingsTag,
     timeout: Duration,
+    worker: usize,
 ) -> Result<Pooled, BackendError> {
     let key = PoolKey::of(login);
     let want = Want { settings, database: login.database.as_deref() };
@@ -203,7 +234,7 @@ pub async fn checkout(
     let deadline = tokio::time::Instant::now() + timeout;
     for _ in 0..CHECKOUT_ROUNDS {
         // Bounded by the idle list's length.
-        while let Some(mut conn) = pool.take_idle(&key, want) {
+        while let Some(mut conn) = pool.take_idle(&key, want, worker) {
             if conn.is_closed() {
                 continue;
             }
@@ -216,12 +247,12 @@ pub async fn checkout(
             }
         }
         let Some(permits) = &pool.permits else {
-            return connect_with(backend, login, timeout, None).await;
+            return connect_with(backend, login, timeout, None, worker).await;
         };
         if let Ok(permit) = permits.clone().try_acquire_owned() {
-            return connect_with(backend, login, timeout, Some(permit)).await;
+            return connect_with(backend, login, timeout, Some(permit), worker).await;
         }
-        if pool.close_idle_other_than(&key) {
+        if pool.close_idle_other_than(&key, worker) {
             continue;
         }
         let given_back = pool.given_back.notified();
@@ -233,7 +264,7 @@ pub async fn checkout(
         tokio::select! {
             permit = permits.clone().acquire_owned() => {
                 if let Ok(permit) = permit {
-                    return connect_with(backend, login, timeout, Some(permit)).await;
+                    return connect_with(backend, login, timeout, Some(permit), worker).await;
                 }
             }
             () = &mut given_back => {}
@@ -248,10 +279,11 @@ async fn connect_with(
     login: &Login,
     timeout: Duration,
     permit: Option<OwnedSemaphorePermit>,
+    worker: usize,
 ) -> Result<Pooled, BackendError> {
     // Boxed: a rare path (login, TLS) that would otherwise size every session's task.
     let conn = Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await?;
-    Ok(backend.pool.lend(conn, PoolKey::of(login), permit))
+    Ok(backend.pool.lend(conn, PoolKey::of(login), permit, worker))
 }
 
 /// COM_INIT_DB on a reused connection that is not in the session's database.
@@ -308,7 +340,8 @@ pub fn park(conn: Pooled) -> Option<Pooled> {
 /// idle list is full or the connection is in the middle of something).
 pub async fn release(mut conn: Pooled) {
     let pool = &conn.backend.pool;
-    if conn.busy || pool.max_idle == 0 || pool.idle_count() >= pool.max_idle {
+    let full = pool.shard(conn.worker).idle.lock().is_ok_and(|idle| idle.len() >= pool.max_idle);
+    if conn.busy || pool.max_idle == 0 || full {
         return;
     }
     // Bounded: a hung server does not get to hold a session that is ending.

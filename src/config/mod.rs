@@ -236,6 +236,22 @@ pub struct MysqlConfig {
     /// connections. Default true. Needs `max_idle_connections` > 0.
     #[serde(default = "yes")]
     pub multiplexing: bool,
+    /// SQL worker threads, each a single-threaded event loop: a client and its backend
+    /// connections stay on one (no cross-thread wake-ups). 0 = one per core (the default).
+    /// Read at start; a reload does not change it.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl MysqlConfig {
+    /// How many SQL worker threads `threads` means on this machine.
+    pub fn workers(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
 }
 
 /// `Debug` leaves the password and its hash out (see the impl below).

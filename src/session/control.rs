@@ -80,6 +80,7 @@ impl Session {
             keep_for_next: None,
             pinned_by: None,
             last_insert_id: 0,
+            worker: 0,
         };
         let response = match response {
             Some(payload) => payload,

@@ -373,7 +373,7 @@ impl Session {
             return Err(AttemptError::Unavailable(format!("no backend #{backend}")));
         };
         let timeout = self.shared.config.mysql.connect_timeout;
-        match checkout(&target, &self.login, self.state.history.tag(), timeout).await {
+        match checkout(&target, &self.login, self.state.history.tag(), timeout, self.worker).await {
             Ok(mut conn) => {
                 // A borrowed connection holds another session's settings: a prefix of this
                 // session's is completed by the replay, anything else is reset first.

@@ -100,6 +100,8 @@ pub struct Session {
     pinned_by: Option<Pin>,
     /// `LAST_INSERT_ID()` as the session's last insert left it, carried to borrowed connections.
     last_insert_id: u64,
+    /// The SQL worker thread the session runs on: it borrows that thread's backend connections.
+    worker: usize,
 }
 
 enum Flow {
@@ -109,7 +111,7 @@ enum Flow {
 
 /// Runs one client connection to its end. Errors are logged here: a broken client affects
 /// only itself.
-pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>, worker: usize) {
     let _ = stream.set_nodelay(true);
     let (running, id, kick) = Running::start(tier, peer.ip());
     let shared = running.tier().current();
@@ -133,6 +135,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>) {
             .unwrap_or(Err(SessionError::HandshakeTimeout(handshake_timeout)));
     let result = match accepted {
         Ok(mut session) => {
+            session.worker = worker;
             let served = session.serve().await;
             Box::pin(session.release_connections()).await;
             served
