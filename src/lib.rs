@@ -38,5 +38,6 @@ pub mod server;
 pub mod session;
 pub mod sql_tier;
 pub mod stream;
+pub mod striped;
 pub mod tally;
 pub mod tls;

@@ -545,7 +545,11 @@ async fn clients_starting_with_either_plugin_log_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_connections_are_reused_clean_across_sessions() {
-    let proxy = start_proxy().await;
+    // One SQL worker: each worker has its own share of the idle connections.
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"1s\"\nthreads = 1");
+    let proxy = common::start_proxy_with(&text).await;
     let mut first = connect(&proxy).await;
     first.query_drop("SET @secret = 'left behind'").await.expect("set");
     first.query_drop("SET time_zone = '+07:00'").await.expect("set");

@@ -58,7 +58,7 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         s.as_str(),
         if in_pool { "yes" } else { "no" },
         h.connections.load(Ordering::Relaxed),
-        h.queries.load(Ordering::Relaxed),
+        h.queries.sum(),
         qps(&samples),
         lag_chart(&samples, threshold),
         escape(&h.reason()),

@@ -23,7 +23,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "reason": h.reason(),
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),
-                "queries_total": h.queries.load(Ordering::Relaxed),
+                "queries_total": h.queries.sum(),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
                 "gtid": b.known.gtid(),
                 "position": b.known.get().map(|p| p.to_string()),

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Where a backend stands. Only `Up` backends serve reads.
@@ -56,7 +56,7 @@ pub struct Health {
     lag_us: AtomicI64,
     reason: Mutex<String>,
     /// Statements this backend ran for clients.
-    pub queries: AtomicU64,
+    pub queries: crate::striped::Striped,
     /// Open client-session connections to this backend.
     pub connections: AtomicI64,
     /// `@@read_only` as last seen: 0 unknown, 1 off, 2 on.
@@ -82,7 +82,7 @@ impl Default for Health {
             state: AtomicU8::new(State::Up.to_u8()),
             lag_us: AtomicI64::new(-1),
             reason: Mutex::new(String::new()),
-            queries: AtomicU64::new(0),
+            queries: crate::striped::Striped::default(),
             connections: AtomicI64::new(0),
             read_only: AtomicU8::new(0),
             history: Mutex::new(VecDeque::new()),

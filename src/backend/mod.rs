@@ -225,7 +225,9 @@ impl Backends {
 
     /// Records a success: the backend is usable again.
     pub fn mark_ok(&self, index: usize) {
+        // Read first: a swap would write the shared line on every query.
         if let Some(b) = self.list.get(index)
+            && b.skip_until_ms.load(Ordering::Relaxed) != 0
             && b.skip_until_ms.swap(0, Ordering::Relaxed) != 0
         {
             tracing::info!(backend = %b.name, "backend usable again");

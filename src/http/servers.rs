@@ -120,11 +120,11 @@ impl Servers {
 
     fn weighted_round_robin(&self, pool: &[usize]) -> usize {
         if pool.iter().all(|&i| self.list[i].weight == 1) {
-            return self.rotation.next(pool.len()).map_or(pool[0], |at| pool[at]);
+            return self.rotation.next(pool.len(), 0).map_or(pool[0], |at| pool[at]);
         }
         let slots: Vec<usize> =
             pool.iter().flat_map(|&i| std::iter::repeat_n(i, self.list[i].weight as usize)).collect();
-        self.rotation.next(slots.len()).map_or(pool[0], |at| slots[at])
+        self.rotation.next(slots.len(), 0).map_or(pool[0], |at| slots[at])
     }
 
     fn least_loaded(&self, pool: &[usize]) -> usize {

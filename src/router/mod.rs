@@ -146,7 +146,7 @@ impl Router {
             AllReplicasDown::Error => Vec::new(),
             AllReplicasDown::Primary => vec![primary],
             AllReplicasDown::LeastLagged => {
-                let mut order = self.read_rotation(&[], primary, false, false);
+                let mut order = self.read_rotation(&[], primary, false, false, 0);
                 order.truncate(1);
                 order
             }
@@ -206,29 +206,31 @@ impl Router {
     }
 
     /// The backend `candidates` would try first, without advancing the rotation.
-    pub fn would_pick(&self, target: Target, excluded: &[bool]) -> Option<usize> {
+    pub fn would_pick(&self, target: Target, excluded: &[bool], lane: usize) -> Option<usize> {
         let primary = self.backends.primary().index;
         match target {
             Target::Primary | Target::PreferPrimary => Some(primary),
             Target::Backend(b) => Some(b),
-            Target::ReadPool => self.read_rotation(excluded, primary, false, false).first().copied(),
-            Target::Replica => self.read_rotation(excluded, primary, false, true).first().copied(),
+            Target::ReadPool => self.read_rotation(excluded, primary, false, false, lane).first().copied(),
+            Target::Replica => self.read_rotation(excluded, primary, false, true, lane).first().copied(),
         }
     }
 
     /// Backends to try for `target`, best first. `excluded` marks backends this session must not
-    /// use (a session command failed to replay there).
-    pub fn candidates(&self, target: Target, excluded: &[bool]) -> Vec<usize> {
+    /// use (a session command failed to replay there). `lane`: the session's SQL worker.
+    pub fn candidates(&self, target: Target, excluded: &[bool], lane: usize) -> Vec<usize> {
         let primary = self.backends.primary().index;
         match target {
             Target::Primary => vec![primary],
             Target::Backend(b) => vec![b],
-            Target::ReadPool => self.read_rotation(excluded, primary, true, false),
-            Target::Replica => self.read_rotation(excluded, primary, true, true),
+            Target::ReadPool => self.read_rotation(excluded, primary, true, false, lane),
+            Target::Replica => self.read_rotation(excluded, primary, true, true, lane),
             Target::PreferPrimary => {
                 let mut order = vec![primary];
                 order.extend(
-                    self.read_rotation(excluded, primary, true, false).into_iter().filter(|b| *b != primary),
+                    self.read_rotation(excluded, primary, true, false, lane)
+                        .into_iter()
+                        .filter(|b| *b != primary),
                 );
                 order
             }
@@ -245,6 +247,7 @@ impl Router {
         primary: usize,
         advance: bool,
         replicas_only: bool,
+        lane: usize,
     ) -> Vec<usize> {
         let all = self.backends.all();
         let allowed = |b: usize| !excluded.get(b).copied().unwrap_or(false);
@@ -252,7 +255,11 @@ impl Router {
             |b: usize| allowed(b) && (b != primary || (self.reads_include_primary && !replicas_only));
         let mut order = Vec::with_capacity(all.len() + 1);
         order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
-        let start = if advance { self.balancer.next(order.len()) } else { self.balancer.peek(order.len()) };
+        let start = if advance {
+            self.balancer.next(order.len(), lane)
+        } else {
+            self.balancer.peek(order.len(), lane)
+        };
         if let Some(start) = start {
             order.rotate_left(start);
         }

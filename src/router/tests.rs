@@ -31,7 +31,7 @@ role = "replica"
 #[test]
 fn reads_rotate_over_all_three() {
     let r = router();
-    let firsts: Vec<usize> = (0..6).map(|_| r.candidates(Target::ReadPool, &[])[0]).collect();
+    let firsts: Vec<usize> = (0..6).map(|_| r.candidates(Target::ReadPool, &[], 0)[0]).collect();
     assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
 }
 
@@ -40,7 +40,7 @@ fn failed_backend_goes_last_and_excluded_is_skipped() {
     let r = router();
     r.backends().mark_failed(1, "test");
     for _ in 0..4 {
-        let order = r.candidates(Target::ReadPool, &[false, false, true]);
+        let order = r.candidates(Target::ReadPool, &[false, false, true], 0);
         assert_eq!(order, [0, 1], "usable first, failed after, excluded never");
         assert_eq!(r.read_pool(), [0, 2], "session exclusions are not the pool's");
     }
@@ -72,10 +72,10 @@ fn hints() {
     // A replica hint never lands on the primary while a replica is usable, though the primary
     // takes reads too (the router of these tests has reads_include_primary).
     for _ in 0..6 {
-        let first = r.candidates(Target::Replica, &[])[0];
+        let first = r.candidates(Target::Replica, &[], 0)[0];
         assert_ne!(first, 0, "the primary is backend 0");
     }
-    let order = r.candidates(Target::Replica, &[]);
+    let order = r.candidates(Target::Replica, &[], 0);
     assert_eq!(order.last(), Some(&0), "the primary is the last fallback: {order:?}");
 }
 

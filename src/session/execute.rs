@@ -166,7 +166,8 @@ impl Session {
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
         let retry_lost = decision.target.is_read();
-        let mut candidates = self.shared.router.candidates(decision.target, &self.state.excluded);
+        let mut candidates =
+            self.shared.router.candidates(decision.target, &self.state.excluded, self.worker);
         if decision.target.is_read() {
             // The classifier saw the token; only then is the text searched for the position.
             let hinted = statement
@@ -191,7 +192,7 @@ impl Session {
                     let backends = self.shared.router.backends();
                     backends.mark_ok(backend);
                     if let Some(b) = backends.get(backend) {
-                        b.health.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        b.health.queries.add(self.worker, 1);
                     }
                     let took = started.elapsed();
                     self.shared.metrics.query(backend, decision.target, decision.reason, took);

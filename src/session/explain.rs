@@ -22,7 +22,7 @@ impl Session {
             Target::Backend(_) => "last",
         };
         let backend = router
-            .would_pick(decision.target, &self.state.excluded)
+            .would_pick(decision.target, &self.state.excluded, self.worker)
             .and_then(|b| router.backends().get(b).map(|b| b.name.clone()))
             .unwrap_or_else(|| "none".into());
         let consistency = if decision.target.is_read() {

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# What one query costs each proxy, counted rather than timed (repeatable on a shared machine):
+# user-space instructions per statement under callgrind, and system calls per statement under
+# strace -c, for HAProxy 2.6 in TCP mode (round robin over the three servers) and rwproxy with
+# its defaults (multiplexing on, consistency = "session", one SQL worker per core). The load is
+# 2,000 point selects on one connection (PyMySQL, text protocol), after 300 warm-up ones.
+#
+#   benches/sql-instructions.sh [statements, default 2000]
+#
+# Needs valgrind, strace, haproxy, sysbench and MariaDB (scripts/install-deps.sh --bench) and
+# PyMySQL. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-2000}
+command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
+command -v strace >/dev/null || apt-get install -y strace >/dev/null
+python3 -c "import pymysql" 2>/dev/null || bash scripts/install-deps.sh --tests >/dev/null
+source benches/sql-setup.sh
+
+mariadb --no-defaults -h127.0.0.1 -P"$P" -uapp -papp appdb -e \
+  "CREATE TABLE IF NOT EXISTS si_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT); INSERT INTO si_t (v) SELECT seq FROM seq_1_to_1000"
+wait_replicas
+cat >"$work/client.py" <<'PY'
+import sys, pymysql
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", database="appdb",
+                    autocommit=True, ssl_disabled=True)
+cur = c.cursor()
+for i in range(n):
+    cur.execute("SELECT v FROM si_t WHERE id = %s", (i % 1000 + 1,))
+    cur.fetchone()
+PY
+haproxy_config() { # port file
+  cat >"$2" <<CFG
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+listen mysql
+    bind 127.0.0.1:$1
+    balance roundrobin
+    server primary 127.0.0.1:$P
+    server replica1 127.0.0.1:$R1
+    server replica2 127.0.0.1:$R2
+CFG
+}
+wait_port() {
+  for _ in $(seq 1 120); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
+    sleep 0.5
+  done
+}
+start() { # name port [wrapper...] -> pid in $started
+  local name=$1 port=$2; shift 2
+  if [ "$name" = haproxy ]; then
+    haproxy_config "$port" "$work/haproxy.cfg"
+    "$@" haproxy -f "$work/haproxy.cfg" -db >"$work/$name.log" 2>&1 &
+  else
+    rwproxy_config "$port" "$work/rwproxy.toml"
+    RUST_LOG=error "$@" target/release/rwproxy --config "$work/rwproxy.toml" >"$work/$name.log" 2>&1 &
+  fi
+  started=$!; pids+=("$started")
+  wait_port "$port"
+  sleep 2  # rwproxy's monitor: backends up, positions known
+}
+instructions() { # name
+  local port total
+  port=$(free_port)
+  start "$1" "$port" valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1"
+  python3 "$work/client.py" "$port" 300
+  callgrind_control -z "$started" >/dev/null 2>&1
+  python3 "$work/client.py" "$port" "$N"
+  callgrind_control -d "$started" >/dev/null 2>&1
+  sleep 1
+  total=$(grep -h '^totals:' "$work"/cg."$1".* | awk '{ s += $2 } END { print s }')
+  kill -TERM "$started" 2>/dev/null || true; wait "$started" 2>/dev/null || true
+  rm -f "$work"/cg."$1".*
+  echo $((total / N))
+}
+syscalls() { # name
+  local port tracer calls
+  port=$(free_port)
+  start "$1" "$port"
+  python3 "$work/client.py" "$port" 300
+  strace -f -c -p "$started" -o "$work/strace.$1" 2>/dev/null &
+  tracer=$!
+  sleep 1
+  python3 "$work/client.py" "$port" "$N"
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  calls=$(awk '/^100.00/ { print $4 }' "$work/strace.$1")
+  kill -TERM "$started" 2>/dev/null || true; wait "$started" 2>/dev/null || true
+  awk -v c="$calls" -v n="$N" 'BEGIN { printf "%.2f", c / n }'
+  echo " ($(awk 'NR > 2 && $NF != "total" && $4 > 0 { printf "%s %s  ", $NF, $4 }' "$work/strace.$1"))"
+}
+printf '\n%s point selects on one connection\n' "$N"
+printf '%-8s %22s   %s\n' proxy "user instr/statement" "system calls/statement"
+for name in haproxy rwproxy; do
+  printf '%-8s %22s   %s\n' "$name" "$(instructions "$name")" "$(syscalls "$name")"
+done
