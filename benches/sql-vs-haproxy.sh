@@ -6,7 +6,8 @@
 # on, consistency = "session").
 #
 #   benches/sql-vs-haproxy.sh [rounds, default 6] [seconds per run, default 8] [client threads,
-#                             default 8] [rwproxy worker_threads, default 0 = one per core]
+#                             default 8] [rwproxy SQL worker threads (mysql.threads), default
+#                             0 = one per core]
 #
 # Installs sysbench, haproxy and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
@@ -19,7 +20,7 @@ source benches/sql-setup.sh
 
 RWPORT=$(free_port); HAPORT=$(free_port)
 rwproxy_config "$RWPORT" "$work/rwproxy.toml"
-sed -i "1i worker_threads = $WORKERS" "$work/rwproxy.toml"
+sed -i "0,/^\[mysql\]$/s//[mysql]\nthreads = $WORKERS/" "$work/rwproxy.toml"
 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
 RWPID=$!; pids+=($RWPID)
 cat >"$work/haproxy.cfg" <<CFG
@@ -58,7 +59,7 @@ measure() { # port pid -> "qps cpu_us_per_query"
   queries=$(echo "$out" | awk '/queries:/ { print $2 }')
   awk -v q="$qps" -v n="$queries" -v d=$((after - before)) -v t="$TICK" 'BEGIN { printf "%.0f %.2f\n", q, d * 1e6 / t / n }'
 }
-printf '\noltp_point_select, %s threads, %s s per run, rwproxy worker_threads = %s\n' "$THREADS" "$SECONDS_PER_RUN" "$WORKERS"
+printf '\noltp_point_select, %s threads, %s s per run, rwproxy mysql.threads = %s\n' "$THREADS" "$SECONDS_PER_RUN" "$WORKERS"
 printf '%-6s %12s %14s %12s %14s\n' round "HAProxy QPS" "HAProxy µs/q" "rwproxy QPS" "rwproxy µs/q"
 : >"$work/rounds"
 for r in $(seq 1 "$ROUNDS"); do

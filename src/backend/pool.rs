@@ -57,7 +57,10 @@ impl SettingsTag {
 /// it (its login, its slot under `max_connections`, the settings it holds).
 #[derive(Debug)]
 pub struct Pooled {
-    conn: BackendConn,
+    /// Boxed: a session takes and gives back its connection on every statement, and moving a
+    /// pointer is cheaper than moving the connection's buffers and caches (measured: about
+    /// 1,400 of 19,400 user-space instructions per statement went to those moves).
+    conn: Box<BackendConn>,
     key: PoolKey,
     /// Held while the connection exists (given back when it is dropped), when the backend has
     /// `max_connections`.
@@ -159,7 +162,7 @@ impl Pool {
         worker: usize,
     ) -> Pooled {
         let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
-        Pooled { conn, key, _permit: permit, uid, settings: Some(SettingsTag::FRESH), worker }
+        Pooled { conn: Box::new(conn), key, _permit: permit, uid, settings: Some(SettingsTag::FRESH), worker }
     }
 
     /// An idle connection of `worker` with this login: preferably one holding exactly the
