@@ -30,23 +30,6 @@ for i in range(n):
     cur.execute("SELECT v FROM si_t WHERE id = %s", (i % 1000 + 1,))
     cur.fetchone()
 PY
-haproxy_config() { # port file
-  cat >"$2" <<CFG
-global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-listen mysql
-    bind 127.0.0.1:$1
-    balance roundrobin
-    server primary 127.0.0.1:$P
-    server replica1 127.0.0.1:$R1
-    server replica2 127.0.0.1:$R2
-CFG
-}
 wait_port() {
   for _ in $(seq 1 120); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0

@@ -1,7 +1,8 @@
 # Shared by the SQL benchmarks (sourced, not run): the tools (sysbench, MariaDB) and a release
 # build, a work directory cleaned up on exit (with every process in $pids), a MariaDB primary
 # and two replicas (examples/cluster) on $P, $R1, $R2 with their rwproxy config in $config,
-# and helpers: free_port, rwproxy_config PORT FILE [EXTRA], cpu_ticks PID, wait_replicas.
+# and helpers: free_port, rwproxy_config PORT FILE [EXTRA], haproxy_config PORT FILE, cpu_ticks PID,
+# wait_replicas.
 # Loopback only.
 bash scripts/install-deps.sh --bench
 cargo build --release --quiet --bin rwproxy --example cluster
@@ -31,6 +32,24 @@ rwproxy_config() {
     "$config" >"$2"
   [ -n "${3:-}" ] && printf '\n%s\n' "$3" >>"$2"
   return 0
+}
+# HAProxy in TCP mode on PORT, round robin over the three servers, written to FILE.
+haproxy_config() {
+  cat >"$2" <<CFG
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+listen mysql
+    bind 127.0.0.1:$1
+    balance roundrobin
+    server primary 127.0.0.1:$P
+    server replica1 127.0.0.1:$R1
+    server replica2 127.0.0.1:$R2
+CFG
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)

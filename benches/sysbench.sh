@@ -17,21 +17,7 @@ RWPORT=$(free_port); HAPORT=$(free_port)
 rwproxy_config "$RWPORT" "$work/rwproxy.toml"
 RUST_BACKTRACE=1 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
 RWPID=$!; pids+=($RWPID)
-cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-listen mysql
-    bind 127.0.0.1:$HAPORT
-    balance roundrobin
-    server primary 127.0.0.1:$P
-    server replica1 127.0.0.1:$R1
-    server replica2 127.0.0.1:$R2
-CFG
+haproxy_config "$HAPORT" "$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 HAPID=$!; pids+=($HAPID)
 sleep 1
