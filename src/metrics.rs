@@ -78,6 +78,8 @@ pub struct Metrics {
     /// `rwproxy_multiplex_pins_total{reason}`: sessions that kept their backend connections
     /// after a command, counted when the reason appears.
     pins: [Counter; 10],
+    /// Sessions pinned now, by reason (for `/status`); survives a reload like the series.
+    pinned_now: Arc<[std::sync::atomic::AtomicI64; 10]>,
 }
 
 const READ_OUTCOMES: [ReadOutcome; 3] =
@@ -133,6 +135,7 @@ impl Metrics {
     pub fn reconfigured(&self, backends: &Backends) -> Metrics {
         let mut m = Metrics::with_recorder(self.recorder.clone(), backends);
         m.consistency.counts = self.consistency.counts.clone();
+        m.pinned_now = self.pinned_now.clone();
         m
     }
 
@@ -153,6 +156,7 @@ impl Metrics {
         let mut m = Metrics {
             login_failures: recorder
                 .register_counter(&Key::from_name("rwproxy_login_failures_total"), &METADATA),
+            pinned_now: Arc::new(Default::default()),
             pins: Pin::ALL.map(|pin| {
                 recorder.register_counter(
                     &Self::key("rwproxy_multiplex_pins_total", &[("reason", pin.as_str())]),
@@ -243,11 +247,26 @@ impl Metrics {
         }
     }
 
-    /// A session became pinned to its backend connections (multiplexing).
-    pub fn multiplex_pin(&self, pin: Pin) {
-        if let Some(at) = Pin::ALL.iter().position(|p| *p == pin) {
-            self.pins[at].increment(1);
+    /// A session's pin changed (multiplexing): counted when a reason appears, and kept as the
+    /// number of sessions pinned now for each reason.
+    pub fn multiplex_pin_changed(&self, old: Option<Pin>, new: Option<Pin>) {
+        let at = |pin: Pin| Pin::ALL.iter().position(|p| *p == pin);
+        if let Some(i) = old.and_then(at) {
+            self.pinned_now[i].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        if let Some(i) = new.and_then(at) {
+            self.pinned_now[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.pins[i].increment(1);
+        }
+    }
+
+    /// Sessions pinned to their backend connections now, by reason.
+    pub fn pinned_sessions(&self) -> Vec<(&'static str, i64)> {
+        Pin::ALL
+            .iter()
+            .zip(self.pinned_now.iter())
+            .map(|(pin, n)| (pin.as_str(), n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 
     /// One statement answered by `backend`.

@@ -287,7 +287,7 @@ async fn sessions_on_two_workers_share_one_backend_connection() {
     }
 }
 
-/// `EXPLAIN ROUTE` names the pin, and the pins are counted.
+/// `EXPLAIN ROUTE` and `/status` name the pin, and the pins are counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_route_and_metrics_say_why_a_session_is_pinned() {
     let _serial = serial().await;
@@ -309,6 +309,14 @@ async fn explain_route_and_metrics_say_why_a_session_is_pinned() {
         let line = format!("rwproxy_multiplex_pins_total{{reason=\"{reason}\"}} 1");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
+    let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let pinned = &status["multiplexing"]["pinned_sessions"];
+    assert_eq!(
+        (pinned["temporary_table"].as_i64(), pinned["transaction"].as_i64()),
+        (Some(1), Some(0)),
+        "{status}"
+    );
 }
 
 /// Threads connected on a server now.

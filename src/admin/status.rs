@@ -23,6 +23,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "reason": h.reason(),
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),
+                "idle_connections": b.pool.idle_count(),
                 "queries_total": h.queries.sum(),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
                 "gtid": b.known.gtid(),
@@ -65,6 +66,9 @@ pub fn snapshot(state: &AdminState) -> Value {
         "uptime_seconds": backends.uptime().as_secs_f64(),
         "backends": list,
         "consistency": consistency(state),
+        "multiplexing": {
+            "pinned_sessions": state.metrics.pinned_sessions().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
     })
 }
 

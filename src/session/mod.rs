@@ -138,6 +138,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>, worker
             session.worker = worker;
             let served = session.serve().await;
             Box::pin(session.release_connections()).await;
+            session.shared.metrics.multiplex_pin_changed(session.pinned_by.take(), None);
             served
         }
         Err(e) => Err(e),

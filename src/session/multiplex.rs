@@ -130,9 +130,7 @@ impl Session {
         }
         let pin = self.pin();
         if pin != self.pinned_by {
-            if let Some(pin) = pin {
-                self.shared.metrics.multiplex_pin(pin);
-            }
+            self.shared.metrics.multiplex_pin_changed(self.pinned_by, pin);
             self.pinned_by = pin;
         }
         if pin.is_some() {
