@@ -259,3 +259,48 @@ async fn caching_sha2_full_authentication_without_tls_needs_a_pinned_key_or_expl
     // And with TLS (the profile's default config), after the cache was emptied too.
     assert_eq!(attempt(mysql().proxy_config("127.0.0.1:0")).await.expect("over TLS"), Some(1));
 }
+
+/// The multiplexing traps on MySQL: the source alone behind rwproxy with one backend connection
+/// and one SQL worker, another session taking that connection between every statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiplexing_moves_session_state_between_connections_on_mysql() {
+    let full = mysql().proxy_config("127.0.0.1:0");
+    let cut = full.find("\n[[mysql.backends]]\nname = \"replica").unwrap_or(full.len());
+    let text = full[..cut]
+        .replace("role = \"primary\"", "role = \"primary\"\nmax_connections = 1")
+        .replace("connect_timeout = \"2s\"\n", "connect_timeout = \"500ms\"\nthreads = 1\n");
+    let proxy = common::start_proxy_with(&text).await;
+    let direct_opts = common::opts(mysql().source().port, APP_USER, APP_PASSWORD).db_name(Some(DATABASE));
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    let steps = [
+        "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+        "SELECT @@collation_connection, 'a' = 'A'",
+        "SET time_zone = '+05:00'",
+        "SELECT @@time_zone, FROM_UNIXTIME(0)",
+        "SET sql_mode = 'PIPES_AS_CONCAT'",
+        "SELECT 'a' || 'b'",
+        "INSERT INTO {t} (v) VALUES (1), (2)",
+        "SELECT LAST_INSERT_ID()",
+        "SELECT SQL_CALC_FOUND_ROWS v FROM {t} ORDER BY v LIMIT 1",
+        "SELECT FOUND_ROWS()",
+        "SELECT CAST('12abc' AS SIGNED)",
+        "SHOW WARNINGS",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN",
+        "INSERT INTO {t} (v) VALUES (3)",
+        "SELECT @@transaction_isolation, COUNT(*) FROM {t}",
+        "COMMIT",
+        "SET @a = 5",
+        "SELECT @a + 1",
+    ];
+    let direct = mysql_async::Conn::new(direct_opts).await.expect("direct");
+    common::traps::same_as_direct(
+        direct,
+        connect(&proxy).await,
+        connect(&proxy).await,
+        "mysql",
+        table,
+        &steps,
+    )
+    .await;
+}

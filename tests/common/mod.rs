@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cluster;
 pub mod mysql;
 pub mod raw;
+pub mod traps;
 pub mod web;
 
 use std::sync::OnceLock;
