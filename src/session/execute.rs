@@ -61,12 +61,11 @@ impl Session {
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
-            if class.destination == Destination::All {
-                self.remember_session_command(&payload, backend);
-            }
             if class.effect == Effect::UseDatabase {
                 self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));
-                self.connection_in_database(backend);
+            }
+            if class.destination == Destination::All {
+                self.remember_session_command(&payload, backend);
             }
         }
         Ok(())
@@ -98,11 +97,10 @@ impl Session {
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
-            self.remember_session_command(&payload, backend);
             if payload.first() == Some(&command::INIT_DB) {
                 self.login.database = Some(String::from_utf8_lossy(&payload[1..]).into_owned());
-                self.connection_in_database(backend);
             }
+            self.remember_session_command(&payload, backend);
         }
         Ok(())
     }
@@ -120,21 +118,15 @@ impl Session {
         self.reply_err(1105, "HY000", &message).await
     }
 
-    /// Records a session command that `backend` has just run, so the others replay it.
+    /// Records a session command that `backend` has just run, so the others replay it (after
+    /// `login.database` follows a `USE`: the connection is in the session's database then).
     fn remember_session_command(&mut self, payload: &[u8], backend: usize) {
         self.state.history.push(payload);
         if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
             conn.applied = self.state.history.head();
             if changes_database(payload) {
-                conn.database = None;
+                conn.database = Some(self.login.database.clone());
             }
-        }
-    }
-
-    /// `backend`'s connection has just moved to the session's database.
-    fn connection_in_database(&mut self, backend: usize) {
-        if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
-            conn.database = Some(self.login.database.clone());
         }
     }
 
@@ -255,7 +247,10 @@ impl Session {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
             Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
-        if self.last_insert_id != 0 {
+        // Only a connection that holds another insert id may need it (boxed: rare).
+        if self.last_insert_id != 0
+            && self.conns[backend].as_ref().is_some_and(|c| c.last_insert_id != self.last_insert_id)
+        {
             Box::pin(self.carry_insert_id(backend, out)).await?;
         }
         let digest = self.digest_wanted(backend);
@@ -387,7 +382,10 @@ impl Session {
                         0
                     }
                 };
-                if let Err(e) = Box::pin(conn.enable_tracking()).await {
+                // A borrowed connection has usually asked for tracking already.
+                if !conn.tracking_ready
+                    && let Err(e) = Box::pin(conn.enable_tracking()).await
+                {
                     self.shared.router.backends().mark_failed(backend, &e.to_string());
                     return Err(AttemptError::Unavailable(e.to_string()));
                 }
