@@ -7,6 +7,9 @@
 #
 #   benches/sql-instructions.sh [statements, default 2000]
 #
+# With KEEP_PROFILE=DIR set, the callgrind profiles are copied to DIR (callgrind_annotate reads
+# them: where the instructions go).
+#
 # Needs valgrind, strace, haproxy, sysbench and MariaDB (scripts/install-deps.sh --bench) and
 # PyMySQL. Loopback only.
 set -euo pipefail
@@ -59,6 +62,7 @@ instructions() { # name
   callgrind_control -d "$started" >/dev/null 2>&1
   sleep 1
   total=$(grep -h '^totals:' "$work"/cg."$1".* | awk '{ s += $2 } END { print s }')
+  if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$work"/cg."$1".* "$KEEP_PROFILE"/; fi
   kill -TERM "$started" 2>/dev/null || true; wait "$started" 2>/dev/null || true
   rm -f "$work"/cg."$1".*
   echo $((total / N))

@@ -52,6 +52,7 @@ listen mysql
 CFG
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+user_ticks() { awk '{ print $14 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 # Waits until both replicas have applied everything the primary has written.
 wait_replicas() {

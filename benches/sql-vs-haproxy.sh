@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rwproxy against HAProxy 2.6 in TCP mode (round robin over the same three servers) on sysbench
 # oltp_point_select, in interleaved rounds: each round runs HAProxy then rwproxy for the same
-# time. Prints each round's QPS and proxy CPU microseconds per query (user + system, from /proc),
+# time. Prints each round's QPS and proxy CPU microseconds per query (user + system, and user
+# alone, from /proc),
 # then the medians and rwproxy's ratios to HAProxy. rwproxy runs with its defaults (multiplexing
 # on, consistency = "session").
 #
@@ -36,27 +37,29 @@ wait_replicas
 sb "$RWPORT" run >/dev/null   # warm both
 sb "$HAPORT" run >/dev/null
 
-measure() { # port pid -> "qps cpu_us_per_query"
-  local before after out qps queries
-  before=$(cpu_ticks "$2")
+measure() { # port pid -> "qps cpu_us_per_query user_us_per_query"
+  local before after ubefore uafter out qps queries
+  before=$(cpu_ticks "$2"); ubefore=$(user_ticks "$2")
   out=$(sb "$1" run)
-  after=$(cpu_ticks "$2")
+  after=$(cpu_ticks "$2"); uafter=$(user_ticks "$2")
   qps=$(echo "$out" | awk '/queries:/ { gsub(/\(/, "", $3); print $3 }')
   queries=$(echo "$out" | awk '/queries:/ { print $2 }')
-  awk -v q="$qps" -v n="$queries" -v d=$((after - before)) -v t="$TICK" 'BEGIN { printf "%.0f %.2f\n", q, d * 1e6 / t / n }'
+  awk -v q="$qps" -v n="$queries" -v d=$((after - before)) -v u=$((uafter - ubefore)) -v t="$TICK" \
+    'BEGIN { printf "%.0f %.2f %.2f\n", q, d * 1e6 / t / n, u * 1e6 / t / n }'
 }
 printf '\noltp_point_select, %s threads, %s s per run, rwproxy mysql.threads = %s\n' "$THREADS" "$SECONDS_PER_RUN" "$WORKERS"
-printf '%-6s %12s %14s %12s %14s\n' round "HAProxy QPS" "HAProxy µs/q" "rwproxy QPS" "rwproxy µs/q"
+printf '%-6s %12s %14s %12s %14s %18s\n' round "HAProxy QPS" "HAProxy µs/q" "rwproxy QPS" "rwproxy µs/q" "user µs/q HA / rw"
 : >"$work/rounds"
 for r in $(seq 1 "$ROUNDS"); do
-  read -r hq hc <<<"$(measure "$HAPORT" "$HAPID")"
-  read -r rq rc <<<"$(measure "$RWPORT" "$RWPID")"
-  printf '%-6s %12s %14s %12s %14s\n' "$r" "$hq" "$hc" "$rq" "$rc"
-  echo "$hq $hc $rq $rc" >>"$work/rounds"
+  read -r hq hc hu <<<"$(measure "$HAPORT" "$HAPID")"
+  read -r rq rc ru <<<"$(measure "$RWPORT" "$RWPID")"
+  printf '%-6s %12s %14s %12s %14s %18s\n' "$r" "$hq" "$hc" "$rq" "$rc" "$hu / $ru"
+  echo "$hq $hc $rq $rc $hu $ru" >>"$work/rounds"
 done
 median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 HQ=$(awk '{ print $1 }' "$work/rounds" | median); HC=$(awk '{ print $2 }' "$work/rounds" | median)
 RQ=$(awk '{ print $3 }' "$work/rounds" | median); RC=$(awk '{ print $4 }' "$work/rounds" | median)
-printf '%-6s %12s %14s %12s %14s\n' median "$HQ" "$HC" "$RQ" "$RC"
+HU=$(awk '{ print $5 }' "$work/rounds" | median); RU=$(awk '{ print $6 }' "$work/rounds" | median)
+printf '%-6s %12s %14s %12s %14s %18s\n' median "$HQ" "$HC" "$RQ" "$RC" "$HU / $RU"
 awk -v hq="$HQ" -v hc="$HC" -v rq="$RQ" -v rc="$RC" 'BEGIN {
   printf "rwproxy / HAProxy: QPS %.2f x, CPU per query %.2f x\n", rq / hq, rc / hc }'

@@ -51,6 +51,8 @@ fn run_worker(
     };
     runtime.block_on(async move {
         let mut sessions = JoinSet::new();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Bounded by the acceptor: it ends when the tier drains or is dropped.
         loop {
             tokio::select! {
@@ -68,12 +70,37 @@ fn run_worker(
                 }
                 // Finished sessions are reaped as they end.
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                _ = sweep.tick() => {
+                    if let Some(tier) = tier.upgrade() {
+                        close_idle_backend_connections(&tier, index);
+                    }
+                }
             }
         }
         // Bounded by the sessions: a drain closes them at their next transaction boundary,
         // and the tier's shutdown deadline ends the process.
         while sessions.join_next().await.is_some() {}
     });
+}
+
+/// How often each worker looks for idle backend connections past `backend_idle_timeout`.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes this worker's idle backend connections that nobody borrowed for
+/// `mysql.backend_idle_timeout`.
+fn close_idle_backend_connections(tier: &SqlTier, worker: usize) {
+    let shared = tier.current();
+    let timeout = shared.config.mysql.backend_idle_timeout;
+    if timeout.is_zero() {
+        return;
+    }
+    let Some(cutoff) = std::time::Instant::now().checked_sub(timeout) else { return };
+    for backend in shared.router.backends().all() {
+        let closed = backend.pool.close_idle_since(worker, cutoff);
+        if closed > 0 {
+            tracing::debug!(backend = %backend.name, closed, "idle backend connections closed (backend_idle_timeout)");
+        }
+    }
 }
 
 /// Accepts SQL clients until the task is aborted or the tier drains, handing each to the

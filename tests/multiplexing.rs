@@ -330,3 +330,35 @@ async fn idle_clients_hold_at_most_max_idle_backend_connections() {
         drop(conn);
     }
 }
+
+/// A backend connection nobody borrows for `backend_idle_timeout` is closed on the server; the
+/// session that used it gets a new one for its next statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_backend_connections_are_closed_after_backend_idle_timeout() {
+    let _serial = serial().await;
+    let proxy = start_proxy_with(&primary_only("backend_idle_timeout = \"1s\"")).await;
+    let mut client = connect(&proxy).await;
+    let first: u64 = client.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
+    let mut direct = connect_direct(cluster().primary().port).await;
+    let count = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {first}");
+    let present: u64 = direct.query_first(&count).await.expect("processlist").expect("row");
+    assert_eq!(present, 1, "the given-back connection is kept idle at first");
+    let started = std::time::Instant::now();
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left: u64 = direct.query_first(&count).await.expect("processlist").expect("row");
+        if left == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the idle backend connection {first} was still open after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}, before its timeout",
+        started.elapsed()
+    );
+    let second: u64 = client.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
+    assert_ne!(first, second, "the session reads on a new backend connection");
+}

@@ -73,6 +73,8 @@ pub struct Pooled {
     pub settings: Option<SettingsTag>,
     /// The SQL worker thread whose shard it goes back to.
     worker: usize,
+    /// When it was last given back (for `backend_idle_timeout`).
+    parked_at: std::time::Instant,
 }
 
 impl std::ops::Deref for Pooled {
@@ -162,7 +164,16 @@ impl Pool {
         worker: usize,
     ) -> Pooled {
         let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
-        Pooled { conn: Box::new(conn), key, _permit: permit, uid, settings: Some(SettingsTag::FRESH), worker }
+        let parked_at = std::time::Instant::now();
+        Pooled {
+            conn: Box::new(conn),
+            key,
+            _permit: permit,
+            uid,
+            settings: Some(SettingsTag::FRESH),
+            worker,
+            parked_at,
+        }
     }
 
     /// An idle connection of `worker` with this login: preferably one holding exactly the
@@ -203,14 +214,33 @@ impl Pool {
         false
     }
 
-    fn put_idle(&self, conn: Pooled) {
+    fn put_idle(&self, mut conn: Pooled) {
         let shard = self.shard(conn.worker);
+        conn.parked_at = std::time::Instant::now();
         if let Ok(mut idle) = shard.idle.lock()
             && idle.len() < self.max_idle
         {
             idle.push(conn);
         }
         self.given_back.notify_one();
+    }
+
+    /// Closes `worker`'s idle connections given back before `cutoff`; returns how many. Run by
+    /// the worker itself, so a connection is closed on the event loop it is registered with.
+    pub fn close_idle_since(&self, worker: usize, cutoff: std::time::Instant) -> usize {
+        let stale: Vec<Pooled> = match self.shard(worker).idle.lock() {
+            Ok(mut idle) => {
+                let (stale, kept) =
+                    std::mem::take(&mut *idle).into_iter().partition(|c| c.parked_at < cutoff);
+                *idle = kept;
+                stale
+            }
+            Err(_) => Vec::new(),
+        };
+        // Dropped outside the lock: closing sockets is not the other sessions' wait.
+        let closed = stale.len();
+        drop(stale);
+        closed
     }
 }
 

@@ -204,6 +204,11 @@ pub struct MysqlConfig {
     /// COM_RESET_CONNECTION before it is reused). Default 16; 0 disables pooling.
     #[serde(default = "default_max_idle")]
     pub max_idle_connections: usize,
+    /// An idle backend connection that no session borrows for this long is closed (so a quiet
+    /// proxy gives the servers their connection slots back, well before the servers'
+    /// `wait_timeout` would cut the connection). Default `"10m"`; `"0s"` keeps them.
+    #[serde(default = "default_backend_idle_timeout", with = "duration::serde_str")]
+    pub backend_idle_timeout: Duration,
     /// Time a client has for the whole login, from connect to OK; one that takes longer is
     /// closed (a deadline for the phase, not reset by each byte). Default `"10s"`.
     #[serde(default = "default_handshake_timeout", with = "duration::serde_str")]
@@ -485,6 +490,9 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_max_client_connections() -> usize {
     4096
+}
+fn default_backend_idle_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_client_idle_timeout() -> Duration {
     Duration::from_secs(8 * 3600)
