@@ -45,7 +45,9 @@ fn run_worker(
     tier: Weak<SqlTier>,
     load: Arc<AtomicUsize>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Sockets and timers only: the signal and child-process drivers would cost every wake-up
+    // a check (signals are handled on the main runtime).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(runtime) => runtime,
         Err(e) => return tracing::error!(error = %e, "SQL worker thread could not start"),
     };

@@ -116,9 +116,46 @@ fn pytest_counts(output: &str) -> Vec<(String, u32)> {
 
 /// Tests of the suite that depend on timing: `test_result_concurrent_use_raises` needs a result
 /// that is still streaming when a second thread looks, within a second; on a loaded machine
-/// the whole result can arrive first. Through rwproxy, one of these that fails is run again
-/// (up to twice) and counts as passed only when it then passes.
+/// the whole result can arrive first (seen directly and through rwproxy). On either side, one
+/// of these that fails is run again (up to twice) and counts as passed only when it then passes.
 const TIMING_TESTS: [&str; 1] = ["tests/test_connection.py::test_result_concurrent_use_raises"];
+
+/// `counts` with the failed timing-dependent tests counted as passed if they pass when run
+/// again; unchanged when anything else failed.
+async fn settle_timing_tests(
+    suite: &std::path::Path,
+    port: u16,
+    counts: Vec<(String, u32)>,
+    text: &str,
+) -> Vec<(String, u32)> {
+    let failed: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("FAILED ")?.split(' ').next()).collect();
+    if failed.is_empty() || !failed.iter().all(|t| TIMING_TESTS.contains(t)) {
+        return counts;
+    }
+    for _ in 0..2 {
+        let (again, _) = run_pytest(suite, port, &failed).await;
+        if again.iter().all(|(k, _)| k == "passed") {
+            eprintln!("timing-dependent {failed:?} passed when run again on port {port}");
+            let moved = failed.len() as u32;
+            let mut settled: Vec<(String, u32)> = counts
+                .into_iter()
+                .map(|(k, n)| match k.as_str() {
+                    "failed" => (k, n - moved.min(n)),
+                    "passed" => (k, n + moved),
+                    _ => (k, n),
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            if !settled.iter().any(|(k, _)| k == "passed") {
+                settled.push(("passed".to_string(), moved));
+                settled.sort();
+            }
+            return settled;
+        }
+    }
+    counts
+}
 
 async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
     run_pytest(suite, port, &["tests"]).await
@@ -158,23 +195,21 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
         });
     let proxy = start_proxy().await;
     let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
-    let (mut through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
+    let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
     eprintln!("mysqlclient suite direct: {direct:?}; through rwproxy: {through:?}");
-    let failed: Vec<&str> =
-        through_text.lines().filter_map(|l| l.strip_prefix("FAILED ")?.split(' ').next()).collect();
-    if through != direct && !failed.is_empty() && failed.iter().all(|t| TIMING_TESTS.contains(t)) {
-        for _ in 0..2 {
-            let (again, _) = run_pytest(&suite, proxy.sql_addr.port(), &failed).await;
-            if again.iter().all(|(k, _)| k == "passed") {
-                eprintln!("timing-dependent {failed:?} passed when run again");
-                through = direct.clone();
-                break;
-            }
-        }
-    }
+    // Either side may lose a timing-dependent test on a loaded machine.
+    let direct = settle_timing_tests(&suite, cluster().primary().port, direct, &direct_text).await;
+    let through = settle_timing_tests(&suite, proxy.sql_addr.port(), through, &through_text).await;
     let passed = direct.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
     assert!(passed >= 100, "the suite ran against the primary: {direct:?}\n{direct_text}");
-    assert_eq!(through, direct, "through rwproxy:\n{through_text}");
+    let failures =
+        |text: &str| text.lines().filter(|l| l.starts_with("FAILED ")).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        through,
+        direct,
+        "through rwproxy:\n{through_text}\nfailed directly:\n{}",
+        failures(&direct_text)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -207,7 +207,9 @@ impl Backends {
     /// failed within `retry_failed_after`.
     pub fn is_usable(&self, index: usize) -> bool {
         self.list.get(index).is_some_and(|b| {
-            b.health.state() == State::Up && b.skip_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+            // 0 once a query succeeded there again: no clock read on the steady path.
+            let until = b.skip_until_ms.load(Ordering::Relaxed);
+            b.health.state() == State::Up && (until == 0 || until <= self.now_ms())
         })
     }
 

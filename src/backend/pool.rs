@@ -271,6 +271,9 @@ pub async fn checkout(
             if conn.is_closed() {
                 continue;
             }
+            if in_database(&conn, login.database.as_deref()) {
+                return Ok(conn);
+            }
             // A server that hangs must not hold the session: the reuse is bounded like a connect.
             let selected =
                 tokio::time::timeout_at(deadline, select_database(&mut conn, login.database.as_deref()))
@@ -319,10 +322,15 @@ async fn connect_with(
     Ok(backend.pool.lend(conn, PoolKey::of(login), permit, worker))
 }
 
+/// Whether a connection is in the session's database already (or the session has none).
+fn in_database(conn: &Pooled, database: Option<&str>) -> bool {
+    database.is_none_or(|db| conn.database.as_ref().is_some_and(|d| d.as_deref() == Some(db)))
+}
+
 /// COM_INIT_DB on a reused connection that is not in the session's database.
 async fn select_database(conn: &mut Pooled, database: Option<&str>) -> bool {
     let Some(db) = database else { return true };
-    if conn.database.as_ref().is_some_and(|d| d.as_deref() == Some(db)) {
+    if in_database(conn, database) {
         return true;
     }
     let mut payload = vec![command::INIT_DB];

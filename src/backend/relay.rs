@@ -90,7 +90,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     ) -> Result<Outcome, RelayError> {
         let mut continued = false;
         loop {
-            if !continued && let Some(outcome) = self.relay_buffered_run(tracker).await? {
+            if !continued && let Some(outcome) = self.relay_buffered_run(tracker, statement_id).await? {
                 return Ok(outcome);
             }
             let header = self.backend_header().await?;
@@ -156,27 +156,41 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
         }
     }
 
-    /// The fast path for rows and column definitions: every complete packet already in the
-    /// read buffer that the tracker need not see whole is accounted for and copied to the client
-    /// in one write. Returns the outcome if the run ended the response.
+    /// The fast path: every complete packet already in the read buffer is accounted for and
+    /// copied to the client in one write, straight from the buffer. Packets the tracker reads
+    /// whole (the column count, OK, EOF, ERR) are read in place; one that must change on its way
+    /// (an OK packet losing session-state data, an EOF losing a flag, a prepare's statement id)
+    /// ends the run and goes the slow way. Returns the outcome if the run ended the response.
     async fn relay_buffered_run(
         &mut self,
         tracker: &mut ResponseTracker,
+        statement_id: Option<u32>,
     ) -> Result<Option<Outcome>, RelayError> {
         let buf = self.conn.reader.buffer();
+        // A digest hashes inspected packets apart from their headers: the slow path keeps that.
+        let in_place = statement_id.is_none() && self.conn.digest.is_none();
         let mut end = 0;
         let mut done = None;
         while done.is_none() && buf.len() >= end + 5 {
             let header = Header::decode([buf[end], buf[end + 1], buf[end + 2], buf[end + 3]]);
             let first = buf[end + 4];
-            if header.len == 0
-                || header.is_continued()
-                || buf.len() < end + 4 + header.len
-                || tracker.needs_payload(first, header.len)
-            {
+            if header.len == 0 || header.is_continued() || buf.len() < end + 4 + header.len {
                 break;
             }
-            match tracker.accept(first, header.len, &[]) {
+            let payload = &buf[end + 4..end + 4 + header.len];
+            let seen: &[u8] = if !tracker.needs_payload(first, header.len) {
+                &[]
+            } else if in_place
+                && let Some(gtid) = unchanged_on_the_way(tracker, first, payload, self.conn.visible)
+            {
+                if let Some(gtid) = gtid {
+                    self.conn.last_gtid = Some(gtid);
+                }
+                payload
+            } else {
+                break;
+            };
+            match tracker.accept(first, header.len, seen) {
                 Ok(Progress::More) => {}
                 Ok(Progress::Done(outcome)) => done = Some(outcome),
                 Ok(Progress::LocalInfile) | Err(_) => {
@@ -288,6 +302,34 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
         }
         self.conn.writer.flush().await.map_err(|e| self.fail(Side::Backend, e.to_string()))
     }
+}
+
+/// Whether a packet the tracker reads whole can reach the client as the backend sent it, and
+/// if so the GTID an OK packet carries: `None` when it must change first (see
+/// [`Relay::inspect`]) or when it asks for a LOCAL INFILE upload (the slow path runs that).
+fn unchanged_on_the_way(
+    tracker: &ResponseTracker,
+    first: u8,
+    payload: &[u8],
+    visible: session_track::Visible,
+) -> Option<Option<String>> {
+    if first == 0xFB {
+        return None;
+    }
+    if tracker.is_ok_packet(first, payload.len()) {
+        if session_track::rewrite_ok(payload, visible).is_some() {
+            return None;
+        }
+        return Some(session_track::gtid_of_ok(payload));
+    }
+    if tracker.is_eof_packet(first, payload.len())
+        && !visible.client_tracks
+        && payload.len() >= 5
+        && payload[4] & ((session_track::STATE_CHANGED >> 8) as u8) != 0
+    {
+        return None;
+    }
+    Some(None)
 }
 
 /// Copies exactly `len` bytes; an error says whether reading (`Backend`) or writing (`Client`)

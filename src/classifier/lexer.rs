@@ -104,25 +104,28 @@ pub fn plainly_read(sql: &str) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b.is_ascii_alphanumeric() || b == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
+        match BYTE_CLASS[usize::from(b)] {
+            OTHER => {}
+            WORD => {
+                let start = i;
+                while i < bytes.len() && BYTE_CLASS[usize::from(bytes[i])] == WORD {
+                    i += 1;
+                }
+                if suspicious_word(&bytes[start..i]) {
+                    return false;
+                }
+                continue;
             }
-            if suspicious_word(&bytes[start..i]) {
-                return false;
-            }
-            continue;
-        }
-        match b {
-            b'@' | b';' | b':' => return false,
-            b'\'' => quotes[0] += 1,
-            b'"' => quotes[1] += 1,
-            b'`' => quotes[2] += 1,
-            b'/' if bytes.get(i + 1) == Some(&b'*') && matches!(bytes.get(i + 2), Some(b'!' | b'M')) => {
-                return false;
-            }
-            _ => {}
+            _ => match b {
+                b'@' | b';' | b':' => return false,
+                b'\'' => quotes[0] += 1,
+                b'"' => quotes[1] += 1,
+                b'`' => quotes[2] += 1,
+                b'/' if bytes.get(i + 1) == Some(&b'*') && matches!(bytes.get(i + 2), Some(b'!' | b'M')) => {
+                    return false;
+                }
+                _ => {}
+            },
         }
         i += 1;
     }
@@ -130,45 +133,94 @@ pub fn plainly_read(sql: &str) -> bool {
     quotes.iter().all(|q| q % 2 == 0)
 }
 
+/// What [`plainly_read`] makes of each byte: one table load per byte instead of a chain of
+/// range tests (the scan runs over every read statement).
+const OTHER: u8 = 0;
+const WORD: u8 = 1;
+const MARK: u8 = 2;
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            table[b] = WORD;
+        }
+        b += 1;
+    }
+    let marks = b"@;:'\"`/";
+    let mut m = 0;
+    while m < marks.len() {
+        table[marks[m] as usize] = MARK;
+        m += 1;
+    }
+    table
+};
+
+/// Whether a word is one of those that can make a read more than a plain read. Most words of
+/// a read are names and common keywords: the length picks the few candidates to compare.
 fn suspicious_word(word: &[u8]) -> bool {
-    let mut buf = [0u8; 40];
-    let Some(slot) = buf.get_mut(..word.len()) else {
-        return false;
+    let candidates: &[&[u8]] = match word.len() {
+        3 => &[b"FOR"],
+        4 => &[b"LOCK", b"INTO", b"SKIP", b"NEXT"],
+        5 => &[b"SLEEP"],
+        6 => &[b"NOWAIT", b"INSERT", b"UPDATE", b"DELETE", b"SETVAL"],
+        7 => &[b"REPLACE", b"NEXTVAL", b"LASTVAL", b"RWPROXY"],
+        8 => &[b"GET_LOCK"],
+        9 => &[b"ROW_COUNT", b"BENCHMARK"],
+        10 => &[b"FOUND_ROWS", b"UUID_SHORT"],
+        12 => &[b"IS_FREE_LOCK", b"IS_USED_LOCK", b"RELEASE_LOCK"],
+        14 => &[b"LAST_INSERT_ID"],
+        15 => &[b"MASTER_POS_WAIT", b"SOURCE_POS_WAIT"],
+        16 => &[b"MASTER_GTID_WAIT"],
+        17 => &[b"RELEASE_ALL_LOCKS"],
+        19 => &[b"SQL_CALC_FOUND_ROWS"],
+        26 => &[b"WAIT_FOR_EXECUTED_GTID_SET"],
+        33 => &[b"WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS"],
+        _ => return false,
     };
-    slot.copy_from_slice(word);
-    slot.make_ascii_uppercase();
-    matches!(
-        &*slot,
-        b"FOR"
-            | b"LOCK"
-            | b"INTO"
-            | b"NOWAIT"
-            | b"SKIP"
-            | b"INSERT"
-            | b"UPDATE"
-            | b"DELETE"
-            | b"REPLACE"
-            | b"NEXT"
-            | b"SQL_CALC_FOUND_ROWS"
-            | b"FOUND_ROWS"
-            | b"ROW_COUNT"
-            | b"LAST_INSERT_ID"
-            | b"NEXTVAL"
-            | b"LASTVAL"
-            | b"SETVAL"
-            | b"MASTER_POS_WAIT"
-            | b"MASTER_GTID_WAIT"
-            | b"WAIT_FOR_EXECUTED_GTID_SET"
-            | b"WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS"
-            | b"SLEEP"
-            | b"IS_FREE_LOCK"
-            | b"IS_USED_LOCK"
-            | b"UUID_SHORT"
-            | b"BENCHMARK"
-            | b"SOURCE_POS_WAIT"
-            | b"GET_LOCK"
-            | b"RELEASE_LOCK"
-            | b"RELEASE_ALL_LOCKS"
-            | b"RWPROXY"
-    )
+    // The first letter turns most candidates away before the whole comparison.
+    let first = word[0].to_ascii_uppercase();
+    candidates.iter().any(|candidate| candidate[0] == first && candidate.eq_ignore_ascii_case(word))
+}
+
+/// Every word `suspicious_word` knows, for the test that checks the length table.
+#[cfg(test)]
+pub(super) const SUSPICIOUS: &[&str] = &[
+    "FOR",
+    "LOCK",
+    "INTO",
+    "NOWAIT",
+    "SKIP",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "NEXT",
+    "SQL_CALC_FOUND_ROWS",
+    "FOUND_ROWS",
+    "ROW_COUNT",
+    "LAST_INSERT_ID",
+    "NEXTVAL",
+    "LASTVAL",
+    "SETVAL",
+    "MASTER_POS_WAIT",
+    "MASTER_GTID_WAIT",
+    "WAIT_FOR_EXECUTED_GTID_SET",
+    "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS",
+    "SLEEP",
+    "IS_FREE_LOCK",
+    "IS_USED_LOCK",
+    "UUID_SHORT",
+    "BENCHMARK",
+    "SOURCE_POS_WAIT",
+    "GET_LOCK",
+    "RELEASE_LOCK",
+    "RELEASE_ALL_LOCKS",
+    "RWPROXY",
+];
+
+#[cfg(test)]
+pub(super) fn is_suspicious(word: &str) -> bool {
+    suspicious_word(word.as_bytes())
 }

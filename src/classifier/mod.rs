@@ -9,7 +9,7 @@ mod lexer;
 mod names;
 mod scan;
 
-use lexer::Lead;
+pub use lexer::{Lead, lead};
 pub use names::{prepared_name, table_names};
 pub use scan::Features;
 
@@ -145,9 +145,13 @@ pub fn counts_as_write(class: &Classification) -> bool {
 
 /// Classifies one COM_QUERY text (or a COM_STMT_PREPARE statement).
 pub fn classify(sql: &str) -> Classification {
-    let lead = lexer::lead(sql);
+    classify_lead(sql, &lexer::lead(sql))
+}
+
+/// [`classify`] with the statement's leading words already read (by [`lead`]).
+pub fn classify_lead(sql: &str, lead: &Lead<'_>) -> Classification {
     let mut class = match lead.first_word {
-        Some(word) => classify_by_keyword(sql, &lead, word),
+        Some(word) => classify_by_keyword(sql, lead, word),
         None => Classification::new(Destination::Primary, Reason::Unknown),
     };
     if class.hint.is_none() {
@@ -312,7 +316,11 @@ mod tests;
 
 /// For `EXPLAIN ROUTE <statement>` (answered by rwproxy itself), the statement to explain.
 pub fn explain_route_target(sql: &str) -> Option<&str> {
-    let lead = lexer::lead(sql);
+    explain_route_in(sql, &lexer::lead(sql))
+}
+
+/// [`explain_route_target`] with the statement's leading words already read (by [`lead`]).
+pub fn explain_route_in<'a>(sql: &'a str, lead: &Lead<'a>) -> Option<&'a str> {
     let first = lead.first_word?;
     let second = lead.second_word?;
     if !first.eq_ignore_ascii_case("EXPLAIN") || !second.eq_ignore_ascii_case("ROUTE") {

@@ -177,3 +177,15 @@ fn writes_are_what_may_change_data() {
         assert!(!counts_as_write(&classify(sql)), "{sql}");
     }
 }
+
+#[test]
+fn every_suspicious_word_is_found_in_any_case() {
+    for word in super::lexer::SUSPICIOUS {
+        assert!(super::lexer::is_suspicious(word), "{word}");
+        assert!(super::lexer::is_suspicious(&word.to_ascii_lowercase()), "{word}");
+        assert!(!super::lexer::is_suspicious(&format!("{word}X")), "{word}X");
+    }
+    for word in ["SELECT", "FROM", "WHERE", "id", "ORDER", "LIMIT", "FORM", "LOCKS"] {
+        assert!(!super::lexer::is_suspicious(word), "{word}");
+    }
+}

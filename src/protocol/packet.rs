@@ -111,6 +111,22 @@ pub struct Logical {
     pub last_seq: u8,
 }
 
+/// The next logical packet when it is already whole in `r`'s buffer (a command normally
+/// arrives in one read): taken without the reader's per-call work. `None` when it is not
+/// whole, spans several physical packets or is over `max` bytes; [`read_logical`] then reads
+/// it (and refuses it) the usual way.
+pub fn take_buffered<R: AsyncRead + Unpin>(r: &mut tokio::io::BufReader<R>, max: usize) -> Option<Logical> {
+    let buf = r.buffer();
+    let head: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    let header = Header::decode(head);
+    if header.is_continued() || header.len > max {
+        return None;
+    }
+    let payload = buf.get(4..4 + header.len)?.to_vec();
+    tokio::io::AsyncBufReadExt::consume(r, 4 + header.len);
+    Some(Logical { payload, first_seq: header.seq, last_seq: header.seq })
+}
+
 /// Reads one logical packet, joining continuations, refusing payloads above `max` bytes.
 /// `Ok(None)` when the peer closed cleanly before the first byte.
 pub async fn read_logical<R: AsyncRead + Unpin>(

@@ -6,7 +6,7 @@ use super::optimistic::Ran;
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response, reset};
 use crate::classifier::{
-    Classification, Destination, Effect, Hint, Reason, classify, counts_as_write, explain_route_target,
+    Classification, Destination, Effect, Hint, Reason, classify_lead, counts_as_write, explain_route_in, lead,
 };
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -41,14 +41,15 @@ impl AttemptError {
 
 impl Session {
     pub(super) async fn query(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let sql = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
-        if let Some(statement) = explain_route_target(&sql) {
+        let sql = statement_text(payload.get(1..).unwrap_or_default());
+        let lead = lead(&sql);
+        if let Some(statement) = explain_route_in(&sql, &lead) {
             return Box::pin(self.explain_route(statement)).await;
         }
-        if asks_position(&sql) {
+        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) && asks_position(&sql) {
             return Box::pin(self.answer_position()).await;
         }
-        let class = classify(&sql);
+        let class = classify_lead(&sql, &lead);
         if class.destination == Destination::All && !self.state.history.has_room_for(&payload) {
             return self.history_full().await;
         }
@@ -450,6 +451,15 @@ fn kept_for_next(class: Option<&Classification>, outcome: &Outcome) -> Option<su
         Some(super::Pin::Diagnostics)
     } else {
         None
+    }
+}
+
+/// A statement's text: borrowed when it is valid UTF-8 (std's check has an ASCII fast path
+/// that the lossy conversion's chunking does not), else with replacement characters.
+fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

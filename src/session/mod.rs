@@ -184,12 +184,15 @@ impl Session {
             }
             // Waiting on the buffer (not on a packet) loses nothing when a drain interrupts.
             if !self.draining {
+                // Biased: a waiting command is taken without polling the timers first; the drain
+                // signal comes first so that a client that never pauses still sees it.
                 tokio::select! {
-                    filled = self.reader.fill_buf() => { filled?; }
+                    biased;
                     _ = &mut self.kick => {
                         self.draining = true;
                         continue;
                     }
+                    filled = self.reader.fill_buf() => { filled?; }
                     () = multiplex::diagnostics_kept(self.pinned_by) => {
                         // The client did not read its warnings at once: they go, and so does
                         // the connection that held them (reset before anyone borrows it).
@@ -216,8 +219,12 @@ impl Session {
             // The next command has arrived: it runs on the newest configuration if it can.
             self.follow_reload().await;
             let max = self.shared.config.mysql.max_packet_size;
-            let Some(packet) = packet::read_logical(&mut self.reader, max).await? else {
-                return Ok(());
+            let packet = match packet::take_buffered(&mut self.reader, max) {
+                Some(packet) => packet,
+                None => match packet::read_logical(&mut self.reader, max).await? {
+                    Some(packet) => packet,
+                    None => return Ok(()),
+                },
             };
             self.last_command = tokio::time::Instant::now();
             if packet.first_seq != 0 {
