@@ -9,7 +9,7 @@
 //! deadpool's pools hand out interchangeable objects; these are keyed by login and capped per
 //! backend across logins, so a small keyed list and a semaphore do the job.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,15 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
+    /// Whether a connection made for this key serves `login` (compared in place: a checkout
+    /// runs on every statement, and building a key allocates).
+    pub fn serves(&self, login: &Login) -> bool {
+        self.collation == login.collation
+            && self.caps == login.client_caps.bits()
+            && self.mariadb_caps == login.mariadb_caps.bits()
+            && self.user == login.user
+    }
+
     pub fn of(login: &Login) -> PoolKey {
         PoolKey {
             user: login.user.clone(),
@@ -114,6 +123,9 @@ pub struct Pool {
     /// Woken when a connection is given back, for a session waiting at `max_connections`
     /// (on any worker: one given back to another worker's shard is closed to free its slot).
     given_back: Notify,
+    /// Sessions waiting on `given_back`: a connection given back wakes someone only when
+    /// someone waits (a notify without waiters would write the shared line on every statement).
+    waiting: AtomicUsize,
     next_uid: AtomicU64,
     max_connections: usize,
     /// Idle connections kept per shard: `max_idle_connections` split over the workers.
@@ -134,6 +146,7 @@ impl Pool {
             shards: (0..workers).map(|_| Shard::default()).collect(),
             permits,
             given_back: Notify::new(),
+            waiting: AtomicUsize::new(0),
             next_uid: AtomicU64::new(1),
             max_connections,
             max_idle: per_shard,
@@ -179,12 +192,12 @@ impl Pool {
     /// An idle connection of `worker` with this login: preferably one holding exactly the
     /// settings the session has (nothing to replay), in its database; else the one given back
     /// last.
-    fn take_idle(&self, key: &PoolKey, want: Want<'_>, worker: usize) -> Option<Pooled> {
+    fn take_idle(&self, login: &Login, want: Want<'_>, worker: usize) -> Option<Pooled> {
         let mut idle = self.shard(worker).idle.lock().ok()?;
         let mut fallback = None;
         let mut settings_match = None;
         for (at, conn) in idle.iter().enumerate().rev() {
-            if &conn.key != key {
+            if !conn.key.serves(login) {
                 continue;
             }
             let same_settings = conn.settings == Some(want.settings);
@@ -202,11 +215,11 @@ impl Pool {
 
     /// Closes an idle connection that `worker` cannot use (another login, or another
     /// worker's), freeing its slot under `max_connections`.
-    fn close_idle_other_than(&self, key: &PoolKey, worker: usize) -> bool {
+    fn close_idle_other_than(&self, login: &Login, worker: usize) -> bool {
         let own = worker % self.shards.len();
         for (index, shard) in self.shards.iter().enumerate() {
             let Ok(mut idle) = shard.idle.lock() else { continue };
-            if let Some(at) = idle.iter().position(|c| index != own || &c.key != key) {
+            if let Some(at) = idle.iter().position(|c| index != own || !c.key.serves(login)) {
                 drop(idle.swap_remove(at));
                 return true;
             }
@@ -222,7 +235,11 @@ impl Pool {
         {
             idle.push(conn);
         }
-        self.given_back.notify_one();
+        // SeqCst with the waiter's increment: either it sees this connection in the idle list
+        // or this sees it waiting.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.given_back.notify_one();
+        }
     }
 
     /// Closes `worker`'s idle connections given back before `cutoff`; returns how many. Run by
@@ -261,13 +278,12 @@ pub async fn checkout(
     timeout: Duration,
     worker: usize,
 ) -> Result<Pooled, BackendError> {
-    let key = PoolKey::of(login);
     let want = Want { settings, database: login.database.as_deref() };
     let pool = &backend.pool;
     let deadline = tokio::time::Instant::now() + timeout;
     for _ in 0..CHECKOUT_ROUNDS {
         // Bounded by the idle list's length.
-        while let Some(mut conn) = pool.take_idle(&key, want, worker) {
+        while let Some(mut conn) = pool.take_idle(login, want, worker) {
             if conn.is_closed() {
                 continue;
             }
@@ -288,12 +304,13 @@ pub async fn checkout(
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             return connect_with(backend, login, timeout, Some(permit), worker).await;
         }
-        if pool.close_idle_other_than(&key, worker) {
+        if pool.close_idle_other_than(login, worker) {
             continue;
         }
         let given_back = pool.given_back.notified();
         tokio::pin!(given_back);
         given_back.as_mut().enable();
+        let _waiting = Waiting::on(pool);
         if pool.idle_count() > 0 {
             continue;
         }
@@ -308,6 +325,22 @@ pub async fn checkout(
         }
     }
     Err(BackendError::Exhausted { backend: backend.name.clone(), max: pool.max_connections, waited: timeout })
+}
+
+/// Counts a session among a pool's waiters while it lives.
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn on(pool: &'a Pool) -> Waiting<'a> {
+        pool.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn connect_with(

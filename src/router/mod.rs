@@ -148,7 +148,7 @@ impl Router {
             AllReplicasDown::LeastLagged => {
                 let mut order = self.read_rotation(&[], primary, false, false, 0);
                 order.truncate(1);
-                order
+                order.into_vec()
             }
         }
     }
@@ -218,15 +218,15 @@ impl Router {
 
     /// Backends to try for `target`, best first. `excluded` marks backends this session must not
     /// use (a session command failed to replay there). `lane`: the session's SQL worker.
-    pub fn candidates(&self, target: Target, excluded: &[bool], lane: usize) -> Vec<usize> {
+    pub fn candidates(&self, target: Target, excluded: &[bool], lane: usize) -> Candidates {
         let primary = self.backends.primary().index;
         match target {
-            Target::Primary => vec![primary],
-            Target::Backend(b) => vec![b],
+            Target::Primary => smallvec::smallvec![primary],
+            Target::Backend(b) => smallvec::smallvec![b],
             Target::ReadPool => self.read_rotation(excluded, primary, true, false, lane),
             Target::Replica => self.read_rotation(excluded, primary, true, true, lane),
             Target::PreferPrimary => {
-                let mut order = vec![primary];
+                let mut order: Candidates = smallvec::smallvec![primary];
                 order.extend(
                     self.read_rotation(excluded, primary, true, false, lane)
                         .into_iter()
@@ -248,13 +248,13 @@ impl Router {
         advance: bool,
         replicas_only: bool,
         lane: usize,
-    ) -> Vec<usize> {
+    ) -> Candidates {
         let all = self.backends.all();
         let allowed = |b: usize| !excluded.get(b).copied().unwrap_or(false);
         let in_pool =
             |b: usize| allowed(b) && (b != primary || (self.reads_include_primary && !replicas_only));
-        let mut order = Vec::with_capacity(all.len() + 1);
-        order.extend((0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)));
+        let mut order: Candidates =
+            (0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)).collect();
         let start = if advance {
             self.balancer.next(order.len(), lane)
         } else {
@@ -266,7 +266,7 @@ impl Router {
         if !order.iter().any(|&b| b != primary) {
             match self.all_replicas_down {
                 AllReplicasDown::Primary => {}
-                AllReplicasDown::Error => return Vec::new(),
+                AllReplicasDown::Error => return Candidates::new(),
                 AllReplicasDown::LeastLagged => {
                     let least = all
                         .iter()
@@ -289,11 +289,14 @@ impl Router {
                 && all[b].health.state() == State::Up
                 && !self.backends.is_usable(b)
         });
-        let skipped: Vec<usize> = skipped.collect();
+        let skipped: Candidates = skipped.collect();
         order.extend(skipped);
         order
     }
 }
+
+/// Backends to try for a statement, best first: inline up to 8 (no allocation per statement).
+pub type Candidates = smallvec::SmallVec<[usize; 8]>;
 
 /// Inside an optimistic transaction: whether the statement must run on the primary (a write,
 /// a locking read, …). `COMMIT`, `ROLLBACK` and session commands stay where the transaction is.

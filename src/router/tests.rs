@@ -41,7 +41,7 @@ fn failed_backend_goes_last_and_excluded_is_skipped() {
     r.backends().mark_failed(1, "test");
     for _ in 0..4 {
         let order = r.candidates(Target::ReadPool, &[false, false, true], 0);
-        assert_eq!(order, [0, 1], "usable first, failed after, excluded never");
+        assert_eq!(order.as_slice(), [0, 1], "usable first, failed after, excluded never");
         assert_eq!(r.read_pool(), [0, 2], "session exclusions are not the pool's");
     }
 }

@@ -14,6 +14,7 @@ use crate::backend::QueryError;
 use crate::config::Consistency;
 use crate::consistency::{Position, ReadOutcome};
 use crate::protocol::IN_TRANS;
+use crate::router::Candidates;
 
 /// What the session's writes require of its later reads.
 #[derive(Debug, Clone, Default)]
@@ -146,14 +147,14 @@ impl Session {
     /// Narrows the read candidates (in rotation order) to those that may answer `need`: the
     /// first that is known to have the position or gets there within the timeout, then the
     /// primary; or the primary alone.
-    pub(super) async fn consistent_candidates(&mut self, candidates: Vec<usize>, need: Need) -> Vec<usize> {
+    pub(super) async fn consistent_candidates(&mut self, candidates: Candidates, need: Need) -> Candidates {
         let primary = self.shared.router.backends().primary().index;
         let position = match need {
             Need::Any => return candidates,
             Need::Primary(why) => {
                 tracing::debug!(session = self.id, reason = %why, "read goes to the primary");
                 self.placed(ReadOutcome::Primary, None, None);
-                return vec![primary];
+                return smallvec::smallvec![primary];
             }
             Need::Position(position) => position,
         };
@@ -164,7 +165,7 @@ impl Session {
         if candidates.first() == Some(&primary) {
             // The primary's turn in the rotation: it has every write.
             self.placed(ReadOutcome::Primary, None, None);
-            return vec![primary];
+            return smallvec::smallvec![primary];
         }
         let timeout = self.shared.config.mysql.routing.causal_read_timeout;
         let deadline = Instant::now() + timeout;
@@ -176,7 +177,7 @@ impl Session {
             };
             if b.known.covers(&position) {
                 self.placed(ReadOutcome::ReplicaReady, Some(backend), None);
-                return vec![backend, primary];
+                return smallvec::smallvec![backend, primary];
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || b.health.lag().is_some_and(|lag| lag > timeout) {
@@ -186,11 +187,11 @@ impl Session {
             if Box::pin(self.wait_on(backend, &position, left)).await {
                 b.known.reached(&position);
                 self.placed(ReadOutcome::Waited, Some(backend), Some(started.elapsed()));
-                return vec![backend, primary];
+                return smallvec::smallvec![backend, primary];
             }
         }
         self.placed(ReadOutcome::Primary, None, None);
-        vec![primary]
+        smallvec::smallvec![primary]
     }
 
     /// Counts where a read that needed a position went, and remembers it for `EXPLAIN ROUTE`.
