@@ -184,42 +184,6 @@ fn suspicious_word(word: &[u8]) -> bool {
     candidates.iter().any(|candidate| candidate[0] == first && candidate.eq_ignore_ascii_case(word))
 }
 
-/// Every word `suspicious_word` knows, for the test that checks the length table.
-#[cfg(test)]
-pub(super) const SUSPICIOUS: &[&str] = &[
-    "FOR",
-    "LOCK",
-    "INTO",
-    "NOWAIT",
-    "SKIP",
-    "INSERT",
-    "UPDATE",
-    "DELETE",
-    "REPLACE",
-    "NEXT",
-    "SQL_CALC_FOUND_ROWS",
-    "FOUND_ROWS",
-    "ROW_COUNT",
-    "LAST_INSERT_ID",
-    "NEXTVAL",
-    "LASTVAL",
-    "SETVAL",
-    "MASTER_POS_WAIT",
-    "MASTER_GTID_WAIT",
-    "WAIT_FOR_EXECUTED_GTID_SET",
-    "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS",
-    "SLEEP",
-    "IS_FREE_LOCK",
-    "IS_USED_LOCK",
-    "UUID_SHORT",
-    "BENCHMARK",
-    "SOURCE_POS_WAIT",
-    "GET_LOCK",
-    "RELEASE_LOCK",
-    "RELEASE_ALL_LOCKS",
-    "RWPROXY",
-];
-
 #[cfg(test)]
 pub(super) fn is_suspicious(word: &str) -> bool {
     suspicious_word(word.as_bytes())

@@ -8,7 +8,7 @@ use super::Hint;
 use super::lexer::hint_in;
 
 /// Functions whose answer depends on the session or the primary, or that have side effects.
-const PRIMARY_FUNCTIONS: &[&str] = &[
+pub(super) const PRIMARY_FUNCTIONS: &[&str] = &[
     "LAST_INSERT_ID",
     "NEXTVAL",
     "LASTVAL",
@@ -25,9 +25,9 @@ const PRIMARY_FUNCTIONS: &[&str] = &[
     "SOURCE_POS_WAIT",
 ];
 /// Functions that take a lock held by the connection: the session must stay where it took it.
-const LOCK_FUNCTIONS: &[&str] = &["GET_LOCK"];
+pub(super) const LOCK_FUNCTIONS: &[&str] = &["GET_LOCK"];
 /// Functions that describe the previous statement.
-const DIAGNOSTIC_FUNCTIONS: &[&str] = &["FOUND_ROWS", "ROW_COUNT"];
+pub(super) const DIAGNOSTIC_FUNCTIONS: &[&str] = &["FOUND_ROWS", "ROW_COUNT"];
 const PRIMARY_VARIABLES: &[&str] = &["@@IDENTITY", "@@LAST_INSERT_ID", "@@SESSION.LAST_INSERT_ID"];
 
 /// Everything the token scan found that can change a statement's destination.
