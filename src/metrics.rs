@@ -57,6 +57,14 @@ struct BackendSeries {
     states: Vec<(State, Gauge)>,
     connections: Gauge,
     idle: Gauge,
+    /// `rwproxy_pool_waiting{backend}`: sessions waiting for a connection at `max_connections`.
+    waiting: Gauge,
+    /// `rwproxy_pool_checkouts_total{backend,from}`: idle, new.
+    checkouts: [Counter; 2],
+    /// `rwproxy_pool_resets_total`, `rwproxy_pool_waits_total`, `rwproxy_pool_exhausted_total`.
+    resets: Counter,
+    waits: Counter,
+    exhausted: Counter,
     demotions: Vec<(State, Counter)>,
     check_duration: Histogram,
     /// Indexed by route × reason.
@@ -229,6 +237,21 @@ impl Metrics {
                 &Self::key("rwproxy_backend_connections", &[("backend", name), ("state", "idle")]),
                 &METADATA,
             ),
+            waiting: r.register_gauge(&Self::key("rwproxy_pool_waiting", &[("backend", name)]), &METADATA),
+            checkouts: ["idle", "new"].map(|from| {
+                r.register_counter(
+                    &Self::key("rwproxy_pool_checkouts_total", &[("backend", name), ("from", from)]),
+                    &METADATA,
+                )
+            }),
+            resets: r
+                .register_counter(&Self::key("rwproxy_pool_resets_total", &[("backend", name)]), &METADATA),
+            waits: r
+                .register_counter(&Self::key("rwproxy_pool_waits_total", &[("backend", name)]), &METADATA),
+            exhausted: r.register_counter(
+                &Self::key("rwproxy_pool_exhausted_total", &[("backend", name)]),
+                &METADATA,
+            ),
             demotions: State::ALL[1..]
                 .iter()
                 .map(|s| {
@@ -362,10 +385,18 @@ impl Metrics {
             for (s, gauge) in &series.states {
                 gauge.set(if *s == state { 1.0 } else { 0.0 });
             }
-            series.idle.set(backend.pool.idle_count() as f64);
-            series
-                .connections
-                .set(backend.health.connections.load(std::sync::atomic::Ordering::Relaxed) as f64);
+            // Open connections minus the idle ones: those a session holds now.
+            let pool = &backend.pool;
+            let idle = pool.idle_count();
+            let open = usize::try_from(backend.health.connections.load(Ordering::Relaxed)).unwrap_or(0);
+            series.idle.set(idle as f64);
+            series.connections.set(open.saturating_sub(idle) as f64);
+            series.waiting.set(pool.waiting() as f64);
+            series.checkouts[0].absolute(pool.stats.reused.sum());
+            series.checkouts[1].absolute(pool.stats.opened.load(Ordering::Relaxed));
+            series.resets.absolute(pool.stats.resets.load(Ordering::Relaxed));
+            series.waits.absolute(pool.stats.waits.load(Ordering::Relaxed));
+            series.exhausted.absolute(pool.stats.exhausted.load(Ordering::Relaxed));
         }
         self.handle.render()
     }

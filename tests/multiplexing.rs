@@ -362,3 +362,59 @@ async fn idle_backend_connections_are_closed_after_backend_idle_timeout() {
     let second: u64 = client.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
     assert_ne!(first, second, "the session reads on a new backend connection");
 }
+
+/// At `max_connections` a statement waits for a connection to be given back: it runs when one
+/// is, and fails with an error naming the limit when none is within `connect_timeout`. The pool's
+/// statistics on `/metrics` and `/status` count both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_makes_a_statement_wait_then_names_the_limit() {
+    let _serial = serial().await;
+    // A whole second to wait: room for the test to see the wait and end it.
+    let proxy = start_proxy_with(&primary_only("").replace("\"300ms\"", "\"1s\"")).await;
+    // Both log in first: the client library runs statements of its own after the login.
+    let mut holder = connect(&proxy).await;
+    let mut waiter = connect(&proxy).await;
+    holder.query_drop("BEGIN").await.expect("begin");
+    holder.query_drop("SELECT 1").await.expect("select");
+    // The only connection is pinned by the transaction: the wait runs out.
+    let started = std::time::Instant::now();
+    let err = waiter.query_drop("SELECT 2").await.expect_err("no connection within connect_timeout");
+    let waited = started.elapsed();
+    assert!(err.to_string().contains("max_connections"), "{err}");
+    assert!(waited >= Duration::from_millis(900), "gave up after {waited:?}, before connect_timeout");
+    // Given back while the statement waits: it runs.
+    let waiting = tokio::spawn(async move {
+        let value: Option<u32> = waiter.query_first("SELECT 3").await.expect("served once given back");
+        value
+    });
+    let admin = proxy.admin_addr.expect("admin");
+    let mut seen_waiting = false;
+    for _ in 0..50 {
+        let (_, metrics) = common::http_get(admin, "/metrics").await;
+        if metrics.contains("rwproxy_pool_waiting{backend=\"primary\"} 1") {
+            seen_waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen_waiting, "the second statement never showed as waiting");
+    holder.query_drop("COMMIT").await.expect("commit");
+    assert_eq!(waiting.await.expect("task"), Some(3));
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    for line in [
+        "rwproxy_pool_waits_total{backend=\"primary\"} 2",
+        "rwproxy_pool_exhausted_total{backend=\"primary\"} 1",
+        "rwproxy_pool_waiting{backend=\"primary\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let (_, status) = common::http_get(admin, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let pool = &status["backends"][0]["pool"];
+    assert_eq!(
+        (pool["max_connections"].as_u64(), pool["exhausted"].as_u64()),
+        (Some(1), Some(1)),
+        "{status}"
+    );
+    assert!(pool["checkouts_from_idle"].as_u64().is_some_and(|n| n >= 1), "{status}");
+}

@@ -6,6 +6,21 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 
+/// A backend pool's limits and what it did (ProxySQL users read the same from its
+/// connection-pool statistics).
+fn pool_status(pool: &crate::backend::Pool) -> Value {
+    let stats = &pool.stats;
+    json!({
+        "max_connections": pool.max_connections(),
+        "waiting": pool.waiting(),
+        "checkouts_from_idle": stats.reused.sum(),
+        "connections_opened": stats.opened.load(Ordering::Relaxed),
+        "resets": stats.resets.load(Ordering::Relaxed),
+        "waits": stats.waits.load(Ordering::Relaxed),
+        "exhausted": stats.exhausted.load(Ordering::Relaxed),
+    })
+}
+
 pub fn snapshot(state: &AdminState) -> Value {
     let backends = state.backends();
     let read_pool: Vec<&str> =
@@ -24,6 +39,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),
                 "idle_connections": b.pool.idle_count(),
+                "pool": pool_status(&b.pool),
                 "queries_total": h.queries.sum(),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
                 "gtid": b.known.gtid(),

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::Backend;
 use super::connection::{BackendConn, BackendError, Login};
 use crate::protocol::{ResponseKind, command};
+use crate::striped::Striped;
 
 /// The connection-level settings a pooled connection must share with the session using it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +115,29 @@ struct Shard {
     idle: Mutex<Vec<Pooled>>,
 }
 
+/// What a pool did, for `/metrics` and `/status` (what ProxySQL shows in its connection-pool
+/// statistics).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Checkouts served by an idle connection: one per statement with multiplexing, so counted
+    /// per worker.
+    pub reused: Striped,
+    /// Connections opened for a checkout.
+    pub opened: AtomicU64,
+    /// Borrowed connections reset first: they held settings that were not a prefix of the
+    /// borrowing session's.
+    pub resets: AtomicU64,
+    /// Checkouts that waited for a connection at `max_connections`.
+    pub waits: AtomicU64,
+    /// Checkouts that gave up at `max_connections` (the client got the error naming the limit).
+    pub exhausted: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct Pool {
     /// One per SQL worker thread.
     shards: Vec<Shard>,
+    pub stats: PoolStats,
     /// Slots under `max_connections`, shared by the shards.
     permits: Option<Arc<Semaphore>>,
     /// Woken when a connection is given back, for a session waiting at `max_connections`
@@ -144,6 +164,7 @@ impl Pool {
         let per_shard = if max_idle == 0 { 0 } else { (max_idle / workers).max(1) };
         Pool {
             shards: (0..workers).map(|_| Shard::default()).collect(),
+            stats: PoolStats::default(),
             permits,
             given_back: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -159,6 +180,11 @@ impl Pool {
 
     pub fn workers(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Sessions waiting now for a connection at `max_connections`.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn idle_count(&self) -> usize {
@@ -288,6 +314,7 @@ pub async fn checkout(
                 continue;
             }
             if in_database(&conn, login.database.as_deref()) {
+                pool.stats.reused.add(worker, 1);
                 return Ok(conn);
             }
             // A server that hangs must not hold the session: the reuse is bounded like a connect.
@@ -295,6 +322,7 @@ pub async fn checkout(
                 tokio::time::timeout_at(deadline, select_database(&mut conn, login.database.as_deref()))
                     .await;
             if selected == Ok(true) {
+                pool.stats.reused.add(worker, 1);
                 return Ok(conn);
             }
         }
@@ -314,6 +342,7 @@ pub async fn checkout(
         if pool.idle_count() > 0 {
             continue;
         }
+        pool.stats.waits.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             permit = permits.clone().acquire_owned() => {
                 if let Ok(permit) = permit {
@@ -324,6 +353,7 @@ pub async fn checkout(
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
+    pool.stats.exhausted.fetch_add(1, Ordering::Relaxed);
     Err(BackendError::Exhausted { backend: backend.name.clone(), max: pool.max_connections, waited: timeout })
 }
 
@@ -352,6 +382,7 @@ async fn connect_with(
 ) -> Result<Pooled, BackendError> {
     // Boxed: a rare path (login, TLS) that would otherwise size every session's task.
     let conn = Box::pin(BackendConn::connect(backend.clone(), login, timeout)).await?;
+    backend.pool.stats.opened.fetch_add(1, Ordering::Relaxed);
     Ok(backend.pool.lend(conn, PoolKey::of(login), permit, worker))
 }
 
@@ -377,6 +408,7 @@ async fn select_database(conn: &mut Pooled, database: Option<&str>) -> bool {
 /// Resets a borrowed connection whose settings are not the session's (COM_RESET_CONNECTION),
 /// then selects the session's database.
 pub async fn reset(conn: &mut Pooled, database: Option<&str>) -> Result<(), String> {
+    conn.backend.pool.stats.resets.fetch_add(1, Ordering::Relaxed);
     let name = conn.backend.name.clone();
     let reset = conn.run_silently(&[command::RESET_CONNECTION], ResponseKind::Query);
     match tokio::time::timeout(RESET_TIMEOUT, reset).await {
