@@ -230,7 +230,10 @@ async fn admin_endpoints_describe_backends_and_routing() {
         "rwproxy_backend_state{backend=\"replica2\",state=\"up\"} 1",
         "rwproxy_query_duration_seconds_bucket",
         "rwproxy_client_connections 1",
-        "rwproxy_backend_connections{backend=\"replica1\",state=\"in_use\"} 1",
+        // Multiplexing: between statements the session's connection waits in the pool.
+        "rwproxy_backend_connections{backend=\"replica1\",state=\"in_use\"} 0",
+        "rwproxy_backend_connections{backend=\"replica1\",state=\"idle\"} 1",
+        "rwproxy_pool_checkouts_total{backend=\"replica1\",from=\"new\"} 1",
         "rwproxy_monitor_check_duration_seconds_bucket{backend=\"primary\"",
         "rwproxy_backend_demotions_total{backend=\"replica1\",reason=\"down\"} 0",
     ] {
