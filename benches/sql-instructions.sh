@@ -7,6 +7,8 @@
 #
 #   benches/sql-instructions.sh [statements, default 2000]
 #
+# rwproxy's line also gives its SQL worker threads alone: the repeatable part (the monitor's
+# share depends on how long the run took).
 # With KEEP_PROFILE=DIR set, the callgrind profiles are copied to DIR (callgrind_annotate reads
 # them: where the instructions go).
 #
@@ -53,19 +55,22 @@ start() { # name port [wrapper...] -> pid in $started
   sleep 2  # rwproxy's monitor: backends up, positions known
 }
 instructions() { # name
-  local port total
+  local port total workers
   port=$(free_port)
-  start "$1" "$port" valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1"
+  start "$1" "$port" valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/cg.$1"
   python3 "$work/client.py" "$port" 300
   callgrind_control -z "$started" >/dev/null 2>&1
   python3 "$work/client.py" "$port" "$N"
   callgrind_control -d "$started" >/dev/null 2>&1
   sleep 1
   total=$(grep -h '^totals:' "$work"/cg."$1".* | awk '{ s += $2 } END { print s }')
+  # rwproxy's SQL worker threads alone (its monitor runs elsewhere, on a timer, so its share
+  # of a run depends on how long the run took under valgrind).
+  workers=$(grep -l 'run_worker' "$work"/cg."$1".* 2>/dev/null | xargs -r grep -h '^totals:' | awk '{ s += $2 } END { print s + 0 }')
   if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$work"/cg."$1".* "$KEEP_PROFILE"/; fi
   kill -TERM "$started" 2>/dev/null || true; wait "$started" 2>/dev/null || true
   rm -f "$work"/cg."$1".*
-  echo $((total / N))
+  if [ "$workers" -gt 0 ]; then echo "$((total / N)) ($((workers / N)) SQL workers)"; else echo $((total / N)); fi
 }
 syscalls() { # name
   local port tracer calls
@@ -83,7 +88,7 @@ syscalls() { # name
   echo " ($(awk 'NR > 2 && $NF != "total" && $4 > 0 { printf "%s %s  ", $NF, $4 }' "$work/strace.$1"))"
 }
 printf '\n%s point selects on one connection\n' "$N"
-printf '%-8s %22s   %s\n' proxy "user instr/statement" "system calls/statement"
+printf '%-8s %34s   %s\n' proxy "user instr/statement" "system calls/statement"
 for name in haproxy rwproxy; do
-  printf '%-8s %22s   %s\n' "$name" "$(instructions "$name")" "$(syscalls "$name")"
+  printf '%-8s %34s   %s\n' "$name" "$(instructions "$name")" "$(syscalls "$name")"
 done

@@ -32,6 +32,30 @@ impl Striped {
     }
 }
 
+/// A `Notify` per worker, for an event every worker's sessions wait on once per statement (a
+/// backend marked down): a session registers on its own worker's line, so workers never take
+/// the same waiter lock; the rare event wakes them all.
+#[derive(Debug, Default)]
+pub struct StripedNotify {
+    slots: [NotifySlot; SLOTS],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct NotifySlot(tokio::sync::Notify);
+
+impl StripedNotify {
+    pub fn notified(&self, worker: usize) -> tokio::sync::futures::Notified<'_> {
+        self.slots[worker % SLOTS].0.notified()
+    }
+
+    pub fn notify_waiters(&self) {
+        for slot in &self.slots {
+            slot.0.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,5 +65,21 @@ mod tests {
         assert_eq!(s.add(1, 3), 0);
         assert_eq!(s.add(17, 1), 3, "worker 17 shares worker 1's slot");
         assert_eq!((s.own(0), s.sum()), (2, 6));
+    }
+
+    #[tokio::test]
+    async fn every_worker_hears_the_event() {
+        let n = super::StripedNotify::default();
+        let mut first = std::pin::pin!(n.notified(0));
+        let mut other = std::pin::pin!(n.notified(21));
+        first.as_mut().enable();
+        other.as_mut().enable();
+        n.notify_waiters();
+        tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            first.await;
+            other.await;
+        })
+        .await
+        .expect("both woken");
     }
 }

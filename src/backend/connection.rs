@@ -260,6 +260,9 @@ impl BackendConn {
     /// Writes and flushes one logical packet.
     pub async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<(), BackendError> {
         let result = async {
+            if payload.len() < packet::MAX_PAYLOAD && self.writer.buffer().is_empty() {
+                return packet::write_packet_direct(self.writer.get_mut(), seq, payload).await;
+            }
             packet::write_packet(&mut self.writer, seq, payload).await?;
             self.writer.flush().await?;
             Ok::<_, PacketError>(())

@@ -64,7 +64,7 @@ pub struct Health {
     /// Recent samples for the status page's chart, oldest first.
     history: Mutex<VecDeque<Sample>>,
     /// Woken when the monitor marks the backend down: sessions waiting on it give up then.
-    down: tokio::sync::Notify,
+    down: crate::striped::StripedNotify,
 }
 
 /// One monitor observation kept for the status page.
@@ -86,7 +86,7 @@ impl Default for Health {
             connections: AtomicI64::new(0),
             read_only: AtomicU8::new(0),
             history: Mutex::new(VecDeque::new()),
-            down: tokio::sync::Notify::new(),
+            down: crate::striped::StripedNotify::default(),
         }
     }
 }
@@ -108,8 +108,9 @@ impl Health {
 
     /// Completes when the monitor next marks the backend down (enable it before checking the
     /// state, so a change in between is not missed).
-    pub fn marked_down(&self) -> tokio::sync::futures::Notified<'_> {
-        self.down.notified()
+    /// `worker`: the waiting session's SQL worker (each worker has its own waiter list).
+    pub fn marked_down(&self, worker: usize) -> tokio::sync::futures::Notified<'_> {
+        self.down.notified(worker)
     }
 
     pub fn reason(&self) -> String {

@@ -155,6 +155,28 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
     Ok(Some(Logical { payload, first_seq: first.seq, last_seq: header.seq }))
 }
 
+/// Writes one packet (payload under 16 MiB) straight to `w` and flushes it: header and payload
+/// in one vectored write, finished with plain writes if the socket takes only part. For a
+/// command with nothing buffered before it (every statement), this spares the copy into a
+/// write buffer and the flush round.
+pub async fn write_packet_direct<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    seq: u8,
+    payload: &[u8],
+) -> Result<(), PacketError> {
+    debug_assert!(payload.len() < MAX_PAYLOAD);
+    let header = Header { len: payload.len(), seq }.encode();
+    let written = w.write_vectored(&[std::io::IoSlice::new(&header), std::io::IoSlice::new(payload)]).await?;
+    if written < header.len() {
+        w.write_all(&header[written..]).await?;
+        w.write_all(payload).await?;
+    } else {
+        w.write_all(&payload[written - header.len()..]).await?;
+    }
+    w.flush().await?;
+    Ok(())
+}
+
 /// Writes one logical packet (not flushed): header and payload straight into `w`, which is
 /// normally a `BufWriter`, without an intermediate copy. Returns the next sequence id.
 pub async fn write_packet<W: AsyncWrite + Unpin>(

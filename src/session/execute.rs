@@ -262,7 +262,7 @@ impl Session {
         conn.last_gtid = None;
         conn.digest = digest.then(crate::backend::Digest::default);
         let target = conn.backend.clone();
-        let down = target.health.marked_down();
+        let down = target.health.marked_down(self.worker);
         tokio::pin!(down);
         down.as_mut().enable();
         // A backend already marked down (a pinned transaction's) is not watched: only the
