@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::backend::{Backends, State};
+use crate::backend::{Backend, Backends, State};
 use crate::classifier::Reason;
 use crate::consistency::{OptimisticOutcome, ReadOutcome};
 use crate::router::Target;
+use crate::striped::StripedArray;
 
 const REASONS: [Reason; 14] = [
     Reason::Read,
@@ -33,9 +34,51 @@ const REASONS: [Reason; 14] = [
     Reason::Unknown,
 ];
 const ROUTES: [&str; 4] = ["read", "primary", "all", "pinned"];
+/// `rwproxy_queries_total` series per backend: route × reason.
+pub const ROUTED_SERIES: usize = ROUTES.len() * REASONS.len();
 /// Seconds: from half a millisecond to ten seconds.
 const BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram that every SQL worker records into on every statement: bucket counts
+/// and the sum per worker ([`StripedArray`]), in Prometheus' histogram form when rendered.
+#[derive(Debug)]
+struct Latency {
+    /// Per bucket (not cumulative), then one for samples over the last bound, then the sum in
+    /// nanoseconds.
+    cells: StripedArray,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency { cells: StripedArray::new(BUCKETS.len() + 2) }
+    }
+}
+
+impl Latency {
+    fn record(&self, worker: usize, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(BUCKETS.len());
+        self.cells.add(worker, bucket, 1);
+        self.cells.add(worker, BUCKETS.len() + 1, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.cells.sum(i);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.cells.sum(BUCKETS.len());
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.cells.sum(BUCKETS.len() + 1) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+        out.push('\n');
+    }
+}
 
 fn route_index(target: Target) -> usize {
     match target {
@@ -75,7 +118,9 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     backends: Vec<BackendSeries>,
-    query_duration: Histogram,
+    /// `rwproxy_query_duration_seconds`: kept per worker (every statement records it) and
+    /// rendered here; it survives a reload.
+    latency: Arc<Latency>,
     client_connections: Gauge,
     /// `rwproxy_config_reloads_total{result}`: ok, failed.
     reloads: [Counter; 2],
@@ -144,6 +189,7 @@ impl Metrics {
         let mut m = Metrics::with_recorder(self.recorder.clone(), backends);
         m.consistency.counts = self.consistency.counts.clone();
         m.pinned_now = self.pinned_now.clone();
+        m.latency = self.latency.clone();
         m
     }
 
@@ -172,8 +218,7 @@ impl Metrics {
                 )
             }),
             consistency,
-            query_duration: recorder
-                .register_histogram(&Key::from_name("rwproxy_query_duration_seconds"), &METADATA),
+            latency: Arc::new(Latency::default()),
             client_connections: recorder
                 .register_gauge(&Key::from_name("rwproxy_client_connections"), &METADATA),
             reloads: ["ok", "failed"].map(|result| {
@@ -293,14 +338,11 @@ impl Metrics {
     }
 
     /// One statement answered by `backend`.
-    pub fn query(&self, backend: usize, target: Target, reason: Reason, took: Duration) {
-        if let Some(series) = self.backends.get(backend)
-            && let Some(counter) =
-                series.queries.get(route_index(target) * REASONS.len() + reason_index(reason))
-        {
-            counter.increment(1);
-        }
-        self.query_duration.record(took.as_secs_f64());
+    /// A statement `backend` answered, on SQL worker `worker`: counted in the worker's own
+    /// cells (no line shared with other workers is written per statement).
+    pub fn query(&self, worker: usize, backend: &Backend, target: Target, reason: Reason, took: Duration) {
+        backend.health.routed.add(worker, route_index(target) * REASONS.len() + reason_index(reason), 1);
+        self.latency.record(worker, took);
     }
 
     /// A read that needed a replication position was placed; `waited` is how long it waited on
@@ -397,8 +439,13 @@ impl Metrics {
             series.resets.absolute(pool.stats.resets.load(Ordering::Relaxed));
             series.waits.absolute(pool.stats.waits.load(Ordering::Relaxed));
             series.exhausted.absolute(pool.stats.exhausted.load(Ordering::Relaxed));
+            for (i, counter) in series.queries.iter().enumerate() {
+                counter.absolute(backend.health.routed.sum(i));
+            }
         }
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.latency.render("rwproxy_query_duration_seconds", &mut text);
+        text
     }
 }
 
@@ -444,6 +491,32 @@ impl Metrics {
             retries: r.register_counter(&Self::key("rwproxy_http_retries_total", &labels), &METADATA),
             health_failures: r
                 .register_counter(&Self::key("rwproxy_http_health_check_failures_total", &labels), &METADATA),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn latency_renders_as_a_cumulative_histogram() {
+        let latency = super::Latency::default();
+        latency.record(0, Duration::from_micros(300));
+        latency.record(1, Duration::from_millis(3));
+        latency.record(5, Duration::from_secs(20));
+        let mut text = String::new();
+        latency.render("q", &mut text);
+        for line in [
+            "# TYPE q histogram",
+            "q_bucket{le=\"0.0005\"} 1",
+            "q_bucket{le=\"0.005\"} 2",
+            "q_bucket{le=\"10\"} 2",
+            "q_bucket{le=\"+Inf\"} 3",
+            "q_sum 20.0033",
+            "q_count 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
     }
 }

@@ -32,6 +32,37 @@ impl Striped {
     }
 }
 
+/// Many counters that every worker writes: one block per worker slot, blocks at least a cache
+/// line apart, summed when read (the per-route query counts of a backend, the latency
+/// histogram's buckets).
+#[derive(Debug)]
+pub struct StripedArray {
+    width: usize,
+    stride: usize,
+    cells: Box<[AtomicU64]>,
+}
+
+impl StripedArray {
+    pub fn new(width: usize) -> StripedArray {
+        // A cache line (eight counters) of padding after each block.
+        let stride = width.div_ceil(8) * 8 + 8;
+        StripedArray { width, stride, cells: (0..SLOTS * stride).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    pub fn add(&self, worker: usize, index: usize, n: u64) {
+        if index < self.width {
+            self.cells[(worker % SLOTS) * self.stride + index].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn sum(&self, index: usize) -> u64 {
+        if index >= self.width {
+            return 0;
+        }
+        (0..SLOTS).map(|slot| self.cells[slot * self.stride + index].load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// A `Notify` per worker, for an event every worker's sessions wait on once per statement (a
 /// backend marked down): a session registers on its own worker's line, so workers never take
 /// the same waiter lock; the rare event wakes them all.
@@ -65,6 +96,16 @@ mod tests {
         assert_eq!(s.add(1, 3), 0);
         assert_eq!(s.add(17, 1), 3, "worker 17 shares worker 1's slot");
         assert_eq!((s.own(0), s.sum()), (2, 6));
+    }
+
+    #[test]
+    fn array_cells_add_up_across_workers() {
+        let a = super::StripedArray::new(10);
+        a.add(0, 3, 2);
+        a.add(1, 3, 5);
+        a.add(17, 9, 1);
+        a.add(0, 10, 7); // past the width: ignored
+        assert_eq!((a.sum(3), a.sum(9), a.sum(0), a.sum(10)), (7, 1, 0, 0));
     }
 
     #[tokio::test]

@@ -57,6 +57,9 @@ pub struct Health {
     reason: Mutex<String>,
     /// Statements this backend ran for clients.
     pub queries: crate::striped::Striped,
+    /// The same by route and routing reason (indexed by `crate::metrics`), for
+    /// `rwproxy_queries_total`: written per worker, summed when `/metrics` renders.
+    pub routed: crate::striped::StripedArray,
     /// Open client-session connections to this backend.
     pub connections: AtomicI64,
     /// `@@read_only` as last seen: 0 unknown, 1 off, 2 on.
@@ -83,6 +86,7 @@ impl Default for Health {
             lag_us: AtomicI64::new(-1),
             reason: Mutex::new(String::new()),
             queries: crate::striped::Striped::default(),
+            routed: crate::striped::StripedArray::new(crate::metrics::ROUTED_SERIES),
             connections: AtomicI64::new(0),
             read_only: AtomicU8::new(0),
             history: Mutex::new(VecDeque::new()),

@@ -186,9 +186,9 @@ impl Session {
                     backends.mark_ok(backend);
                     if let Some(b) = backends.get(backend) {
                         b.health.queries.add(self.worker, 1);
+                        let took = started.elapsed();
+                        self.shared.metrics.query(self.worker, b, decision.target, decision.reason, took);
                     }
-                    let took = started.elapsed();
-                    self.shared.metrics.query(backend, decision.target, decision.reason, took);
                     self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
                         conn.leftover = self.keep_for_next.is_some();
