@@ -14,9 +14,7 @@ SECONDS_PER_RUN=${1:-600}
 THREADS=${2:-8}
 source benches/sql-setup.sh
 
-sb() { sysbench oltp_point_select --mysql-host=127.0.0.1 --mysql-port="$1" --mysql-user=app --mysql-password=app \
-  --mysql-db=appdb --tables=4 --table-size=10000 --threads="$THREADS" --time="$2" \
-  --report-interval=0 --db-ps-mode=auto "${@:3}"; }
+sb() { point_select "$1" "$THREADS" "$2" "${@:3}"; }
 sb "$P" 1 prepare >/dev/null
 wait_replicas
 

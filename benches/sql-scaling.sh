@@ -40,9 +40,7 @@ for t in $COUNTS; do
 done
 sleep 1
 
-sb() { sysbench oltp_point_select --mysql-host=127.0.0.1 --mysql-port="$1" --mysql-user=app --mysql-password=app \
-  --mysql-db=appdb --tables=4 --table-size=10000 --threads="$CLIENTS" --time="$SECONDS_PER_RUN" \
-  --report-interval=0 --db-ps-mode=auto "${@:2}"; }
+sb() { point_select "$1" "$CLIENTS" "$SECONDS_PER_RUN" "${@:2}"; }
 sb "$P" prepare >/dev/null
 wait_replicas
 for t in $COUNTS; do sb "${port_of_count[$t]}" run >/dev/null; done # warm every proxy

@@ -1,8 +1,8 @@
 # Shared by the SQL benchmarks (sourced, not run): the tools (sysbench, MariaDB) and a release
 # build, a work directory cleaned up on exit (with every process in $pids), a MariaDB primary
 # and two replicas (examples/cluster) on $P, $R1, $R2 with their rwproxy config in $config,
-# and helpers: free_port, rwproxy_config PORT FILE [EXTRA], haproxy_config PORT FILE, cpu_ticks PID,
-# wait_replicas.
+# and helpers: free_port, rwproxy_config PORT FILE [EXTRA], haproxy_config PORT FILE,
+# point_select PORT THREADS SECONDS …, cpu_ticks PID, user_ticks PID, wait_replicas.
 # Loopback only.
 bash scripts/install-deps.sh --bench
 cargo build --release --quiet --bin rwproxy --example cluster
@@ -50,6 +50,14 @@ listen mysql
     server replica1 127.0.0.1:$R1
     server replica2 127.0.0.1:$R2
 CFG
+}
+# sysbench oltp_point_select (4 tables × 10,000 rows, prepared statements) on PORT with THREADS
+# clients for SECONDS, then the command and any further options: point_select PORT THREADS
+# SECONDS prepare|run …
+point_select() {
+  sysbench oltp_point_select --mysql-host=127.0.0.1 --mysql-port="$1" --mysql-user=app --mysql-password=app \
+    --mysql-db=appdb --tables=4 --table-size=10000 --threads="$2" --time="$3" \
+    --report-interval=0 --db-ps-mode=auto "${@:4}"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 user_ticks() { awk '{ print $14 }' "/proc/$1/stat"; }

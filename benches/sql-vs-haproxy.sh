@@ -29,9 +29,7 @@ haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 HAPID=$!; pids+=($HAPID)
 sleep 1
 
-sb() { sysbench oltp_point_select --mysql-host=127.0.0.1 --mysql-port="$1" --mysql-user=app --mysql-password=app \
-  --mysql-db=appdb --tables=4 --table-size=10000 --threads="$THREADS" --time="$SECONDS_PER_RUN" \
-  --report-interval=0 --db-ps-mode=auto "${@:2}"; }
+sb() { point_select "$1" "$THREADS" "$SECONDS_PER_RUN" "${@:2}"; }
 sb "$P" prepare >/dev/null
 wait_replicas
 sb "$RWPORT" run >/dev/null   # warm both
