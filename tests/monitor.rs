@@ -260,6 +260,8 @@ async fn admin_endpoints_describe_backends_and_routing() {
     let (code, page) = http_get(admin, "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<table id=\"backends\"") && page.contains("replica2"));
+    // The session's connections wait in the pools between its statements.
+    assert!(page.contains("<th>connections in use / idle</th>") && page.contains("<td>0 / 1</td>"), "{page}");
     assert_eq!(http_get(admin, "/nope").await.0, 404);
 }
 

@@ -50,6 +50,13 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
     let role = if state.backends().is_primary(b.index) { "primary" } else { "replica" };
     let lag = h.lag().map_or("–".to_string(), |l| format!("{:.1} ms", l.as_secs_f64() * 1000.0));
     let threshold = state.monitor.max_replication_lag.as_secs_f64() * 1000.0;
+    // Held by sessions now / waiting in the pool, and sessions waiting at max_connections.
+    let idle = b.pool.idle_count();
+    let open = usize::try_from(h.connections.load(Ordering::Relaxed)).unwrap_or(0);
+    let mut connections = format!("{} / {idle}", open.saturating_sub(idle));
+    if b.pool.waiting() > 0 {
+        let _ = write!(connections, " ({} waiting)", b.pool.waiting());
+    }
     let _ = write!(
         out,
         "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{role}</td><td class=\"state\">{}</td><td>{}</td><td>{lag}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
@@ -57,7 +64,7 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         escape(&b.address),
         s.as_str(),
         if in_pool { "yes" } else { "no" },
-        h.connections.load(Ordering::Relaxed),
+        connections,
         h.queries.sum(),
         qps(&samples),
         lag_chart(&samples, threshold),
@@ -104,7 +111,7 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <h1>rwproxy</h1>
 <p>Up {uptime:.0} s. Primary: <b>{primary}</b>. Replicas leave the read pool above {lag:.3} s of lag.</p>
 <h2>MySQL backends</h2>
-<table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
+<table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections in use / idle</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
 {http}
 {consistency}
