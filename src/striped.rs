@@ -7,28 +7,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Workers beyond this share slots (still correct, only no longer contention-free).
 const SLOTS: usize = 16;
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Slot(AtomicU64);
+/// One counter, per worker.
+#[derive(Debug)]
+pub struct Striped(StripedArray);
 
-#[derive(Debug, Default)]
-pub struct Striped {
-    slots: [Slot; SLOTS],
+impl Default for Striped {
+    fn default() -> Self {
+        Striped(StripedArray::new(1))
+    }
 }
 
 impl Striped {
     /// Adds `n` in `worker`'s slot; returns that slot's previous value.
     pub fn add(&self, worker: usize, n: u64) -> u64 {
-        self.slots[worker % SLOTS].0.fetch_add(n, Ordering::Relaxed)
+        self.0.add(worker, 0, n)
     }
 
     /// `worker`'s slot alone.
     pub fn own(&self, worker: usize) -> u64 {
-        self.slots[worker % SLOTS].0.load(Ordering::Relaxed)
+        self.0.own(worker, 0)
     }
 
     pub fn sum(&self) -> u64 {
-        self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.0.sum(0)
     }
 }
 
@@ -49,17 +50,23 @@ impl StripedArray {
         StripedArray { width, stride, cells: (0..SLOTS * stride).map(|_| AtomicU64::new(0)).collect() }
     }
 
-    pub fn add(&self, worker: usize, index: usize, n: u64) {
-        if index < self.width {
-            self.cells[(worker % SLOTS) * self.stride + index].fetch_add(n, Ordering::Relaxed);
-        }
+    fn cell(&self, worker: usize, index: usize) -> Option<&AtomicU64> {
+        (index < self.width).then(|| &self.cells[(worker % SLOTS) * self.stride + index])
+    }
+
+    /// Adds `n` to counter `index` in `worker`'s block; returns its previous value there (0
+    /// for an index past the width, which counts nothing).
+    pub fn add(&self, worker: usize, index: usize, n: u64) -> u64 {
+        self.cell(worker, index).map_or(0, |c| c.fetch_add(n, Ordering::Relaxed))
+    }
+
+    /// Counter `index` in `worker`'s block alone.
+    pub fn own(&self, worker: usize, index: usize) -> u64 {
+        self.cell(worker, index).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn sum(&self, index: usize) -> u64 {
-        if index >= self.width {
-            return 0;
-        }
-        (0..SLOTS).map(|slot| self.cells[slot * self.stride + index].load(Ordering::Relaxed)).sum()
+        (0..SLOTS).filter_map(|slot| self.cell(slot, index)).map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 

@@ -10,11 +10,10 @@ pub trait Balancer {
     fn peek(&self, n: usize, lane: usize) -> Option<usize>;
 }
 
-/// Strict rotation shared by every session, so short sessions still spread evenly.
+/// Strict rotation shared by the sessions of a SQL worker, so short sessions still spread
+/// evenly: one rotation per worker (each strict, so together they stay even), so that workers
+/// on different cores do not write one shared counter on every read.
 #[derive(Debug, Default)]
-///
-/// One rotation per SQL worker (each strict, so together they stay even), so that workers on
-/// different cores do not write one shared counter on every read.
 pub struct RoundRobin {
     counter: Striped,
 }
