@@ -317,7 +317,7 @@ fn unchanged_on_the_way(
         return None;
     }
     if tracker.is_ok_packet(first, payload.len()) {
-        if session_track::rewrite_ok(payload, visible).is_some() {
+        if !session_track::unchanged_for(payload, visible) {
             return None;
         }
         return Some(session_track::gtid_of_ok(payload));

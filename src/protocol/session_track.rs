@@ -111,18 +111,10 @@ pub fn rewrite_ok(payload: &[u8], visible: Visible) -> Option<Vec<u8>> {
     if ok.status & STATE_CHANGED == 0 && (visible.client_tracks || ok.info.is_empty()) {
         return None;
     }
-    let hidden = |kind: u8, data: &[u8]| match kind {
-        TRACK_SYSTEM_VARIABLES => {
-            visible.hide_last_gtid
-                && lenenc_str(data).is_some_and(|(name, _)| name.eq_ignore_ascii_case(LAST_GTID))
-        }
-        TRACK_GTIDS => visible.hide_gtids,
-        _ => false,
-    };
     let mut kept = Vec::new();
     if visible.client_tracks {
         for (kind, data, whole) in entries(ok.state) {
-            if !hidden(kind, data) {
+            if !hidden(visible, kind, data) {
                 kept.extend_from_slice(whole);
             }
         }
@@ -148,6 +140,33 @@ pub fn rewrite_ok(payload: &[u8], visible: Visible) -> Option<Vec<u8>> {
         out.extend_from_slice(&kept);
     }
     Some(out)
+}
+
+/// Whether [`rewrite_ok`] would leave `payload` as it is, without building the rewritten
+/// packet (the relay asks for every OK packet it passes straight through).
+pub fn unchanged_for(payload: &[u8], visible: Visible) -> bool {
+    let Some(ok) = parse(payload) else { return true };
+    if ok.status & STATE_CHANGED == 0 && (visible.client_tracks || ok.info.is_empty()) {
+        return true;
+    }
+    visible.client_tracks
+        && entries(ok.state)
+            .filter(|(kind, data, _)| !hidden(visible, *kind, data))
+            .map(|(_, _, whole)| whole.len())
+            .sum::<usize>()
+            == ok.state.len()
+}
+
+/// Whether a session-state entry is rwproxy's own tracking, which the client does not see.
+fn hidden(visible: Visible, kind: u8, data: &[u8]) -> bool {
+    match kind {
+        TRACK_SYSTEM_VARIABLES => {
+            visible.hide_last_gtid
+                && lenenc_str(data).is_some_and(|(name, _)| name.eq_ignore_ascii_case(LAST_GTID))
+        }
+        TRACK_GTIDS => visible.hide_gtids,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -226,11 +245,38 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_for_says_what_rewrite_ok_does() {
+        let packets = [
+            ok(2, b"", &[]),
+            ok(2, b"Rows matched: 1", &[]),
+            ok(STATE_CHANGED | 2, b"", &[var("last_gtid", "0-1-7")]),
+            ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF"), var("last_gtid", "0-1-7")]),
+            ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF")]),
+            ok(STATE_CHANGED | 2, b"", &[gtids("0-1-7")]),
+        ];
+        for client_tracks in [false, true] {
+            for hide_last_gtid in [false, true] {
+                for hide_gtids in [false, true] {
+                    let visible = Visible { client_tracks, hide_last_gtid, hide_gtids };
+                    for packet in &packets {
+                        assert_eq!(
+                            unchanged_for(packet, visible),
+                            rewrite_ok(packet, visible).is_none(),
+                            "{visible:?} {packet:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn truncated_packets_are_left_alone() {
         let packet = ok(STATE_CHANGED | 2, b"", &[var("last_gtid", "0-1-7")]);
         let visible = Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true };
         for cut in 0..packet.len() - 1 {
             let _ = rewrite_ok(&packet[..cut], visible);
+            let _ = unchanged_for(&packet[..cut], visible);
             let _ = gtid_of_ok(&packet[..cut]);
         }
     }
