@@ -65,7 +65,7 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         s.as_str(),
         if in_pool { "yes" } else { "no" },
         connections,
-        h.queries.sum(),
+        h.queries(),
         qps(&samples),
         lag_chart(&samples, threshold),
         escape(&h.reason()),

@@ -40,7 +40,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "connections": h.connections.load(Ordering::Relaxed),
                 "idle_connections": b.pool.idle_count(),
                 "pool": pool_status(&b.pool),
-                "queries_total": h.queries.sum(),
+                "queries_total": h.queries(),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
                 "gtid": b.known.gtid(),
                 "position": b.known.get().map(|p| p.to_string()),

@@ -55,10 +55,8 @@ pub struct Health {
     /// Replication lag in microseconds; -1 when unknown (or not a replica).
     lag_us: AtomicI64,
     reason: Mutex<String>,
-    /// Statements this backend ran for clients.
-    pub queries: crate::striped::Striped,
-    /// The same by route and routing reason (indexed by `crate::metrics`), for
-    /// `rwproxy_queries_total`: written per worker, summed when `/metrics` renders.
+    /// Statements this backend ran for clients, by route and routing reason (indexed by
+    /// `crate::metrics`, for `rwproxy_queries_total`): written per worker, summed when read.
     pub routed: crate::striped::StripedArray,
     /// Open client-session connections to this backend.
     pub connections: AtomicI64,
@@ -85,7 +83,6 @@ impl Default for Health {
             state: AtomicU8::new(State::Up.to_u8()),
             lag_us: AtomicI64::new(-1),
             reason: Mutex::new(String::new()),
-            queries: crate::striped::Striped::default(),
             routed: crate::striped::StripedArray::new(crate::metrics::ROUTED_SERIES),
             connections: AtomicI64::new(0),
             read_only: AtomicU8::new(0),
@@ -112,6 +109,11 @@ impl Health {
 
     /// Completes when the monitor next marks the backend down (enable it before checking the
     /// state, so a change in between is not missed).
+    /// Statements this backend ran for clients, over every route and reason.
+    pub fn queries(&self) -> u64 {
+        (0..crate::metrics::ROUTED_SERIES).map(|i| self.routed.sum(i)).sum()
+    }
+
     /// `worker`: the waiting session's SQL worker (each worker has its own waiter list).
     pub fn marked_down(&self, worker: usize) -> tokio::sync::futures::Notified<'_> {
         self.down.notified(worker)

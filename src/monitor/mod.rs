@@ -107,7 +107,7 @@ async fn watch(ctx: Arc<Context>, index: usize) {
         let sample = Sample {
             at: ctx.backends.uptime().as_secs_f64(),
             lag_ms: backend.health.lag().map(|l| l.as_secs_f64() * 1000.0),
-            queries: backend.health.queries.sum(),
+            queries: backend.health.queries(),
         };
         backend.health.record(sample, keep);
     }

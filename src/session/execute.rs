@@ -185,7 +185,6 @@ impl Session {
                     let backends = self.shared.router.backends();
                     backends.mark_ok(backend);
                     if let Some(b) = backends.get(backend) {
-                        b.health.queries.add(self.worker, 1);
                         let took = started.elapsed();
                         self.shared.metrics.query(self.worker, b, decision.target, decision.reason, took);
                     }
