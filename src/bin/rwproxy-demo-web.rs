@@ -45,9 +45,11 @@ async fn main() -> Result<(), String> {
     // prefer_socket(false): the app must go through rwproxy's TCP port, not a local socket.
     let opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
     let app: &'static App = Box::leak(Box::new(App { name: args.name, pool: mysql_async::Pool::new(opts) }));
-    create_table(app).await;
+    // Listen first: a port that cannot be bound fails the start at once, and `/health` answers
+    // while the database is still starting.
     let listener = TcpListener::bind(args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
     println!("{} listening on http://{}", app.name, listener.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(create_table(app));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,7 +64,7 @@ async fn main() -> Result<(), String> {
 
 /// The database may still be starting (compose starts everything at once): retry for a
 /// minute, then go on and let page loads report the error.
-async fn create_table(app: &App) {
+async fn create_table(app: &'static App) {
     const DDL: &str = "CREATE TABLE IF NOT EXISTS demo_visits \
                        (id BIGINT AUTO_INCREMENT PRIMARY KEY, web VARCHAR(64), at TIMESTAMP(6) DEFAULT NOW(6))";
     for attempt in 1..=60 {

@@ -123,10 +123,18 @@ def lag_demotion():
     return f"replica1 demoted after {demoted:.1f}s ({state['state']}: {state['reason']}), back {out - back_from:.1f}s after the restart"
 
 
+def web_servers_up():
+    return all(s["up"] for s in status()["http_servers"])
+
+
 def web_failover():
+    wait("both web servers in rotation", web_servers_up, 30)
+    served = set()
     for _ in range(4):
         code, body = get("RW_HTTP", "/")
         assert code == 200 and "write on server_id" in body, body
+        served.add(body.split("\n")[0])
+    assert served == {"served by web1", "served by web2"}, served
     sh(env("RW_STOP_WEB1"))
     try:
         names = []
