@@ -42,6 +42,13 @@ impl Drain {
         (Member { drain: self.clone(), id }, id, kicked)
     }
 
+    /// Wakes one connection as a drain would (`KILL CONNECTION`: the connection itself knows
+    /// why); its sender goes, so a second kick or the drain finds nothing to do for it.
+    pub fn kick(&self, id: u32) {
+        let sender = self.kicks.lock().ok().and_then(|mut kicks| kicks.as_mut()?.remove(&id));
+        drop(sender);
+    }
+
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }

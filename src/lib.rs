@@ -36,6 +36,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod sql_tier;
 pub mod stream;
 pub mod striped;

@@ -83,6 +83,8 @@ pub struct SqlTier {
     per_user: Arc<Tally<String>>,
     /// Long data of prepared statements held for all sessions (`max_long_data_total`).
     pub long_data: crate::budget::Budget,
+    /// Logged-in sessions by id, for `KILL`.
+    pub registry: Arc<crate::sessions::Registry>,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -122,6 +124,7 @@ impl SqlTier {
             login_failures: Mutex::new(HashMap::new()),
             per_user: Arc::default(),
             long_data,
+            registry: Arc::default(),
         }
     }
 
@@ -185,6 +188,11 @@ impl SqlTier {
 
     pub fn sessions(&self) -> usize {
         self.sessions.running()
+    }
+
+    /// Wakes session `id` between commands (it then finds itself killed).
+    pub fn kick(&self, id: u32) {
+        self.sessions.kick(id);
     }
 
     /// Asks every session to close once it is outside a transaction and waits until all have,

@@ -304,3 +304,50 @@ async fn multiplexing_moves_session_state_between_connections_on_mysql() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_query_and_connection_id_work_on_mysql() {
+    let proxy = start("").await;
+    let mut victim = connect(&proxy).await;
+    let id = victim.id();
+    let column = |rows: Vec<mysql_async::Row>| {
+        let columns = rows.first().expect("a row").columns();
+        (columns[0].column_type(), columns[0].flags(), columns[0].name_str().into_owned())
+    };
+    let proxied = column(victim.query("SELECT CONNECTION_ID()").await.expect("proxied"));
+    let direct_opts = common::opts(mysql().source().port, APP_USER, APP_PASSWORD).db_name(Some(DATABASE));
+    let mut direct = mysql_async::Conn::new(direct_opts).await.expect("direct");
+    assert_eq!(proxied, column(direct.query("SELECT CONNECTION_ID()").await.expect("direct")));
+    let seen: Option<u32> = victim.query_first("SELECT CONNECTION_ID()").await.expect("id");
+    assert_eq!(seen, Some(id));
+    let running = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = victim.query_first::<i64, _>("SELECT SLEEP(30) AS kill_on_mysql").await;
+        (result, started.elapsed())
+    });
+    let probe = "SELECT COUNT(*) FROM performance_schema.processlist WHERE INFO = 'SELECT SLEEP(30) AS kill_on_mysql'";
+    let mut seen_running = false;
+    for _ in 0..200 {
+        let mut any = false;
+        for node in [mysql().source(), mysql().replica()] {
+            let opts = common::opts(node.port, APP_USER, APP_PASSWORD);
+            let mut conn = mysql_async::Conn::new(opts).await.expect("direct");
+            any |= conn.query_first::<u64, _>(probe).await.expect("processlist") == Some(1);
+        }
+        if any {
+            seen_running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen_running, "the statement never showed in a process list");
+    let mut killer = connect(&proxy).await;
+    killer.query_drop(format!("KILL QUERY {id}")).await.expect("KILL QUERY");
+    let (result, took) = running.await.expect("join");
+    assert!(
+        matches!(result, Ok(Some(1)))
+            || matches!(&result, Err(mysql_async::Error::Server(e)) if e.code == 1317),
+        "{result:?}"
+    );
+    assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
+}

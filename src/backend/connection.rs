@@ -112,6 +112,8 @@ pub struct BackendConn {
     pub digest: Option<Digest>,
     /// The connection runs over TLS.
     pub tls: bool,
+    /// The server's id for this connection (its greeting's): `KILL QUERY` names it.
+    pub thread_id: u32,
     /// The default database the connection is in, when known.
     pub database: Option<Option<String>>,
     /// `LAST_INSERT_ID()` on this connection, as its OK packets said.
@@ -219,6 +221,7 @@ impl BackendConn {
             counted: false,
             busy: false,
             mariadb: plan.mariadb,
+            thread_id: plan.thread_id,
             visible: Visible {
                 client_tracks: login.client_caps.contains(Caps::CLIENT_SESSION_TRACK),
                 hide_last_gtid: false,
@@ -390,6 +393,7 @@ struct LoginPlan {
     server_caps: Caps,
     caps: Caps,
     mariadb: bool,
+    thread_id: u32,
     plugin: Vec<u8>,
     nonce: Vec<u8>,
     response: Vec<u8>,
@@ -462,6 +466,7 @@ impl LoginPlan {
             server_caps,
             caps,
             mariadb: handshake.server_version_str().contains("MariaDB"),
+            thread_id: handshake.connection_id(),
             plugin,
             nonce,
             response: payload,

@@ -5,10 +5,12 @@
 //! is then scanned with sqlparser's tokenizer, which knows strings, quoted names and comments, so
 //! `SELECT 'FOR UPDATE'` is not a locking read. Anything not recognised goes to the primary.
 
+mod kill;
 mod lexer;
 mod names;
 mod scan;
 
+pub use kill::{Kill, kill_target};
 pub use lexer::{Lead, lead};
 pub use names::{prepared_name, table_names};
 pub use scan::Features;

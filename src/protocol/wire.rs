@@ -171,6 +171,26 @@ pub fn text_column(name: &str, extended_metadata: bool) -> Vec<u8> {
     out
 }
 
+/// Column definition of an unsigned integer that is never NULL, as a server sends
+/// `CONNECTION_ID()`: MariaDB as an INT, MySQL as a BIGINT.
+pub fn connection_id_column(name: &str, mariadb: bool, extended_metadata: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + name.len());
+    for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
+        put_lenenc_str(&mut out, part);
+    }
+    if extended_metadata {
+        put_lenenc_int(&mut out, 0);
+    }
+    out.push(0x0C);
+    out.extend_from_slice(&63u16.to_le_bytes()); // binary
+    out.extend_from_slice(&10u32.to_le_bytes());
+    out.push(if mariadb { 0x03 } else { 0x08 }); // MYSQL_TYPE_LONG, MYSQL_TYPE_LONGLONG
+    out.extend_from_slice(&(0x0001u16 | 0x0020 | 0x0080).to_le_bytes()); // NOT NULL, UNSIGNED, BINARY
+    out.push(0);
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Connection-level commands: the handshake, COM_CHANGE_USER, COM_RESET_CONNECTION.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
@@ -50,6 +51,7 @@ impl Session {
         let (r, w) = halves;
         let idle_timeout = shared.config.mysql.idle_timeout;
         let backends = shared.router.backends().len();
+        let shared_backends = shared.router.backends().clone();
         let mut session = Session {
             id,
             peer,
@@ -81,6 +83,8 @@ impl Session {
             pinned_by: None,
             last_insert_id: 0,
             worker: 0,
+            handle: Arc::new(crate::sessions::Handle::new("", shared_backends)),
+            registered: None,
         };
         let response = match response {
             Some(payload) => payload,
@@ -179,6 +183,10 @@ impl Session {
             return Err(SessionError::UserLimit(user.name.clone()));
         }
         self.user_slot = Some(slot);
+        self.handle.set_user(&user.name);
+        if self.registered.is_none() {
+            self.registered = Some(self.running.tier().registry.register(self.id, self.handle.clone()));
+        }
         Ok(())
     }
 

@@ -6,7 +6,8 @@ use super::optimistic::Ran;
 use super::{Session, SessionError};
 use crate::backend::{Side, State, checkout, relay_response, reset};
 use crate::classifier::{
-    Classification, Destination, Effect, Hint, Reason, classify_lead, counts_as_write, explain_route_in, lead,
+    Classification, Destination, Effect, Hint, Reason, classify_lead, counts_as_write, explain_route_in,
+    kill_target, lead,
 };
 use crate::protocol::{Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
@@ -46,8 +47,18 @@ impl Session {
         if let Some(statement) = explain_route_in(&sql, &lead) {
             return Box::pin(self.explain_route(statement)).await;
         }
-        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) && asks_position(&sql) {
-            return Box::pin(self.answer_position()).await;
+        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
+            if asks_position(&sql) {
+                return Box::pin(self.answer_position()).await;
+            }
+            if let Some(name) = asks_connection_id(&sql) {
+                return Box::pin(self.answer_connection_id(name)).await;
+            }
+        }
+        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
+            && let Some(kill) = kill_target(&sql)
+        {
+            return Box::pin(self.kill(kill)).await;
         }
         let class = classify_lead(&sql, &lead);
         if class.destination == Destination::All && !self.state.history.has_room_for(&payload) {
@@ -267,7 +278,10 @@ impl Session {
         // A backend already marked down (a pinned transaction's) is not watched: only the
         // change tells that a wait is hopeless.
         let watch_down = target.health.state() != State::Down;
+        // Published for `KILL QUERY` from another session (cleared when the answer is in).
+        self.handle.started(backend, conn.thread_id);
         if let Err(e) = conn.send(0, &bytes).await {
+            self.handle.finished();
             self.backend_failed(backend, &e.to_string());
             return Err(AttemptError::Lost(e.to_string()));
         }
@@ -279,6 +293,7 @@ impl Session {
                 biased;
                 () = conn.answer_started() => {}
                 () = &mut down => {
+                    self.handle.finished();
                     let why = format!("{} was marked down while this statement waited: {}", target.name, target.health.reason());
                     self.backend_failed(backend, &why);
                     return Err(AttemptError::Lost(why));
@@ -295,11 +310,13 @@ impl Session {
             biased;
             relayed = relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id) => relayed,
             () = &mut down, if watch_down => {
+                self.handle.finished();
                 let why = format!("{} was marked down in the middle of an answer: {}", target.name, target.health.reason());
                 self.backend_failed(backend, &why);
                 return Err(AttemptError::Fatal(SessionError::BrokenResponse(why)));
             }
         };
+        self.handle.finished();
         let Some(conn) = self.conns[backend].as_mut() else {
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
@@ -466,6 +483,12 @@ fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
 fn asks_position(sql: &str) -> bool {
     let text = sql.trim().trim_end_matches(';').trim_end();
     text.len() == 25 && text.eq_ignore_ascii_case("SELECT @@rwproxy_position")
+}
+
+/// `SELECT CONNECTION_ID()`, answered by rwproxy: the column's name as the client wrote it.
+fn asks_connection_id(sql: &str) -> Option<&str> {
+    let text = sql.trim().trim_end_matches(';').trim_end();
+    (text.len() == 22 && text.eq_ignore_ascii_case("SELECT CONNECTION_ID()")).then(|| &text[7..])
 }
 
 /// Whether a session command changes the default database (COM_INIT_DB, `USE`).

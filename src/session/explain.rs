@@ -47,13 +47,30 @@ impl Session {
         columns: &[&str],
         row: &[&str],
     ) -> Result<(), SessionError> {
+        let extended = self.extended_metadata();
+        let columns: Vec<Vec<u8>> = columns.iter().map(|c| wire::text_column(c, extended)).collect();
+        self.write_row_result(columns, row).await
+    }
+
+    /// `SELECT CONNECTION_ID()`: the id the client's greeting carried, which `KILL` through
+    /// rwproxy takes (the borrowed backend connection's id changes from statement to statement).
+    pub(super) async fn answer_connection_id(&mut self, name: &str) -> Result<(), SessionError> {
+        let mariadb = self.shared.server_version.contains("MariaDB");
+        let column = wire::connection_id_column(name, mariadb, self.extended_metadata());
+        self.write_row_result(vec![column], &[&self.id.to_string()]).await
+    }
+
+    fn extended_metadata(&self) -> bool {
+        self.login
+            .mariadb_caps
+            .contains(mysql_common::constants::MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA)
+    }
+
+    /// A one-row text result rwproxy answers itself.
+    async fn write_row_result(&mut self, columns: Vec<Vec<u8>>, row: &[&str]) -> Result<(), SessionError> {
         let deprecate_eof = self.login.client_caps.contains(Caps::CLIENT_DEPRECATE_EOF);
         let mut packets: Vec<Vec<u8>> = vec![vec![columns.len() as u8]];
-        let extended = self
-            .login
-            .mariadb_caps
-            .contains(mysql_common::constants::MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA);
-        packets.extend(columns.iter().map(|c| wire::text_column(c, extended)));
+        packets.extend(columns);
         if !deprecate_eof {
             packets.push(wire::eof_packet(self.state.status, false));
         }

@@ -10,6 +10,7 @@ mod control;
 mod execute;
 mod explain;
 pub mod handshake;
+mod kill;
 mod multiplex;
 mod optimistic;
 mod prepared;
@@ -102,6 +103,10 @@ pub struct Session {
     last_insert_id: u64,
     /// The SQL worker thread the session runs on: it borrows that thread's backend connections.
     worker: usize,
+    /// What `KILL` from another session sees of this one, and its switch.
+    handle: Arc<crate::sessions::Handle>,
+    /// Listed for `KILL` once logged in.
+    registered: Option<crate::sessions::Registered>,
 }
 
 enum Flow {
@@ -182,6 +187,10 @@ impl Session {
                 tracing::debug!(session = self.id, "closing for shutdown");
                 return Ok(());
             }
+            if self.handle.is_killed() {
+                tracing::info!(session = self.id, peer = %self.peer, "closed by KILL CONNECTION");
+                return Ok(());
+            }
             // Waiting on the buffer (not on a packet) loses nothing when a drain interrupts.
             if !self.draining {
                 // Biased: a waiting command is taken without polling the timers first; the drain
@@ -189,7 +198,8 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = &mut self.kick => {
-                        self.draining = true;
+                        // A kick is a drain, or a KILL (the loop's top tells them apart).
+                        self.draining = !self.handle.is_killed();
                         continue;
                     }
                     filled = self.reader.fill_buf() => { filled?; }
@@ -278,6 +288,7 @@ impl Session {
         }
         self.release_connections().await;
         self.shared = tier.current();
+        self.handle.set_backends(self.shared.router.backends().clone());
         let backends = self.shared.router.backends().len();
         self.conns = (0..backends).map(|_| None).collect();
         self.state.follow_backends(backends);

@@ -147,7 +147,15 @@ fn execute_for_backend(
 
 impl Session {
     pub(super) async fn stmt_prepare(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        let class = classify(&String::from_utf8_lossy(payload.get(1..).unwrap_or_default()));
+        let sql = String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
+        let kill = crate::classifier::lead(&sql).first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"));
+        if kill && crate::classifier::kill_target(&sql).is_some() {
+            // Its id would reach the backend as it is, naming a backend thread, not a session.
+            let message =
+                "rwproxy: KILL cannot be prepared: its id names an rwproxy session; send it as a query";
+            return self.reply_err(1295, "HY000", message).await;
+        }
+        let class = classify(&sql);
         let decision = self.shared.router.decide(&class, &self.state.view);
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;

@@ -1,0 +1,86 @@
+//! `KILL [CONNECTION | QUERY] id` where `id` is what the client knows: rwproxy's connection id
+//! (the greeting's, `CONNECTION_ID()` through rwproxy). Sent on as it is, the id would name an
+//! unrelated thread on the primary; here it names a session, whose running statement is
+//! stopped on the backend connection that runs it, and which ends for `KILL CONNECTION`.
+
+use super::{Session, SessionError};
+use crate::backend::BackendConn;
+use crate::classifier::Kill;
+use crate::protocol::{ResponseKind, command};
+
+/// ER_NO_SUCH_THREAD, ER_KILL_DENIED_ERROR, ER_QUERY_INTERRUPTED, ER_CONNECTION_KILLED,
+/// ER_NOT_SUPPORTED_YET: the codes a server answers with.
+const NO_SUCH_THREAD: u16 = 1094;
+const NOT_OWNER: u16 = 1095;
+const QUERY_INTERRUPTED: u16 = 1317;
+const CONNECTION_KILLED: u16 = 1927;
+const NOT_SUPPORTED: u16 = 1235;
+
+impl Session {
+    pub(super) async fn kill(&mut self, kill: Kill) -> Result<(), SessionError> {
+        let (id, query_only) = match kill {
+            Kill::Connection(id) => (id, false),
+            Kill::Query(id) => (id, true),
+            Kill::Unsupported(form) => {
+                let message = format!(
+                    "rwproxy: {form} is not supported: rwproxy's sessions share backend connections; \
+                     use KILL [CONNECTION | QUERY] <connection id>"
+                );
+                return self.reply_err(NOT_SUPPORTED, "42000", &message).await;
+            }
+        };
+        let registry = self.running.tier().registry.clone();
+        let Some((id, target)) = u32::try_from(id).ok().and_then(|id| Some((id, registry.get(id)?))) else {
+            return self.reply_err(NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {id}")).await;
+        };
+        // As a server does for a user without CONNECTION_ADMIN: only your own sessions.
+        if target.user() != self.login.user {
+            return self.reply_err(NOT_OWNER, "HY000", &format!("You are not owner of thread {id}")).await;
+        }
+        if id == self.id {
+            // The KILL itself is the statement running.
+            if query_only {
+                return self.reply_err(QUERY_INTERRUPTED, "70100", "Query execution was interrupted").await;
+            }
+            self.handle.kill();
+            return self.reply_err(CONNECTION_KILLED, "70100", "Connection was killed").await;
+        }
+        if let Some((backend, thread_id)) = target.running_on() {
+            // A connection of its own: the pools may be full, and the statement to stop holds
+            // one of their connections.
+            let mut login = self.login.clone();
+            login.database = None;
+            let timeout = self.shared.config.mysql.connect_timeout;
+            let stopped = match BackendConn::connect(backend.clone(), &login, timeout).await {
+                Ok(mut conn) => {
+                    let mut payload = vec![command::QUERY];
+                    payload.extend_from_slice(format!("KILL QUERY {thread_id}").as_bytes());
+                    conn.run_silently(&payload, ResponseKind::Query).await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match stopped {
+                // The statement may have ended meanwhile (1094): the session is stopped either way.
+                Ok(outcome) if outcome.error.is_none_or(|code| code == NO_SUCH_THREAD) => {}
+                Ok(outcome) => {
+                    let code = outcome.error.unwrap_or_default();
+                    let message = format!("rwproxy: {} refused KILL QUERY (error {code})", backend.name);
+                    return self.reply_err(code, "HY000", &message).await;
+                }
+                Err(e) => {
+                    let message =
+                        format!("rwproxy: could not stop session {id}'s statement on {}: {e}", backend.name);
+                    let code = crate::protocol::errors::NO_BACKEND;
+                    return self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await;
+                }
+            }
+            tracing::info!(session = self.id, target = id, backend = %backend.name, thread_id, "KILL QUERY sent for a session's statement");
+        }
+        if !query_only {
+            target.kill();
+            self.running.tier().kick(id);
+            tracing::info!(session = self.id, target = id, "KILL CONNECTION: session told to close");
+        }
+        self.reply_ok().await
+    }
+}

@@ -1,0 +1,160 @@
+//! The logged-in sessions by the id their clients know (the greeting's connection id), so that
+//! `KILL` from one client reaches another session. The id is rwproxy's own: with multiplexing a
+//! session's statements run on whichever backend connection it borrows, so a backend's thread
+//! id names no session, and a client's id names no backend thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Backend, Backends};
+
+/// What other sessions may see of one session, and the switch that ends it.
+#[derive(Debug)]
+pub struct Handle {
+    /// The user the session is logged in as (it changes with COM_CHANGE_USER).
+    user: Mutex<String>,
+    /// The backends the session's indexes refer to (they change when it follows a reload).
+    backends: Mutex<Arc<Backends>>,
+    /// The statement running on a backend now: the backend's index + 1 in the high half and
+    /// the server's thread id of the connection in the low half; 0 between statements. Written
+    /// only by the session itself, twice per statement, on a line no other session writes.
+    running: AtomicU64,
+    /// Set by `KILL CONNECTION`: the session ends at its next look, whatever ties it.
+    killed: AtomicBool,
+}
+
+/// A statement running on a backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub backend: usize,
+    pub thread_id: u32,
+}
+
+impl Handle {
+    pub fn new(user: &str, backends: Arc<Backends>) -> Handle {
+        Handle {
+            user: Mutex::new(user.to_string()),
+            backends: Mutex::new(backends),
+            running: AtomicU64::new(0),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// The session follows a reload: its backend indexes refer to these now.
+    pub fn set_backends(&self, backends: Arc<Backends>) {
+        if let Ok(mut current) = self.backends.lock() {
+            *current = backends;
+        }
+    }
+
+    pub fn set_user(&self, user: &str) {
+        if let Ok(mut name) = self.user.lock() {
+            user.clone_into(&mut name);
+        }
+    }
+
+    pub fn user(&self) -> String {
+        self.user.lock().map(|name| name.clone()).unwrap_or_default()
+    }
+
+    pub fn started(&self, backend: usize, thread_id: u32) {
+        let backend = u64::try_from(backend).unwrap_or(u64::from(u32::MAX - 1)) + 1;
+        self.running.store(backend << 32 | u64::from(thread_id), Ordering::Release);
+    }
+
+    pub fn finished(&self) {
+        self.running.store(0, Ordering::Release);
+    }
+
+    pub fn running(&self) -> Option<Running> {
+        let packed = self.running.load(Ordering::Acquire);
+        let backend = usize::try_from(packed >> 32).ok()?.checked_sub(1)?;
+        Some(Running { backend, thread_id: packed as u32 })
+    }
+
+    /// The backend running the session's statement now, and the server's id of the connection.
+    pub fn running_on(&self) -> Option<(Arc<Backend>, u32)> {
+        let running = self.running()?;
+        let backends = self.backends.lock().ok()?.clone();
+        Some((backends.get(running.backend)?.clone(), running.thread_id))
+    }
+
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+}
+
+/// The logged-in sessions of one SQL listener.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<u32, Arc<Handle>>>,
+}
+
+impl Registry {
+    /// Lists `handle` under `id` until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, id: u32, handle: Arc<Handle>) -> Registered {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(id, handle);
+        }
+        Registered { registry: self.clone(), id }
+    }
+
+    pub fn get(&self, id: u32) -> Option<Arc<Handle>> {
+        self.sessions.lock().ok()?.get(&id).cloned()
+    }
+}
+
+/// Keeps a session listed while it lives.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Arc<Registry>,
+    id: u32,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut sessions) = self.registry.sessions.lock() {
+            sessions.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_listed_while_registered_and_says_what_it_runs() {
+        let config = crate::config::Config::from_toml(
+            "[mysql]\nlisten = \"127.0.0.1:0\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n\
+             [[mysql.backends]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nrole = \"primary\"\n\
+             [[mysql.backends]]\nname = \"r\"\naddress = \"127.0.0.1:2\"\nrole = \"replica\"\n",
+        )
+        .expect("config");
+        let registry = Arc::new(Registry::default());
+        let handle = Arc::new(Handle::new("nobody", Arc::new(Backends::from_config(&config))));
+        handle.set_user("app");
+        let guard = registry.register(7, handle.clone());
+        let seen = registry.get(7).expect("listed");
+        assert_eq!(seen.user(), "app");
+        assert_eq!(seen.running(), None);
+        handle.started(0, 4_000_000_000);
+        assert_eq!(seen.running(), Some(Running { backend: 0, thread_id: 4_000_000_000 }));
+        handle.started(1, 5);
+        assert_eq!(seen.running(), Some(Running { backend: 1, thread_id: 5 }));
+        let (backend, thread_id) = seen.running_on().expect("running");
+        assert_eq!((backend.name.as_str(), thread_id), ("r", 5));
+        handle.finished();
+        assert_eq!(seen.running(), None);
+        assert!(!seen.is_killed());
+        seen.kill();
+        assert!(handle.is_killed());
+        drop(guard);
+        assert!(registry.get(7).is_none());
+    }
+}

@@ -1,0 +1,167 @@
+//! `KILL` through rwproxy on the real cluster. The id a client knows (its greeting's,
+//! `CONNECTION_ID()`) is rwproxy's session id: `KILL QUERY` stops that session's statement on
+//! the backend connection running it, `KILL` ends the session, and an id that names no session
+//! of the user reaches no backend (sent on, it would name an unrelated thread there).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cluster, connect, connect_direct, opts, start_proxy};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, consts::ColumnType};
+
+fn server_code(result: Result<impl std::fmt::Debug, mysql_async::Error>) -> u16 {
+    match result {
+        Err(mysql_async::Error::Server(e)) => e.code,
+        other => panic!("a server error expected, got {other:?}"),
+    }
+}
+
+/// Waits until `text` runs on one of the cluster's servers (its process list).
+async fn running_somewhere(text: &str) {
+    let probe = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = '{text}'");
+    let mut direct = Vec::new();
+    for node in std::iter::once(cluster().primary()).chain(cluster().replicas()) {
+        direct.push(connect_direct(node.port).await);
+    }
+    for _ in 0..200 {
+        for conn in &mut direct {
+            if conn.query_first::<u64, _>(probe.as_str()).await.expect("processlist") == Some(1) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{text:?} never showed in a process list");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_query_stops_the_sessions_statement_and_the_session_goes_on() {
+    let proxy = start_proxy().await;
+    let mut victim = connect(&proxy).await;
+    let id = victim.id();
+    let sleep = format!("SELECT SLEEP(30) AS kill_query_{id}");
+    let statement = sleep.clone();
+    let running = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = victim.query_first::<i64, _>(statement.as_str()).await;
+        (victim, result, started.elapsed())
+    });
+    running_somewhere(&sleep).await;
+    let mut killer = connect(&proxy).await;
+    killer.query_drop(format!("KILL QUERY {id}")).await.expect("KILL QUERY of a session of the same user");
+    let (mut victim, result, took) = running.await.expect("join");
+    // An interrupted SLEEP returns 1 (MariaDB); a server may say 1317 instead.
+    match result {
+        Ok(Some(1)) => {}
+        Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
+        other => panic!("the statement was not interrupted: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
+    let seen: Option<u32> = victim.query_first("SELECT CONNECTION_ID()").await.expect("the session goes on");
+    assert_eq!(seen, Some(id));
+    assert_eq!(victim.query_first::<u8, _>("SELECT 1").await.expect("select"), Some(1));
+    // Its own statement: the KILL is the statement running.
+    assert_eq!(server_code(victim.query_drop(format!("KILL QUERY {id}")).await), 1317);
+    assert_eq!(victim.query_first::<u8, _>("SELECT 2").await.expect("select"), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_connection_ends_the_session_and_its_transaction() {
+    let proxy = start_proxy().await;
+    let mut setup = connect_direct(cluster().primary().port).await;
+    setup.query_drop("CREATE TABLE IF NOT EXISTS kill_t (id INT PRIMARY KEY)").await.expect("create");
+    let mut victim = connect(&proxy).await;
+    let id = victim.id();
+    setup.query_drop(format!("DELETE FROM kill_t WHERE id = {id}")).await.expect("delete");
+    victim.query_drop("BEGIN").await.expect("begin");
+    victim.query_drop(format!("INSERT INTO kill_t VALUES ({id})")).await.expect("insert");
+    let sleep = format!("SELECT SLEEP(30) AS kill_connection_{id}");
+    let statement = sleep.clone();
+    let running = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = victim.query_first::<i64, _>(statement.as_str()).await;
+        (victim, result, started.elapsed())
+    });
+    running_somewhere(&sleep).await;
+    let mut killer = connect(&proxy).await;
+    killer.query_drop(format!("KILL {id}")).await.expect("KILL of a session of the same user");
+    let (mut victim, _, took) = running.await.expect("join");
+    assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
+    let after = victim.query_drop("SELECT 1").await;
+    assert!(after.is_err(), "the killed session still answers");
+    // The transaction is gone with it: its row lock no longer holds another writer.
+    setup.query_drop("SET SESSION innodb_lock_wait_timeout = 1").await.expect("timeout");
+    let mut inserted = false;
+    for _ in 0..50 {
+        if setup.query_drop(format!("INSERT INTO kill_t VALUES ({id})")).await.is_ok() {
+            inserted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(inserted, "the killed session's transaction still holds its row");
+    setup.query_drop(format!("DELETE FROM kill_t WHERE id = {id}")).await.expect("clean up");
+    // A session killing itself hears it, then is closed.
+    let mut own = connect(&proxy).await;
+    let own_id = own.id();
+    assert_eq!(server_code(own.query_drop(format!("KILL {own_id}")).await), 1927);
+    assert!(own.query_drop("SELECT 1").await.is_err(), "a session that killed itself still answers");
+    assert_eq!(killer.query_first::<u8, _>("SELECT 1").await.expect("the killer goes on"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_that_names_no_session_of_the_user_reaches_no_backend() {
+    let proxy = start_proxy().await;
+    let mut killer = connect(&proxy).await;
+    // A backend thread's id means nothing to rwproxy: sent on, this would stop the statement.
+    let mut bystander = connect_direct(cluster().primary().port).await;
+    let thread = bystander.id();
+    assert_ne!(thread, killer.id(), "the direct connection's id is also a session's; the test cannot tell");
+    let sleep = format!("SELECT SLEEP(2) AS bystander_{thread}");
+    let statement = sleep.clone();
+    let running = tokio::spawn(async move { bystander.query_first::<i64, _>(statement.as_str()).await });
+    running_somewhere(&sleep).await;
+    assert_eq!(server_code(killer.query_drop(format!("KILL QUERY {thread}")).await), 1094);
+    assert_eq!(server_code(killer.query_drop(format!("KILL {thread}")).await), 1094);
+    assert_eq!(
+        running.await.expect("join").expect("the bystander's statement"),
+        Some(0),
+        "it was interrupted"
+    );
+    // Forms whose target is not a connection id are refused, not sent on.
+    assert_eq!(server_code(killer.query_drop("KILL QUERY ID 1").await), 1235);
+    assert_eq!(server_code(killer.query_drop("KILL USER app").await), 1235);
+    assert_eq!(server_code(killer.exec_drop("KILL QUERY ?", (thread,)).await), 1295);
+    // Another user's session: as a server does for a user without CONNECTION_ADMIN.
+    let mut other = Conn::new(opts(proxy.sql_addr.port(), "reader", "reader")).await.expect("reader logs in");
+    let other_id = other.id();
+    assert_eq!(server_code(killer.query_drop(format!("KILL {other_id}")).await), 1095);
+    assert_eq!(server_code(killer.query_drop(format!("KILL QUERY {other_id}")).await), 1095);
+    assert_eq!(other.query_first::<u8, _>("SELECT 1").await.expect("the reader goes on"), Some(1));
+    assert_eq!(killer.query_first::<u8, _>("SELECT 1").await.expect("the killer goes on"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_id_is_the_greeting_id_with_the_servers_column_type() {
+    let proxy = start_proxy().await;
+    let mut conn = connect(&proxy).await;
+    for _ in 0..4 {
+        // Each borrows whichever backend connection is free: the backend ids would differ.
+        conn.query_drop("SELECT 1").await.expect("select");
+        let seen: Option<u32> = conn.query_first("SELECT CONNECTION_ID()").await.expect("connection id");
+        assert_eq!(seen, Some(conn.id()));
+    }
+    let column = |result: Vec<mysql_async::Row>| {
+        let columns = result.first().expect("a row").columns();
+        let c = &columns[0];
+        (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set())
+    };
+    let proxied = column(conn.query("select connection_id();").await.expect("proxied"));
+    let mut direct = connect_direct(cluster().primary().port).await;
+    let direct = column(direct.query("select connection_id();").await.expect("direct"));
+    assert_eq!(proxied.1, ColumnType::MYSQL_TYPE_LONG, "MariaDB's type");
+    assert_eq!((proxied.1, proxied.2, proxied.3), (direct.1, direct.2, direct.3));
+    assert_eq!(proxied.0, direct.0);
+}
