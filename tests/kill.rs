@@ -165,3 +165,37 @@ async fn connection_id_is_the_greeting_id_with_the_servers_column_type() {
     assert_eq!((proxied.1, proxied.2, proxied.3), (direct.1, direct.2, direct.3));
     assert_eq!(proxied.0, direct.0);
 }
+
+/// The `mariadb` client's Ctrl-C: it opens a second connection and sends `KILL QUERY` with the
+/// id from its greeting. Through rwproxy that id must reach the statement it ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mariadb_clients_ctrl_c_stops_its_statement() {
+    use common::cluster::{APP_PASSWORD, APP_USER, DATABASE};
+    let proxy = start_proxy().await;
+    let sleep = "SELECT SLEEP(30) AS ctrl_c";
+    let child = tokio::process::Command::new("mariadb")
+        .arg("--no-defaults")
+        .args(["-h127.0.0.1", &format!("-P{}", proxy.sql_addr.port())])
+        .args([&format!("-u{APP_USER}"), &format!("-p{APP_PASSWORD}"), DATABASE])
+        .args(["--batch", "-e", sleep])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the mariadb client");
+    let pid = child.id().expect("pid");
+    let started = Instant::now();
+    running_somewhere(sleep).await;
+    let signalled =
+        std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
+    assert!(signalled.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the client ended")
+        .expect("output");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(15), "the statement ran {took:?}: {stderr}");
+    // The client says it killed the query, and the statement ended with 1317.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("query killed"), "{stderr}");
+    assert!(stderr.contains("1317"), "the client's statement was not stopped: {stderr}");
+}
