@@ -40,6 +40,25 @@ async fn reads_exclude_primary_when_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reads_follow_the_backends_weights_and_a_reload_changes_them() {
+    // replica2 takes three reads for every one of the others.
+    let name = cluster().replicas()[1].name.clone();
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace(&format!("name = \"{name}\"\n"), &format!("name = \"{name}\"\nweight = 3\n"));
+    assert!(text.contains("weight = 3"), "{text}");
+    let proxy = common::start_proxy_with(&text).await;
+    let mut conn = connect(&proxy).await;
+    assert_eq!(distribution(&mut conn, 25).await, BTreeMap::from([(1, 5), (2, 5), (3, 15)]));
+    // Weights change on a reload; the backends keep their connections and health.
+    let reloaded = text.replace("weight = 3\n", "weight = 1\n");
+    let config = rwproxy::config::Config::from_toml(&reloaded).expect("config");
+    proxy.reloader.apply(config).expect("reload");
+    let mut conn = connect(&proxy).await;
+    assert_eq!(distribution(&mut conn, 30).await, BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_land_on_the_primary() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;

@@ -42,6 +42,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "pool": pool_status(&b.pool),
                 "queries_total": h.queries(),
                 "in_read_pool": read_pool.contains(&b.name.as_str()),
+                "weight": state.router.weight(b.index),
                 "gtid": b.known.gtid(),
                 "position": b.known.get().map(|p| p.to_string()),
             })

@@ -367,6 +367,11 @@ pub struct BackendConfig {
     /// needed for statements running at once and for pinned sessions, not for clients).
     #[serde(default = "default_backend_max_connections")]
     pub max_connections: usize,
+    /// Its share of the reads among the backends that may take one: weight 2 takes twice the
+    /// reads of weight 1 (`1`–`1000`, default 1). A reload changes it without touching the
+    /// backend's connections or health.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// TLS to this backend (data path and monitor): `{ ca = "ca.pem", verify = "full" }`.
     #[serde(default)]
     pub tls: Option<BackendTls>,
@@ -481,6 +486,12 @@ fn default_heartbeat_table() -> String {
 }
 fn default_backend_max_connections() -> usize {
     64
+}
+/// Weights sum over a handful of backends per read: a bound keeps the sum small.
+const MAX_WEIGHT: u32 = 1000;
+
+fn default_weight() -> u32 {
+    1
 }
 fn default_max_idle() -> usize {
     16
@@ -670,6 +681,13 @@ impl Config {
                     format!("mysql.backends[{i}].address"),
                     at,
                     format!("{:?} is not host:port", backend.address),
+                );
+            }
+            if !(1..=MAX_WEIGHT).contains(&backend.weight) {
+                report(
+                    format!("mysql.backends[{i}].weight"),
+                    at,
+                    format!("{} is not a weight from 1 to {MAX_WEIGHT}", backend.weight),
                 );
             }
         }
@@ -874,21 +892,21 @@ role = "replica"
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let text = GOOD.replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
+        let text = GOOD.replace("role = \"replica\"", "role = \"replica\"\npriority = 3");
         let err = Config::from_toml(&text).expect_err("unknown key").to_string();
-        assert!(err.contains("weight") && err.contains("line 19"), "{err}");
+        assert!(err.contains("priority") && err.contains("line 19"), "{err}");
     }
 
     #[test]
     fn every_unknown_key_is_reported_with_its_line() {
         let text = GOOD
             .replace("connect_timeout = \"500ms\"", "connect_timeout = \"500ms\"\nlisten_port = 1")
-            .replace("role = \"replica\"", "role = \"replica\"\nweight = 3");
+            .replace("role = \"replica\"", "role = \"replica\"\npriority = 3");
         let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
             panic!("expected every unknown key");
         };
         let found: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
-        assert_eq!(found, [("listen_port", 5), ("weight", 20)], "{problems:?}");
+        assert_eq!(found, [("listen_port", 5), ("priority", 20)], "{problems:?}");
         assert!(problems[0].message.contains("unknown field"), "{problems:?}");
     }
 
@@ -901,6 +919,20 @@ role = "replica"
         let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
         assert!(keys.contains(&("mysql.backends[1].address", 15)), "{keys:?}");
         assert!(keys.iter().any(|(k, _)| *k == "mysql.backends"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_weight_outside_its_range_is_named_with_its_line() {
+        assert_eq!(Config::from_toml(GOOD).expect("valid").mysql.backends[1].get_ref().weight, 1);
+        for weight in ["0", "1001"] {
+            let text = GOOD.replace("role = \"replica\"", &format!("role = \"replica\"\nweight = {weight}"));
+            let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
+                panic!("weight {weight} accepted");
+            };
+            let found: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+            assert_eq!(found, [("mysql.backends[1].weight", 15)], "{problems:?}");
+            assert!(problems[0].message.contains("from 1 to 1000"), "{problems:?}");
+        }
     }
 
     #[test]

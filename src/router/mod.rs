@@ -76,6 +76,8 @@ pub struct Router {
     optimistic: bool,
     /// Whether recent transactions through this proxy needed the primary.
     history: TransactionHistory,
+    /// Each backend's share of the reads.
+    weights: Weights,
 }
 
 /// The last 64 transactions through the proxy: one bit each, set when it needed the primary.
@@ -114,7 +116,19 @@ impl Router {
     ) -> Router {
         let balancer = RoundRobin::default();
         let history = TransactionHistory::default();
-        Router { backends, reads_include_primary, all_replicas_down, balancer, optimistic, history }
+        let weights = Weights::default();
+        Router { backends, reads_include_primary, all_replicas_down, balancer, optimistic, history, weights }
+    }
+
+    /// Read weights by backend index (configuration order); all 1 unless given.
+    pub fn with_weights(mut self, weights: Vec<u32>) -> Router {
+        self.weights = Weights::new(weights);
+        self
+    }
+
+    /// A backend's read weight.
+    pub fn weight(&self, backend: usize) -> u32 {
+        self.weights.of(backend)
     }
 
     /// A transaction ended; `wrote`: it needed the primary.
@@ -255,13 +269,13 @@ impl Router {
             |b: usize| allowed(b) && (b != primary || (self.reads_include_primary && !replicas_only));
         let mut order: Candidates =
             (0..all.len()).filter(|&b| in_pool(b) && self.backends.is_usable(b)).collect();
-        let start = if advance {
-            self.balancer.next(order.len(), lane)
-        } else {
-            self.balancer.peek(order.len(), lane)
-        };
+        // With weights, the rotation runs over the weight units of the usable backends: a
+        // backend of weight w takes w consecutive picks of every round.
+        let slots = self.weights.slots(&order);
+        let start = if advance { self.balancer.next(slots, lane) } else { self.balancer.peek(slots, lane) };
         if let Some(start) = start {
-            order.rotate_left(start);
+            let at = self.weights.position(&order, start);
+            order.rotate_left(at);
         }
         if !order.iter().any(|&b| b != primary) {
             match self.all_replicas_down {
@@ -307,3 +321,45 @@ fn needs_primary(class: &Classification) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// Read weights by backend index. Equal weights (the default) rotate over backends as they are.
+#[derive(Debug, Default)]
+struct Weights {
+    /// Empty when every weight is the same.
+    by_backend: Vec<u32>,
+}
+
+impl Weights {
+    fn new(weights: Vec<u32>) -> Weights {
+        let equal = weights.windows(2).all(|w| w[0] == w[1]);
+        Weights { by_backend: if equal { Vec::new() } else { weights } }
+    }
+
+    fn of(&self, backend: usize) -> u32 {
+        self.by_backend.get(backend).copied().unwrap_or(1)
+    }
+
+    /// How many picks one round over `order` has.
+    fn slots(&self, order: &[usize]) -> usize {
+        if self.by_backend.is_empty() {
+            return order.len();
+        }
+        order.iter().map(|&b| self.of(b) as usize).sum()
+    }
+
+    /// The position in `order` of pick `slot`.
+    fn position(&self, order: &[usize], slot: usize) -> usize {
+        if self.by_backend.is_empty() {
+            return slot;
+        }
+        let mut left = slot;
+        for (at, &b) in order.iter().enumerate() {
+            let weight = self.of(b) as usize;
+            if left < weight {
+                return at;
+            }
+            left -= weight;
+        }
+        0
+    }
+}

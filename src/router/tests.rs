@@ -96,3 +96,20 @@ fn transaction_history_needs_evidence_before_new_sessions_start_optimistic() {
     }
     assert!(h.mostly_read_only(), "old writes leave the window");
 }
+
+#[test]
+fn weights_give_each_backend_its_share_of_every_round() {
+    let r = router().with_weights(vec![1, 1, 2]);
+    let firsts: Vec<usize> = (0..8).map(|_| r.candidates(Target::ReadPool, &[], 0)[0]).collect();
+    assert_eq!(firsts, [0, 1, 2, 2, 0, 1, 2, 2]);
+    // Every candidate still follows the pick (the rest are retries).
+    let order = r.candidates(Target::ReadPool, &[], 0);
+    assert_eq!(order.as_slice(), [0, 1, 2]);
+    // Without the primary the round is r1 once, r2 twice.
+    let firsts: Vec<usize> = (0..6).map(|_| r.candidates(Target::Replica, &[], 1)[0]).collect();
+    assert_eq!(firsts, [1, 2, 2, 1, 2, 2]);
+    // Equal weights rotate as without any.
+    let equal = router().with_weights(vec![5, 5, 5]);
+    let firsts: Vec<usize> = (0..6).map(|_| equal.candidates(Target::ReadPool, &[], 0)[0]).collect();
+    assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+}
