@@ -137,6 +137,50 @@ async fn found_rows_and_warnings_are_read_on_the_connection_that_made_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn row_count_is_the_sessions_previous_statements() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    // Between every two steps the other session inserts one row on the shared connection:
+    // its ROW_COUNT() there is 1, so every count here that is not 1 shows whose it is.
+    let steps = [
+        "INSERT INTO {t} (v) VALUES (1), (2), (3), (4), (5)",
+        "SELECT ROW_COUNT()",
+        "UPDATE {t} SET v = v + 1 WHERE v > 2",
+        "select row_count();",
+        "DELETE FROM {t} WHERE v > 100",
+        "SELECT ROW_COUNT()",
+        "SELECT v FROM {t} ORDER BY v",
+        "SELECT ROW_COUNT()",
+        "INSERT INTO {t} (id, v) VALUES (1, 1)",
+        "SELECT ROW_COUNT()",
+        "SET @rc = 3",
+        "SELECT ROW_COUNT()",
+        "INSERT INTO {t} (id, v) VALUES (1, 9) ON DUPLICATE KEY UPDATE v = 9",
+        "SELECT ROW_COUNT()",
+        "DO 1",
+        "SELECT ROW_COUNT()",
+        "CREATE TABLE IF NOT EXISTS {t}_b (id INT)",
+        "SELECT ROW_COUNT()",
+        "DROP TABLE {t}_b",
+        "SELECT ROW_COUNT()",
+        "SELECT ROW_COUNT()",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "row_count", table, &steps).await;
+    // rwproxy's answer describes its column as the server does.
+    let column = |rows: Vec<mysql_async::Row>| {
+        let c = &rows.first().expect("a row").columns()[0];
+        (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set(), c.column_length())
+    };
+    let mut through = connect(&proxy).await;
+    let mut direct = connect_direct(cluster().primary().port).await;
+    through.query_drop("DO 1").await.expect("do");
+    direct.query_drop("DO 1").await.expect("do");
+    let proxied = column(through.query("SELECT ROW_COUNT()").await.expect("proxied"));
+    assert_eq!(proxied, column(direct.query("SELECT ROW_COUNT()").await.expect("direct")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn transaction_isolation_for_the_next_transaction_only() {
     let _serial = serial().await;
     cluster().primary().sql("GRANT PROCESS ON *.* TO 'app'@'%'").expect("grant");

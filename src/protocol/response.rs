@@ -56,6 +56,10 @@ pub struct Outcome {
     pub warnings: u16,
     /// The last non-zero `last_insert_id` of an OK packet in the response.
     pub insert_id: u64,
+    /// What `ROW_COUNT()` reads after this response, when it is known: the OK's affected rows,
+    /// -1 after a result set or an error. `None` after several results (CALL,
+    /// multi-statements) and for commands that are no statement.
+    pub row_count: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +87,25 @@ pub struct ResponseTracker {
     prepared: Option<Prepared>,
     warnings: u16,
     insert_id: u64,
+    /// `ROW_COUNT()` after the response as far as it has come; `None` once it is unknown.
+    row_count: Option<i64>,
+    /// A result ended with MORE_RESULTS_EXISTS.
+    several: bool,
 }
 
 impl ResponseTracker {
     pub fn new(kind: ResponseKind, deprecate_eof: bool) -> Self {
         let state = if kind == ResponseKind::Rows { State::Rows } else { State::First };
-        ResponseTracker { state, kind, deprecate_eof, prepared: None, warnings: 0, insert_id: 0 }
+        ResponseTracker {
+            state,
+            kind,
+            deprecate_eof,
+            prepared: None,
+            warnings: 0,
+            insert_id: 0,
+            row_count: None,
+            several: false,
+        }
     }
 
     /// True when the end-of-rows marker may be this packet: 0xFE with a short payload. (A row
@@ -199,6 +216,7 @@ impl ResponseTracker {
                 if ok.insert_id != 0 {
                     self.insert_id = ok.insert_id;
                 }
+                self.row_count = i64::try_from(ok.affected_rows).ok();
                 self.warnings = ok.warnings;
                 Ok(self.end_of_result(ok.status))
             }
@@ -249,6 +267,7 @@ impl ResponseTracker {
         if !self.is_terminator(first, len) {
             return Ok(Progress::More);
         }
+        self.row_count = Some(-1);
         let status = self.terminator_status(payload)?;
         if self.kind == ResponseKind::Rows {
             return Ok(self.finish(Outcome { status: Some(status), ..Outcome::default() }));
@@ -267,6 +286,7 @@ impl ResponseTracker {
     fn end_of_result(&mut self, status: u16) -> Progress {
         if status & MORE_RESULTS_EXISTS != 0 {
             self.state = State::First;
+            self.several = true;
             Progress::More
         } else {
             self.finish(Outcome { status: Some(status), ..Outcome::default() })
@@ -277,8 +297,14 @@ impl ResponseTracker {
         self.state = State::Done;
         if outcome.error.is_none() {
             outcome.warnings = self.warnings;
+        } else {
+            self.row_count = Some(-1);
         }
         outcome.insert_id = self.insert_id;
+        // Only a statement's single result says what ROW_COUNT() reads next (a cursor's rows
+        // are still to come: nothing is set yet then).
+        let statement = matches!(self.kind, ResponseKind::Query | ResponseKind::Execute);
+        outcome.row_count = self.row_count.filter(|_| statement && !self.several);
         Progress::Done(outcome)
     }
 
@@ -398,5 +424,40 @@ mod tests {
         assert!(t.accept(0x00, 2, &[0x00, 1]).is_err());
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         assert!(t.accept(0xFC, 1, &[0xFC]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod row_count_tests {
+    use super::*;
+
+    fn outcome(kind: ResponseKind, packets: &[&[u8]]) -> Outcome {
+        let mut t = ResponseTracker::new(kind, false);
+        for p in packets {
+            let payload = if t.needs_payload(p[0], p.len()) { *p } else { &[][..] };
+            if let Progress::Done(outcome) = t.accept(p[0], p.len(), payload).expect("valid packet") {
+                return outcome;
+            }
+        }
+        panic!("the response did not end");
+    }
+
+    const OK_3_ROWS: &[u8] = &[0x00, 3, 0, 0x02, 0, 0, 0];
+    const ERR: &[u8] = &[0xFF, 0x26, 0x04, b'#', b'2', b'3', b'0', b'0', b'0', b'x'];
+    const COLUMNS_1: &[u8] = &[1];
+    const COLDEF: &[u8] = &[3, b'd', b'e', b'f', 0, 0, 0, 1, b'a'];
+    const EOF_END: &[u8] = &[0xFE, 0, 0, 0x02, 0];
+    const OK_MORE: &[u8] = &[0x00, 1, 0, 0x0A, 0, 0, 0];
+
+    #[test]
+    fn row_count_is_what_the_server_reads_next() {
+        assert_eq!(outcome(ResponseKind::Query, &[OK_3_ROWS]).row_count, Some(3));
+        assert_eq!(outcome(ResponseKind::Execute, &[OK_3_ROWS]).row_count, Some(3));
+        let rows = [COLUMNS_1, COLDEF, EOF_END, &[1, b'x'], EOF_END];
+        assert_eq!(outcome(ResponseKind::Query, &rows).row_count, Some(-1));
+        assert_eq!(outcome(ResponseKind::Query, &[ERR]).row_count, Some(-1));
+        // Several results (CALL, multi-statements) and non-statements: unknown.
+        assert_eq!(outcome(ResponseKind::Query, &[OK_MORE, OK_3_ROWS]).row_count, None);
+        assert_eq!(outcome(ResponseKind::Rows, &[COLDEF, EOF_END]).row_count, None);
     }
 }

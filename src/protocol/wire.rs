@@ -42,6 +42,7 @@ pub fn put_lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
 /// What rwproxy reads from an OK packet or an EOF packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OkFields {
+    pub affected_rows: u64,
     pub insert_id: u64,
     pub status: u16,
     pub warnings: u16,
@@ -51,7 +52,7 @@ pub struct OkFields {
 /// status, the 2-byte warning count.
 pub fn ok_fields(payload: &[u8]) -> Option<OkFields> {
     let mut pos = 1;
-    let (_, used) = lenenc_int(payload.get(pos..)?)?;
+    let (affected_rows, used) = lenenc_int(payload.get(pos..)?)?;
     pos += used;
     let (insert_id, used) = lenenc_int(payload.get(pos..)?)?;
     pos += used;
@@ -59,7 +60,7 @@ pub fn ok_fields(payload: &[u8]) -> Option<OkFields> {
     let status = u16::from_le_bytes([bytes[0], bytes[1]]);
     // Servers always send the warning count with PROTOCOL_41; a short packet counts none.
     let warnings = payload.get(pos + 2..pos + 4).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
-    Some(OkFields { insert_id, status, warnings })
+    Some(OkFields { affected_rows, insert_id, status, warnings })
 }
 
 /// Status flags of an OK packet.
@@ -71,6 +72,7 @@ pub fn status_of_ok(payload: &[u8]) -> Option<u16> {
 pub fn eof_fields(payload: &[u8]) -> Option<OkFields> {
     let bytes = payload.get(1..5)?;
     Some(OkFields {
+        affected_rows: 0,
         insert_id: 0,
         warnings: u16::from_le_bytes([bytes[0], bytes[1]]),
         status: u16::from_le_bytes([bytes[2], bytes[3]]),
@@ -171,24 +173,44 @@ pub fn text_column(name: &str, extended_metadata: bool) -> Vec<u8> {
     out
 }
 
-/// Column definition of an unsigned integer that is never NULL, as a server sends
-/// `CONNECTION_ID()`: MariaDB as an INT, MySQL as a BIGINT.
-pub fn connection_id_column(name: &str, mariadb: bool, extended_metadata: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + name.len());
-    for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
-        put_lenenc_str(&mut out, part);
+/// An integer column that is never NULL, as a server describes a function's result.
+#[derive(Debug, Clone, Copy)]
+pub struct IntegerColumn {
+    /// MYSQL_TYPE_LONG (0x03) or MYSQL_TYPE_LONGLONG (0x08).
+    pub type_code: u8,
+    pub length: u32,
+    pub unsigned: bool,
+}
+
+impl IntegerColumn {
+    /// `CONNECTION_ID()`: MariaDB sends an unsigned INT, MySQL an unsigned BIGINT.
+    pub fn connection_id(mariadb: bool) -> IntegerColumn {
+        IntegerColumn { type_code: if mariadb { 0x03 } else { 0x08 }, length: 10, unsigned: true }
     }
-    if extended_metadata {
-        put_lenenc_int(&mut out, 0);
+
+    /// `ROW_COUNT()`: a signed BIGINT.
+    pub fn row_count() -> IntegerColumn {
+        IntegerColumn { type_code: 0x08, length: 21, unsigned: false }
     }
-    out.push(0x0C);
-    out.extend_from_slice(&63u16.to_le_bytes()); // binary
-    out.extend_from_slice(&10u32.to_le_bytes());
-    out.push(if mariadb { 0x03 } else { 0x08 }); // MYSQL_TYPE_LONG, MYSQL_TYPE_LONGLONG
-    out.extend_from_slice(&(0x0001u16 | 0x0020 | 0x0080).to_le_bytes()); // NOT NULL, UNSIGNED, BINARY
-    out.push(0);
-    out.extend_from_slice(&[0, 0]);
-    out
+
+    pub fn definition(self, name: &str, extended_metadata: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + name.len());
+        for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
+            put_lenenc_str(&mut out, part);
+        }
+        if extended_metadata {
+            put_lenenc_int(&mut out, 0);
+        }
+        out.push(0x0C);
+        out.extend_from_slice(&63u16.to_le_bytes()); // binary
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.push(self.type_code);
+        let unsigned = if self.unsigned { 0x0020 } else { 0 };
+        out.extend_from_slice(&(0x0001u16 | unsigned | 0x0080).to_le_bytes()); // NOT NULL, BINARY
+        out.push(0);
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
 }
 
 #[cfg(test)]

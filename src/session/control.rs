@@ -82,6 +82,7 @@ impl Session {
             keep_for_next: None,
             pinned_by: None,
             last_insert_id: 0,
+            row_count: None,
             worker: 0,
             handle: Arc::new(crate::sessions::Handle::new("", shared_backends)),
             registered: None,
@@ -224,6 +225,7 @@ impl Session {
         self.release_connections().await;
         self.state.reset();
         self.stmts = Statements::default();
+        self.row_count = None;
         self.login.user = user.name;
         self.login.password = credentials.password;
         self.login.stage1 = credentials.stage1;
@@ -262,6 +264,7 @@ impl Session {
         self.stmts = Statements::default();
         self.keep_for_next = None;
         self.last_insert_id = 0;
+        self.row_count = None;
         self.reply_ok().await
     }
 

@@ -54,6 +54,11 @@ impl Session {
             if let Some(name) = asks_connection_id(&sql) {
                 return Box::pin(self.answer_connection_id(name)).await;
             }
+            if let Some(name) = asks_row_count(&sql)
+                && let Some(count) = self.row_count
+            {
+                return Box::pin(self.answer_row_count(name, count)).await;
+            }
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
             && let Some(kill) = kill_target(&sql)
@@ -200,6 +205,7 @@ impl Session {
                         self.shared.metrics.query(self.worker, b, decision.target, decision.reason, took);
                     }
                     self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
+                    self.row_count = outcome.row_count;
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
                         conn.leftover = self.keep_for_next.is_some();
                     }
@@ -483,6 +489,12 @@ fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
 fn asks_position(sql: &str) -> bool {
     let text = sql.trim().trim_end_matches(';').trim_end();
     text.len() == 25 && text.eq_ignore_ascii_case("SELECT @@rwproxy_position")
+}
+
+/// `SELECT ROW_COUNT()`: the column's name as the client wrote it.
+fn asks_row_count(sql: &str) -> Option<&str> {
+    let text = sql.trim().trim_end_matches(';').trim_end();
+    (text.len() == 18 && text.eq_ignore_ascii_case("SELECT ROW_COUNT()")).then(|| &text[7..])
 }
 
 /// `SELECT CONNECTION_ID()`, answered by rwproxy: the column's name as the client wrote it.

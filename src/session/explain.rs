@@ -56,8 +56,15 @@ impl Session {
     /// rwproxy takes (the borrowed backend connection's id changes from statement to statement).
     pub(super) async fn answer_connection_id(&mut self, name: &str) -> Result<(), SessionError> {
         let mariadb = self.shared.server_version.contains("MariaDB");
-        let column = wire::connection_id_column(name, mariadb, self.extended_metadata());
+        let column = wire::IntegerColumn::connection_id(mariadb).definition(name, self.extended_metadata());
         self.write_row_result(vec![column], &[&self.id.to_string()]).await
+    }
+
+    /// `SELECT ROW_COUNT()` when rwproxy knows what the session's previous statement left: the
+    /// borrowed backend connection may have run another session's statement since.
+    pub(super) async fn answer_row_count(&mut self, name: &str, count: i64) -> Result<(), SessionError> {
+        let column = wire::IntegerColumn::row_count().definition(name, self.extended_metadata());
+        self.write_row_result(vec![column], &[&count.to_string()]).await
     }
 
     fn extended_metadata(&self) -> bool {
@@ -80,6 +87,8 @@ impl Session {
         }
         packets.push(values);
         packets.push(wire::eof_packet(self.state.status, deprecate_eof));
+        // A result set: what ROW_COUNT() reads next.
+        self.row_count = Some(-1);
         for p in &packets {
             self.seq = packet::write_packet(&mut self.writer, self.seq, p).await?;
         }

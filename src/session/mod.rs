@@ -101,6 +101,9 @@ pub struct Session {
     pinned_by: Option<Pin>,
     /// `LAST_INSERT_ID()` as the session's last insert left it, carried to borrowed connections.
     last_insert_id: u64,
+    /// `ROW_COUNT()` as the session's last statement left it, when known (answered by rwproxy:
+    /// the borrowed connection may have run another session's statement since).
+    row_count: Option<i64>,
     /// The SQL worker thread the session runs on: it borrows that thread's backend connections.
     worker: usize,
     /// What `KILL` from another session sees of this one, and its switch.
@@ -306,6 +309,7 @@ impl Session {
     }
 
     async fn reply_err(&mut self, code: u16, sql_state: &str, message: &str) -> Result<(), SessionError> {
+        self.row_count = Some(-1);
         self.write_reply(&wire::err_packet(code, sql_state, message)).await
     }
 }
