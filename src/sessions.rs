@@ -4,16 +4,27 @@
 //! id names no session, and a client's id names no backend thread.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Backends};
 
 /// What other sessions may see of one session, and the switch that ends it.
 #[derive(Debug)]
 pub struct Handle {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When the client connected.
+    pub connected: Instant,
     /// The user the session is logged in as (it changes with COM_CHANGE_USER).
     user: Mutex<String>,
+    /// Why the session keeps its backend connections between statements, if it does (written
+    /// when that changes: at most twice per transaction).
+    pinned: Mutex<Option<&'static str>>,
+    /// When the running statement started, in nanoseconds after `connected`.
+    statement_started: AtomicU64,
     /// The backends the session's indexes refer to (they change when it follows a reload).
     backends: Mutex<Arc<Backends>>,
     /// The statement running on a backend now: the backend's index + 1 in the high half and
@@ -32,9 +43,13 @@ pub struct Running {
 }
 
 impl Handle {
-    pub fn new(user: &str, backends: Arc<Backends>) -> Handle {
+    pub fn new(peer: SocketAddr, user: &str, backends: Arc<Backends>) -> Handle {
         Handle {
+            peer,
+            connected: Instant::now(),
             user: Mutex::new(user.to_string()),
+            pinned: Mutex::new(None),
+            statement_started: AtomicU64::new(0),
             backends: Mutex::new(backends),
             running: AtomicU64::new(0),
             killed: AtomicBool::new(false),
@@ -58,9 +73,28 @@ impl Handle {
         self.user.lock().map(|name| name.clone()).unwrap_or_default()
     }
 
-    pub fn started(&self, backend: usize, thread_id: u32) {
+    /// The statement that started `at` runs on `backend`, on the server's thread `thread_id`.
+    pub fn started(&self, backend: usize, thread_id: u32, at: Instant) {
+        let since = at.saturating_duration_since(self.connected).as_nanos();
+        self.statement_started.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
         let backend = u64::try_from(backend).unwrap_or(u64::from(u32::MAX - 1)) + 1;
         self.running.store(backend << 32 | u64::from(thread_id), Ordering::Release);
+    }
+
+    /// How long the running statement has run (meaningful while `running` says one does).
+    pub fn running_for(&self) -> Duration {
+        let started = self.connected + Duration::from_nanos(self.statement_started.load(Ordering::Relaxed));
+        started.elapsed()
+    }
+
+    pub fn set_pinned(&self, reason: Option<&'static str>) {
+        if let Ok(mut pinned) = self.pinned.lock() {
+            *pinned = reason;
+        }
+    }
+
+    pub fn pinned(&self) -> Option<&'static str> {
+        self.pinned.lock().ok().and_then(|pinned| *pinned)
     }
 
     pub fn finished(&self) {
@@ -107,6 +141,16 @@ impl Registry {
     pub fn get(&self, id: u32) -> Option<Arc<Handle>> {
         self.sessions.lock().ok()?.get(&id).cloned()
     }
+
+    /// The logged-in sessions, by id.
+    pub fn list(&self) -> Vec<(u32, Arc<Handle>)> {
+        let mut all: Vec<(u32, Arc<Handle>)> = match self.sessions.lock() {
+            Ok(sessions) => sessions.iter().map(|(id, handle)| (*id, handle.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
 }
 
 /// Keeps a session listed while it lives.
@@ -137,15 +181,18 @@ mod tests {
         )
         .expect("config");
         let registry = Arc::new(Registry::default());
-        let handle = Arc::new(Handle::new("nobody", Arc::new(Backends::from_config(&config))));
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("address");
+        let handle = Arc::new(Handle::new(peer, "nobody", Arc::new(Backends::from_config(&config))));
         handle.set_user("app");
         let guard = registry.register(7, handle.clone());
         let seen = registry.get(7).expect("listed");
         assert_eq!(seen.user(), "app");
         assert_eq!(seen.running(), None);
-        handle.started(0, 4_000_000_000);
+        handle.started(0, 4_000_000_000, Instant::now());
         assert_eq!(seen.running(), Some(Running { backend: 0, thread_id: 4_000_000_000 }));
-        handle.started(1, 5);
+        handle.started(1, 5, Instant::now());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(seen.running_for() >= Duration::from_millis(30));
         assert_eq!(seen.running(), Some(Running { backend: 1, thread_id: 5 }));
         let (backend, thread_id) = seen.running_on().expect("running");
         assert_eq!((backend.name.as_str(), thread_id), ("r", 5));
@@ -154,7 +201,11 @@ mod tests {
         assert!(!seen.is_killed());
         seen.kill();
         assert!(handle.is_killed());
+        seen.set_pinned(Some("transaction"));
+        assert_eq!(handle.pinned(), Some("transaction"));
+        assert_eq!(registry.list().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [7]);
         drop(guard);
         assert!(registry.get(7).is_none());
+        assert!(registry.list().is_empty());
     }
 }

@@ -199,3 +199,58 @@ async fn the_mariadb_clients_ctrl_c_stops_its_statement() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("query killed"), "{stderr}");
     assert!(stderr.contains("1317"), "the client's statement was not stopped: {stderr}");
 }
+
+/// `/sessions` lists the logged-in sessions: who, from where, what runs now on which backend
+/// thread, and why a session holds its connections; `KILL QUERY` takes the listed id.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_list_shows_what_runs_where_and_what_pins() {
+    let proxy = start_proxy().await;
+    let admin = proxy.admin_addr.expect("admin");
+    let mut pinned = connect(&proxy).await;
+    pinned.query_drop("BEGIN").await.expect("begin");
+    pinned.query_drop("SELECT 1 FOR UPDATE").await.expect("locking read");
+    let mut busy = connect(&proxy).await;
+    let busy_id = busy.id();
+    let sleep = format!("SELECT SLEEP(30) AS listed_{busy_id}");
+    let statement = sleep.clone();
+    let running = tokio::spawn(async move { busy.query_first::<i64, _>(statement.as_str()).await });
+    running_somewhere(&sleep).await;
+    let (code, body) = common::http_get(admin, "/sessions").await;
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let sessions = list["sessions"].as_array().expect("a list");
+    let find =
+        |id: u32| sessions.iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("{id} not in {body}"));
+    let shown = find(pinned.id());
+    assert_eq!(shown["user"], "app", "{body}");
+    assert_eq!(shown["pinned"], "transaction", "{body}");
+    assert!(shown["running"].is_null(), "{body}");
+    assert!(shown["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{body}");
+    let shown = find(busy_id);
+    assert!(shown["pinned"].is_null(), "{body}");
+    let backend = shown["running"]["backend"].as_str().expect("the backend running it");
+    let thread = shown["running"]["backend_thread_id"].as_u64().expect("its thread id");
+    // The listed thread is the one running the statement on that backend.
+    let node = std::iter::once(cluster().primary())
+        .chain(cluster().replicas())
+        .find(|n| n.name == backend)
+        .unwrap_or_else(|| panic!("{backend} is no cluster node"));
+    let mut direct = connect_direct(node.port).await;
+    let info: Option<String> = direct
+        .query_first(format!("SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = {thread}"))
+        .await
+        .expect("processlist");
+    assert_eq!(info.as_deref(), Some(sleep.as_str()));
+    pinned.query_drop(format!("KILL QUERY {busy_id}")).await.expect("kill query");
+    match running.await.expect("join") {
+        Ok(Some(1)) => {}
+        Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
+        other => panic!("the statement was not interrupted: {other:?}"),
+    }
+    pinned.query_drop("COMMIT").await.expect("commit");
+    let (_, body) = common::http_get(admin, "/sessions").await;
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let sessions = list["sessions"].as_array().expect("a list");
+    let shown = sessions.iter().find(|s| s["id"] == pinned.id()).expect("listed");
+    assert!(shown["pinned"].is_null() && shown["running"].is_null(), "{body}");
+}

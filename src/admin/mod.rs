@@ -128,6 +128,10 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
             respond(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(state.backends()))
         }
         "/status" => respond(StatusCode::OK, "application/json", status::snapshot(state).to_string()),
+        "/sessions" => {
+            let list = status::sessions(&admin.sql.registry);
+            respond(StatusCode::OK, "application/json", list.to_string())
+        }
         "/health" => health(state),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

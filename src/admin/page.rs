@@ -115,7 +115,7 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <tbody>{rows}</tbody></table>
 {http}
 {consistency}
-<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
+<p><a href="/status">/status</a> · <a href="/sessions">/sessions</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 </body></html>
 "#,
         uptime = backends.uptime().as_secs_f64(),

@@ -114,3 +114,30 @@ fn consistency(state: &AdminState) -> Value {
         },
     })
 }
+
+/// `/sessions`: every logged-in SQL session, as ProxySQL's process list shows them: who, from
+/// where, since when, what runs now and where, and why the session holds its connections.
+pub fn sessions(registry: &crate::sessions::Registry) -> Value {
+    let list: Vec<Value> = registry
+        .list()
+        .into_iter()
+        .map(|(id, s)| {
+            let running = s.running_on().map(|(backend, thread_id)| {
+                json!({
+                    "backend": backend.name,
+                    "backend_thread_id": thread_id,
+                    "seconds": s.running_for().as_secs_f64(),
+                })
+            });
+            json!({
+                "id": id,
+                "user": s.user(),
+                "client": s.peer.to_string(),
+                "connected_seconds": s.connected.elapsed().as_secs_f64(),
+                "running": running,
+                "pinned": s.pinned(),
+            })
+        })
+        .collect();
+    json!({ "sessions": list })
+}

@@ -344,7 +344,10 @@ mod tests {
     fn ok_ends_a_query() {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         let got = feed(&mut t, &[&[0, 1, 0, 3, 0, 0, 0]]);
-        assert_eq!(got[0], Progress::Done(Outcome { status: Some(3), ..Default::default() }));
+        assert_eq!(
+            got[0],
+            Progress::Done(Outcome { status: Some(3), row_count: Some(1), ..Default::default() })
+        );
     }
 
     #[test]
@@ -352,7 +355,10 @@ mod tests {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         let got = feed(&mut t, &[&[1], COLDEF, EOF_END, &[1, b'x'], &[0xFB], EOF_END]);
         assert_eq!(got[..5], [Progress::More; 5]);
-        assert_eq!(got[5], Progress::Done(Outcome { status: Some(2), ..Default::default() }));
+        assert_eq!(
+            got[5],
+            Progress::Done(Outcome { status: Some(2), row_count: Some(-1), ..Default::default() })
+        );
     }
 
     #[test]

@@ -84,8 +84,9 @@ impl Session {
             last_insert_id: 0,
             row_count: None,
             worker: 0,
-            handle: Arc::new(crate::sessions::Handle::new("", shared_backends)),
+            handle: Arc::new(crate::sessions::Handle::new(peer, "", shared_backends)),
             registered: None,
+            statement_started: std::time::Instant::now(),
         };
         let response = match response {
             Some(payload) => payload,

@@ -174,6 +174,7 @@ impl Session {
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
+        self.statement_started = started;
         let retry_lost = decision.target.is_read();
         let mut candidates =
             self.shared.router.candidates(decision.target, &self.state.excluded, self.worker);
@@ -285,7 +286,7 @@ impl Session {
         // change tells that a wait is hopeless.
         let watch_down = target.health.state() != State::Down;
         // Published for `KILL QUERY` from another session (cleared when the answer is in).
-        self.handle.started(backend, conn.thread_id);
+        self.handle.started(backend, conn.thread_id, self.statement_started);
         if let Err(e) = conn.send(0, &bytes).await {
             self.handle.finished();
             self.backend_failed(backend, &e.to_string());

@@ -131,6 +131,7 @@ impl Session {
         let pin = self.pin();
         if pin != self.pinned_by {
             self.shared.metrics.multiplex_pin_changed(self.pinned_by, pin);
+            self.handle.set_pinned(pin.map(Pin::as_str));
             self.pinned_by = pin;
         }
         if pin.is_some() {
