@@ -81,6 +81,11 @@ impl Handle {
         self.running.store(backend << 32 | u64::from(thread_id), Ordering::Release);
     }
 
+    /// Names the running statement: it changes when that statement ends or another starts.
+    pub fn statement(&self) -> (u64, u64) {
+        (self.running.load(Ordering::Acquire), self.statement_started.load(Ordering::Relaxed))
+    }
+
     /// How long the running statement has run (meaningful while `running` says one does).
     pub fn running_for(&self) -> Duration {
         let started = self.connected + Duration::from_nanos(self.statement_started.load(Ordering::Relaxed));

@@ -382,7 +382,8 @@ async fn idle_backend_connections_are_closed_after_backend_idle_timeout() {
     let _serial = serial().await;
     let proxy = start_proxy_with(&primary_only("backend_idle_timeout = \"1s\"")).await;
     let mut client = connect(&proxy).await;
-    let first: u64 = client.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
+    let first: u64 =
+        client.query_first("SELECT CONNECTION_ID() AS backend_thread").await.expect("id").expect("row");
     let mut direct = connect_direct(cluster().primary().port).await;
     let count = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {first}");
     let present: u64 = direct.query_first(&count).await.expect("processlist").expect("row");
@@ -403,7 +404,8 @@ async fn idle_backend_connections_are_closed_after_backend_idle_timeout() {
         "closed after {:?}, before its timeout",
         started.elapsed()
     );
-    let second: u64 = client.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
+    let second: u64 =
+        client.query_first("SELECT CONNECTION_ID() AS backend_thread").await.expect("id").expect("row");
     assert_ne!(first, second, "the session reads on a new backend connection");
 }
 

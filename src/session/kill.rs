@@ -6,7 +6,7 @@
 use super::{Session, SessionError};
 use crate::backend::BackendConn;
 use crate::classifier::Kill;
-use crate::protocol::{ResponseKind, command};
+use crate::protocol::{Outcome, ResponseKind, command};
 
 /// ER_NO_SUCH_THREAD, ER_KILL_DENIED_ERROR, ER_QUERY_INTERRUPTED, ER_CONNECTION_KILLED,
 /// ER_NOT_SUPPORTED_YET: the codes a server answers with.
@@ -46,12 +46,16 @@ impl Session {
             return self.reply_err(CONNECTION_KILLED, "70100", "Connection was killed").await;
         }
         if let Some((backend, thread_id)) = target.running_on() {
+            let statement = target.statement();
             // A connection of its own: the pools may be full, and the statement to stop holds
             // one of their connections.
             let mut login = self.login.clone();
             login.database = None;
             let timeout = self.shared.config.mysql.connect_timeout;
             let stopped = match BackendConn::connect(backend.clone(), &login, timeout).await {
+                // The statement ended while the connection logged in: its backend connection
+                // may run another session's statement by now, which must not be stopped.
+                Ok(_) if target.statement() != statement => Ok(Outcome::default()),
                 Ok(mut conn) => {
                     let mut payload = vec![command::QUERY];
                     payload.extend_from_slice(format!("KILL QUERY {thread_id}").as_bytes());
