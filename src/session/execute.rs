@@ -308,6 +308,7 @@ impl Session {
             }
         }
         let Some(conn) = self.conns[backend].as_mut() else {
+            self.handle.finished();
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
         // The answer has begun: a server that hangs in the middle of it is cut off when the
