@@ -48,16 +48,15 @@ impl Session {
             return Box::pin(self.explain_route(statement)).await;
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
-            if asks_position(&sql) {
-                return Box::pin(self.answer_position()).await;
-            }
-            if let Some(name) = asks_connection_id(&sql) {
-                return Box::pin(self.answer_connection_id(name)).await;
-            }
-            if let Some(name) = asks_row_count(&sql)
-                && let Some(count) = self.row_count
-            {
-                return Box::pin(self.answer_row_count(name, count)).await;
+            match answered_here(&sql) {
+                Some(Answered::Position) => return Box::pin(self.answer_position()).await,
+                Some(Answered::ConnectionId(name)) => return Box::pin(self.answer_connection_id(name)).await,
+                Some(Answered::RowCount(name)) => {
+                    if let Some(count) = self.row_count {
+                        return Box::pin(self.answer_row_count(name, count)).await;
+                    }
+                }
+                None => {}
             }
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
@@ -487,22 +486,27 @@ fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// `SELECT @@rwproxy_position`, answered by rwproxy.
-fn asks_position(sql: &str) -> bool {
-    let text = sql.trim().trim_end_matches(';').trim_end();
-    text.len() == 25 && text.eq_ignore_ascii_case("SELECT @@rwproxy_position")
+/// A statement rwproxy answers itself; the names are the column's as the client wrote it.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered<'a> {
+    /// `SELECT @@rwproxy_position`.
+    Position,
+    /// `SELECT CONNECTION_ID()`: the session's id, not the borrowed connection's.
+    ConnectionId(&'a str),
+    /// `SELECT ROW_COUNT()`: the session's last statement's, when known.
+    RowCount(&'a str),
 }
 
-/// `SELECT ROW_COUNT()`: the column's name as the client wrote it.
-fn asks_row_count(sql: &str) -> Option<&str> {
+/// The statements rwproxy answers itself, told apart by length first (one trim per SELECT).
+fn answered_here(sql: &str) -> Option<Answered<'_>> {
     let text = sql.trim().trim_end_matches(';').trim_end();
-    (text.len() == 18 && text.eq_ignore_ascii_case("SELECT ROW_COUNT()")).then(|| &text[7..])
-}
-
-/// `SELECT CONNECTION_ID()`, answered by rwproxy: the column's name as the client wrote it.
-fn asks_connection_id(sql: &str) -> Option<&str> {
-    let text = sql.trim().trim_end_matches(';').trim_end();
-    (text.len() == 22 && text.eq_ignore_ascii_case("SELECT CONNECTION_ID()")).then(|| &text[7..])
+    let is = |wanted: &str| text.eq_ignore_ascii_case(wanted);
+    match text.len() {
+        25 if is("SELECT @@rwproxy_position") => Some(Answered::Position),
+        22 if is("SELECT CONNECTION_ID()") => Some(Answered::ConnectionId(&text[7..])),
+        18 if is("SELECT ROW_COUNT()") => Some(Answered::RowCount(&text[7..])),
+        _ => None,
+    }
 }
 
 /// Whether a session command changes the default database (COM_INIT_DB, `USE`).
@@ -539,9 +543,17 @@ mod tests {
     }
 
     #[test]
-    fn position_question_is_recognised() {
-        assert!(super::asks_position("select @@rwproxy_position;"));
-        assert!(super::asks_position("  SELECT @@RWPROXY_POSITION"));
-        assert!(!super::asks_position("SELECT @@rwproxy_position, 1"));
+    fn statements_answered_here_are_recognised() {
+        use super::{Answered, answered_here};
+        assert_eq!(answered_here("select @@rwproxy_position;"), Some(Answered::Position));
+        assert_eq!(answered_here("  SELECT @@RWPROXY_POSITION"), Some(Answered::Position));
+        assert_eq!(answered_here("SELECT @@rwproxy_position, 1"), None);
+        assert_eq!(
+            answered_here("select connection_id() ;"),
+            Some(Answered::ConnectionId("connection_id()"))
+        );
+        assert_eq!(answered_here("SELECT ROW_COUNT()"), Some(Answered::RowCount("ROW_COUNT()")));
+        assert_eq!(answered_here("SELECT ROW_COUNT() AS n"), None);
+        assert_eq!(answered_here("SELECT CONNECTION_ID()+0"), None);
     }
 }
