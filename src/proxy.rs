@@ -119,15 +119,7 @@ async fn start_with(config: Config, path: Option<PathBuf>) -> std::io::Result<Pr
     let listener = bind(listen, "mysql.listen").await?;
     let sql_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(&backends));
-    let router = Arc::new(
-        Router::new(
-            backends.clone(),
-            config.mysql.routing.reads_include_primary,
-            config.monitor.all_replicas_down,
-            config.mysql.routing.optimistic_transactions,
-        )
-        .with_weights(config.backends().map(|b| b.weight).collect()),
-    );
+    let router = Arc::new(Router::from_config(backends.clone(), &config));
     let monitor = crate::monitor::spawn(&config, backends.clone(), metrics.clone());
     let http = match config.http.clone() {
         Some(http_config) => Some(crate::http::start(http_config, metrics.clone()).await?),

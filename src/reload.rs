@@ -67,15 +67,7 @@ impl Reloader {
         let changes = describe_changes(&old.config, &config);
         let backends = Arc::new(Backends::reconfigured(&config, Some(old.router.backends())));
         let metrics = Arc::new(old.metrics.reconfigured(&backends));
-        let router = Arc::new(
-            Router::new(
-                backends.clone(),
-                config.mysql.routing.reads_include_primary,
-                config.monitor.all_replicas_down,
-                config.mysql.routing.optimistic_transactions,
-            )
-            .with_weights(config.backends().map(|b| b.weight).collect()),
-        );
+        let router = Arc::new(Router::from_config(backends.clone(), &config));
         // Everything that can fail comes before anything changes.
         let shared = Shared::new(
             config,

@@ -36,28 +36,40 @@ async fn running_somewhere(text: &str) {
     panic!("{text:?} never showed in a process list");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_query_stops_the_sessions_statement_and_the_session_goes_on() {
-    let proxy = start_proxy().await;
-    let mut victim = connect(&proxy).await;
-    let id = victim.id();
-    let sleep = format!("SELECT SLEEP(30) AS kill_query_{id}");
-    let statement = sleep.clone();
+type Ran = (Conn, Result<Option<i64>, mysql_async::Error>, Duration);
+
+/// Starts `sql` (a long SLEEP) on `conn` and returns once a server runs it; the task gives the
+/// connection back with the result and how long the statement took.
+async fn run_long(mut conn: Conn, sql: &str) -> tokio::task::JoinHandle<Ran> {
+    let statement = sql.to_string();
     let running = tokio::spawn(async move {
         let started = Instant::now();
-        let result = victim.query_first::<i64, _>(statement.as_str()).await;
-        (victim, result, started.elapsed())
+        let result = conn.query_first::<i64, _>(statement.as_str()).await;
+        (conn, result, started.elapsed())
     });
-    running_somewhere(&sleep).await;
-    let mut killer = connect(&proxy).await;
-    killer.query_drop(format!("KILL QUERY {id}")).await.expect("KILL QUERY of a session of the same user");
-    let (mut victim, result, took) = running.await.expect("join");
-    // An interrupted SLEEP returns 1 (MariaDB); a server may say 1317 instead.
+    running_somewhere(sql).await;
+    running
+}
+
+/// An interrupted SLEEP returns 1 (MariaDB); a server may say 1317 instead.
+fn assert_interrupted(result: &Result<Option<i64>, mysql_async::Error>) {
     match result {
         Ok(Some(1)) => {}
         Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
         other => panic!("the statement was not interrupted: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_query_stops_the_sessions_statement_and_the_session_goes_on() {
+    let proxy = start_proxy().await;
+    let victim = connect(&proxy).await;
+    let id = victim.id();
+    let running = run_long(victim, &format!("SELECT SLEEP(30) AS kill_query_{id}")).await;
+    let mut killer = connect(&proxy).await;
+    killer.query_drop(format!("KILL QUERY {id}")).await.expect("KILL QUERY of a session of the same user");
+    let (mut victim, result, took) = running.await.expect("join");
+    assert_interrupted(&result);
     assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
     let seen: Option<u32> = victim.query_first("SELECT CONNECTION_ID()").await.expect("the session goes on");
     assert_eq!(seen, Some(id));
@@ -77,14 +89,7 @@ async fn kill_connection_ends_the_session_and_its_transaction() {
     setup.query_drop(format!("DELETE FROM kill_t WHERE id = {id}")).await.expect("delete");
     victim.query_drop("BEGIN").await.expect("begin");
     victim.query_drop(format!("INSERT INTO kill_t VALUES ({id})")).await.expect("insert");
-    let sleep = format!("SELECT SLEEP(30) AS kill_connection_{id}");
-    let statement = sleep.clone();
-    let running = tokio::spawn(async move {
-        let started = Instant::now();
-        let result = victim.query_first::<i64, _>(statement.as_str()).await;
-        (victim, result, started.elapsed())
-    });
-    running_somewhere(&sleep).await;
+    let running = run_long(victim, &format!("SELECT SLEEP(30) AS kill_connection_{id}")).await;
     let mut killer = connect(&proxy).await;
     killer.query_drop(format!("KILL {id}")).await.expect("KILL of a session of the same user");
     let (mut victim, _, took) = running.await.expect("join");
@@ -209,12 +214,10 @@ async fn the_session_list_shows_what_runs_where_and_what_pins() {
     let mut pinned = connect(&proxy).await;
     pinned.query_drop("BEGIN").await.expect("begin");
     pinned.query_drop("SELECT 1 FOR UPDATE").await.expect("locking read");
-    let mut busy = connect(&proxy).await;
+    let busy = connect(&proxy).await;
     let busy_id = busy.id();
     let sleep = format!("SELECT SLEEP(30) AS listed_{busy_id}");
-    let statement = sleep.clone();
-    let running = tokio::spawn(async move { busy.query_first::<i64, _>(statement.as_str()).await });
-    running_somewhere(&sleep).await;
+    let running = run_long(busy, &sleep).await;
     let (code, body) = common::http_get(admin, "/sessions").await;
     assert_eq!(code, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -242,11 +245,7 @@ async fn the_session_list_shows_what_runs_where_and_what_pins() {
         .expect("processlist");
     assert_eq!(info.as_deref(), Some(sleep.as_str()));
     pinned.query_drop(format!("KILL QUERY {busy_id}")).await.expect("kill query");
-    match running.await.expect("join") {
-        Ok(Some(1)) => {}
-        Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
-        other => panic!("the statement was not interrupted: {other:?}"),
-    }
+    assert_interrupted(&running.await.expect("join").1);
     pinned.query_drop("COMMIT").await.expect("commit");
     let (_, body) = common::http_get(admin, "/sessions").await;
     let list: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -156,6 +156,19 @@ pub fn eof_packet(status: u16, deprecate_eof: bool) -> Vec<u8> {
 /// `extended_metadata`: the client negotiated MariaDB's extended type info, whose (here empty)
 /// block sits between the names and the fixed fields.
 pub fn text_column(name: &str, extended_metadata: bool) -> Vec<u8> {
+    let mut out = column_names(name, extended_metadata);
+    out.extend_from_slice(&45u16.to_le_bytes()); // utf8mb4_general_ci
+    out.extend_from_slice(&1024u32.to_le_bytes());
+    out.push(0xFD); // MYSQL_TYPE_VAR_STRING
+    out.extend_from_slice(&[0, 0]); // flags
+    out.push(0x1F); // decimals: not a fixed-decimal column
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// A column definition up to its fixed fields: the names (a computed column: no schema or
+/// table), the extended-metadata block when negotiated, and the fixed fields' length.
+fn column_names(name: &str, extended_metadata: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + name.len());
     for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
         put_lenenc_str(&mut out, part);
@@ -164,12 +177,6 @@ pub fn text_column(name: &str, extended_metadata: bool) -> Vec<u8> {
         put_lenenc_int(&mut out, 0);
     }
     out.push(0x0C);
-    out.extend_from_slice(&45u16.to_le_bytes()); // utf8mb4_general_ci
-    out.extend_from_slice(&1024u32.to_le_bytes());
-    out.push(0xFD); // MYSQL_TYPE_VAR_STRING
-    out.extend_from_slice(&[0, 0]); // flags
-    out.push(0x1F); // decimals: not a fixed-decimal column
-    out.extend_from_slice(&[0, 0]);
     out
 }
 
@@ -194,14 +201,7 @@ impl IntegerColumn {
     }
 
     pub fn definition(self, name: &str, extended_metadata: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + name.len());
-        for part in [&b"def"[..], b"", b"", b"", name.as_bytes(), b""] {
-            put_lenenc_str(&mut out, part);
-        }
-        if extended_metadata {
-            put_lenenc_int(&mut out, 0);
-        }
-        out.push(0x0C);
+        let mut out = column_names(name, extended_metadata);
         out.extend_from_slice(&63u16.to_le_bytes()); // binary
         out.extend_from_slice(&self.length.to_le_bytes());
         out.push(self.type_code);

@@ -120,6 +120,18 @@ impl Router {
         Router { backends, reads_include_primary, all_replicas_down, balancer, optimistic, history, weights }
     }
 
+    /// The router `config` describes, over `backends`.
+    pub fn from_config(backends: Arc<Backends>, config: &crate::config::Config) -> Router {
+        let routing = &config.mysql.routing;
+        Router::new(
+            backends,
+            routing.reads_include_primary,
+            config.monitor.all_replicas_down,
+            routing.optimistic_transactions,
+        )
+        .with_weights(config.backends().map(|b| b.weight).collect())
+    }
+
     /// Read weights by backend index (configuration order); all 1 unless given.
     pub fn with_weights(mut self, weights: Vec<u32>) -> Router {
         self.weights = Weights::new(weights);
