@@ -181,6 +181,42 @@ async fn row_count_is_the_sessions_previous_statements() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn found_rows_is_the_sessions_last_result_sets() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    // The other session reads one or two rows between every two steps: every count here is
+    // 0, 3 or 5, so each shows whose it is.
+    let steps = [
+        "INSERT INTO {t} (v) VALUES (1), (2), (3), (4), (5)",
+        "SELECT v FROM {t} ORDER BY v LIMIT 3",
+        "SELECT FOUND_ROWS()",
+        "SELECT v FROM {t}",
+        "UPDATE {t} SET v = v + 1 WHERE v > 4",
+        "select found_rows();",
+        "SELECT v FROM {t} WHERE v > 100",
+        "SELECT FOUND_ROWS()",
+        "SELECT v FROM {t}",
+        "SELECT nope FROM {t}",
+        "SELECT FOUND_ROWS()",
+        "SELECT FOUND_ROWS()",
+        "SELECT SQL_CALC_FOUND_ROWS v FROM {t} ORDER BY v LIMIT 1",
+        "SELECT FOUND_ROWS()",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "found_rows", table, &steps).await;
+    let column = |rows: Vec<mysql_async::Row>| {
+        let c = &rows.first().expect("a row").columns()[0];
+        (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set(), c.column_length())
+    };
+    let mut through = connect(&proxy).await;
+    let mut direct = connect_direct(cluster().primary().port).await;
+    through.query_drop("SELECT 1").await.expect("select");
+    direct.query_drop("SELECT 1").await.expect("select");
+    let proxied = column(through.query("SELECT FOUND_ROWS()").await.expect("proxied"));
+    assert_eq!(proxied, column(direct.query("SELECT FOUND_ROWS()").await.expect("direct")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn transaction_isolation_for_the_next_transaction_only() {
     let _serial = serial().await;
     cluster().primary().sql("GRANT PROCESS ON *.* TO 'app'@'%'").expect("grant");

@@ -9,7 +9,7 @@ pub mod session_track;
 pub mod wire;
 
 pub use packet::{Header, Logical, MAX_PAYLOAD, PacketError};
-pub use response::{Outcome, Prepared, Progress, ResponseError, ResponseKind, ResponseTracker};
+pub use response::{FoundRows, Outcome, Prepared, Progress, ResponseError, ResponseKind, ResponseTracker};
 
 /// Command bytes (first byte of a client command packet).
 pub mod command {

@@ -60,6 +60,21 @@ pub struct Outcome {
     /// -1 after a result set or an error. `None` after several results (CALL,
     /// multi-statements) and for commands that are no statement.
     pub row_count: Option<i64>,
+    /// What the response does to what `FOUND_ROWS()` reads next.
+    pub found_rows: FoundRows,
+}
+
+/// What a response does to what `FOUND_ROWS()` reads next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FoundRows {
+    /// A statement without a result set (or one that failed) leaves it as it was.
+    Kept,
+    /// A statement's single result set: the rows it returned (what `FOUND_ROWS()` reads after
+    /// a SELECT without `SQL_CALC_FOUND_ROWS`).
+    Rows(u64),
+    /// Several results, or a command that is no statement.
+    #[default]
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +106,9 @@ pub struct ResponseTracker {
     row_count: Option<i64>,
     /// A result ended with MORE_RESULTS_EXISTS.
     several: bool,
+    /// Rows of the current result set so far, and the count of the last one that ended.
+    rows: u64,
+    result_rows: Option<u64>,
 }
 
 impl ResponseTracker {
@@ -105,6 +123,8 @@ impl ResponseTracker {
             insert_id: 0,
             row_count: None,
             several: false,
+            rows: 0,
+            result_rows: None,
         }
     }
 
@@ -231,6 +251,7 @@ impl ResponseTracker {
                     return Err(ResponseError::Malformed("column count"));
                 }
                 self.state = State::ColumnDefs(count);
+                self.rows = 0;
                 Ok(Progress::More)
             }
         }
@@ -265,9 +286,11 @@ impl ResponseTracker {
             return Ok(self.finish(error_outcome(payload)));
         }
         if !self.is_terminator(first, len) {
+            self.rows += 1;
             return Ok(Progress::More);
         }
         self.row_count = Some(-1);
+        self.result_rows = Some(self.rows);
         let status = self.terminator_status(payload)?;
         if self.kind == ResponseKind::Rows {
             return Ok(self.finish(Outcome { status: Some(status), ..Outcome::default() }));
@@ -305,6 +328,11 @@ impl ResponseTracker {
         // are still to come: nothing is set yet then).
         let statement = matches!(self.kind, ResponseKind::Query | ResponseKind::Execute);
         outcome.row_count = self.row_count.filter(|_| statement && !self.several);
+        outcome.found_rows = match self.result_rows {
+            _ if !statement || self.several => FoundRows::Unknown,
+            Some(rows) if outcome.error.is_none() => FoundRows::Rows(rows),
+            _ => FoundRows::Kept,
+        };
         Progress::Done(outcome)
     }
 
@@ -346,7 +374,12 @@ mod tests {
         let got = feed(&mut t, &[&[0, 1, 0, 3, 0, 0, 0]]);
         assert_eq!(
             got[0],
-            Progress::Done(Outcome { status: Some(3), row_count: Some(1), ..Default::default() })
+            Progress::Done(Outcome {
+                status: Some(3),
+                row_count: Some(1),
+                found_rows: FoundRows::Kept,
+                ..Default::default()
+            })
         );
     }
 
@@ -357,7 +390,12 @@ mod tests {
         assert_eq!(got[..5], [Progress::More; 5]);
         assert_eq!(
             got[5],
-            Progress::Done(Outcome { status: Some(2), row_count: Some(-1), ..Default::default() })
+            Progress::Done(Outcome {
+                status: Some(2),
+                row_count: Some(-1),
+                found_rows: FoundRows::Rows(2),
+                ..Default::default()
+            })
         );
     }
 
@@ -465,5 +503,16 @@ mod row_count_tests {
         // Several results (CALL, multi-statements) and non-statements: unknown.
         assert_eq!(outcome(ResponseKind::Query, &[OK_MORE, OK_3_ROWS]).row_count, None);
         assert_eq!(outcome(ResponseKind::Rows, &[COLDEF, EOF_END]).row_count, None);
+    }
+
+    #[test]
+    fn found_rows_follow_result_sets_only() {
+        let rows = [COLUMNS_1, COLDEF, EOF_END, &[1, b'x'], &[1, b'y'], EOF_END];
+        assert_eq!(outcome(ResponseKind::Query, &rows).found_rows, FoundRows::Rows(2));
+        assert_eq!(outcome(ResponseKind::Execute, &rows).found_rows, FoundRows::Rows(2));
+        assert_eq!(outcome(ResponseKind::Query, &[OK_3_ROWS]).found_rows, FoundRows::Kept);
+        assert_eq!(outcome(ResponseKind::Query, &[ERR]).found_rows, FoundRows::Kept);
+        assert_eq!(outcome(ResponseKind::Query, &[OK_MORE, OK_3_ROWS]).found_rows, FoundRows::Unknown);
+        assert_eq!(outcome(ResponseKind::Rows, &[COLDEF, EOF_END]).found_rows, FoundRows::Unknown);
     }
 }

@@ -83,6 +83,7 @@ impl Session {
             pinned_by: None,
             last_insert_id: 0,
             row_count: None,
+            found_rows: None,
             worker: 0,
             handle: Arc::new(crate::sessions::Handle::new(peer, "", shared_backends)),
             registered: None,
@@ -227,6 +228,7 @@ impl Session {
         self.state.reset();
         self.stmts = Statements::default();
         self.row_count = None;
+        self.found_rows = None;
         self.login.user = user.name;
         self.login.password = credentials.password;
         self.login.stage1 = credentials.stage1;
@@ -266,6 +268,7 @@ impl Session {
         self.keep_for_next = None;
         self.last_insert_id = 0;
         self.row_count = None;
+        self.found_rows = None;
         self.reply_ok().await
     }
 

@@ -9,7 +9,7 @@ use crate::classifier::{
     Classification, Destination, Effect, Hint, Reason, classify_lead, counts_as_write, explain_route_in,
     kill_target, lead,
 };
-use crate::protocol::{Outcome, ResponseKind, command};
+use crate::protocol::{FoundRows, Outcome, ResponseKind, command};
 use crate::router::{Decision, Target};
 use std::borrow::Cow;
 
@@ -53,10 +53,17 @@ impl Session {
                 Some(Answered::ConnectionId(name)) => return Box::pin(self.answer_connection_id(name)).await,
                 Some(Answered::RowCount(name)) => {
                     if let Some(count) = self.row_count {
-                        return Box::pin(self.answer_row_count(name, count)).await;
+                        return Box::pin(self.answer_count(name, count)).await;
                     }
                 }
-                None => {}
+                // MySQL: DML changes FOUND_ROWS() too, and it warns that the function is
+                // deprecated; the server answers there.
+                Some(Answered::FoundRows(name)) if self.shared.server_version.contains("MariaDB") => {
+                    if let Some(rows) = self.found_rows.and_then(|rows| i64::try_from(rows).ok()) {
+                        return Box::pin(self.answer_count(name, rows)).await;
+                    }
+                }
+                Some(Answered::FoundRows(_)) | None => {}
             }
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
@@ -206,6 +213,7 @@ impl Session {
                     }
                     self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
                     self.row_count = outcome.row_count;
+                    self.found_rows = found_rows_after(self.found_rows, statement.map(|(c, _)| c), &outcome);
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
                         conn.leftover = self.keep_for_next.is_some();
                     }
@@ -477,6 +485,17 @@ fn kept_for_next(class: Option<&Classification>, outcome: &Outcome) -> Option<su
     }
 }
 
+/// What `FOUND_ROWS()` reads after a statement, when rwproxy can tell: the rows of a result
+/// set, unless `SQL_CALC_FOUND_ROWS` asked the server to count past a LIMIT (or the statement
+/// reads diagnostics itself: both are classified `Last`).
+fn found_rows_after(before: Option<u64>, class: Option<&Classification>, outcome: &Outcome) -> Option<u64> {
+    match outcome.found_rows {
+        FoundRows::Kept => before,
+        FoundRows::Rows(rows) if class.is_some_and(|c| c.destination != Destination::Last) => Some(rows),
+        FoundRows::Rows(_) | FoundRows::Unknown => None,
+    }
+}
+
 /// A statement's text: borrowed when it is valid UTF-8 (std's check has an ASCII fast path
 /// that the lossy conversion's chunking does not), else with replacement characters.
 fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
@@ -495,6 +514,8 @@ enum Answered<'a> {
     ConnectionId(&'a str),
     /// `SELECT ROW_COUNT()`: the session's last statement's, when known.
     RowCount(&'a str),
+    /// `SELECT FOUND_ROWS()`: the session's last result set's rows, when known.
+    FoundRows(&'a str),
 }
 
 /// The statements rwproxy answers itself, told apart by length first (one trim per SELECT).
@@ -505,6 +526,7 @@ fn answered_here(sql: &str) -> Option<Answered<'_>> {
         25 if is("SELECT @@rwproxy_position") => Some(Answered::Position),
         22 if is("SELECT CONNECTION_ID()") => Some(Answered::ConnectionId(&text[7..])),
         18 if is("SELECT ROW_COUNT()") => Some(Answered::RowCount(&text[7..])),
+        19 if is("SELECT FOUND_ROWS()") => Some(Answered::FoundRows(&text[7..])),
         _ => None,
     }
 }
@@ -554,6 +576,7 @@ mod tests {
         );
         assert_eq!(answered_here("SELECT ROW_COUNT()"), Some(Answered::RowCount("ROW_COUNT()")));
         assert_eq!(answered_here("SELECT ROW_COUNT() AS n"), None);
+        assert_eq!(answered_here("select found_rows()"), Some(Answered::FoundRows("found_rows()")));
         assert_eq!(answered_here("SELECT CONNECTION_ID()+0"), None);
     }
 }

@@ -60,9 +60,10 @@ impl Session {
         self.write_row_result(vec![column], &[&self.id.to_string()]).await
     }
 
-    /// `SELECT ROW_COUNT()` when rwproxy knows what the session's previous statement left: the
-    /// borrowed backend connection may have run another session's statement since.
-    pub(super) async fn answer_row_count(&mut self, name: &str, count: i64) -> Result<(), SessionError> {
+    /// `SELECT ROW_COUNT()` or `SELECT FOUND_ROWS()` when rwproxy knows what the session's
+    /// previous statements left: the borrowed backend connection may have run another
+    /// session's statement since.
+    pub(super) async fn answer_count(&mut self, name: &str, count: i64) -> Result<(), SessionError> {
         let column = wire::IntegerColumn::row_count().definition(name, self.extended_metadata());
         self.write_row_result(vec![column], &[&count.to_string()]).await
     }
@@ -87,8 +88,9 @@ impl Session {
         }
         packets.push(values);
         packets.push(wire::eof_packet(self.state.status, deprecate_eof));
-        // A result set: what ROW_COUNT() reads next.
+        // A result set of one row: what ROW_COUNT() and FOUND_ROWS() read next.
         self.row_count = Some(-1);
+        self.found_rows = Some(1);
         for p in &packets {
             self.seq = packet::write_packet(&mut self.writer, self.seq, p).await?;
         }

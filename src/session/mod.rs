@@ -104,6 +104,8 @@ pub struct Session {
     /// `ROW_COUNT()` as the session's last statement left it, when known (answered by rwproxy:
     /// the borrowed connection may have run another session's statement since).
     row_count: Option<i64>,
+    /// `FOUND_ROWS()` as the session's statements left it, when known (answered by rwproxy).
+    found_rows: Option<u64>,
     /// The SQL worker thread the session runs on: it borrows that thread's backend connections.
     worker: usize,
     /// What `KILL` from another session sees of this one, and its switch.
