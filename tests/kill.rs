@@ -67,8 +67,10 @@ async fn kill_query_stops_the_sessions_statement_and_the_session_goes_on() {
     let id = victim.id();
     let running = run_long(victim, &format!("SELECT SLEEP(30) AS kill_query_{id}")).await;
     let mut killer = connect(&proxy).await;
+    let sent = Instant::now();
     killer.query_drop(format!("KILL QUERY {id}")).await.expect("KILL QUERY of a session of the same user");
     let (mut victim, result, took) = running.await.expect("join");
+    println!("KILL QUERY: answered and the statement ended {:?} after it was sent", sent.elapsed());
     assert_interrupted(&result);
     assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
     let seen: Option<u32> = victim.query_first("SELECT CONNECTION_ID()").await.expect("the session goes on");
@@ -190,6 +192,7 @@ async fn the_mariadb_clients_ctrl_c_stops_its_statement() {
     let pid = child.id().expect("pid");
     let started = Instant::now();
     running_somewhere(sleep).await;
+    let sent = Instant::now();
     let signalled =
         std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
     assert!(signalled.success());
@@ -197,6 +200,7 @@ async fn the_mariadb_clients_ctrl_c_stops_its_statement() {
         .await
         .expect("the client ended")
         .expect("output");
+    println!("Ctrl-C: the mariadb client ended {:?} after SIGINT", sent.elapsed());
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(took < Duration::from_secs(15), "the statement ran {took:?}: {stderr}");
