@@ -248,6 +248,11 @@ async fn the_session_list_shows_what_runs_where_and_what_pins() {
         .await
         .expect("processlist");
     assert_eq!(info.as_deref(), Some(sleep.as_str()));
+    // The status page shows it among the longest-running statements.
+    let (code, page) = common::http_get(admin, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("1 running a statement, 1 pinned"), "{page}");
+    assert!(page.contains(&format!("<tr><td>{busy_id}</td><td>app</td>")), "{page}");
     pinned.query_drop(format!("KILL QUERY {busy_id}")).await.expect("kill query");
     assert_interrupted(&running.await.expect("join").1);
     pinned.query_drop("COMMIT").await.expect("commit");

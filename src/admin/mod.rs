@@ -133,7 +133,7 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
             respond(StatusCode::OK, "application/json", list.to_string())
         }
         "/health" => health(state),
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state)),
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state, &admin.sql.registry)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

@@ -93,7 +93,7 @@ fn http_table(state: &AdminState) -> String {
     )
 }
 
-pub fn render(state: &AdminState) -> String {
+pub fn render(state: &AdminState, sessions: &crate::sessions::Registry) -> String {
     let backends = state.backends();
     let pool = state.router.read_pool();
     let mut rows = String::new();
@@ -113,6 +113,7 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <h2>MySQL backends</h2>
 <table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections in use / idle</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
+{sessions}
 {http}
 {consistency}
 <p><a href="/status">/status</a> · <a href="/sessions">/sessions</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
@@ -121,8 +122,39 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
         uptime = backends.uptime().as_secs_f64(),
         primary = escape(&backends.primary().name),
         lag = state.monitor.max_replication_lag.as_secs_f64(),
+        sessions = sessions_table(sessions),
         http = http_table(state),
         consistency = consistency_line(state),
+    )
+}
+
+/// How many sessions there are, run a statement, are pinned; the longest-running statements.
+fn sessions_table(registry: &crate::sessions::Registry) -> String {
+    const SHOWN: usize = 10;
+    let all = registry.list();
+    let pinned = all.iter().filter(|(_, s)| s.pinned().is_some()).count();
+    let mut running: Vec<_> = all
+        .iter()
+        .filter_map(|(id, s)| {
+            s.running_on().map(|(backend, thread)| (*id, s, backend, thread, s.running_for()))
+        })
+        .collect();
+    running.sort_unstable_by(|a, b| b.4.cmp(&a.4));
+    let mut rows = String::new();
+    for (id, s, backend, thread, took) in running.iter().take(SHOWN) {
+        rows.push_str(&format!(
+            "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{}</td><td>{thread}</td><td>{:.1} s</td><td>{}</td></tr>",
+            escape(&s.user()),
+            s.peer,
+            escape(&backend.name),
+            took.as_secs_f64(),
+            s.pinned().unwrap_or("")
+        ));
+    }
+    format!(
+        "<h2>SQL sessions</h2>\n<p id=\"sessions\">{} logged in, {} running a statement, {pinned} pinned. Longest-running statements (all on <a href=\"/sessions\">/sessions</a>; <code>KILL QUERY id</code> stops one):</p>\n<table id=\"running\"><thead><tr><th>id</th><th>user</th><th>client</th><th>backend</th><th>backend thread</th><th>running</th><th>pinned</th></tr></thead><tbody>{rows}</tbody></table>",
+        all.len(),
+        running.len(),
     )
 }
 
