@@ -139,7 +139,7 @@ fn sessions_table(registry: &crate::sessions::Registry) -> String {
             s.running_on().map(|(backend, thread)| (*id, s, backend, thread, s.running_for()))
         })
         .collect();
-    running.sort_unstable_by(|a, b| b.4.cmp(&a.4));
+    running.sort_unstable_by_key(|r| std::cmp::Reverse(r.4));
     let mut rows = String::new();
     for (id, s, backend, thread, took) in running.iter().take(SHOWN) {
         rows.push_str(&format!(
