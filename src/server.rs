@@ -89,18 +89,20 @@ fn run_worker(
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Closes this worker's idle backend connections that nobody borrowed for
-/// `mysql.backend_idle_timeout`.
+/// `mysql.backend_idle_timeout`, or that are older than `mysql.backend_max_age`.
 fn close_idle_backend_connections(tier: &SqlTier, worker: usize) {
     let shared = tier.current();
-    let timeout = shared.config.mysql.backend_idle_timeout;
-    if timeout.is_zero() {
+    let now = std::time::Instant::now();
+    let before = |limit: std::time::Duration| (!limit.is_zero()).then(|| now.checked_sub(limit)).flatten();
+    let idle_since = before(shared.config.mysql.backend_idle_timeout);
+    let opened_before = before(shared.config.mysql.backend_max_age);
+    if idle_since.is_none() && opened_before.is_none() {
         return;
     }
-    let Some(cutoff) = std::time::Instant::now().checked_sub(timeout) else { return };
     for backend in shared.router.backends().all() {
-        let closed = backend.pool.close_idle_since(worker, cutoff);
+        let closed = backend.pool.close_idle(worker, idle_since, opened_before);
         if closed > 0 {
-            tracing::debug!(backend = %backend.name, closed, "idle backend connections closed (backend_idle_timeout)");
+            tracing::debug!(backend = %backend.name, closed, "backend connections closed (backend_idle_timeout, backend_max_age)");
         }
     }
 }

@@ -445,6 +445,31 @@ async fn idle_backend_connections_are_closed_after_backend_idle_timeout() {
     assert_ne!(first, second, "the session reads on a new backend connection");
 }
 
+/// A pooled connection older than `backend_max_age` is closed when it is next idle, even while
+/// a session keeps using it; the session's statements go on, on a new connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_connections_are_renewed_after_backend_max_age() {
+    let _serial = serial().await;
+    let proxy =
+        start_proxy_with(&primary_only("backend_max_age = \"1s\"\nbackend_idle_timeout = \"0s\"")).await;
+    let mut client = connect(&proxy).await;
+    let started = std::time::Instant::now();
+    let mut threads = Vec::new();
+    for _ in 0..35 {
+        let id: u64 =
+            client.query_first("SELECT CONNECTION_ID() AS backend_thread").await.expect("id").expect("row");
+        if threads.last() != Some(&id) {
+            threads.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!("{} backend connections in {took:.1} s: {threads:?}", threads.len());
+    // Opened at the start, each lives 1 s and at most a sweep (1 s) more.
+    assert!(threads.len() >= 2, "one backend connection for {took:.1} s: {threads:?}");
+    assert!(threads.len() as f64 <= took + 1.0, "renewed more often than every second: {threads:?}");
+}
+
 /// At `max_connections` a statement waits for a connection to be given back: it runs when one
 /// is, and fails with an error naming the limit when none is within `connect_timeout`. The pool's
 /// statistics on `/metrics` and `/status` count both.

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -85,6 +85,8 @@ pub struct Pooled {
     worker: usize,
     /// When it was last given back (for `backend_idle_timeout`).
     parked_at: std::time::Instant,
+    /// When it was opened (for `backend_max_age`).
+    opened_at: std::time::Instant,
 }
 
 impl std::ops::Deref for Pooled {
@@ -215,6 +217,7 @@ impl Pool {
             settings: Some(SettingsTag::FRESH),
             worker,
             parked_at,
+            opened_at: parked_at,
         }
     }
 
@@ -271,13 +274,22 @@ impl Pool {
         }
     }
 
-    /// Closes `worker`'s idle connections given back before `cutoff`; returns how many. Run by
-    /// the worker itself, so a connection is closed on the event loop it is registered with.
-    pub fn close_idle_since(&self, worker: usize, cutoff: std::time::Instant) -> usize {
+    /// Closes `worker`'s idle connections given back before `idle_since` or opened before
+    /// `opened_before`; returns how many. Run by the worker itself, so a connection is closed
+    /// on the event loop it is registered with.
+    pub fn close_idle(
+        &self,
+        worker: usize,
+        idle_since: Option<Instant>,
+        opened_before: Option<Instant>,
+    ) -> usize {
+        let old = |c: &Pooled| {
+            idle_since.is_some_and(|cutoff| c.parked_at < cutoff)
+                || opened_before.is_some_and(|cutoff| c.opened_at < cutoff)
+        };
         let stale: Vec<Pooled> = match self.shard(worker).idle.lock() {
             Ok(mut idle) => {
-                let (stale, kept) =
-                    std::mem::take(&mut *idle).into_iter().partition(|c| c.parked_at < cutoff);
+                let (stale, kept) = std::mem::take(&mut *idle).into_iter().partition(old);
                 *idle = kept;
                 stale
             }

@@ -209,6 +209,12 @@ pub struct MysqlConfig {
     /// `wait_timeout` would cut the connection). Default `"10m"`; `"0s"` keeps them.
     #[serde(default = "default_backend_idle_timeout", with = "duration::serde_str")]
     pub backend_idle_timeout: Duration,
+    /// A pooled backend connection older than this is closed when it is next idle, so that
+    /// connections are renewed (server-side memory a long-lived connection gathers, settings
+    /// changed on the server). A session's next statement takes another. Default `"0s"`: no
+    /// limit.
+    #[serde(default, with = "duration::serde_str")]
+    pub backend_max_age: Duration,
     /// Time a client has for the whole login, from connect to OK; one that takes longer is
     /// closed (a deadline for the phase, not reset by each byte). Default `"10s"`.
     #[serde(default = "default_handshake_timeout", with = "duration::serde_str")]
