@@ -165,6 +165,18 @@ async fn connection_id_is_the_greeting_id_with_the_servers_column_type() {
         let c = &columns[0];
         (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set())
     };
+    // EXPLAIN ROUTE says so, for KILL and for the counts once they are known.
+    let explain = |row: Option<(String, String, String, String, String)>| {
+        let (destination, backend, reason, _, _) = row.expect("a row");
+        (destination, backend, reason)
+    };
+    let row = explain(conn.query_first("EXPLAIN ROUTE SELECT CONNECTION_ID()").await.expect("explain"));
+    assert_eq!(row, ("rwproxy".to_string(), "none".to_string(), "connection_id".to_string()));
+    let row = explain(conn.query_first("EXPLAIN ROUTE KILL QUERY 1").await.expect("explain"));
+    assert_eq!(row, ("rwproxy".to_string(), "none".to_string(), "kill".to_string()));
+    conn.query_drop("DO 1").await.expect("do");
+    let row = explain(conn.query_first("EXPLAIN ROUTE SELECT ROW_COUNT()").await.expect("explain"));
+    assert_eq!(row, ("rwproxy".to_string(), "none".to_string(), "row_count".to_string()));
     let proxied = column(conn.query("select connection_id();").await.expect("proxied"));
     let mut direct = connect_direct(cluster().primary().port).await;
     let direct = column(direct.query("select connection_id();").await.expect("direct"));

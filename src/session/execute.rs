@@ -56,14 +56,12 @@ impl Session {
                         return Box::pin(self.answer_count(name, count)).await;
                     }
                 }
-                // MySQL: DML changes FOUND_ROWS() too, and it warns that the function is
-                // deprecated; the server answers there.
-                Some(Answered::FoundRows(name)) if self.shared.server_version.contains("MariaDB") => {
-                    if let Some(rows) = self.found_rows.and_then(|rows| i64::try_from(rows).ok()) {
+                Some(Answered::FoundRows(name)) => {
+                    if let Some(rows) = self.known_found_rows().and_then(|rows| i64::try_from(rows).ok()) {
                         return Box::pin(self.answer_count(name, rows)).await;
                     }
                 }
-                Some(Answered::FoundRows(_)) | None => {}
+                None => {}
             }
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
@@ -92,6 +90,12 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// What `FOUND_ROWS()` reads now, when rwproxy can answer it. Not on MySQL: there DML
+    /// changes it too, and the server warns that the function is deprecated.
+    pub(super) fn known_found_rows(&self) -> Option<u64> {
+        self.found_rows.filter(|_| self.shared.server_version.contains("MariaDB"))
     }
 
     /// Decides where a statement goes; an optimistic transaction that needs the primary moves
@@ -507,7 +511,7 @@ fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
 
 /// A statement rwproxy answers itself; the names are the column's as the client wrote it.
 #[derive(Debug, PartialEq, Eq)]
-enum Answered<'a> {
+pub(super) enum Answered<'a> {
     /// `SELECT @@rwproxy_position`.
     Position,
     /// `SELECT CONNECTION_ID()`: the session's id, not the borrowed connection's.
@@ -519,7 +523,7 @@ enum Answered<'a> {
 }
 
 /// The statements rwproxy answers itself, told apart by length first (one trim per SELECT).
-fn answered_here(sql: &str) -> Option<Answered<'_>> {
+pub(super) fn answered_here(sql: &str) -> Option<Answered<'_>> {
     let text = sql.trim().trim_end_matches(';').trim_end();
     let is = |wanted: &str| text.eq_ignore_ascii_case(wanted);
     match text.len() {

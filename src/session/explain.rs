@@ -10,6 +10,13 @@ use crate::router::Target;
 
 impl Session {
     pub(super) async fn explain_route(&mut self, statement: &str) -> Result<(), SessionError> {
+        if let Some(reason) = self.answered_by_rwproxy(statement) {
+            let connection = self.describe_connection();
+            let row = ["rwproxy", "none", reason, "no position needed", connection.as_str()];
+            return self
+                .write_text_result(&["destination", "backend", "reason", "consistency", "connection"], &row)
+                .await;
+        }
         let class = classify(statement);
         let router = self.shared.router.clone();
         let decision = router.decide(&class, &self.state.view);
@@ -50,6 +57,20 @@ impl Session {
         let extended = self.extended_metadata();
         let columns: Vec<Vec<u8>> = columns.iter().map(|c| wire::text_column(c, extended)).collect();
         self.write_row_result(columns, row).await
+    }
+
+    /// Why rwproxy answers `statement` itself, when it does (`KILL`, and the statements
+    /// `query` answers without a backend).
+    fn answered_by_rwproxy(&self, statement: &str) -> Option<&'static str> {
+        if crate::classifier::kill_target(statement).is_some() {
+            return Some("kill");
+        }
+        match super::execute::answered_here(statement)? {
+            super::execute::Answered::Position => Some("position"),
+            super::execute::Answered::ConnectionId(_) => Some("connection_id"),
+            super::execute::Answered::RowCount(_) => self.row_count.map(|_| "row_count"),
+            super::execute::Answered::FoundRows(_) => self.known_found_rows().map(|_| "found_rows"),
+        }
     }
 
     /// `SELECT CONNECTION_ID()`: the id the client's greeting carried, which `KILL` through
