@@ -167,17 +167,21 @@ async fn row_count_is_the_sessions_previous_statements() {
     ];
     let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
     same_as_direct(&proxy, "row_count", table, &steps).await;
-    // rwproxy's answer describes its column as the server does.
+    same_column_as_direct(&proxy, "DO 1", "SELECT ROW_COUNT()").await;
+}
+
+/// rwproxy's answer to `question` after `before` describes its column as the server does.
+async fn same_column_as_direct(proxy: &Proxy, before: &str, question: &str) {
     let column = |rows: Vec<mysql_async::Row>| {
         let c = &rows.first().expect("a row").columns()[0];
         (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set(), c.column_length())
     };
-    let mut through = connect(&proxy).await;
+    let mut through = connect(proxy).await;
     let mut direct = connect_direct(cluster().primary().port).await;
-    through.query_drop("DO 1").await.expect("do");
-    direct.query_drop("DO 1").await.expect("do");
-    let proxied = column(through.query("SELECT ROW_COUNT()").await.expect("proxied"));
-    assert_eq!(proxied, column(direct.query("SELECT ROW_COUNT()").await.expect("direct")));
+    through.query_drop(before).await.expect("proxied");
+    direct.query_drop(before).await.expect("direct");
+    let proxied = column(through.query(question).await.expect("proxied"));
+    assert_eq!(proxied, column(direct.query(question).await.expect("direct")), "{question}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,16 +208,7 @@ async fn found_rows_is_the_sessions_last_result_sets() {
     ];
     let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
     same_as_direct(&proxy, "found_rows", table, &steps).await;
-    let column = |rows: Vec<mysql_async::Row>| {
-        let c = &rows.first().expect("a row").columns()[0];
-        (c.name_str().into_owned(), c.column_type(), c.flags(), c.character_set(), c.column_length())
-    };
-    let mut through = connect(&proxy).await;
-    let mut direct = connect_direct(cluster().primary().port).await;
-    through.query_drop("SELECT 1").await.expect("select");
-    direct.query_drop("SELECT 1").await.expect("select");
-    let proxied = column(through.query("SELECT FOUND_ROWS()").await.expect("proxied"));
-    assert_eq!(proxied, column(direct.query("SELECT FOUND_ROWS()").await.expect("direct")));
+    same_column_as_direct(&proxy, "SELECT 1", "SELECT FOUND_ROWS()").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
