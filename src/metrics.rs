@@ -370,6 +370,14 @@ impl Metrics {
         self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 
+    /// `rwproxy_kills_total{kind, result}`: a `KILL` through the SQL port (`kind` `query`,
+    /// `connection` or `other`; `result` `done`, `not_owner`, `no_such_session`, `unsupported`, `failed`).
+    /// Rare, so the series is looked up each time.
+    pub fn kill(&self, kind: &'static str, result: &'static str) {
+        let key = Self::key("rwproxy_kills_total", &[("kind", kind), ("result", result)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
     /// An optimistic transaction ended.
     pub fn optimistic(&self, outcome: OptimisticOutcome) {
         let i = OPTIMISTIC_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);

@@ -79,6 +79,9 @@ async fn kill_query_stops_the_sessions_statement_and_the_session_goes_on() {
     // Its own statement: the KILL is the statement running.
     assert_eq!(server_code(victim.query_drop(format!("KILL QUERY {id}")).await), 1317);
     assert_eq!(victim.query_first::<u8, _>("SELECT 2").await.expect("select"), Some(2));
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    let line = "rwproxy_kills_total{kind=\"query\",result=\"done\"} 2";
+    assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,6 +150,18 @@ async fn an_id_that_names_no_session_of_the_user_reaches_no_backend() {
     assert_eq!(server_code(killer.query_drop(format!("KILL {other_id}")).await), 1095);
     assert_eq!(server_code(killer.query_drop(format!("KILL QUERY {other_id}")).await), 1095);
     assert_eq!(other.query_first::<u8, _>("SELECT 1").await.expect("the reader goes on"), Some(1));
+    // Each refusal is counted by kind and result.
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    for (labels, count) in [
+        ("kind=\"query\",result=\"no_such_session\"", 1),
+        ("kind=\"connection\",result=\"no_such_session\"", 1),
+        ("kind=\"other\",result=\"unsupported\"", 2),
+        ("kind=\"connection\",result=\"not_owner\"", 1),
+        ("kind=\"query\",result=\"not_owner\"", 1),
+    ] {
+        let line = format!("rwproxy_kills_total{{{labels}}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
     assert_eq!(killer.query_first::<u8, _>("SELECT 1").await.expect("the killer goes on"), Some(1));
 }
 

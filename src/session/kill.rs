@@ -18,6 +18,21 @@ const NOT_SUPPORTED: u16 = 1235;
 
 impl Session {
     pub(super) async fn kill(&mut self, kill: Kill) -> Result<(), SessionError> {
+        let kind = match kill {
+            Kill::Query(_) => "query",
+            Kill::Connection(_) => "connection",
+            Kill::Unsupported(_) => "other",
+        };
+        let (result, reply) = self.run_kill(kill).await;
+        self.shared.metrics.kill(kind, result);
+        match reply {
+            Some((code, sql_state, message)) => self.reply_err(code, sql_state, &message).await,
+            None => self.reply_ok().await,
+        }
+    }
+
+    /// Carries out a KILL: what came of it (for the metric), and the error to answer with.
+    async fn run_kill(&mut self, kill: Kill) -> (&'static str, Option<(u16, &'static str, String)>) {
         let (id, query_only) = match kill {
             Kill::Connection(id) => (id, false),
             Kill::Query(id) => (id, true),
@@ -26,24 +41,27 @@ impl Session {
                     "rwproxy: {form} is not supported: rwproxy's sessions share backend connections; \
                      use KILL [CONNECTION | QUERY] <connection id>"
                 );
-                return self.reply_err(NOT_SUPPORTED, "42000", &message).await;
+                return ("unsupported", Some((NOT_SUPPORTED, "42000", message)));
             }
         };
         let registry = self.running.tier().registry.clone();
         let Some((id, target)) = u32::try_from(id).ok().and_then(|id| Some((id, registry.get(id)?))) else {
-            return self.reply_err(NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {id}")).await;
+            return ("no_such_session", Some((NO_SUCH_THREAD, "HY000", format!("Unknown thread id: {id}"))));
         };
         // As a server does for a user without CONNECTION_ADMIN: only your own sessions.
         if target.user() != self.login.user {
-            return self.reply_err(NOT_OWNER, "HY000", &format!("You are not owner of thread {id}")).await;
+            return ("not_owner", Some((NOT_OWNER, "HY000", format!("You are not owner of thread {id}"))));
         }
         if id == self.id {
             // The KILL itself is the statement running.
             if query_only {
-                return self.reply_err(QUERY_INTERRUPTED, "70100", "Query execution was interrupted").await;
+                return (
+                    "done",
+                    Some((QUERY_INTERRUPTED, "70100", "Query execution was interrupted".into())),
+                );
             }
             self.handle.kill();
-            return self.reply_err(CONNECTION_KILLED, "70100", "Connection was killed").await;
+            return ("done", Some((CONNECTION_KILLED, "70100", "Connection was killed".into())));
         }
         if let Some((backend, thread_id)) = target.running_on() {
             let statement = target.statement();
@@ -69,13 +87,14 @@ impl Session {
                 Ok(outcome) => {
                     let code = outcome.error.unwrap_or_default();
                     let message = format!("rwproxy: {} refused KILL QUERY (error {code})", backend.name);
-                    return self.reply_err(code, "HY000", &message).await;
+                    return ("failed", Some((code, "HY000", message)));
                 }
                 Err(e) => {
                     let message =
                         format!("rwproxy: could not stop session {id}'s statement on {}: {e}", backend.name);
-                    let code = crate::protocol::errors::NO_BACKEND;
-                    return self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await;
+                    let reply =
+                        (crate::protocol::errors::NO_BACKEND, crate::protocol::errors::SQLSTATE, message);
+                    return ("failed", Some(reply));
                 }
             }
             tracing::info!(session = self.id, target = id, backend = %backend.name, thread_id, "KILL QUERY sent for a session's statement");
@@ -85,6 +104,6 @@ impl Session {
             self.running.tier().kick(id);
             tracing::info!(session = self.id, target = id, "KILL CONNECTION: session told to close");
         }
-        self.reply_ok().await
+        ("done", None)
     }
 }
