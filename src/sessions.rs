@@ -147,6 +147,21 @@ impl Registry {
         self.sessions.lock().ok()?.get(&id).cloned()
     }
 
+    /// The sessions running a statement on a backend connection whose server thread id is
+    /// `thread_id` (one per backend at most: each server numbers its own threads).
+    pub fn running_on_thread(&self, thread_id: u32) -> Vec<(u32, Arc<Handle>)> {
+        let mut found: Vec<(u32, Arc<Handle>)> = match self.sessions.lock() {
+            Ok(sessions) => sessions
+                .iter()
+                .filter(|(_, h)| h.running().is_some_and(|r| r.thread_id == thread_id))
+                .map(|(id, h)| (*id, h.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        found.sort_unstable_by_key(|(id, _)| *id);
+        found
+    }
+
     /// The logged-in sessions, by id.
     pub fn list(&self) -> Vec<(u32, Arc<Handle>)> {
         let mut all: Vec<(u32, Arc<Handle>)> = match self.sessions.lock() {
@@ -201,6 +216,8 @@ mod tests {
         assert_eq!(seen.running(), Some(Running { backend: 1, thread_id: 5 }));
         let (backend, thread_id) = seen.running_on().expect("running");
         assert_eq!((backend.name.as_str(), thread_id), ("r", 5));
+        assert_eq!(registry.running_on_thread(5).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [7]);
+        assert!(registry.running_on_thread(6).is_empty());
         handle.finished();
         assert_eq!(seen.running(), None);
         assert!(!seen.is_killed());

@@ -289,3 +289,28 @@ async fn the_session_list_shows_what_runs_where_and_what_pins() {
     let shown = sessions.iter().find(|s| s["id"] == pinned.id()).expect("listed");
     assert!(shown["pinned"].is_null() && shown["running"].is_null(), "{body}");
 }
+
+/// A session that holds its backend connection (here: in a transaction) reads the server's id
+/// for it from `SELECT CONNECTION_ID()`, the one locks and PROCESSLIST name; `KILL QUERY` with
+/// that id reaches the statement it runs there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_session_reads_its_backend_thread_id_and_kill_takes_it() {
+    let proxy = start_proxy().await;
+    let mut victim = connect(&proxy).await;
+    victim.query_drop("BEGIN").await.expect("begin");
+    victim.query_drop("SELECT 1 FOR UPDATE").await.expect("locking read");
+    let thread: u32 = victim.query_first("SELECT CONNECTION_ID()").await.expect("id").expect("row");
+    let same: u32 = victim.query_first("SELECT CONNECTION_ID() AS backend").await.expect("id").expect("row");
+    assert_eq!(thread, same, "the pinned connection's own id");
+    let row: Option<(String, String, String, String, String)> =
+        victim.query_first("EXPLAIN ROUTE SELECT CONNECTION_ID()").await.expect("explain");
+    assert_ne!(row.expect("a row").0, "rwproxy", "answered by the pinned connection");
+    let sleep = format!("SELECT SLEEP(30) AS pinned_{thread}");
+    let running = run_long(victim, &sleep).await;
+    let mut killer = connect(&proxy).await;
+    killer.query_drop(format!("KILL QUERY {thread}")).await.expect("KILL QUERY with the backend thread id");
+    let (mut victim, result, took) = running.await.expect("join");
+    assert_interrupted(&result);
+    assert!(took < Duration::from_secs(10), "the statement ran {took:?}");
+    victim.query_drop("ROLLBACK").await.expect("the session goes on");
+}

@@ -50,7 +50,11 @@ impl Session {
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
             match answered_here(&sql) {
                 Some(Answered::Position) => return Box::pin(self.answer_position()).await,
-                Some(Answered::ConnectionId(name)) => return Box::pin(self.answer_connection_id(name)).await,
+                // A session that holds its connection reads the server's id for it: the one
+                // locks, PROCESSLIST and innodb_trx name.
+                Some(Answered::ConnectionId(name)) if self.borrows_per_statement() => {
+                    return Box::pin(self.answer_connection_id(name)).await;
+                }
                 Some(Answered::RowCount(name)) => {
                     if let Some(count) = self.row_count {
                         return Box::pin(self.answer_count(name, count)).await;
@@ -61,7 +65,7 @@ impl Session {
                         return Box::pin(self.answer_count(name, rows)).await;
                     }
                 }
-                None => {}
+                Some(Answered::ConnectionId(_)) | None => {}
             }
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))

@@ -67,7 +67,9 @@ impl Session {
         }
         match super::execute::answered_here(statement)? {
             super::execute::Answered::Position => Some("position"),
-            super::execute::Answered::ConnectionId(_) => Some("connection_id"),
+            super::execute::Answered::ConnectionId(_) => {
+                self.borrows_per_statement().then_some("connection_id")
+            }
             super::execute::Answered::RowCount(_) => self.row_count.map(|_| "row_count"),
             super::execute::Answered::FoundRows(_) => self.known_found_rows().map(|_| "found_rows"),
         }

@@ -45,8 +45,29 @@ impl Session {
             }
         };
         let registry = self.running.tier().registry.clone();
-        let Some((id, target)) = u32::try_from(id).ok().and_then(|id| Some((id, registry.get(id)?))) else {
+        let Ok(number) = u32::try_from(id) else {
             return ("no_such_session", Some((NO_SUCH_THREAD, "HY000", format!("Unknown thread id: {id}"))));
+        };
+        // A session id first; else the server's thread id of a statement a session runs (what
+        // `SELECT CONNECTION_ID()` gives a session that holds its connection).
+        let (id, target) = match registry.get(number) {
+            Some(target) => (number, target),
+            None => match registry.running_on_thread(number).as_slice() {
+                [(session, target)] => (*session, target.clone()),
+                [] => {
+                    return (
+                        "no_such_session",
+                        Some((NO_SUCH_THREAD, "HY000", format!("Unknown thread id: {id}"))),
+                    );
+                }
+                [..] => {
+                    let message = format!(
+                        "rwproxy: thread id {id} runs statements on several backends; \
+                         KILL the session by its connection id instead"
+                    );
+                    return ("no_such_session", Some((NO_SUCH_THREAD, "HY000", message)));
+                }
+            },
         };
         // As a server does for a user without CONNECTION_ADMIN: only your own sessions.
         if target.user() != self.login.user {

@@ -118,6 +118,12 @@ impl Session {
         }
     }
 
+    /// The session's next statement runs on a connection borrowed for it alone (multiplexing
+    /// on, nothing pinning): no backend connection is the session's own.
+    pub(super) fn borrows_per_statement(&self) -> bool {
+        self.multiplexing() && self.pin().is_none()
+    }
+
     fn multiplexing(&self) -> bool {
         let mysql = &self.shared.config.mysql;
         mysql.multiplexing && mysql.max_idle_connections > 0
