@@ -102,8 +102,8 @@ pub struct ResponseTracker {
     prepared: Option<Prepared>,
     warnings: u16,
     insert_id: u64,
-    /// `ROW_COUNT()` after the response as far as it has come; `None` once it is unknown.
-    row_count: Option<i64>,
+    /// The affected rows of the OK that ended the last result, if one did.
+    affected: Option<u64>,
     /// A result ended with MORE_RESULTS_EXISTS.
     several: bool,
     /// Rows of the current result set so far, and the count of the last one that ended.
@@ -121,7 +121,7 @@ impl ResponseTracker {
             prepared: None,
             warnings: 0,
             insert_id: 0,
-            row_count: None,
+            affected: None,
             several: false,
             rows: 0,
             result_rows: None,
@@ -236,7 +236,7 @@ impl ResponseTracker {
                 if ok.insert_id != 0 {
                     self.insert_id = ok.insert_id;
                 }
-                self.row_count = i64::try_from(ok.affected_rows).ok();
+                self.affected = Some(ok.affected_rows);
                 self.warnings = ok.warnings;
                 Ok(self.end_of_result(ok.status))
             }
@@ -289,7 +289,6 @@ impl ResponseTracker {
             self.rows += 1;
             return Ok(Progress::More);
         }
-        self.row_count = Some(-1);
         self.result_rows = Some(self.rows);
         let status = self.terminator_status(payload)?;
         if self.kind == ResponseKind::Rows {
@@ -320,17 +319,21 @@ impl ResponseTracker {
         self.state = State::Done;
         if outcome.error.is_none() {
             outcome.warnings = self.warnings;
-        } else {
-            self.row_count = Some(-1);
         }
         outcome.insert_id = self.insert_id;
-        // Only a statement's single result says what ROW_COUNT() reads next (a cursor's rows
-        // are still to come: nothing is set yet then).
-        let statement = matches!(self.kind, ResponseKind::Query | ResponseKind::Execute);
-        outcome.row_count = self.row_count.filter(|_| statement && !self.several);
+        // Only a statement's single result says what ROW_COUNT() and FOUND_ROWS() read next (a
+        // cursor's rows are still to come: nothing is known yet then).
+        let single = matches!(self.kind, ResponseKind::Query | ResponseKind::Execute) && !self.several;
+        let failed = outcome.error.is_some();
+        outcome.row_count = match (self.result_rows, self.affected) {
+            _ if !single => None,
+            _ if failed => Some(-1),
+            (Some(_), _) => Some(-1),
+            (None, affected) => affected.and_then(|a| i64::try_from(a).ok()),
+        };
         outcome.found_rows = match self.result_rows {
-            _ if !statement || self.several => FoundRows::Unknown,
-            Some(rows) if outcome.error.is_none() => FoundRows::Rows(rows),
+            _ if !single => FoundRows::Unknown,
+            Some(rows) if !failed => FoundRows::Rows(rows),
             _ => FoundRows::Kept,
         };
         Progress::Done(outcome)

@@ -87,7 +87,6 @@ impl Session {
             worker: 0,
             handle: Arc::new(crate::sessions::Handle::new(peer, "", shared_backends)),
             registered: None,
-            statement_started: std::time::Instant::now(),
         };
         let response = match response {
             Some(payload) => payload,

@@ -47,26 +47,16 @@ impl Session {
         if let Some(statement) = explain_route_in(&sql, &lead) {
             return Box::pin(self.explain_route(statement)).await;
         }
-        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
-            match answered_here(&sql) {
-                Some(Answered::Position) => return Box::pin(self.answer_position()).await,
-                // A session that holds its connection reads the server's id for it: the one
-                // locks, PROCESSLIST and innodb_trx name.
-                Some(Answered::ConnectionId(name)) if self.borrows_per_statement() => {
-                    return Box::pin(self.answer_connection_id(name)).await;
+        if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("SELECT"))
+            && let Some(local) = self.answered_here(&sql)
+        {
+            return match local {
+                Answered::Position => Box::pin(self.answer_position()).await,
+                Answered::ConnectionId(name) => Box::pin(self.answer_connection_id(name)).await,
+                Answered::RowCount(name, count) | Answered::FoundRows(name, count) => {
+                    Box::pin(self.answer_count(name, count)).await
                 }
-                Some(Answered::RowCount(name)) => {
-                    if let Some(count) = self.row_count {
-                        return Box::pin(self.answer_count(name, count)).await;
-                    }
-                }
-                Some(Answered::FoundRows(name)) => {
-                    if let Some(rows) = self.known_found_rows().and_then(|rows| i64::try_from(rows).ok()) {
-                        return Box::pin(self.answer_count(name, rows)).await;
-                    }
-                }
-                Some(Answered::ConnectionId(_)) | None => {}
-            }
+            };
         }
         if lead.first_word.is_some_and(|w| w.eq_ignore_ascii_case("KILL"))
             && let Some(kill) = kill_target(&sql)
@@ -96,10 +86,22 @@ impl Session {
         Ok(())
     }
 
-    /// What `FOUND_ROWS()` reads now, when rwproxy can answer it. Not on MySQL: there DML
-    /// changes it too, and the server warns that the function is deprecated.
-    pub(super) fn known_found_rows(&self) -> Option<u64> {
-        self.found_rows.filter(|_| self.shared.server_version.contains("MariaDB"))
+    /// What rwproxy answers itself instead of a backend, now: `SELECT CONNECTION_ID()` while
+    /// the session borrows a connection per statement (a session holding its connection reads
+    /// the server's id for it, which locks, PROCESSLIST and innodb_trx name), `ROW_COUNT()` and
+    /// `FOUND_ROWS()` when the session's count is known (not `FOUND_ROWS()` on MySQL: there DML
+    /// changes it too, and the server warns that the function is deprecated).
+    pub(super) fn answered_here<'a>(&self, sql: &'a str) -> Option<Answered<'a>> {
+        match asked_here(sql)? {
+            Asked::Position => Some(Answered::Position),
+            Asked::ConnectionId(name) => self.borrows_per_statement().then_some(Answered::ConnectionId(name)),
+            Asked::RowCount(name) => self.row_count.map(|count| Answered::RowCount(name, count)),
+            Asked::FoundRows(name) => self
+                .found_rows
+                .filter(|_| self.shared.server_version.contains("MariaDB"))
+                .and_then(|rows| i64::try_from(rows).ok())
+                .map(|rows| Answered::FoundRows(name, rows)),
+        }
     }
 
     /// Decides where a statement goes; an optimistic transaction that needs the primary moves
@@ -188,7 +190,6 @@ impl Session {
         statement_id: Option<u32>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
-        self.statement_started = started;
         let retry_lost = decision.target.is_read();
         let mut candidates =
             self.shared.router.candidates(decision.target, &self.state.excluded, self.worker);
@@ -211,7 +212,7 @@ impl Session {
                 failures.push(format!("{} ({}): down: {}", b.name, b.address, b.health.reason()));
                 continue;
             }
-            match self.attempt(backend, out, kind, statement_id).await {
+            match self.attempt(backend, out, kind, statement_id, started).await {
                 Ok(outcome) => {
                     let backends = self.shared.router.backends();
                     backends.mark_ok(backend);
@@ -270,6 +271,7 @@ impl Session {
         out: Outgoing<'_>,
         kind: ResponseKind,
         statement_id: Option<u32>,
+        started: std::time::Instant,
     ) -> Result<Outcome, AttemptError> {
         self.ensure_connection(backend).await?;
         if self.conns[backend].as_ref().is_some_and(|c| c.applied != self.state.history.head()) {
@@ -301,7 +303,7 @@ impl Session {
         // change tells that a wait is hopeless.
         let watch_down = target.health.state() != State::Down;
         // Published for `KILL QUERY` from another session (cleared when the answer is in).
-        self.handle.started(backend, conn.thread_id, self.statement_started);
+        self.handle.started(backend, conn.thread_id, started);
         if let Err(e) = conn.send(0, &bytes).await {
             self.handle.finished();
             self.backend_failed(backend, &e.to_string());
@@ -513,28 +515,48 @@ fn statement_text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// A statement rwproxy answers itself; the names are the column's as the client wrote it.
+/// A statement rwproxy may answer itself; the names are the column's as the client wrote it.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked<'a> {
+    Position,
+    ConnectionId(&'a str),
+    RowCount(&'a str),
+    FoundRows(&'a str),
+}
+
+/// What rwproxy answers, with the value it answers with.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answered<'a> {
     /// `SELECT @@rwproxy_position`.
     Position,
-    /// `SELECT CONNECTION_ID()`: the session's id, not the borrowed connection's.
+    /// `SELECT CONNECTION_ID()`: the session's id.
     ConnectionId(&'a str),
-    /// `SELECT ROW_COUNT()`: the session's last statement's, when known.
-    RowCount(&'a str),
-    /// `SELECT FOUND_ROWS()`: the session's last result set's rows, when known.
-    FoundRows(&'a str),
+    /// `SELECT ROW_COUNT()` and `SELECT FOUND_ROWS()`: the session's counts.
+    RowCount(&'a str, i64),
+    FoundRows(&'a str, i64),
 }
 
-/// The statements rwproxy answers itself, told apart by length first (one trim per SELECT).
-pub(super) fn answered_here(sql: &str) -> Option<Answered<'_>> {
+impl Answered<'_> {
+    /// For `EXPLAIN ROUTE`.
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            Answered::Position => "position",
+            Answered::ConnectionId(_) => "connection_id",
+            Answered::RowCount(..) => "row_count",
+            Answered::FoundRows(..) => "found_rows",
+        }
+    }
+}
+
+/// The statements rwproxy may answer itself, told apart by length first (one trim per SELECT).
+fn asked_here(sql: &str) -> Option<Asked<'_>> {
     let text = sql.trim().trim_end_matches(';').trim_end();
     let is = |wanted: &str| text.eq_ignore_ascii_case(wanted);
     match text.len() {
-        25 if is("SELECT @@rwproxy_position") => Some(Answered::Position),
-        22 if is("SELECT CONNECTION_ID()") => Some(Answered::ConnectionId(&text[7..])),
-        18 if is("SELECT ROW_COUNT()") => Some(Answered::RowCount(&text[7..])),
-        19 if is("SELECT FOUND_ROWS()") => Some(Answered::FoundRows(&text[7..])),
+        25 if is("SELECT @@rwproxy_position") => Some(Asked::Position),
+        22 if is("SELECT CONNECTION_ID()") => Some(Asked::ConnectionId(&text[7..])),
+        18 if is("SELECT ROW_COUNT()") => Some(Asked::RowCount(&text[7..])),
+        19 if is("SELECT FOUND_ROWS()") => Some(Asked::FoundRows(&text[7..])),
         _ => None,
     }
 }
@@ -574,17 +596,14 @@ mod tests {
 
     #[test]
     fn statements_answered_here_are_recognised() {
-        use super::{Answered, answered_here};
-        assert_eq!(answered_here("select @@rwproxy_position;"), Some(Answered::Position));
-        assert_eq!(answered_here("  SELECT @@RWPROXY_POSITION"), Some(Answered::Position));
-        assert_eq!(answered_here("SELECT @@rwproxy_position, 1"), None);
-        assert_eq!(
-            answered_here("select connection_id() ;"),
-            Some(Answered::ConnectionId("connection_id()"))
-        );
-        assert_eq!(answered_here("SELECT ROW_COUNT()"), Some(Answered::RowCount("ROW_COUNT()")));
-        assert_eq!(answered_here("SELECT ROW_COUNT() AS n"), None);
-        assert_eq!(answered_here("select found_rows()"), Some(Answered::FoundRows("found_rows()")));
-        assert_eq!(answered_here("SELECT CONNECTION_ID()+0"), None);
+        use super::{Asked, asked_here};
+        assert_eq!(asked_here("select @@rwproxy_position;"), Some(Asked::Position));
+        assert_eq!(asked_here("  SELECT @@RWPROXY_POSITION"), Some(Asked::Position));
+        assert_eq!(asked_here("SELECT @@rwproxy_position, 1"), None);
+        assert_eq!(asked_here("select connection_id() ;"), Some(Asked::ConnectionId("connection_id()")));
+        assert_eq!(asked_here("SELECT ROW_COUNT()"), Some(Asked::RowCount("ROW_COUNT()")));
+        assert_eq!(asked_here("SELECT ROW_COUNT() AS n"), None);
+        assert_eq!(asked_here("select found_rows()"), Some(Asked::FoundRows("found_rows()")));
+        assert_eq!(asked_here("SELECT CONNECTION_ID()+0"), None);
     }
 }

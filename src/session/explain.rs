@@ -59,20 +59,13 @@ impl Session {
         self.write_row_result(columns, row).await
     }
 
-    /// Why rwproxy answers `statement` itself, when it does (`KILL`, and the statements
-    /// `query` answers without a backend).
+    /// Why rwproxy answers `statement` itself, when it does (`KILL`, and what `query` answers
+    /// without a backend).
     fn answered_by_rwproxy(&self, statement: &str) -> Option<&'static str> {
         if crate::classifier::kill_target(statement).is_some() {
             return Some("kill");
         }
-        match super::execute::answered_here(statement)? {
-            super::execute::Answered::Position => Some("position"),
-            super::execute::Answered::ConnectionId(_) => {
-                self.borrows_per_statement().then_some("connection_id")
-            }
-            super::execute::Answered::RowCount(_) => self.row_count.map(|_| "row_count"),
-            super::execute::Answered::FoundRows(_) => self.known_found_rows().map(|_| "found_rows"),
-        }
+        self.answered_here(statement).map(|answered| answered.reason())
     }
 
     /// `SELECT CONNECTION_ID()`: the id the client's greeting carried, which `KILL` through

@@ -110,8 +110,6 @@ pub struct Session {
     worker: usize,
     /// What `KILL` from another session sees of this one, and its switch.
     handle: Arc<crate::sessions::Handle>,
-    /// When the command being run arrived at `run` (the session list shows how long it runs).
-    statement_started: std::time::Instant,
     /// Listed for `KILL` once logged in.
     registered: Option<crate::sessions::Registered>,
 }
