@@ -378,6 +378,14 @@ impl Metrics {
         self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 
+    /// `rwproxy_idle_sessions_closed_total{limit}`: a client closed for idling past
+    /// `idle_timeout` or, inside a transaction, `transaction_idle_timeout`. Rare, so the series
+    /// is looked up each time.
+    pub fn idle_closed(&self, limit: &'static str) {
+        let key = Self::key("rwproxy_idle_sessions_closed_total", &[("limit", limit)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
     /// An optimistic transaction ended.
     pub fn optimistic(&self, outcome: OptimisticOutcome) {
         let i = OPTIMISTIC_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);

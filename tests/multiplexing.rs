@@ -12,9 +12,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::cluster::{APP_PASSWORD, APP_USER, DATABASE};
+use common::raw::RawClient;
 use common::{cluster, connect, connect_direct, start_proxy_with, traps};
 use mysql_async::Conn;
 use mysql_async::prelude::*;
+use rwproxy::protocol::packet;
 use rwproxy::proxy::Proxy;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -519,4 +522,65 @@ async fn a_full_pool_makes_a_statement_wait_then_names_the_limit() {
         "{status}"
     );
     assert!(pool["checkouts_from_idle"].as_u64().is_some_and(|n| n >= 1), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_left_idle_is_rolled_back_and_its_connection_freed() {
+    let _serial = serial().await;
+    // One backend connection, and a transaction may idle one second.
+    let proxy =
+        start_proxy_with(&primary_only("transaction_idle_timeout = \"1s\"\n").replace("\"300ms\"", "\"3s\""))
+            .await;
+    let mut direct = connect_direct(cluster().primary().port).await;
+    direct
+        .query_drop("CREATE TABLE IF NOT EXISTS idle_trx (id INT PRIMARY KEY, v INT)")
+        .await
+        .expect("create");
+    direct.query_drop("REPLACE INTO idle_trx VALUES (1, 0)").await.expect("row");
+    let address = proxy.sql_addr.to_string();
+    let mut forgetful =
+        RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login");
+    forgetful.query("BEGIN").await.expect("begin");
+    forgetful.query("UPDATE idle_trx SET v = 1 WHERE id = 1").await.expect("update");
+    let idle_from = std::time::Instant::now();
+
+    // A transaction that keeps working is not idle, however long it runs (2 s here).
+    let mut busy = connect(&proxy).await;
+    let mut outside = connect(&proxy).await;
+    // (The only connection is the forgetful session's: these wait for it.)
+    let said =
+        tokio::time::timeout(Duration::from_secs(5), packet::read_logical(&mut forgetful.stream, 1 << 16))
+            .await
+            .expect("closed within 5 s")
+            .expect("read")
+            .expect("a packet");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(3), "closed after {idle:?}");
+    assert_eq!(said.payload.get(..3), Some(&[0xFF, 0xBF, 0x0F][..]), "ERR 4031");
+    let message = String::from_utf8_lossy(&said.payload);
+    assert!(message.contains("transaction_idle_timeout"), "{message}");
+    let end = packet::read_logical(&mut forgetful.stream, 1 << 16).await;
+    assert!(matches!(end, Ok(None) | Err(_)), "then closed: {end:?}");
+
+    // Its update was rolled back, its row lock released and its connection given back: another
+    // session takes both at once.
+    let started = std::time::Instant::now();
+    busy.query_drop("BEGIN").await.expect("begin");
+    busy.query_drop("UPDATE idle_trx SET v = 2 WHERE id = 1").await.expect("the row lock is free");
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let v: Option<i32> =
+            busy.query_first("SELECT v FROM idle_trx WHERE id = 1").await.expect("still open");
+        assert_eq!(v, Some(2), "its own update, in the same transaction");
+    }
+    busy.query_drop("COMMIT").await.expect("a working transaction of 2 s is not idle");
+    // Outside a transaction only idle_timeout (8 h) applies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v: Option<i32> =
+        outside.query_first("SELECT v FROM idle_trx WHERE id = 1").await.expect("not closed");
+    assert_eq!(v, Some(2));
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    let line = "rwproxy_idle_sessions_closed_total{limit=\"transaction_idle_timeout\"} 1";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
 }

@@ -231,6 +231,12 @@ pub struct MysqlConfig {
     /// Default `"8h"`.
     #[serde(default = "default_client_idle_timeout", with = "duration::serde_str")]
     pub idle_timeout: Duration,
+    /// A client that sends no command for this long while inside a transaction is closed and
+    /// its transaction rolled back (ProxySQL's `max_transaction_idle_time`, MariaDB's
+    /// `idle_transaction_timeout`): a forgotten transaction holds a backend connection, its row
+    /// locks and the purge of old row versions. Default `"4h"`; `"0s"`: only `idle_timeout`.
+    #[serde(default = "default_transaction_idle_timeout", with = "duration::serde_str")]
+    pub transaction_idle_timeout: Duration,
     /// TLS offered to clients; none when absent.
     #[serde(default)]
     pub tls: Option<SqlTls>,
@@ -513,6 +519,9 @@ fn default_backend_idle_timeout() -> Duration {
 }
 fn default_client_idle_timeout() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_transaction_idle_timeout() -> Duration {
+    Duration::from_secs(4 * 3600)
 }
 fn default_max_long_data() -> usize {
     256 << 20

@@ -75,7 +75,7 @@ impl Session {
             shared,
             running,
             user_slot: None,
-            last_command: tokio::time::Instant::now(),
+            idle_since: tokio::time::Instant::now(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             kick,
             draining: false,

@@ -56,6 +56,8 @@ pub enum SessionError {
     InsecureTransport(String),
     #[error("idle for {0:?} (mysql.idle_timeout)")]
     Idle(std::time::Duration),
+    #[error("idle inside a transaction for {0:?} (mysql.transaction_idle_timeout); rolled back")]
+    IdleTransaction(std::time::Duration),
     #[error("user {0:?} is at its max_connections")]
     UserLimit(String),
 }
@@ -90,9 +92,9 @@ pub struct Session {
     stmts: Statements,
     /// Sequence id for the next packet rwproxy writes to the client.
     seq: u8,
-    /// When the last command arrived, and the timer that closes the session `idle_timeout`
-    /// after it.
-    last_command: tokio::time::Instant,
+    /// When the last command was answered, and the timer that closes the session
+    /// `idle_timeout` (or `transaction_idle_timeout`) after it.
+    idle_since: tokio::time::Instant,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The last statement left state for the next command on its connection (warnings, found
     /// rows, next-transaction characteristics): the connection stays for one more command.
@@ -112,6 +114,22 @@ pub struct Session {
     handle: Arc<crate::sessions::Handle>,
     /// Listed for `KILL` once logged in.
     registered: Option<crate::sessions::Registered>,
+}
+
+/// Which idle limit closes a session.
+#[derive(Debug, Clone, Copy)]
+enum IdleLimit {
+    Session(std::time::Duration),
+    Transaction(std::time::Duration),
+}
+
+impl IdleLimit {
+    fn name(self) -> &'static str {
+        match self {
+            IdleLimit::Session(_) => "idle_timeout",
+            IdleLimit::Transaction(_) => "transaction_idle_timeout",
+        }
+    }
 }
 
 enum Flow {
@@ -218,16 +236,12 @@ impl Session {
                     _ = &mut self.idle => {
                         // One timer per session, moved only when it fires: a command costs a
                         // clock read, not a timer reset.
-                        let deadline = self.last_command + self.shared.config.mysql.idle_timeout;
+                        let (deadline, limit) = self.idle_deadline();
                         if tokio::time::Instant::now() < deadline {
                             self.idle.as_mut().reset(deadline);
                             continue;
                         }
-                        // As MySQL 8 does at `wait_timeout`: say why, then close.
-                        self.seq = 0;
-                        let message = "The client was disconnected by the server because of inactivity.";
-                        let _ = self.reply_err(4031, "HY000", message).await;
-                        return Err(SessionError::Idle(self.shared.config.mysql.idle_timeout));
+                        return Err(self.close_idle(limit).await);
                     }
                 }
             }
@@ -241,7 +255,6 @@ impl Session {
                     None => return Ok(()),
                 },
             };
-            self.last_command = tokio::time::Instant::now();
             if packet.first_seq != 0 {
                 return Err(SessionError::Malformed("command (sequence id not 0)"));
             }
@@ -253,6 +266,56 @@ impl Session {
                 return Ok(());
             }
             self.give_back_connections().await;
+            // Idle from the end of the answer on, as a server counts `wait_timeout`.
+            self.idle_since = tokio::time::Instant::now();
+            self.watch_idle_transaction();
+        }
+    }
+
+    /// When the idle session is to be closed, and which limit that is: `idle_timeout`, or
+    /// inside a transaction `transaction_idle_timeout` when it is shorter.
+    fn idle_deadline(&self) -> (tokio::time::Instant, IdleLimit) {
+        let mysql = &self.shared.config.mysql;
+        let idle = (self.idle_since + mysql.idle_timeout, IdleLimit::Session(mysql.idle_timeout));
+        let in_transaction = self.state.view.pinned.is_some() || self.state.view.optimistic;
+        if !in_transaction || mysql.transaction_idle_timeout.is_zero() {
+            return idle;
+        }
+        let transaction = self.idle_since + mysql.transaction_idle_timeout;
+        if transaction < idle.0 {
+            return (transaction, IdleLimit::Transaction(mysql.transaction_idle_timeout));
+        }
+        idle
+    }
+
+    /// Brings the idle timer forward when the session is inside a transaction whose idle limit
+    /// comes before it. Outside transactions the timer stays where it is (it only fires early,
+    /// and then moves), so a statement costs no timer reset; inside one, once per transaction.
+    fn watch_idle_transaction(&mut self) {
+        let (deadline, limit) = self.idle_deadline();
+        if matches!(limit, IdleLimit::Transaction(_)) && deadline < self.idle.deadline() {
+            self.idle.as_mut().reset(deadline);
+        }
+    }
+
+    /// Tells the client why it is closed, as MySQL 8 does at `wait_timeout` (4031), and ends
+    /// the session. A transaction is rolled back when its connection is reset.
+    async fn close_idle(&mut self, limit: IdleLimit) -> SessionError {
+        self.seq = 0;
+        let message = match limit {
+            IdleLimit::Session(_) => {
+                "The client was disconnected by the server because of inactivity.".to_string()
+            }
+            IdleLimit::Transaction(after) => format!(
+                "rwproxy: the client was disconnected because its transaction was idle for {after:?} \
+                 (mysql.transaction_idle_timeout); the transaction was rolled back"
+            ),
+        };
+        let _ = self.reply_err(4031, "HY000", &message).await;
+        self.shared.metrics.idle_closed(limit.name());
+        match limit {
+            IdleLimit::Session(after) => SessionError::Idle(after),
+            IdleLimit::Transaction(after) => SessionError::IdleTransaction(after),
         }
     }
 
