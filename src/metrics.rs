@@ -96,6 +96,8 @@ fn reason_index(reason: Reason) -> usize {
 
 struct BackendSeries {
     up: Gauge,
+    /// `rwproxy_backend_drained{backend}`: 1 while an operator has it drained.
+    drained: Gauge,
     lag: Gauge,
     states: Vec<(State, Gauge)>,
     connections: Gauge,
@@ -259,6 +261,7 @@ impl Metrics {
             }
         }
         BackendSeries {
+            drained: r.register_gauge(&Self::key("rwproxy_backend_drained", &[("backend", name)]), &METADATA),
             up: r.register_gauge(
                 &Self::key("rwproxy_backend_up", &[("backend", name), ("role", role)]),
                 &METADATA,
@@ -439,6 +442,7 @@ impl Metrics {
         for (backend, series) in backends.all().iter().zip(&self.backends) {
             let state = backend.health.state();
             series.up.set(if state == State::Down { 0.0 } else { 1.0 });
+            series.drained.set(if backend.is_drained() { 1.0 } else { 0.0 });
             series.lag.set(backend.health.lag().map_or(f64::NAN, |l| l.as_secs_f64()));
             for (s, gauge) in &series.states {
                 gauge.set(if *s == state { 1.0 } else { 0.0 });

@@ -89,20 +89,25 @@ fn run_worker(
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Closes this worker's idle backend connections that nobody borrowed for
-/// `mysql.backend_idle_timeout`, or that are older than `mysql.backend_max_age`.
+/// `mysql.backend_idle_timeout`, or that are older than `mysql.backend_max_age`, and every
+/// idle one of a drained replica (the operator wants its connections gone; a drained primary
+/// still takes the writes).
 fn close_idle_backend_connections(tier: &SqlTier, worker: usize) {
     let shared = tier.current();
     let now = std::time::Instant::now();
     let before = |limit: std::time::Duration| (!limit.is_zero()).then(|| now.checked_sub(limit)).flatten();
     let idle_since = before(shared.config.mysql.backend_idle_timeout);
     let opened_before = before(shared.config.mysql.backend_max_age);
-    if idle_since.is_none() && opened_before.is_none() {
-        return;
-    }
-    for backend in shared.router.backends().all() {
+    let backends = shared.router.backends();
+    for backend in backends.all() {
+        let emptied = backend.is_drained() && !backends.is_primary(backend.index);
+        let idle_since = if emptied { Some(now) } else { idle_since };
+        if idle_since.is_none() && opened_before.is_none() {
+            continue;
+        }
         let closed = backend.pool.close_idle(worker, idle_since, opened_before);
         if closed > 0 {
-            tracing::debug!(backend = %backend.name, closed, "backend connections closed (backend_idle_timeout, backend_max_age)");
+            tracing::debug!(backend = %backend.name, closed, "backend connections closed (backend_idle_timeout, backend_max_age, drained)");
         }
     }
 }

@@ -178,6 +178,13 @@ async fn reload_needs_the_admin_token_and_refuses_other_origins() {
     );
     let fetch = format!("{good}Sec-Fetch-Site: cross-site\r\n");
     assert_eq!(admin_request(admin, "POST", "/reload", &fetch).await, 403);
+    // Draining a backend is a change too.
+    let drain = "/backends/primary/drain";
+    assert_eq!(admin_request(admin, "POST", drain, "").await, 401, "no token");
+    assert_eq!(admin_request(admin, "POST", drain, &cross).await, 403);
+    assert!(!proxy.sql.current().router.backends().all()[0].is_drained(), "refused: nothing changed");
+    assert_eq!(admin_request(admin, "POST", drain, good).await, 200, "the token drains");
+    assert!(proxy.sql.current().router.backends().all()[0].is_drained());
     assert_eq!(admin_request(admin, "GET", "/health", "").await, 200, "reads stay open");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,73 @@ async fn reads_follow_the_backends_weights_and_a_reload_changes_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_drained_backend_takes_no_new_reads_and_its_sessions_finish() {
+    let proxy = start_proxy().await;
+    let admin = proxy.admin_addr.expect("admin");
+    let name = cluster().replicas()[1].name.clone();
+    let post = |path: String| async move { common::try_http(admin, "POST", &path).await.expect("answered") };
+    let mut conn = connect(&proxy).await;
+    assert_eq!(distribution(&mut conn, 30).await, BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
+    // A read-only transaction that runs on the replica to be drained.
+    let mut pinned = connect(&proxy).await;
+    let mut on_it = false;
+    for _ in 0..6 {
+        pinned.query_drop("START TRANSACTION READ ONLY").await.expect("begin");
+        if server_id(&mut pinned).await == 3 {
+            on_it = true;
+            break;
+        }
+        pinned.query_drop("COMMIT").await.expect("commit");
+    }
+    assert!(on_it, "read-only transactions rotate over the read backends");
+
+    let (status, body) = post(format!("/backends/{name}/drain")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"admin_state\":\"drain\"") && body.contains("\"changed\":true"), "{body}");
+    // New reads go elsewhere; the transaction on it finishes there.
+    assert_eq!(distribution(&mut conn, 20).await, BTreeMap::from([(1, 10), (2, 10)]));
+    assert_eq!(distribution(&mut pinned, 3).await, BTreeMap::from([(3, 3)]), "the pinned transaction stays");
+    pinned.query_drop("COMMIT").await.expect("commit");
+    assert_eq!(distribution(&mut pinned, 4).await.get(&3), None, "and then reads elsewhere too");
+    // Its idle connections are closed by the workers' sweep (once a second).
+    let mut idle = None;
+    for _ in 0..30 {
+        let (_, status) = common::http_get(admin, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+        let backend = &status["backends"][2];
+        assert_eq!(backend["admin_state"], "drain", "{status}");
+        assert_eq!(backend["in_read_pool"], false, "{status}");
+        idle = backend["idle_connections"].as_u64();
+        if idle == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(idle, Some(0), "idle connections of a drained replica are closed");
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    let line = format!("rwproxy_backend_drained{{backend=\"{name}\"}} 1");
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+
+    // Mistakes are named; reading is not changing.
+    assert_eq!(post("/backends/nosuch/drain".into()).await.0, 404);
+    assert_eq!(post(format!("/backends/{name}/offline")).await.0, 404);
+    assert_eq!(common::http_get(admin, &format!("/backends/{name}/ready")).await.0, 405);
+    // A reload keeps the drain, also one that rebuilds the backend (its limit changed).
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace(&format!("name = \"{name}\"\n"), &format!("name = \"{name}\"\nmax_connections = 5\n"));
+    assert!(text.contains("max_connections = 5"), "{text}");
+    let config = rwproxy::config::Config::from_toml(&text).expect("config");
+    proxy.reloader.apply(config).expect("reload");
+    let mut conn = connect(&proxy).await;
+    assert_eq!(distribution(&mut conn, 10).await, BTreeMap::from([(1, 5), (2, 5)]));
+    // Back in service.
+    let (status, body) = post(format!("/backends/{name}/ready")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(distribution(&mut conn, 30).await, BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_land_on_the_primary() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;

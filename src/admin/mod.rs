@@ -106,7 +106,8 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
-    if req.uri().path() == "/reload" {
+    let path = req.uri().path();
+    if path == "/reload" || path.starts_with("/backends/") {
         if let Err((status, why)) = write_allowed(req, admin, peer) {
             let mut response = respond(status, "text/plain", format!("{why}\n"));
             if status == StatusCode::UNAUTHORIZED {
@@ -117,7 +118,10 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
             }
             return response;
         }
-        return reload(req, admin);
+        if path == "/reload" {
+            return reload(req, admin);
+        }
+        return backend_state(req, admin);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
@@ -185,6 +189,46 @@ fn reload(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
             respond(StatusCode::BAD_REQUEST, "text/plain", format!("reload rejected; nothing changed\n{e}\n"))
         }
     }
+}
+
+/// `POST /backends/<name>/drain` takes a backend out of the read rotation (HAProxy's `drain`,
+/// ProxySQL's `OFFLINE_SOFT`): sessions pinned to it finish, its idle connections are closed
+/// within a second; a drained primary still takes the writes. `POST /backends/<name>/ready`
+/// puts it back. The state outlives reloads; a restart forgets it.
+fn backend_state(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
+    }
+    let rest = req.uri().path().trim_start_matches("/backends/");
+    let Some((name, action)) = rest.rsplit_once('/') else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "POST /backends/<name>/drain or /ready\n".into(),
+        );
+    };
+    let drained = match action {
+        "drain" => true,
+        "ready" => false,
+        _ => {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "POST /backends/<name>/drain or /ready\n".into(),
+            );
+        }
+    };
+    let shared = admin.sql.current();
+    let Some(backend) = shared.router.backends().named(name) else {
+        return respond(StatusCode::NOT_FOUND, "text/plain", format!("no backend named {name:?}\n"));
+    };
+    let changed = backend.set_drained(drained);
+    let body = serde_json::json!({
+        "backend": backend.name,
+        "admin_state": if drained { "drain" } else { "ready" },
+        "changed": changed,
+    });
+    respond(StatusCode::OK, "application/json", body.to_string())
 }
 
 /// 200 when the proxy can reach a primary, 503 otherwise.

@@ -62,7 +62,7 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{role}</td><td class=\"state\">{}</td><td>{}</td><td>{lag}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
         escape(&b.name),
         escape(&b.address),
-        s.as_str(),
+        if b.is_drained() { format!("{} (drained)", s.as_str()) } else { s.as_str().to_string() },
         if in_pool { "yes" } else { "no" },
         connections,
         h.queries(),

@@ -35,6 +35,7 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "address": b.address,
                 "role": if backends.is_primary(b.index) { "primary" } else { "replica" },
                 "state": h.state().as_str(),
+                "admin_state": if b.is_drained() { "drain" } else { "ready" },
                 "reason": h.reason(),
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),

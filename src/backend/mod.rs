@@ -14,7 +14,7 @@ mod statements;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use auth as auth_plugins;
@@ -52,6 +52,9 @@ pub struct Backend {
     pub public_key: Result<Option<Vec<u8>>, String>,
     /// `allow_public_key_retrieval`.
     pub public_key_retrieval: bool,
+    /// Drained by an operator (`POST /backends/<name>/drain`): no new reads, its idle
+    /// connections closed; sessions holding one of its connections finish.
+    drained: AtomicBool,
 }
 
 fn tls_client(b: &crate::config::BackendConfig) -> Result<Option<crate::tls::Client>, String> {
@@ -68,6 +71,22 @@ fn tls_client(b: &crate::config::BackendConfig) -> Result<Option<crate::tls::Cli
 impl Backend {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Whether an operator drained it (it then takes no new reads).
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains it or puts it back into service; returns whether that changed anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let changed = self.drained.swap(drained, Ordering::Relaxed) != drained;
+        if changed && drained {
+            tracing::warn!(backend = %self.name, "drained by the operator: no new reads; its sessions finish");
+        } else if changed {
+            tracing::warn!(backend = %self.name, "back in service (the operator's drain ended)");
+        }
+        changed
     }
 }
 
@@ -132,6 +151,10 @@ impl Backends {
                             .map(|path| auth::read_public_key(std::path::Path::new(path)))
                             .transpose(),
                         public_key_retrieval: b.allow_public_key_retrieval,
+                        // A drain outlives a reload that rebuilds the backend under its name.
+                        drained: AtomicBool::new(
+                            previous.and_then(|p| p.named(&b.name)).is_some_and(|old| old.is_drained()),
+                        ),
                     }),
                 }
             })
@@ -153,6 +176,10 @@ impl Backends {
 
     pub fn get(&self, index: usize) -> Option<&Arc<Backend>> {
         self.list.get(index)
+    }
+
+    pub fn named(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.list.iter().find(|b| b.name == name)
     }
 
     pub fn primary(&self) -> &Arc<Backend> {
@@ -203,13 +230,13 @@ impl Backends {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether the backend can serve now: the monitor says it is up, and no connect to it
-    /// failed within `retry_failed_after`.
+    /// Whether the backend can take reads now: the monitor says it is up, no connect to it
+    /// failed within `retry_failed_after`, and no operator drained it.
     pub fn is_usable(&self, index: usize) -> bool {
         self.list.get(index).is_some_and(|b| {
             // 0 once a query succeeded there again: no clock read on the steady path.
             let until = b.skip_until_ms.load(Ordering::Relaxed);
-            b.health.state() == State::Up && (until == 0 || until <= self.now_ms())
+            b.health.state() == State::Up && (until == 0 || until <= self.now_ms()) && !b.is_drained()
         })
     }
 

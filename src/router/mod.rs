@@ -297,7 +297,10 @@ impl Router {
                     let least = all
                         .iter()
                         .filter(|b| {
-                            b.index != primary && allowed(b.index) && b.health.state() == State::Lagging
+                            b.index != primary
+                                && allowed(b.index)
+                                && b.health.state() == State::Lagging
+                                && !b.is_drained()
                         })
                         .min_by_key(|b| b.health.lag().unwrap_or(std::time::Duration::MAX));
                     if let Some(b) = least {
