@@ -302,6 +302,46 @@ async fn sessions_on_two_workers_share_one_backend_connection() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn server_made_user_variables_move_with_the_session() {
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    // Every value keeps its type: the arithmetic on it shows a decimal, a double, an unsigned
+    // integer, and the string's character set and collation.
+    let steps = [
+        "SELECT @a := 5, @s := 'h\u{e9}llo', @d := 1.50, @f := 0.1e0, @n := NULL, @b := _binary X'00FF', @u := 18446744073709551615",
+        "SELECT @a + 1, @s, CHARSET(@s), COLLATION(@s), @d / 4, @f + 0.2, @n IS NULL, HEX(@b), @u - 1, @u DIV 3",
+        "SELECT @l := _latin1 'caf\u{e9}' COLLATE latin1_german2_ci",
+        "SELECT @l, CHARSET(@l), COLLATION(@l), LENGTH(@l)",
+        "SELECT @rn := @rn + 1 AS r, x FROM (SELECT 10 AS x UNION SELECT 20 UNION SELECT 30) AS t3, (SELECT @rn := 0) AS init ORDER BY x",
+        "SELECT @rn",
+        "INSERT INTO {t} (v) VALUES (41), (42)",
+        "SELECT v INTO @x FROM {t} ORDER BY v DESC LIMIT 1",
+        "SELECT @x, @x + 1",
+        "SET @m = (SELECT MIN(v) FROM {t})",
+        "SELECT @m, @m * 2",
+        "SELECT @a := @a * 2",
+        "SELECT @a, @rn, @s",
+    ];
+    let table = "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, v INT)";
+    same_as_direct(&proxy, "server_made_variables", table, &steps).await;
+    // None of them pinned the session.
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("SELECT @rn := @rn + 1 FROM (SELECT 1 UNION SELECT 2) AS t2, (SELECT @rn := 0) AS i")
+        .await
+        .expect("select");
+    let row: (String, String, String, String, String) =
+        conn.query_first("EXPLAIN ROUTE SELECT @rn").await.expect("explain").expect("row");
+    assert!(row.4.starts_with("borrowed"), "{row:?}");
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    assert!(!metrics.contains("rwproxy_multiplex_pins_total{reason=\"user_variables\"} 1"), "{metrics}");
+    // What cannot be carried still pins: a quoted name.
+    conn.query_drop("SELECT @`odd name` := 1").await.expect("select");
+    let row: (String, String, String, String, String) =
+        conn.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain").expect("row");
+    assert_eq!(row.4, "pinned: user_variables");
+}
+
 /// `EXPLAIN ROUTE` and `/status` name the pin, and the pins are counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_route_and_metrics_say_why_a_session_is_pinned() {

@@ -295,6 +295,13 @@ async fn multiplexing_moves_session_state_between_connections_on_mysql() {
         "COMMIT",
         "SET @a = 5",
         "SELECT @a + 1",
+        // Values the server makes are read back and carried (an assignment inside an
+        // expression warns on MySQL: that one keeps the session's connection instead).
+        "SELECT v INTO @x FROM {t} ORDER BY v DESC LIMIT 1",
+        "SET @m = (SELECT CONCAT('m', MIN(v)) FROM {t})",
+        "SELECT @x + 1, @m, CHARSET(@m), COLLATION(@m)",
+        "SELECT @y := 1.50",
+        "SELECT @y / 4",
     ];
     let direct = mysql_async::Conn::new(direct_opts).await.expect("direct");
     common::traps::same_as_direct(

@@ -21,7 +21,7 @@ pub use auth as auth_plugins;
 pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, probe};
 pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, Pooled, SettingsTag, checkout, park, release, reset};
-pub use query::QueryError;
+pub use query::{Cell, QueryError};
 pub use relay::{Digest, RelayError, Side, relay_response};
 pub use statements::{MAX_CACHED_STATEMENTS, StatementCache};
 

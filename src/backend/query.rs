@@ -52,6 +52,53 @@ impl BackendConn {
         }
     }
 
+    /// Runs `sql` and returns its first row with each column's type: `None` when the answer
+    /// has no row. `extended_metadata`: the connection's column definitions carry MariaDB's
+    /// extended type info (negotiated with the session's client). A server error is `Err`
+    /// with its message; the connection stays usable then.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        extended_metadata: bool,
+    ) -> Result<Option<Vec<Cell>>, QueryError> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.send(0, &payload).await.map_err(|e| QueryError::Lost(e.to_string()))?;
+        let first = self.next_payload().await?;
+        let columns = match first.first() {
+            Some(0xFF) => return Err(QueryError::Server(error_text(&first))),
+            Some(0x00) => return Ok(None),
+            _ => lenenc_int(&first)
+                .map(|(n, _)| n)
+                .ok_or_else(|| QueryError::Lost("bad column count".into()))?,
+        };
+        let mut types = Vec::new();
+        for _ in 0..columns {
+            let definition = self.next_payload().await?;
+            types.push(
+                column_type(&definition, extended_metadata)
+                    .ok_or_else(|| QueryError::Lost("bad column definition".into()))?,
+            );
+        }
+        if !self.deprecate_eof() {
+            self.next_payload().await?;
+        }
+        let mut first_row = None;
+        // Bounded by the result: every iteration consumes one packet.
+        loop {
+            let row = self.next_payload().await?;
+            match row.first() {
+                Some(0xFF) => return Err(QueryError::Server(error_text(&row))),
+                Some(0xFE) if row.len() < MAX_PAYLOAD && (self.deprecate_eof() || row.len() < 9) => {
+                    return Ok(first_row);
+                }
+                _ if first_row.is_none() => first_row = Some(text_row(&row, &types)?),
+                _ => {}
+            }
+        }
+    }
+
     async fn next_payload(&mut self) -> Result<Vec<u8>, QueryError> {
         self.read_packet().await.map(|p| p.payload).map_err(|e| QueryError::Lost(e.to_string()))
     }
@@ -111,6 +158,53 @@ impl BackendConn {
         }
         Ok(outcome.error.is_none())
     }
+}
+
+/// One value of a text-protocol row, with its column's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// The column type (`mysql_common::constants::ColumnType` as its byte).
+    pub column_type: u8,
+    /// The column's collation id (63: binary).
+    pub collation: u16,
+    /// The value as text; `None` for NULL.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The collation and type of a column definition (protocol 4.1): six length-encoded names,
+/// MariaDB's extended type info when negotiated, then the fixed fields.
+fn column_type(definition: &[u8], extended_metadata: bool) -> Option<(u16, u8)> {
+    let mut at = 0;
+    for _ in 0..(6 + usize::from(extended_metadata)) {
+        let (len, used) = lenenc_int(definition.get(at..)?)?;
+        at = at.checked_add(used)?.checked_add(usize::try_from(len).ok()?)?;
+    }
+    let fixed = definition.get(at..)?;
+    let (_, used) = lenenc_int(fixed)?;
+    let fixed = fixed.get(used..)?;
+    let collation = u16::from_le_bytes([*fixed.first()?, *fixed.get(1)?]);
+    Some((collation, *fixed.get(6)?))
+}
+
+fn text_row(row: &[u8], types: &[(u16, u8)]) -> Result<Vec<Cell>, QueryError> {
+    let mut at = 0;
+    let mut cells = Vec::with_capacity(types.len());
+    for &(collation, column_type) in types {
+        let value = if row.get(at) == Some(&0xFB) {
+            at += 1;
+            None
+        } else {
+            let (len, used) =
+                row.get(at..).and_then(lenenc_int).ok_or_else(|| QueryError::Lost("bad row".into()))?;
+            let start = at + used;
+            let end = usize::try_from(len).ok().and_then(|l| start.checked_add(l)).unwrap_or(usize::MAX);
+            let bytes = row.get(start..end).ok_or_else(|| QueryError::Lost("bad row".into()))?;
+            at = end;
+            Some(bytes.to_vec())
+        };
+        cells.push(Cell { column_type, collation, value });
+    }
+    Ok(cells)
 }
 
 fn error_text(payload: &[u8]) -> String {

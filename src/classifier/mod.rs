@@ -9,11 +9,13 @@ mod kill;
 mod lexer;
 mod names;
 mod scan;
+mod variables;
 
 pub use kill::{Kill, kill_target};
 pub use lexer::{Lead, lead};
 pub use names::{prepared_name, table_names};
 pub use scan::Features;
+pub use variables::assigned_user_variables;
 
 /// Where a statement may be sent, before session state is considered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

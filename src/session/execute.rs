@@ -70,12 +70,22 @@ impl Session {
         let Some(decision) = self.route(&class).await? else {
             return Ok(());
         };
+        let variables_pinned = self.state.view.user_variables_on_primary;
         let ran = self
             .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None)
             .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
+            // Server-made user variables move with the session when they can be read back
+            // (not when the read would clear warnings the client may still ask for).
+            if class.effect == Effect::UserVariablesOnPrimary
+                && self.multiplexing()
+                && outcome.warnings == 0
+                && Box::pin(self.carry_user_variables(&sql, backend)).await
+            {
+                self.state.view.user_variables_on_primary = variables_pinned;
+            }
             if class.effect == Effect::UseDatabase {
                 self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));
             }
@@ -153,7 +163,7 @@ impl Session {
 
     /// Records a session command that `backend` has just run, so the others replay it (after
     /// `login.database` follows a `USE`: the connection is in the session's database then).
-    fn remember_session_command(&mut self, payload: &[u8], backend: usize) {
+    pub(super) fn remember_session_command(&mut self, payload: &[u8], backend: usize) {
         self.state.history.push(payload);
         if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
             conn.applied = self.state.history.head();

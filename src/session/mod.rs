@@ -15,6 +15,7 @@ mod multiplex;
 mod optimistic;
 mod prepared;
 mod state;
+mod variables;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -124,7 +124,7 @@ impl Session {
         self.multiplexing() && self.pin().is_none()
     }
 
-    fn multiplexing(&self) -> bool {
+    pub(super) fn multiplexing(&self) -> bool {
         let mysql = &self.shared.config.mysql;
         mysql.multiplexing && mysql.max_idle_connections > 0
     }
