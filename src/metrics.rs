@@ -132,9 +132,9 @@ pub struct Metrics {
     login_failures: Counter,
     /// `rwproxy_multiplex_pins_total{reason}`: sessions that kept their backend connections
     /// after a command, counted when the reason appears.
-    pins: [Counter; 10],
+    pins: [Counter; Pin::ALL.len()],
     /// Sessions pinned now, by reason (for `/status`); survives a reload like the series.
-    pinned_now: Arc<[std::sync::atomic::AtomicI64; 10]>,
+    pinned_now: Arc<[std::sync::atomic::AtomicI64; Pin::ALL.len()]>,
 }
 
 const READ_OUTCOMES: [ReadOutcome; 3] =

@@ -342,6 +342,58 @@ async fn server_made_user_variables_move_with_the_session() {
     assert_eq!(row.4, "pinned: user_variables");
 }
 
+/// A lock or handler held by a connection keeps the session on it: given back, the lock would
+/// stay with the connection (and whichever session borrows it next) while the session's
+/// `UNLOCK TABLES` ran on another one, leaving the primary read-locked.
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_and_handlers_held_by_a_connection_pin_the_session() {
+    let _serial = serial().await;
+    let two = primary_only("").replace("max_connections = 1", "max_connections = 2");
+    let proxy = start_proxy_with(&two).await;
+    let mut direct = connect_direct(cluster().primary().port).await;
+    direct
+        .query_drop("CREATE TABLE IF NOT EXISTS mx_locks (id INT PRIMARY KEY, v INT)")
+        .await
+        .expect("create");
+    direct.query_drop("REPLACE INTO mx_locks VALUES (1, 0)").await.expect("row");
+    let mut locker = connect(&proxy).await;
+    let mut other = connect(&proxy).await;
+    let connection = |row: Option<(String, String, String, String, String)>| row.expect("row").4;
+    for (lock, unlock, pin) in [
+        ("FLUSH TABLES WITH READ LOCK", "UNLOCK TABLES", "pinned: lock_tables"),
+        ("FLUSH TABLES mx_locks FOR EXPORT", "UNLOCK TABLES", "pinned: lock_tables"),
+        ("BACKUP STAGE START", "BACKUP STAGE END", "pinned: backup_lock"),
+    ] {
+        locker.query_drop(lock).await.unwrap_or_else(|e| panic!("{lock}: {e}"));
+        let explained = locker.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain");
+        assert_eq!(connection(explained), pin, "{lock}");
+        // Another session holds a connection meanwhile: given back, it would be the locked one.
+        other.query_drop("BEGIN").await.expect("begin");
+        other.query_drop("SELECT 1").await.expect("select");
+        locker.query_drop(unlock).await.expect("unlock");
+        other.query_drop("COMMIT").await.expect("commit");
+        // No lock is left anywhere: a direct write does not wait for one.
+        direct.query_drop("SET SESSION lock_wait_timeout = 2").await.expect("set");
+        direct
+            .query_drop("UPDATE mx_locks SET v = v + 1 WHERE id = 1")
+            .await
+            .unwrap_or_else(|e| panic!("after {lock}: {e}"));
+        let explained = locker.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain");
+        assert!(connection(explained).starts_with("borrowed"), "{unlock} ends the pin");
+    }
+    // An open handler lives in its connection too.
+    locker.query_drop("HANDLER mx_locks OPEN AS h").await.expect("open");
+    other.query_drop("BEGIN").await.expect("begin");
+    other.query_drop("SELECT 1").await.expect("select");
+    let first: Option<(i32, i32)> =
+        locker.query_first("HANDLER h READ FIRST").await.expect("read on the same connection");
+    assert_eq!(first.map(|r| r.0), Some(1));
+    locker.query_drop("HANDLER h CLOSE").await.expect("close");
+    other.query_drop("COMMIT").await.expect("commit");
+    let explained = locker.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain");
+    assert!(connection(explained).starts_with("borrowed"), "closed: not pinned");
+}
+
 /// `EXPLAIN ROUTE` and `/status` name the pin, and the pins are counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_route_and_metrics_say_why_a_session_is_pinned() {

@@ -93,7 +93,8 @@ pub enum Effect {
     TemporaryTable,
     /// `DROP [TEMPORARY] TABLE`: may drop a temporary table.
     DropTable,
-    /// `LOCK TABLES`: the session stays on the primary until `UNLOCK TABLES`.
+    /// `LOCK TABLES`, `FLUSH TABLES … WITH READ LOCK` / `FOR EXPORT`, `LOCK INSTANCE FOR
+    /// BACKUP`: the session stays on the primary, on its connection, until `UNLOCK …`.
     LockTables,
     UnlockTables,
     /// `GET_LOCK()`: the session stays on the primary until its locks are released.
@@ -107,6 +108,13 @@ pub enum Effect {
     /// `SELECT … INTO @v`, `@v := …`, `SET @v = (SELECT …)`: user variables now live on the
     /// primary only, so later reads that use them go there.
     UserVariablesOnPrimary,
+    /// `HANDLER t OPEN` / `HANDLER t CLOSE`: an open handler lives in the connection.
+    HandlerOpen,
+    HandlerClose,
+    /// MariaDB `BACKUP STAGE START` / `BACKUP LOCK t`, until `BACKUP STAGE END` /
+    /// `BACKUP UNLOCK`: a lock held by the connection.
+    BackupLock,
+    BackupUnlock,
     /// `USE db`.
     UseDatabase,
     /// `SET TRANSACTION …` (no `SESSION`): characteristics of the connection's next
@@ -179,10 +187,11 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
     match upper {
         "DROP" => classify_drop(lead),
         "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "TRUNCATE" | "RENAME" | "CALL"
-        | "DO" | "HANDLER" | "GRANT" | "REVOKE" | "FLUSH" | "KILL" | "ANALYZE" | "OPTIMIZE" | "REPAIR"
-        | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL" | "PURGE" | "RESET" | "CHANGE" | "STOP"
-        | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE" | "SHUTDOWN" | "BACKUP" => {
-            Classification::new(Primary, Reason::Write)
+        | "DO" | "GRANT" | "REVOKE" | "KILL" | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM"
+        | "INSTALL" | "UNINSTALL" | "PURGE" | "RESET" | "CHANGE" | "STOP" | "BINLOG" | "CACHE"
+        | "SAVEPOINT" | "RELEASE" | "SHUTDOWN" => Classification::new(Primary, Reason::Write),
+        "FLUSH" | "HANDLER" | "BACKUP" => {
+            Classification::new(Primary, Reason::Write).with_effect(connection_lock(sql, lead, upper))
         }
         "CREATE" => classify_create(sql, lead),
         "LOCK" => Classification::new(Primary, Reason::Write).with_effect(Effect::LockTables),
@@ -205,6 +214,30 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
             classify_read(sql)
         }
         _ => Classification::new(Primary, Reason::Unknown),
+    }
+}
+
+/// What `FLUSH`, `HANDLER` and `BACKUP` leave held by the connection, if anything.
+fn connection_lock(sql: &str, lead: &Lead, first: &str) -> Effect {
+    // The words after the first, through table lists (`t1, t2`): tokenized, these are rare.
+    let words: Vec<String> = match scan::words(sql.get(lead.first_word_end..).unwrap_or_default()) {
+        Some(words) => words,
+        None => return Effect::None,
+    };
+    let has = |pair: [&str; 2]| words.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);
+    match first {
+        "FLUSH" if has(["READ", "LOCK"]) || has(["FOR", "EXPORT"]) => Effect::LockTables,
+        "HANDLER" => match words.get(1).map(String::as_str) {
+            Some("OPEN") => Effect::HandlerOpen,
+            Some("CLOSE") => Effect::HandlerClose,
+            _ => Effect::None,
+        },
+        "BACKUP" => match (words.first().map(String::as_str), words.get(1).map(String::as_str)) {
+            (Some("STAGE"), Some("START")) | (Some("LOCK"), _) => Effect::BackupLock,
+            (Some("STAGE"), Some("END")) | (Some("UNLOCK"), _) => Effect::BackupUnlock,
+            _ => Effect::None,
+        },
+        _ => Effect::None,
     }
 }
 

@@ -81,6 +81,17 @@ pub fn scan(sql: &str) -> Features {
     f
 }
 
+/// The unquoted words of `sql`, uppercased, skipping punctuation and comments; `None` when it
+/// does not tokenize.
+pub fn words(sql: &str) -> Option<Vec<String>> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql).tokenize().ok()?;
+    let words = tokens.into_iter().filter_map(|t| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    });
+    Some(words.collect())
+}
+
 fn is_keyword(t: Option<&Token>, k: Keyword) -> bool {
     matches!(t, Some(Token::Word(w)) if w.keyword == k && w.quote_style.is_none())
 }

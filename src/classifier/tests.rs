@@ -100,6 +100,31 @@ fn transactions_and_session_commands() {
 }
 
 #[test]
+fn locks_and_handlers_held_by_the_connection() {
+    let effect = |sql: &str| {
+        let class = classify(sql);
+        assert_eq!(class.destination, Destination::Primary, "{sql}");
+        class.effect
+    };
+    assert_eq!(effect("FLUSH TABLES WITH READ LOCK"), Effect::LockTables);
+    assert_eq!(effect("flush tables t1, t2\n  with   read lock"), Effect::LockTables);
+    assert_eq!(effect("FLUSH TABLES t1 FOR EXPORT"), Effect::LockTables);
+    assert_eq!(effect("FLUSH TABLES"), Effect::None);
+    assert_eq!(effect("FLUSH PRIVILEGES"), Effect::None);
+    assert_eq!(effect("LOCK INSTANCE FOR BACKUP"), Effect::LockTables);
+    assert_eq!(effect("UNLOCK INSTANCE"), Effect::UnlockTables);
+    assert_eq!(effect("HANDLER t OPEN"), Effect::HandlerOpen);
+    assert_eq!(effect("handler t open as h"), Effect::HandlerOpen);
+    assert_eq!(effect("HANDLER h READ FIRST"), Effect::None);
+    assert_eq!(effect("HANDLER h CLOSE"), Effect::HandlerClose);
+    assert_eq!(effect("BACKUP STAGE START"), Effect::BackupLock);
+    assert_eq!(effect("BACKUP STAGE BLOCK_COMMIT"), Effect::None);
+    assert_eq!(effect("BACKUP STAGE END"), Effect::BackupUnlock);
+    assert_eq!(effect("BACKUP LOCK t"), Effect::BackupLock);
+    assert_eq!(effect("BACKUP UNLOCK"), Effect::BackupUnlock);
+}
+
+#[test]
 fn diagnostics_go_to_last() {
     assert_eq!(dest("SHOW WARNINGS"), Destination::Last);
     assert_eq!(dest("SELECT FOUND_ROWS()"), Destination::Last);

@@ -18,8 +18,12 @@ pub enum Pin {
     Transaction,
     /// A transaction running optimistically on a read backend.
     Optimistic,
-    /// `LOCK TABLES`.
+    /// `LOCK TABLES`, `FLUSH TABLES … WITH READ LOCK` / `FOR EXPORT`, `LOCK INSTANCE`.
     TableLock,
+    /// MariaDB `BACKUP STAGE` / `BACKUP LOCK`.
+    BackupLock,
+    /// `HANDLER … OPEN`: the handler lives in the connection.
+    Handler,
     /// `GET_LOCK()`.
     AdvisoryLock,
     /// A text `PREPARE`: the statement lives in the connection.
@@ -38,10 +42,12 @@ pub enum Pin {
 }
 
 impl Pin {
-    pub const ALL: [Pin; 10] = [
+    pub const ALL: [Pin; 12] = [
         Pin::Transaction,
         Pin::Optimistic,
         Pin::TableLock,
+        Pin::BackupLock,
+        Pin::Handler,
         Pin::AdvisoryLock,
         Pin::SqlPrepare,
         Pin::TemporaryTable,
@@ -56,6 +62,8 @@ impl Pin {
             Pin::Transaction => "transaction",
             Pin::Optimistic => "optimistic_transaction",
             Pin::TableLock => "lock_tables",
+            Pin::BackupLock => "backup_lock",
+            Pin::Handler => "handler",
             Pin::AdvisoryLock => "get_lock",
             Pin::SqlPrepare => "sql_prepare",
             Pin::TemporaryTable => "temporary_table",

@@ -132,6 +132,10 @@ pub struct SessionState {
     prepared: HashSet<String>,
     advisory_locks: u32,
     table_locks: bool,
+    /// `HANDLER … OPEN` not yet closed.
+    handlers: u32,
+    /// MariaDB `BACKUP STAGE START` / `BACKUP LOCK` not yet ended.
+    backup_lock: bool,
     /// What the session's writes require of its reads (kept across resets: the client's next
     /// read still must not miss them).
     pub read_after: ReadAfter,
@@ -154,6 +158,8 @@ impl SessionState {
             prepared: HashSet::new(),
             advisory_locks: 0,
             table_locks: false,
+            handlers: 0,
+            backup_lock: false,
             read_after: ReadAfter::default(),
             optimistic: None,
             transaction_wrote: false,
@@ -197,6 +203,10 @@ impl SessionState {
                 }
             }
             Effect::UserVariablesOnPrimary => self.view.user_variables_on_primary = true,
+            Effect::HandlerOpen => self.handlers += 1,
+            Effect::HandlerClose => self.handlers = self.handlers.saturating_sub(1),
+            Effect::BackupLock => self.backup_lock = true,
+            Effect::BackupUnlock => self.backup_lock = false,
             Effect::None
             | Effect::Begin
             | Effect::BeginReadOnly
@@ -204,13 +214,22 @@ impl SessionState {
             | Effect::NextTransaction => {}
         }
         self.view.temporary_tables = !self.temporary_tables.is_empty();
-        self.view.primary_locked = self.table_locks || self.advisory_locks > 0 || !self.prepared.is_empty();
+        self.view.primary_locked = self.table_locks
+            || self.advisory_locks > 0
+            || !self.prepared.is_empty()
+            || self.handlers > 0
+            || self.backup_lock;
     }
 
-    /// A lock or text-prepared statement that holds the session on its connection.
+    /// A lock, open handler or text-prepared statement that holds the session on its
+    /// connection.
     pub fn lock_pin(&self) -> Option<super::Pin> {
         if self.table_locks {
             Some(super::Pin::TableLock)
+        } else if self.backup_lock {
+            Some(super::Pin::BackupLock)
+        } else if self.handlers > 0 {
+            Some(super::Pin::Handler)
         } else if self.advisory_locks > 0 {
             Some(super::Pin::AdvisoryLock)
         } else if !self.prepared.is_empty() {

@@ -223,6 +223,7 @@ impl Cluster {
              CREATE DATABASE {DATABASE};
              CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}';
              GRANT ALL PRIVILEGES ON {DATABASE}.* TO '{APP_USER}'@'%';
+             GRANT RELOAD ON *.* TO '{APP_USER}'@'%';
              CREATE USER 'monitor'@'%' IDENTIFIED BY 'monitor';
              GRANT SLAVE MONITOR, REPLICATION CLIENT ON *.* TO 'monitor'@'%';
              GRANT ALL PRIVILEGES ON rwproxy.* TO 'monitor'@'%';
