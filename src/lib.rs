@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML config as serde structs, validated with key and line.
 //! - [`classifier`]: what a statement is and where it may run.
 //! - [`consistency`]: replication positions: what each backend has applied, what a read needs.
+//! - [`digests`]: statement digests: each statement shape's count, time and route.
 //! - [`router`]: picks a backend for a statement from the classification and session state.
 //! - [`backend`]: the backends (health as seen by the data path) and connections to them.
 //! - [`session`]: one client connection, from handshake to quit, as a small state machine.
@@ -24,6 +25,7 @@ pub mod budget;
 pub mod classifier;
 pub mod config;
 pub mod consistency;
+pub mod digests;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -85,6 +85,8 @@ pub struct SqlTier {
     pub long_data: crate::budget::Budget,
     /// Logged-in sessions by id, for `KILL`.
     pub registry: Arc<crate::sessions::Registry>,
+    /// Statement digests (`GET /queries`); they outlive reloads.
+    pub digests: crate::digests::Digests,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -114,6 +116,8 @@ impl Drop for SqlTier {
 impl SqlTier {
     pub fn new(addr: SocketAddr, shared: Shared, monitor: Vec<JoinHandle<()>>) -> SqlTier {
         let long_data = crate::budget::Budget::new(shared.config.mysql.max_long_data_total);
+        let mysql = &shared.config.mysql;
+        let digests = crate::digests::Digests::new(mysql.workers(), mysql.query_digests_max);
         SqlTier {
             addr,
             current: ArcSwap::from_pointee(shared),
@@ -125,6 +129,7 @@ impl SqlTier {
             per_user: Arc::default(),
             long_data,
             registry: Arc::default(),
+            digests,
         }
     }
 

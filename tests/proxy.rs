@@ -126,6 +126,69 @@ async fn a_drained_backend_takes_no_new_reads_and_its_sessions_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn statement_digests_count_time_and_route_each_statement_shape() {
+    let proxy = start_proxy().await;
+    let admin = proxy.admin_addr.expect("admin");
+    let mut conn = connect(&proxy).await;
+    conn.query_drop("CREATE TABLE digest_t (id INT PRIMARY KEY, v INT)").await.expect("create");
+    for id in 1..=6 {
+        conn.query_drop(format!("INSERT INTO digest_t VALUES ({id}, {id})")).await.expect("insert");
+    }
+    replicated().await;
+    for id in 1..=6 {
+        let _: Option<i32> =
+            conn.query_first(format!("SELECT v FROM digest_t WHERE id = {id}")).await.expect("read");
+    }
+    let select = conn.prep("SELECT v FROM digest_t WHERE id = ? AND v > ?").await.expect("prepare");
+    for id in 1..=4 {
+        let _: Option<i32> = conn.exec_first(&select, (id, 0)).await.expect("execute");
+    }
+    conn.query_drop("SELECT * FROM digest_missing").await.expect_err("no such table");
+    let queries = |query: &'static str| async move {
+        let (status, body) = common::http_get(admin, &format!("/queries{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        list["queries"].as_array().expect("a list").clone()
+    };
+    let all = queries("?limit=1000").await;
+    let find = |text: &str| {
+        all.iter().find(|q| q["statement"] == text).unwrap_or_else(|| panic!("{text} in {all:#?}")).clone()
+    };
+    let insert = find("INSERT INTO digest_t VALUES (?, ?)");
+    assert_eq!((insert["count"].as_u64(), insert["on_primary"].as_u64()), (Some(6), Some(6)), "{insert}");
+    assert_eq!(insert["last_reason"], "write");
+    let read = find("SELECT v FROM digest_t WHERE id = ?");
+    assert_eq!(read["count"].as_u64(), Some(6), "{read}");
+    assert_eq!(read["on_primary"].as_u64().zip(read["on_replicas"].as_u64()).map(|(p, r)| p + r), Some(6));
+    assert!(read["on_replicas"].as_u64().is_some_and(|r| r >= 2), "reads rotate over the replicas: {read}");
+    assert_eq!(read["last_reason"], "read");
+    assert!(read["total_seconds"].as_f64().is_some_and(|t| t > 0.0), "{read}");
+    let prepared = find("SELECT v FROM digest_t WHERE id = ? AND v > ?");
+    assert_eq!(prepared["count"].as_u64(), Some(4), "executions of a prepared statement: {prepared}");
+    let missing = find("SELECT * FROM digest_missing");
+    assert_eq!((missing["count"].as_u64(), missing["errors"].as_u64()), (Some(1), Some(1)), "{missing}");
+    // Ordered, limited, and reset.
+    let by_count = queries("?sort=count&limit=2").await;
+    assert_eq!(by_count.len(), 2);
+    assert!(by_count[0]["count"].as_u64() >= by_count[1]["count"].as_u64(), "{by_count:#?}");
+    assert_eq!(common::http_get(admin, "/queries?sort=nonsense").await.0, 400);
+    let (_, page) = common::http_get(admin, "/").await;
+    assert!(
+        page.contains("SELECT v FROM digest_t WHERE id = ?"),
+        "the status page lists the costly statements"
+    );
+    assert_eq!(common::try_http(admin, "POST", "/queries/reset").await.map(|r| r.0), Some(200));
+    assert!(queries("").await.is_empty(), "nothing since the reset");
+    let _: Option<i32> = conn.exec_first(&select, (1, 0)).await.expect("execute");
+    let again = queries("").await;
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_eq!(
+        again[0]["statement"], "SELECT v FROM digest_t WHERE id = ? AND v > ?",
+        "its text outlives the reset"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_land_on_the_primary() {
     let proxy = start_proxy().await;
     let mut conn = connect(&proxy).await;

@@ -107,7 +107,7 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path == "/reload" || path.starts_with("/backends/") {
+    if path == "/reload" || path.starts_with("/backends/") || path == "/queries/reset" {
         if let Err((status, why)) = write_allowed(req, admin, peer) {
             let mut response = respond(status, "text/plain", format!("{why}\n"));
             if status == StatusCode::UNAUTHORIZED {
@@ -120,6 +120,13 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
         }
         if path == "/reload" {
             return reload(req, admin);
+        }
+        if path == "/queries/reset" {
+            if req.method() != Method::POST {
+                return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
+            }
+            admin.sql.digests.reset();
+            return respond(StatusCode::OK, "text/plain", "statement digests reset\n".into());
         }
         return backend_state(req, admin);
     }
@@ -136,8 +143,9 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
             let list = status::sessions(&admin.sql.registry);
             respond(StatusCode::OK, "application/json", list.to_string())
         }
+        "/queries" => queries(req, admin),
         "/health" => health(state),
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state, &admin.sql.registry)),
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state, &admin.sql)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -229,6 +237,41 @@ fn backend_state(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>
         "changed": changed,
     });
     respond(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// `GET /queries[?sort=total|count|max|errors][&limit=N]`: the statement digests (default: the
+/// 100 that took the most time in all).
+fn queries(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    let mut order = status::DigestOrder::Total;
+    let mut limit = 100;
+    for pair in req.uri().query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sort" => match status::DigestOrder::parse(value) {
+                Some(o) => order = o,
+                None => {
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "sort: total, count, max or errors\n".into(),
+                    );
+                }
+            },
+            "limit" => match value.parse() {
+                Ok(n) => limit = n,
+                Err(_) => return respond(StatusCode::BAD_REQUEST, "text/plain", "limit: a number\n".into()),
+            },
+            _ => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("unknown parameter {key:?}\n"),
+                );
+            }
+        }
+    }
+    let list = status::queries(&admin.sql.digests, order, limit);
+    respond(StatusCode::OK, "application/json", list.to_string())
 }
 
 /// 200 when the proxy can reach a primary, 503 otherwise.

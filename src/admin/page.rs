@@ -93,7 +93,7 @@ fn http_table(state: &AdminState) -> String {
     )
 }
 
-pub fn render(state: &AdminState, sessions: &crate::sessions::Registry) -> String {
+pub fn render(state: &AdminState, sql: &crate::sql_tier::SqlTier) -> String {
     let backends = state.backends();
     let pool = state.router.read_pool();
     let mut rows = String::new();
@@ -114,15 +114,17 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 <table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections in use / idle</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
 {sessions}
+{queries}
 {http}
 {consistency}
-<p><a href="/status">/status</a> · <a href="/sessions">/sessions</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
+<p><a href="/status">/status</a> · <a href="/sessions">/sessions</a> · <a href="/queries">/queries</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 </body></html>
 "#,
         uptime = backends.uptime().as_secs_f64(),
         primary = escape(&backends.primary().name),
         lag = state.monitor.max_replication_lag.as_secs_f64(),
-        sessions = sessions_table(sessions),
+        sessions = sessions_table(&sql.registry),
+        queries = queries_table(&sql.digests),
         http = http_table(state),
         consistency = consistency_line(state),
     )
@@ -155,6 +157,30 @@ fn sessions_table(registry: &crate::sessions::Registry) -> String {
         "<h2>SQL sessions</h2>\n<p id=\"sessions\">{} logged in, {} running a statement, {pinned} pinned. Longest-running statements (all on <a href=\"/sessions\">/sessions</a>; <code>KILL QUERY id</code> stops one):</p>\n<table id=\"running\"><thead><tr><th>id</th><th>user</th><th>client</th><th>backend</th><th>backend thread</th><th>running</th><th>pinned</th></tr></thead><tbody>{rows}</tbody></table>",
         all.len(),
         running.len(),
+    )
+}
+
+/// The statements that took the most time in all (their digests).
+fn queries_table(digests: &crate::digests::Digests) -> String {
+    const SHOWN: usize = 10;
+    let mut rows = String::new();
+    for e in super::status::top_digests(digests, super::status::DigestOrder::Total, SHOWN) {
+        let _ = write!(
+            rows,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{:.3} s</td><td>{:.2} ms</td><td>{:.2} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.text),
+            e.count,
+            e.total.as_secs_f64(),
+            e.total.as_secs_f64() * 1000.0 / e.count.max(1) as f64,
+            e.max.as_secs_f64() * 1000.0,
+            e.on_primary,
+            e.on_replicas,
+            e.reason,
+            e.errors,
+        );
+    }
+    format!(
+        "<h2>Statements</h2>\n<p>The statements that took the most time (literals as <code>?</code>; all on <a href=\"/queries\">/queries</a>):</p>\n<table id=\"queries\"><thead><tr><th>statement</th><th>count</th><th>total</th><th>mean</th><th>max</th><th>on primary</th><th>on replicas</th><th>last reason</th><th>errors</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 }
 

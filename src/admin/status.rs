@@ -142,3 +142,65 @@ pub fn sessions(registry: &crate::sessions::Registry) -> Value {
         .collect();
     json!({ "sessions": list })
 }
+
+/// How `GET /queries` orders the digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestOrder {
+    Total,
+    Count,
+    Max,
+    Errors,
+}
+
+impl DigestOrder {
+    pub fn parse(name: &str) -> Option<DigestOrder> {
+        match name {
+            "total" => Some(DigestOrder::Total),
+            "count" => Some(DigestOrder::Count),
+            "max" => Some(DigestOrder::Max),
+            "errors" => Some(DigestOrder::Errors),
+            _ => None,
+        }
+    }
+}
+
+/// The statement digests, most costly first (by `order`), at most `limit` of them.
+pub fn top_digests(
+    digests: &crate::digests::Digests,
+    order: DigestOrder,
+    limit: usize,
+) -> Vec<crate::digests::Entry> {
+    let mut all = digests.snapshot();
+    all.sort_unstable_by(|a, b| match order {
+        DigestOrder::Total => b.total.cmp(&a.total),
+        DigestOrder::Count => b.count.cmp(&a.count),
+        DigestOrder::Max => b.max.cmp(&a.max),
+        DigestOrder::Errors => b.errors.cmp(&a.errors),
+    });
+    all.truncate(limit);
+    all
+}
+
+/// `GET /queries`: ProxySQL's `stats_mysql_query_digest`.
+pub fn queries(digests: &crate::digests::Digests, order: DigestOrder, limit: usize) -> Value {
+    let now = std::time::SystemTime::now();
+    let list: Vec<Value> = top_digests(digests, order, limit)
+        .into_iter()
+        .map(|e| {
+            json!({
+                "digest": format!("{:016x}", e.key),
+                "statement": e.text,
+                "count": e.count,
+                "errors": e.errors,
+                "total_seconds": e.total.as_secs_f64(),
+                "mean_ms": e.total.as_secs_f64() * 1000.0 / e.count.max(1) as f64,
+                "max_ms": e.max.as_secs_f64() * 1000.0,
+                "on_primary": e.on_primary,
+                "on_replicas": e.on_replicas,
+                "last_reason": e.reason,
+                "first_seen_seconds_ago": now.duration_since(e.first_seen).unwrap_or_default().as_secs_f64(),
+            })
+        })
+        .collect();
+    json!({ "queries": list })
+}

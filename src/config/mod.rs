@@ -253,6 +253,13 @@ pub struct MysqlConfig {
     /// connections. Default true. Needs `max_idle_connections` > 0.
     #[serde(default = "yes")]
     pub multiplexing: bool,
+    /// Count every statement under its digest (`GET /queries`). Default true.
+    #[serde(default = "yes")]
+    pub query_digests: bool,
+    /// Distinct digests kept (statements of further shapes are counted together). Default
+    /// 5000. Read at start.
+    #[serde(default = "default_query_digests_max")]
+    pub query_digests_max: usize,
     /// SQL worker threads, each a single-threaded event loop: a client and its backend
     /// connections stay on one (no cross-thread wake-ups). 0 = one per core (the default).
     /// Read at start; a reload does not change it.
@@ -519,6 +526,9 @@ fn default_backend_idle_timeout() -> Duration {
 }
 fn default_client_idle_timeout() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_query_digests_max() -> usize {
+    5000
 }
 fn default_transaction_idle_timeout() -> Duration {
     Duration::from_secs(4 * 3600)

@@ -71,8 +71,15 @@ impl Session {
             return Ok(());
         };
         let variables_pinned = self.state.view.user_variables_on_primary;
+        let statement = payload.get(1..).unwrap_or_default();
+        let digest = self
+            .shared
+            .config
+            .mysql
+            .query_digests
+            .then(|| crate::digests::Seen { key: crate::digests::key(statement), text: Some(statement) });
         let ran = self
-            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None)
+            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None, digest)
             .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
@@ -135,7 +142,7 @@ impl Session {
         let class = session_class();
         let decision = self.shared.router.decide(&class, &self.state.view);
         let ran = self
-            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, "")), None)
+            .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, "")), None, None)
             .await?;
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
@@ -177,14 +184,14 @@ impl Session {
     pub(super) async fn field_list(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let class = Classification::new(Destination::Read, Reason::Read);
         let decision = self.shared.router.decide(&class, &self.state.view);
-        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None).await?;
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Rows, None, None, None).await?;
         Ok(())
     }
 
     /// COM_STATISTICS describes the primary.
     pub(super) async fn statistics(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
         let decision = Decision { target: Target::Primary, reason: Reason::NodeSpecific };
-        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Single, None, None).await?;
+        self.run(decision, Outgoing::Raw(&payload), ResponseKind::Single, None, None, None).await?;
         Ok(())
     }
 
@@ -198,6 +205,7 @@ impl Session {
         kind: ResponseKind,
         statement: Option<(&Classification, &str)>,
         statement_id: Option<u32>,
+        digest: Option<crate::digests::Seen<'_>>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
         let retry_lost = decision.target.is_read();
@@ -229,6 +237,17 @@ impl Session {
                     if let Some(b) = backends.get(backend) {
                         let took = started.elapsed();
                         self.shared.metrics.query(self.worker, b, decision.target, decision.reason, took);
+                        if let Some(seen) = digest {
+                            let on_primary = backends.is_primary(backend);
+                            let error = outcome.error.is_some();
+                            let run = crate::digests::Run {
+                                on_primary,
+                                reason: decision.reason.as_str(),
+                                took,
+                                error,
+                            };
+                            self.running.tier().digests.record(self.worker, seen, run);
+                        }
                     }
                     self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
                     self.row_count = outcome.row_count;

@@ -21,6 +21,8 @@ struct Statement {
     /// The COM_STMT_PREPARE payload, to prepare it on another backend.
     prepare: Vec<u8>,
     class: Classification,
+    /// Its digest key, when digests are on (the text was given to the table at the prepare).
+    digest: Option<u64>,
     params: u16,
     /// Where it was last run, newest last (a memo: the connection's cache is the truth).
     on: Vec<Placement>,
@@ -159,13 +161,18 @@ impl Session {
         let decision = self.shared.router.decide(&class, &self.state.view);
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;
-        let ran = self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id)).await?;
+        let ran =
+            self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id), None).await?;
         if let Some((outcome, backend)) = ran
             && let Some(prepared) = outcome.prepared
         {
+            let digest = self.shared.config.mysql.query_digests.then(|| {
+                self.running.tier().digests.prepared(self.worker, payload.get(1..).unwrap_or_default())
+            });
             let mut stmt = Statement {
                 prepare: payload,
                 class,
+                digest,
                 params: prepared.params,
                 on: Vec::new(),
                 types: None,
@@ -235,6 +242,7 @@ impl Session {
             stmt.types = Some(payload[at + 1..end].to_vec());
         }
         let class = stmt.class;
+        let digest = stmt.digest.map(|key| crate::digests::Seen { key, text: None });
         // Only statements that change routing state or carry a position token need their text
         // again (GET_LOCK, `/* rwproxy:after=… */`, …).
         let text = stmt.prepare.get(1..).unwrap_or_default();
@@ -255,6 +263,7 @@ impl Session {
                 ResponseKind::Execute,
                 Some((&class, effect_sql.as_deref().unwrap_or_default())),
                 None,
+                digest,
             )
             .await?;
         self.stmts.clear_long_data(id);
@@ -276,7 +285,7 @@ impl Session {
         };
         let decision =
             Decision { target: Target::Backend(backend), reason: crate::classifier::Reason::SessionPinned };
-        self.run(decision, Outgoing::Statement(&payload), ResponseKind::Rows, None, None).await?;
+        self.run(decision, Outgoing::Statement(&payload), ResponseKind::Rows, None, None, None).await?;
         Ok(())
     }
 
