@@ -335,6 +335,17 @@ async fn server_made_user_variables_move_with_the_session() {
     assert!(row.4.starts_with("borrowed"), "{row:?}");
     let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
     assert!(!metrics.contains("rwproxy_multiplex_pins_total{reason=\"user_variables\"} 1"), "{metrics}");
+    // A prepared statement's assignment is carried too: another session with other settings
+    // takes the one connection in between (it is reset before this session borrows it back).
+    let mut prepared = connect(&proxy).await;
+    prepared.exec_drop("SELECT @p := ? + 1", (41,)).await.expect("execute");
+    let row: (String, String, String, String, String) =
+        prepared.query_first("EXPLAIN ROUTE SELECT @p").await.expect("explain").expect("row");
+    assert!(row.4.starts_with("borrowed"), "{row:?}");
+    conn.query_drop("SET time_zone = '+03:00'").await.expect("set");
+    conn.query_drop("SELECT @p := 0").await.expect("the other session's own @p");
+    let p: Option<i64> = prepared.query_first("SELECT @p").await.expect("read");
+    assert_eq!(p, Some(42));
     // What cannot be carried still pins: a quoted name.
     conn.query_drop("SELECT @`odd name` := 1").await.expect("select");
     let row: (String, String, String, String, String) =

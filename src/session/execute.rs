@@ -84,14 +84,8 @@ impl Session {
         if let Some((outcome, backend)) = ran
             && outcome.error.is_none()
         {
-            // Server-made user variables move with the session when they can be read back
-            // (not when the read would clear warnings the client may still ask for).
-            if class.effect == Effect::UserVariablesOnPrimary
-                && self.multiplexing()
-                && outcome.warnings == 0
-                && Box::pin(self.carry_user_variables(&sql, backend)).await
-            {
-                self.state.view.user_variables_on_primary = variables_pinned;
+            if class.effect == Effect::UserVariablesOnPrimary {
+                Box::pin(self.settle_user_variables(&sql, backend, &outcome, variables_pinned)).await;
             }
             if class.effect == Effect::UseDatabase {
                 self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));

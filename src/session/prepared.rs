@@ -253,6 +253,7 @@ impl Session {
         let Some(decision) = self.route(&class).await? else {
             return Ok(());
         };
+        let variables_pinned = self.state.view.user_variables_on_primary;
         if long_data && let Some(o) = self.state.optimistic.as_mut() {
             o.not_replayable();
         }
@@ -268,10 +269,17 @@ impl Session {
             .await?;
         self.stmts.clear_long_data(id);
         if let Some(stmt) = self.stmts.map.get_mut(&id)
-            && let Some((_, backend)) = ran
+            && let Some((_, backend)) = &ran
         {
             let cursor = payload.get(5).is_some_and(|flags| flags & 0x07 != 0);
-            stmt.cursor_on = cursor.then_some(backend);
+            stmt.cursor_on = cursor.then_some(*backend);
+        }
+        if let Some((outcome, backend)) = ran
+            && outcome.error.is_none()
+            && class.effect == crate::classifier::Effect::UserVariablesOnPrimary
+            && let Some(sql) = &effect_sql
+        {
+            Box::pin(self.settle_user_variables(sql, backend, &outcome, variables_pinned)).await;
         }
         Ok(())
     }

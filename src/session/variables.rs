@@ -9,16 +9,36 @@
 use super::Session;
 use crate::backend::Cell;
 use crate::classifier::assigned_user_variables;
-use crate::protocol::command;
+use crate::protocol::{Outcome, command};
 
 /// The largest value carried (bytes of its text or hex): larger ones keep the pin.
 const MAX_VALUE: usize = 64 * 1024;
 
 impl Session {
+    /// After a statement that gave user variables server-made values on `backend` and
+    /// succeeded: with multiplexing they move with the session when they can be read back
+    /// (not when the read would clear warnings or a found-rows count the client may still ask
+    /// for), and then the session is pinned for them no more than before the statement.
+    pub(super) async fn settle_user_variables(
+        &mut self,
+        sql: &str,
+        backend: usize,
+        outcome: &Outcome,
+        pinned_before: bool,
+    ) {
+        if self.multiplexing()
+            && outcome.warnings == 0
+            && self.keep_for_next.is_none()
+            && self.carry_user_variables(sql, backend).await
+        {
+            self.state.view.user_variables_on_primary = pinned_before;
+        }
+    }
+
     /// After a statement that gave user variables server-made values on `backend`: reads them
     /// back and records them as settings. Returns whether that worked (the session need not
     /// be pinned for them).
-    pub(super) async fn carry_user_variables(&mut self, sql: &str, backend: usize) -> bool {
+    async fn carry_user_variables(&mut self, sql: &str, backend: usize) -> bool {
         let Some(names) = assigned_user_variables(sql) else { return false };
         if names.is_empty() {
             return true;
