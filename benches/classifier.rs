@@ -1,4 +1,4 @@
-//! Classification cost per statement.
+//! Classification cost per statement, and the statement digest's key.
 //!
 //! Reproduce: `cargo bench --bench classifier`
 
@@ -42,6 +42,17 @@ fn mix(c: &mut Criterion) {
         })
     });
     c.bench_function("classify/point_select", |b| b.iter(|| black_box(classify(black_box(STATEMENTS[0])))));
+    // The statement digest's key (every statement with `mysql.query_digests` on).
+    c.bench_function("digest_key/statement_mix_per_statement", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % STATEMENTS.len();
+            black_box(rwproxy::digests::key(black_box(STATEMENTS[i].as_bytes())))
+        })
+    });
+    c.bench_function("digest_key/point_select", |b| {
+        b.iter(|| black_box(rwproxy::digests::key(black_box(STATEMENTS[0].as_bytes()))))
+    });
 }
 
 fn load_corpus() -> Vec<String> {

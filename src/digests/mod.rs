@@ -7,6 +7,7 @@
 //! Each SQL worker keeps its own table behind its own lock (only the admin listener ever waits
 //! on it), so recording a statement writes nothing another worker touches.
 
+mod key;
 mod normalize;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub use key::key;
 pub use normalize::normalize;
 
 /// Bytes of a digest's text kept (longer statements are cut; their digest covers all of it).
@@ -27,11 +29,11 @@ pub struct Seen<'a> {
     pub text: Option<&'a [u8]>,
 }
 
-/// The digest key of a statement.
-pub fn key(sql: &[u8]) -> u64 {
-    let mut hash = normalize::Hash::default();
-    normalize(sql, &mut hash);
-    hash.0
+impl<'a> Seen<'a> {
+    /// A statement given as text (COM_QUERY).
+    pub fn text(sql: &'a [u8]) -> Seen<'a> {
+        Seen { key: key(sql), text: Some(sql) }
+    }
 }
 
 fn text(sql: &[u8]) -> String {

@@ -1,31 +1,12 @@
 //! A statement's digest form: literals become `?`, comments go, whitespace runs become one
 //! space, and a list of more than three literals (`IN (1, 2, 3, 4)`, many `VALUES` rows' worth)
 //! is cut to `?, ?, ?, ...` — so `SELECT v FROM t WHERE id = 5` and `… id = 7` are one
-//! statement. One pass over the bytes; the same pass gives the digest's hash (every statement)
-//! or its text (the first time a digest is seen).
+//! statement. The text is made the first time a digest is seen; the key of every statement is
+//! hashed by [`super::key`] over the same byte classes.
 
 /// Where the normalized bytes go.
 pub trait Sink {
     fn put(&mut self, bytes: &[u8]);
-}
-
-/// FNV-1a over the normalized bytes: the digest's key.
-#[derive(Debug)]
-pub struct Hash(pub u64);
-
-impl Default for Hash {
-    fn default() -> Self {
-        Hash(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Sink for Hash {
-    fn put(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// The normalized text, cut at `limit` bytes.
@@ -53,54 +34,58 @@ enum Last {
     Other,
 }
 
+/// Byte classes, so that the scan looks each byte up once.
+pub(super) const OTHER: u8 = 0;
+pub(super) const WORD: u8 = 1;
+pub(super) const DIGIT: u8 = 2;
+pub(super) const SPACE: u8 = 3;
+pub(super) const QUOTE: u8 = 4;
+pub(super) const BACKTICK: u8 = 5;
+
+const CLASS: [u8; 256] = {
+    let mut class = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        class[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b'$' || c == b'@' || c >= 0x80 {
+            WORD
+        } else if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            SPACE
+        } else if c == b'\'' || c == b'"' {
+            QUOTE
+        } else if c == b'`' {
+            BACKTICK
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    class
+};
+
+pub(super) fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
 /// Feeds `sql` in its digest form to `out`.
 pub fn normalize(sql: &[u8], out: &mut impl Sink) {
     let mut w = Writer { out, last: Last::Nothing, space: false, comma: false, run: 0, cut: false };
     let mut i = 0;
     // Bounded by the statement: every branch advances `i`.
     while let Some(&b) = sql.get(i) {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+        match class(b) {
+            SPACE => {
                 w.space = true;
                 i += 1;
             }
-            b'#' => i = line_end(sql, i),
-            b'-' if sql.get(i + 1) == Some(&b'-')
-                && sql.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
-            {
-                i = line_end(sql, i)
-            }
-            b'/' if sql.get(i + 1) == Some(&b'*') => {
-                i = find(sql, i + 2, b"*/").map_or(sql.len(), |end| end + 2);
-                w.space = true;
-            }
-            b'\'' | b'"' => {
-                i = quoted_end(sql, i, b);
-                w.placeholder();
-            }
-            b'`' => {
-                let end = quoted_end(sql, i, b'`');
-                w.token(&sql[i..end.min(sql.len())]);
-                i = end;
-            }
-            b'0'..=b'9' => {
-                i = number_end(sql, i);
-                w.placeholder();
-            }
-            b'.' if sql.get(i + 1).is_some_and(u8::is_ascii_digit) && w.last != Last::Other => {
-                i = number_end(sql, i);
-                w.placeholder();
-            }
-            b',' => {
-                w.comma_seen();
-                i += 1;
-            }
-            _ if is_word(b) => {
+            WORD => {
                 let end = word_end(sql, i);
                 let word = &sql[i..end];
                 // x'…', b'…', n'…', _utf8mb4'…': one literal.
                 let introducer = matches!(word, [b'x' | b'X' | b'b' | b'B' | b'n' | b'N']) || word[0] == b'_';
-                if introducer && matches!(sql.get(end), Some(b'\'')) {
+                if introducer && sql.get(end) == Some(&b'\'') {
                     i = quoted_end(sql, end, b'\'');
                     w.placeholder();
                 } else {
@@ -108,15 +93,48 @@ pub fn normalize(sql: &[u8], out: &mut impl Sink) {
                     i = end;
                 }
             }
-            _ => {
-                // Multi-byte characters are copied whole: `b` starts one, the rest follow.
-                let len = utf8_len(b);
-                w.token(&sql[i..(i + len).min(sql.len())]);
-                i += len;
+            DIGIT => {
+                i = number_end(sql, i);
+                w.placeholder();
             }
+            QUOTE => {
+                i = quoted_end(sql, i, b);
+                w.placeholder();
+            }
+            BACKTICK => {
+                let end = quoted_end(sql, i, b'`');
+                w.token(&sql[i..end.min(sql.len())]);
+                i = end;
+            }
+            _ => i = punctuation(sql, i, &mut w),
         }
     }
     w.flush_comma();
+}
+
+/// Comments, commas, a number written `.5`, any other character: where the scan goes on.
+fn punctuation<S: Sink>(sql: &[u8], i: usize, w: &mut Writer<'_, S>) -> usize {
+    let next = sql.get(i + 1).copied();
+    match sql[i] {
+        b'#' => line_end(sql, i),
+        b'-' if next == Some(b'-') && sql.get(i + 2).is_none_or(|c| class(*c) == SPACE) => line_end(sql, i),
+        b'/' if next == Some(b'*') => {
+            w.space = true;
+            find(sql, i + 2, b"*/").map_or(sql.len(), |end| end + 2)
+        }
+        b',' => {
+            w.comma_seen();
+            i + 1
+        }
+        b'.' if next.is_some_and(|c| class(c) == DIGIT) && w.last != Last::Other => {
+            w.placeholder();
+            number_end(sql, i)
+        }
+        _ => {
+            w.token(&sql[i..i + 1]);
+            i + 1
+        }
+    }
 }
 
 struct Writer<'a, S: Sink> {
@@ -193,19 +211,12 @@ impl<S: Sink> Writer<'_, S> {
     }
 }
 
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'@' || b >= 0x80
-}
-
 fn word_end(sql: &[u8], from: usize) -> usize {
-    let mut i = from;
-    while sql.get(i).copied().is_some_and(is_word) {
-        i += 1;
-    }
-    i.max(from + 1)
+    let rest = sql.get(from..).unwrap_or_default();
+    from + rest.iter().position(|&b| !matches!(class(b), WORD | DIGIT)).unwrap_or(rest.len()).max(1)
 }
 
-fn number_end(sql: &[u8], from: usize) -> usize {
+pub(super) fn number_end(sql: &[u8], from: usize) -> usize {
     let mut i = from + 1;
     while let Some(&b) = sql.get(i) {
         let exponent_sign = (b == b'-' || b == b'+') && matches!(sql.get(i - 1), Some(b'e' | b'E'));
@@ -220,7 +231,7 @@ fn number_end(sql: &[u8], from: usize) -> usize {
 
 /// The end of a quoted run starting at `from` (after its closing quote); doubled quotes and,
 /// for strings, backslash escapes stay inside.
-fn quoted_end(sql: &[u8], from: usize, quote: u8) -> usize {
+pub(super) fn quoted_end(sql: &[u8], from: usize, quote: u8) -> usize {
     let mut i = from + 1;
     while let Some(&b) = sql.get(i) {
         if b == b'\\' && quote != b'`' {
@@ -238,21 +249,12 @@ fn quoted_end(sql: &[u8], from: usize, quote: u8) -> usize {
     sql.len()
 }
 
-fn line_end(sql: &[u8], from: usize) -> usize {
+pub(super) fn line_end(sql: &[u8], from: usize) -> usize {
     find(sql, from, b"\n").map_or(sql.len(), |end| end + 1)
 }
 
 fn find(sql: &[u8], from: usize, what: &[u8]) -> Option<usize> {
     sql.get(from..)?.windows(what.len()).position(|w| w == what).map(|at| from + at)
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xF0..=0xF7 => 4,
-        0xE0..=0xEF => 3,
-        0xC0..=0xDF => 2,
-        _ => 1,
-    }
 }
 
 #[cfg(test)]
@@ -263,12 +265,6 @@ mod tests {
         let mut t = Text { bytes: Vec::new(), limit: 1024 };
         normalize(sql.as_bytes(), &mut t);
         String::from_utf8(t.bytes).expect("UTF-8 in, UTF-8 out")
-    }
-
-    fn hash(sql: &str) -> u64 {
-        let mut h = Hash::default();
-        normalize(sql.as_bytes(), &mut h);
-        h.0
     }
 
     #[test]
@@ -303,15 +299,6 @@ mod tests {
         );
         assert_eq!(text("SELECT * FROM t WHERE id IN (1,2)"), "SELECT * FROM t WHERE id IN (?,?)");
         assert_eq!(text("INSERT INTO t VALUES (1, 'a'), (2, 'b')"), "INSERT INTO t VALUES (?, ?), (?, ?)");
-        assert_eq!(hash("WHERE id IN (1, 2, 3, 4)"), hash("WHERE id IN (9, 8, 7, 6, 5, 4, 3)"));
-        assert_ne!(hash("WHERE id IN (1, 2)"), hash("WHERE id IN (1, 2, 3)"));
-    }
-
-    #[test]
-    fn same_shape_same_hash() {
-        assert_eq!(hash("SELECT v FROM t WHERE id = 5"), hash("SELECT v FROM t WHERE id = 77"));
-        assert_eq!(hash("SELECT v FROM t WHERE id = 5"), hash("SELECT  v\nFROM t WHERE id = 'x' /* c */"));
-        assert_ne!(hash("SELECT v FROM t WHERE id = 5"), hash("SELECT v FROM u WHERE id = 5"));
     }
 
     #[test]

@@ -72,12 +72,7 @@ impl Session {
         };
         let variables_pinned = self.state.view.user_variables_on_primary;
         let statement = payload.get(1..).unwrap_or_default();
-        let digest = self
-            .shared
-            .config
-            .mysql
-            .query_digests
-            .then(|| crate::digests::Seen { key: crate::digests::key(statement), text: Some(statement) });
+        let digest = self.shared.config.mysql.query_digests.then(|| crate::digests::Seen::text(statement));
         let ran = self
             .run(decision, Outgoing::Raw(&payload), ResponseKind::Query, Some((&class, &sql)), None, digest)
             .await?;
