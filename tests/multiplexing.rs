@@ -405,6 +405,33 @@ async fn locks_and_handlers_held_by_a_connection_pin_the_session() {
     assert!(connection(explained).starts_with("borrowed"), "closed: not pinned");
 }
 
+/// Multiplexing off for one user: that user's sessions keep their connections, the others
+/// still borrow; a reload turns it back on for sessions already logged in.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiplexing_can_be_off_for_one_user() {
+    let _serial = serial().await;
+    let base = primary_only("").replace("max_connections = 1", "max_connections = 4");
+    let off = base.replace("name = \"reader\"\n", "name = \"reader\"\nmultiplexing = false\n");
+    assert!(off.contains("multiplexing = false"), "{off}");
+    let proxy = start_proxy_with(&off).await;
+    let connection = |row: Option<(String, String, String, String, String)>| row.expect("row").4;
+    let mut app = connect(&proxy).await;
+    let opts = common::opts(proxy.sql_addr.port(), "reader", "reader").db_name(Some(DATABASE));
+    let mut reader = Conn::new(opts).await.expect("reader logs in");
+    let explain = "EXPLAIN ROUTE SELECT 1";
+    assert!(connection(app.query_first(explain).await.expect("explain")).starts_with("borrowed"));
+    assert_eq!(connection(reader.query_first(explain).await.expect("explain")), "own (multiplexing off)");
+    // Its connection id stays the server's: the session holds the connection.
+    let first: Option<u64> = reader.query_first("SELECT CONNECTION_ID()").await.expect("id");
+    app.query_drop("DO 1").await.expect("app");
+    let again: Option<u64> = reader.query_first("SELECT CONNECTION_ID()").await.expect("id");
+    assert_eq!(first, again);
+    assert_ne!(first, Some(u64::from(reader.id())), "the server's id, not the session's");
+    let config = rwproxy::config::Config::from_toml(&base).expect("config");
+    proxy.reloader.apply(config).expect("reload");
+    assert!(connection(reader.query_first(explain).await.expect("explain")).starts_with("borrowed"));
+}
+
 /// `EXPLAIN ROUTE` and `/status` name the pin, and the pins are counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_route_and_metrics_say_why_a_session_is_pinned() {

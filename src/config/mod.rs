@@ -306,6 +306,11 @@ pub struct UserConfig {
     /// Sessions of this user at once (0 = no limit, the default); one more gets 1226.
     #[serde(default)]
     pub max_connections: usize,
+    /// `false`: this user's sessions keep every backend connection they open (multiplexing off
+    /// for one application, e.g. one whose stored procedures make session state rwproxy cannot
+    /// see). Default: `mysql.multiplexing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplexing: Option<bool>,
     /// The authentication plugin clients use for this user: `"caching_sha2_password"` (the
     /// default, MySQL 8/9's) or `"mysql_native_password"` (the default, and the only choice,
     /// with `password_hash`). A client that starts with the other plugin is switched.

@@ -85,6 +85,7 @@ impl Session {
             row_count: None,
             found_rows: None,
             worker: 0,
+            user_multiplexes: true,
             handle: Arc::new(crate::sessions::Handle::new(peer, "", shared_backends)),
             registered: None,
         };
@@ -185,6 +186,7 @@ impl Session {
             return Err(SessionError::UserLimit(user.name.clone()));
         }
         self.user_slot = Some(slot);
+        self.user_multiplexes = user.multiplexing != Some(false);
         self.handle.set_user(&user.name);
         if self.registered.is_none() {
             self.registered = Some(self.running.tier().registry.register(self.id, self.handle.clone()));

@@ -111,6 +111,8 @@ pub struct Session {
     found_rows: Option<u64>,
     /// The SQL worker thread the session runs on: it borrows that thread's backend connections.
     worker: usize,
+    /// The user's `multiplexing` is not off (looked up at login and at a reload).
+    user_multiplexes: bool,
     /// What `KILL` from another session sees of this one, and its switch.
     handle: Arc<crate::sessions::Handle>,
     /// Listed for `KILL` once logged in.
@@ -357,6 +359,7 @@ impl Session {
         }
         self.release_connections().await;
         self.shared = tier.current();
+        self.user_multiplexes = self.user_multiplexing();
         self.handle.set_backends(self.shared.router.backends().clone());
         let backends = self.shared.router.backends().len();
         self.conns = (0..backends).map(|_| None).collect();

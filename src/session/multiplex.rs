@@ -134,7 +134,14 @@ impl Session {
 
     pub(super) fn multiplexing(&self) -> bool {
         let mysql = &self.shared.config.mysql;
-        mysql.multiplexing && mysql.max_idle_connections > 0
+        mysql.multiplexing && mysql.max_idle_connections > 0 && self.user_multiplexes
+    }
+
+    /// Whether the logged-in user's sessions multiplex (`[[mysql.users]] multiplexing`), by
+    /// the current configuration.
+    pub(super) fn user_multiplexing(&self) -> bool {
+        let user = self.shared.config.user(self.login.user.as_bytes());
+        user.is_none_or(|u| u.multiplexing != Some(false))
     }
 
     /// After a command: gives every backend connection back unless the session is pinned.
