@@ -11,45 +11,9 @@ impl BackendConn {
     /// The rest of the result is read and dropped. A server error is `Err` with its message;
     /// the connection stays usable then.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, QueryError> {
-        let mut payload = Vec::with_capacity(1 + sql.len());
-        payload.push(command::QUERY);
-        payload.extend_from_slice(sql.as_bytes());
-        self.send(0, &payload).await.map_err(|e| QueryError::Lost(e.to_string()))?;
-        let first = self.next_payload().await?;
-        let columns = match first.first() {
-            Some(0xFF) => return Err(QueryError::Server(error_text(&first))),
-            Some(0x00) => return Ok(None),
-            _ => lenenc_int(&first)
-                .map(|(n, _)| n)
-                .ok_or_else(|| QueryError::Lost("bad column count".into()))?,
-        };
-        for _ in 0..columns {
-            self.next_payload().await?;
-        }
-        if !self.deprecate_eof() {
-            self.next_payload().await?;
-        }
-        let mut value = None;
-        let mut first_row = true;
-        // Bounded by the result: every iteration consumes one packet.
-        loop {
-            let row = self.next_payload().await?;
-            match row.first() {
-                Some(0xFF) => return Err(QueryError::Server(error_text(&row))),
-                Some(0xFE) if row.len() < MAX_PAYLOAD && (self.deprecate_eof() || row.len() < 9) => {
-                    return Ok(value);
-                }
-                Some(0xFB) if first_row => first_row = false,
-                _ if first_row => {
-                    first_row = false;
-                    let (len, used) = lenenc_int(&row).ok_or_else(|| QueryError::Lost("bad row".into()))?;
-                    let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    let text = row.get(used..used.saturating_add(len)).unwrap_or_default();
-                    value = Some(String::from_utf8_lossy(text).into_owned());
-                }
-                _ => {}
-            }
-        }
+        let row = self.first_row(sql, None).await?;
+        let value = row.and_then(|cells| cells.into_iter().next()).and_then(|cell| cell.value);
+        Ok(value.map(|text| String::from_utf8_lossy(&text).into_owned()))
     }
 
     /// Runs `sql` and returns its first row with each column's type: `None` when the answer
@@ -60,6 +24,16 @@ impl BackendConn {
         &mut self,
         sql: &str,
         extended_metadata: bool,
+    ) -> Result<Option<Vec<Cell>>, QueryError> {
+        self.first_row(sql, Some(extended_metadata)).await
+    }
+
+    /// Runs `sql` and reads its whole answer; returns the first row. Column types are read
+    /// when `extended_metadata` says how the definitions are laid out (`None`: left 0).
+    async fn first_row(
+        &mut self,
+        sql: &str,
+        extended_metadata: Option<bool>,
     ) -> Result<Option<Vec<Cell>>, QueryError> {
         let mut payload = Vec::with_capacity(1 + sql.len());
         payload.push(command::QUERY);
@@ -76,10 +50,12 @@ impl BackendConn {
         let mut types = Vec::new();
         for _ in 0..columns {
             let definition = self.next_payload().await?;
-            types.push(
-                column_type(&definition, extended_metadata)
+            let kind = match extended_metadata {
+                Some(extended) => column_type(&definition, extended)
                     .ok_or_else(|| QueryError::Lost("bad column definition".into()))?,
-            );
+                None => (0, 0),
+            };
+            types.push(kind);
         }
         if !self.deprecate_eof() {
             self.next_payload().await?;
