@@ -58,12 +58,26 @@ pub fn handshake(data: &[u8]) {
     let _ = ParseBuf(data).parse::<AuthSwitchRequest>(());
 }
 
-/// SQL text as clients send it: classification, the `EXPLAIN ROUTE` form, position tokens.
+/// SQL text as clients send it: classification, the `EXPLAIN ROUTE` form, position tokens,
+/// assigned user variables, the statement digest (key and text; raw bytes, as they arrive).
 pub fn classifier(data: &[u8]) {
     let sql = String::from_utf8_lossy(data);
     let _ = crate::classifier::classify(&sql);
     let _ = crate::classifier::explain_route_target(&sql);
     let _ = crate::consistency::Position::parse(&sql);
+    let _ = crate::classifier::assigned_user_variables(&sql);
+    let _ = crate::digests::key(data);
+    let digests = crate::digests::Digests::new(1, 4);
+    digests.record(
+        0,
+        crate::digests::Seen::text(data),
+        crate::digests::Run {
+            on_primary: true,
+            reason: "fuzz",
+            took: std::time::Duration::ZERO,
+            error: false,
+        },
+    );
 }
 
 /// HTTP/1 request and response heads and chunked bodies.
