@@ -25,6 +25,9 @@ pub struct Handle {
     pinned: Mutex<Option<&'static str>>,
     /// When the running statement started, in nanoseconds after `connected`.
     statement_started: AtomicU64,
+    /// When the session last answered a command, in nanoseconds after `connected` (how long
+    /// it has been idle; `transaction_idle_timeout` counts from there too).
+    idle_from: AtomicU64,
     /// The backends the session's indexes refer to (they change when it follows a reload).
     backends: Mutex<Arc<Backends>>,
     /// The statement running on a backend now: the backend's index + 1 in the high half and
@@ -50,6 +53,7 @@ impl Handle {
             user: Mutex::new(user.to_string()),
             pinned: Mutex::new(None),
             statement_started: AtomicU64::new(0),
+            idle_from: AtomicU64::new(0),
             backends: Mutex::new(backends),
             running: AtomicU64::new(0),
             killed: AtomicBool::new(false),
@@ -90,6 +94,18 @@ impl Handle {
     pub fn running_for(&self) -> Duration {
         let started = self.connected + Duration::from_nanos(self.statement_started.load(Ordering::Relaxed));
         started.elapsed()
+    }
+
+    /// The session answered a command `at` and waits for the next.
+    pub fn idle_since(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.connected).as_nanos();
+        self.idle_from.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long the session has waited for its client's next command (meaningful between
+    /// statements).
+    pub fn idle_for(&self) -> Duration {
+        (self.connected + Duration::from_nanos(self.idle_from.load(Ordering::Relaxed))).elapsed()
     }
 
     pub fn set_pinned(&self, reason: Option<&'static str>) {

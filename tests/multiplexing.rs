@@ -673,6 +673,17 @@ async fn a_transaction_left_idle_is_rolled_back_and_its_connection_freed() {
     forgetful.query("BEGIN").await.expect("begin");
     forgetful.query("UPDATE idle_trx SET v = 1 WHERE id = 1").await.expect("update");
     let idle_from = std::time::Instant::now();
+    // The session list and the status page show it idling inside its transaction.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = proxy.admin_addr.expect("admin");
+    let (_, sessions) = common::http_get(admin, "/sessions").await;
+    let sessions: serde_json::Value = serde_json::from_str(&sessions).expect("JSON");
+    let listed = sessions["sessions"].as_array().expect("list");
+    let idle = listed.iter().find(|s| s["pinned"] == "transaction").expect("the idle transaction is listed");
+    assert!(idle["running"].is_null(), "{idle}");
+    assert!(idle["idle_seconds"].as_f64().is_some_and(|s| (0.25..1.0).contains(&s)), "{idle}");
+    let (_, page) = common::http_get(admin, "/").await;
+    assert!(page.contains("1 idle inside a transaction"), "{page}");
 
     // A transaction that keeps working is not idle, however long it runs (2 s here).
     let mut busy = connect(&proxy).await;

@@ -135,6 +135,22 @@ fn sessions_table(registry: &crate::sessions::Registry) -> String {
     const SHOWN: usize = 10;
     let all = registry.list();
     let pinned = all.iter().filter(|(_, s)| s.pinned().is_some()).count();
+    // Forgotten transactions hold a connection and their locks (`transaction_idle_timeout`).
+    let idle_in_transaction: Vec<std::time::Duration> = all
+        .iter()
+        .filter(|(_, s)| {
+            s.running_on().is_none() && matches!(s.pinned(), Some("transaction" | "optimistic_transaction"))
+        })
+        .map(|(_, s)| s.idle_for())
+        .collect();
+    let idle_line = match idle_in_transaction.iter().max() {
+        Some(longest) => format!(
+            " <b>{} idle inside a transaction</b> (the longest for {:.0} s).",
+            idle_in_transaction.len(),
+            longest.as_secs_f64()
+        ),
+        None => String::new(),
+    };
     let mut running: Vec<_> = all
         .iter()
         .filter_map(|(id, s)| {
@@ -154,7 +170,7 @@ fn sessions_table(registry: &crate::sessions::Registry) -> String {
         ));
     }
     format!(
-        "<h2>SQL sessions</h2>\n<p id=\"sessions\">{} logged in, {} running a statement, {pinned} pinned. Longest-running statements (all on <a href=\"/sessions\">/sessions</a>; <code>KILL QUERY id</code> stops one):</p>\n<table id=\"running\"><thead><tr><th>id</th><th>user</th><th>client</th><th>backend</th><th>backend thread</th><th>running</th><th>pinned</th></tr></thead><tbody>{rows}</tbody></table>",
+        "<h2>SQL sessions</h2>\n<p id=\"sessions\">{} logged in, {} running a statement, {pinned} pinned.{idle_line} Longest-running statements (all on <a href=\"/sessions\">/sessions</a>; <code>KILL QUERY id</code> stops one):</p>\n<table id=\"running\"><thead><tr><th>id</th><th>user</th><th>client</th><th>backend</th><th>backend thread</th><th>running</th><th>pinned</th></tr></thead><tbody>{rows}</tbody></table>",
         all.len(),
         running.len(),
     )

@@ -136,6 +136,7 @@ pub fn sessions(registry: &crate::sessions::Registry) -> Value {
                 "client": s.peer.to_string(),
                 "connected_seconds": s.connected.elapsed().as_secs_f64(),
                 "running": running,
+                "idle_seconds": s.running_on().is_none().then(|| s.idle_for().as_secs_f64()),
                 "pinned": s.pinned(),
             })
         })

@@ -271,6 +271,7 @@ impl Session {
             self.give_back_connections().await;
             // Idle from the end of the answer on, as a server counts `wait_timeout`.
             self.idle_since = tokio::time::Instant::now();
+            self.handle.idle_since(self.idle_since.into_std());
             self.watch_idle_transaction();
         }
     }
