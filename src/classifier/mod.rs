@@ -174,15 +174,20 @@ pub fn classify_lead(sql: &str, lead: &Lead<'_>) -> Classification {
 
 fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
     use Destination::{All, Primary};
-    // Keywords are short: uppercase on the stack, not in a new String per statement.
+    // Keywords are short: uppercase on the stack, not in a new String per statement; one
+    // written in capitals (most are) is used as it is, without a UTF-8 check of the copy.
     let mut buf = [0u8; 24];
-    let upper = match buf.get_mut(..word.len()) {
-        Some(slot) => {
-            slot.copy_from_slice(word.as_bytes());
-            slot.make_ascii_uppercase();
-            std::str::from_utf8(slot).unwrap_or("")
+    let upper = if !word.bytes().any(|b| b.is_ascii_lowercase()) {
+        word
+    } else {
+        match buf.get_mut(..word.len()) {
+            Some(slot) => {
+                slot.copy_from_slice(word.as_bytes());
+                slot.make_ascii_uppercase();
+                std::str::from_utf8(slot).unwrap_or("")
+            }
+            None => "",
         }
-        None => "",
     };
     match upper {
         "DROP" => classify_drop(lead),
