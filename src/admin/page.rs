@@ -187,7 +187,7 @@ fn queries_table(digests: &crate::digests::Digests) -> String {
             escape(&e.text),
             e.count,
             e.total.as_secs_f64(),
-            e.total.as_secs_f64() * 1000.0 / e.count.max(1) as f64,
+            e.mean().as_secs_f64() * 1000.0,
             e.max.as_secs_f64() * 1000.0,
             e.on_primary,
             e.on_replicas,

@@ -194,7 +194,7 @@ pub fn queries(digests: &crate::digests::Digests, order: DigestOrder, limit: usi
                 "count": e.count,
                 "errors": e.errors,
                 "total_seconds": e.total.as_secs_f64(),
-                "mean_ms": e.total.as_secs_f64() * 1000.0 / e.count.max(1) as f64,
+                "mean_ms": e.mean().as_secs_f64() * 1000.0,
                 "max_ms": e.max.as_secs_f64() * 1000.0,
                 "on_primary": e.on_primary,
                 "on_replicas": e.on_replicas,

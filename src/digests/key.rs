@@ -6,7 +6,7 @@
 //! It is a little coarser than the digest text: `id=5` and `id = 7` share a key (and the text
 //! of whichever came first), as they are the same statement.
 
-use super::normalize::{BACKTICK, DIGIT, QUOTE, SPACE, WORD, class, line_end, number_end, quoted_end};
+use super::normalize::{BACKTICK, DIGIT, QUOTE, SPACE, WORD, class, comment_end, number_end, quoted_end};
 
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0100_0000_01b3;
@@ -118,22 +118,12 @@ impl Key {
 
     /// Comments (whitespace to the key), a comma after a literal, any other character.
     fn punctuation(&mut self, sql: &[u8], i: usize) -> usize {
+        if let Some(end) = comment_end(sql, i) {
+            self.space = true;
+            return end;
+        }
         let b = sql[i];
-        let next = sql.get(i + 1).copied();
         match b {
-            b'#' => {
-                self.space = true;
-                line_end(sql, i)
-            }
-            b'-' if next == Some(b'-') && sql.get(i + 2).is_none_or(|c| class(*c) == SPACE) => {
-                self.space = true;
-                line_end(sql, i)
-            }
-            b'/' if next == Some(b'*') => {
-                self.space = true;
-                let rest = sql.get(i + 2..).unwrap_or_default();
-                rest.windows(2).position(|w| w == b"*/").map_or(sql.len(), |at| i + 4 + at)
-            }
             b',' if self.last == Last::Literal && !self.comma => {
                 self.comma = true;
                 i + 1

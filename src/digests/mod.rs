@@ -75,6 +75,11 @@ impl Entry {
         }
     }
 
+    /// The mean time of one run.
+    pub fn mean(&self) -> Duration {
+        self.total.checked_div(u32::try_from(self.count).unwrap_or(u32::MAX)).unwrap_or_default()
+    }
+
     fn add(&mut self, other: &Entry) {
         self.count += other.count;
         self.errors += other.errors;

@@ -114,14 +114,12 @@ pub fn normalize(sql: &[u8], out: &mut impl Sink) {
 
 /// Comments, commas, a number written `.5`, any other character: where the scan goes on.
 fn punctuation<S: Sink>(sql: &[u8], i: usize, w: &mut Writer<'_, S>) -> usize {
+    if let Some(end) = comment_end(sql, i) {
+        w.space = true;
+        return end;
+    }
     let next = sql.get(i + 1).copied();
     match sql[i] {
-        b'#' => line_end(sql, i),
-        b'-' if next == Some(b'-') && sql.get(i + 2).is_none_or(|c| class(*c) == SPACE) => line_end(sql, i),
-        b'/' if next == Some(b'*') => {
-            w.space = true;
-            find(sql, i + 2, b"*/").map_or(sql.len(), |end| end + 2)
-        }
         b',' => {
             w.comma_seen();
             i + 1
@@ -134,6 +132,20 @@ fn punctuation<S: Sink>(sql: &[u8], i: usize, w: &mut Writer<'_, S>) -> usize {
             w.token(&sql[i..i + 1]);
             i + 1
         }
+    }
+}
+
+/// Where a comment starting at `i` ends (`#`, `-- `, `/* */`; to the end of an unclosed one),
+/// if one starts there.
+pub(super) fn comment_end(sql: &[u8], i: usize) -> Option<usize> {
+    let next = sql.get(i + 1).copied();
+    match sql.get(i)? {
+        b'#' => Some(line_end(sql, i)),
+        b'-' if next == Some(b'-') && sql.get(i + 2).is_none_or(|c| class(*c) == SPACE) => {
+            Some(line_end(sql, i))
+        }
+        b'/' if next == Some(b'*') => Some(find(sql, i + 2, b"*/").map_or(sql.len(), |end| end + 2)),
+        _ => None,
     }
 }
 
@@ -249,7 +261,7 @@ pub(super) fn quoted_end(sql: &[u8], from: usize, quote: u8) -> usize {
     sql.len()
 }
 
-pub(super) fn line_end(sql: &[u8], from: usize) -> usize {
+fn line_end(sql: &[u8], from: usize) -> usize {
     find(sql, from, b"\n").map_or(sql.len(), |end| end + 1)
 }
 

@@ -80,7 +80,7 @@ impl Session {
             && outcome.error.is_none()
         {
             if class.effect == Effect::UserVariablesOnPrimary {
-                Box::pin(self.settle_user_variables(&sql, backend, &outcome, variables_pinned)).await;
+                Box::pin(self.settle_user_variables(&sql, backend, variables_pinned)).await;
             }
             if class.effect == Effect::UseDatabase {
                 self.login.database = database_of_use(&String::from_utf8_lossy(&payload[1..]));

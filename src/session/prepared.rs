@@ -279,7 +279,7 @@ impl Session {
             && class.effect == crate::classifier::Effect::UserVariablesOnPrimary
             && let Some(sql) = &effect_sql
         {
-            Box::pin(self.settle_user_variables(sql, backend, &outcome, variables_pinned)).await;
+            Box::pin(self.settle_user_variables(sql, backend, variables_pinned)).await;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 use super::Session;
 use crate::backend::Cell;
 use crate::classifier::assigned_user_variables;
-use crate::protocol::{Outcome, command};
+use crate::protocol::command;
 
 /// The largest value carried (bytes of its text or hex): larger ones keep the pin.
 const MAX_VALUE: usize = 64 * 1024;
@@ -17,17 +17,11 @@ const MAX_VALUE: usize = 64 * 1024;
 impl Session {
     /// After a statement that gave user variables server-made values on `backend` and
     /// succeeded: with multiplexing they move with the session when they can be read back
-    /// (not when the read would clear warnings or a found-rows count the client may still ask
-    /// for), and then the session is pinned for them no more than before the statement.
-    pub(super) async fn settle_user_variables(
-        &mut self,
-        sql: &str,
-        backend: usize,
-        outcome: &Outcome,
-        pinned_before: bool,
-    ) {
+    /// (not when the statement left warnings or other state its session may read next: the
+    /// read-back would clear it), and then the session is pinned for them no more than before
+    /// the statement.
+    pub(super) async fn settle_user_variables(&mut self, sql: &str, backend: usize, pinned_before: bool) {
         if self.multiplexing()
-            && outcome.warnings == 0
             && self.keep_for_next.is_none()
             && self.carry_user_variables(sql, backend).await
         {
