@@ -105,9 +105,19 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 /// Time a client has to send a request head.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// An endpoint that changes the proxy.
+type Change = fn(&Request<Incoming>, &Admin) -> Response<Full<Bytes>>;
+
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path == "/reload" || path.starts_with("/backends/") || path == "/queries/reset" {
+    // The endpoints that change the proxy: one access rule, POST only.
+    let change: Option<Change> = match path {
+        "/reload" => Some(reload),
+        "/queries/reset" => Some(reset_queries),
+        _ if path.starts_with("/backends/") => Some(backend_state),
+        _ => None,
+    };
+    if let Some(change) = change {
         if let Err((status, why)) = write_allowed(req, admin, peer) {
             let mut response = respond(status, "text/plain", format!("{why}\n"));
             if status == StatusCode::UNAUTHORIZED {
@@ -118,17 +128,10 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
             }
             return response;
         }
-        if path == "/reload" {
-            return reload(req, admin);
+        if req.method() != Method::POST {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
         }
-        if path == "/queries/reset" {
-            if req.method() != Method::POST {
-                return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
-            }
-            admin.sql.digests.reset();
-            return respond(StatusCode::OK, "text/plain", "statement digests reset\n".into());
-        }
-        return backend_state(req, admin);
+        return change(req, admin);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
@@ -186,10 +189,7 @@ fn write_allowed(
 }
 
 /// `POST /reload`: 200 with the changes, or 400 with the reasons the running config stays.
-fn reload(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
-    if req.method() != Method::POST {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
-    }
+fn reload(_req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
     match admin.reloader.reload_file() {
         Ok(changes) => respond(StatusCode::OK, "text/plain", format!("reloaded\n{}\n", changes.join("\n"))),
         Err(e) => {
@@ -204,9 +204,6 @@ fn reload(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
 /// within a second; a drained primary still takes the writes. `POST /backends/<name>/ready`
 /// puts it back. The state outlives reloads; a restart forgets it.
 fn backend_state(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
-    if req.method() != Method::POST {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
-    }
     let rest = req.uri().path().trim_start_matches("/backends/");
     let Some((name, action)) = rest.rsplit_once('/') else {
         return respond(
@@ -237,6 +234,12 @@ fn backend_state(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>
         "changed": changed,
     });
     respond(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// `POST /queries/reset`: the digests' counts start again from zero.
+fn reset_queries(_req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    admin.sql.digests.reset();
+    respond(StatusCode::OK, "text/plain", "statement digests reset\n".into())
 }
 
 /// `GET /queries[?sort=total|count|max|errors][&limit=N]`: the statement digests (default: the
