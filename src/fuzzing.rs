@@ -27,6 +27,9 @@ pub fn mysql_response(data: &[u8]) {
         client_tracks: pick & 0x20 != 0,
         hide_last_gtid: pick & 0x40 != 0,
         hide_gtids: pick & 0x80 != 0,
+        // The kind takes the low bits; state-change hiding goes with GTID hiding (both are on
+        // for every connection rwproxy sets them up on).
+        hide_state_change: pick & 0x80 != 0,
     };
     // Bounded: every pass consumes at least a header.
     while let Some(header) = rest.get(..4) {
@@ -35,7 +38,7 @@ pub fn mysql_response(data: &[u8]) {
         rest = &rest[4 + header.len..];
         let first = payload.first().copied().unwrap_or(0);
         if first == 0x00 || first == 0xFE {
-            let _ = session_track::gtid_of_ok(payload);
+            let _ = session_track::tracked_of_ok(payload);
             let _ = session_track::rewrite_ok(payload, visible);
         }
         match tracker.accept(first, header.len, payload) {

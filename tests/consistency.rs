@@ -280,7 +280,7 @@ async fn the_gtid_of_a_write_is_read_from_the_servers_own_ok_packet() {
     use common::cluster::{APP_PASSWORD, APP_USER, DATABASE};
     use common::raw::RawClient;
     use mysql_common::constants::CapabilityFlags as Caps;
-    use rwproxy::protocol::session_track::{Visible, gtid_of_ok, rewrite_ok};
+    use rwproxy::protocol::session_track::{Visible, rewrite_ok, tracked_of_ok};
     let primary = cluster().primary();
     let login = (APP_USER, APP_PASSWORD, DATABASE);
     let mut raw = RawClient::connect_with(&primary.address(), login, true, Caps::CLIENT_SESSION_TRACK)
@@ -290,14 +290,17 @@ async fn the_gtid_of_a_write_is_read_from_the_servers_own_ok_packet() {
     raw.query("CREATE TABLE IF NOT EXISTS track_t (id INT)").await.expect("create");
     let answer = raw.query("INSERT INTO track_t VALUES (1)").await.expect("insert");
     let payload = &answer[4..];
-    let gtid = gtid_of_ok(payload).expect("the OK packet of a write carries last_gtid");
+    let gtid = tracked_of_ok(payload).gtid.expect("the OK packet of a write carries last_gtid");
     let binlog = primary.sql("SELECT @@gtid_binlog_pos").expect("position");
     let have = rwproxy::consistency::Position::parse(&binlog).expect("binlog position");
     let wrote = rwproxy::consistency::Position::parse(&gtid).expect("a GTID");
     assert!(have.covers(&wrote), "{gtid} within {binlog}");
     // Without CLIENT_SESSION_TRACK the same write's OK packet is the plain one.
-    let plain = rewrite_ok(payload, Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true })
-        .expect("rewritten");
+    let plain = rewrite_ok(
+        payload,
+        Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true, hide_state_change: true },
+    )
+    .expect("rewritten");
     let mut untracked = RawClient::connect(&primary.address(), APP_USER, APP_PASSWORD, DATABASE, true)
         .await
         .expect("raw login");

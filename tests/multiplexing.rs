@@ -17,6 +17,7 @@ use common::raw::RawClient;
 use common::{cluster, connect, connect_direct, start_proxy_with, traps};
 use mysql_async::Conn;
 use mysql_async::prelude::*;
+use mysql_common::constants::CapabilityFlags as Caps;
 use rwproxy::protocol::packet;
 use rwproxy::proxy::Proxy;
 use tokio::sync::{Mutex, MutexGuard};
@@ -403,6 +404,73 @@ async fn locks_and_handlers_held_by_a_connection_pin_the_session() {
     other.query_drop("COMMIT").await.expect("commit");
     let explained = locker.query_first("EXPLAIN ROUTE SELECT 1").await.expect("explain");
     assert!(connection(explained).starts_with("borrowed"), "closed: not pinned");
+}
+
+/// State a statement leaves in its connection without showing it in its text (a stored
+/// procedure that creates a temporary table, a multi-statement that sets a user variable): the
+/// server says so (`session_track_state_change`), and the session keeps its connection until a
+/// reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_left_where_the_text_does_not_show_it_pins_the_session() {
+    let _serial = serial().await;
+    let two = primary_only("").replace("max_connections = 1", "max_connections = 2");
+    let proxy = start_proxy_with(&two).await;
+    let mut direct = connect_direct(cluster().primary().port).await;
+    for sql in [
+        "DROP PROCEDURE IF EXISTS mx_make_tmp",
+        "CREATE PROCEDURE mx_make_tmp() BEGIN CREATE TEMPORARY TABLE mx_proc_tmp (a INT); INSERT INTO mx_proc_tmp VALUES (1), (2); END",
+        "DROP PROCEDURE IF EXISTS mx_just_read",
+        "CREATE PROCEDURE mx_just_read() BEGIN SELECT 1; END",
+        "DROP FUNCTION IF EXISTS mx_set_variable",
+        "CREATE FUNCTION mx_set_variable() RETURNS INT DETERMINISTIC BEGIN SET @mx_fv = 5; RETURN 1; END",
+    ] {
+        direct.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let mut session = connect(&proxy).await;
+    let mut other = connect(&proxy).await;
+    let connection = |row: Option<(String, String, String, String, String)>| row.expect("row").4;
+    let explain = "EXPLAIN ROUTE SELECT 1";
+    // A procedure that leaves nothing behind does not pin.
+    session.query_drop("CALL mx_just_read()").await.expect("call");
+    assert!(connection(session.query_first(explain).await.expect("explain")).starts_with("borrowed"));
+    session.query_drop("CALL mx_make_tmp()").await.expect("call");
+    assert_eq!(connection(session.query_first(explain).await.expect("explain")), "pinned: untracked_state");
+    // Another session holds a connection meanwhile: given back, it would be the one with the
+    // table, and the session's next statement would run where the table is missing.
+    other.query_drop("BEGIN").await.expect("begin");
+    other.query_drop("SELECT 1").await.expect("select");
+    let count: Option<i64> =
+        session.query_first("SELECT COUNT(*) FROM mx_proc_tmp").await.expect("the table is still there");
+    assert_eq!(count, Some(2));
+    other.query_drop("COMMIT").await.expect("commit");
+    // Only a reset ends it (the table goes with it).
+    session.reset().await.expect("reset");
+    assert!(connection(session.query_first(explain).await.expect("explain")).starts_with("borrowed"));
+    // A multi-statement that sets a user variable.
+    session.query_drop("SET @mx_multi = 7; SELECT 1").await.expect("multi-statement");
+    assert_eq!(connection(session.query_first(explain).await.expect("explain")), "pinned: untracked_state");
+    other.query_drop("BEGIN").await.expect("begin");
+    other.query_drop("SET @mx_multi = 1").await.expect("set");
+    let value: Option<i64> = session.query_first("SELECT @mx_multi").await.expect("read back");
+    assert_eq!(value, Some(7));
+    other.query_drop("COMMIT").await.expect("commit");
+    // A stored function that sets a user variable, read by a client with and without
+    // CLIENT_DEPRECATE_EOF (the result set then ends with an old EOF packet, whose status
+    // flags alone say that state changed).
+    for deprecate_eof in [true, false] {
+        let login = (APP_USER, APP_PASSWORD, DATABASE);
+        let mut raw =
+            RawClient::connect_with(&proxy.sql_addr.to_string(), login, deprecate_eof, Caps::empty())
+                .await
+                .expect("raw client");
+        raw.query("SELECT mx_set_variable()").await.expect("function");
+        let explained = raw.query("EXPLAIN ROUTE SELECT 1").await.expect("explain");
+        let text = String::from_utf8_lossy(&explained);
+        assert!(text.contains("pinned: untracked_state"), "deprecate_eof = {deprecate_eof}: {text}");
+    }
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    let line = "rwproxy_multiplex_pins_total{reason=\"untracked_state\"} 4";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
 }
 
 /// Multiplexing off for one user: that user's sessions keep their connections, the others

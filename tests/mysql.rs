@@ -303,7 +303,13 @@ async fn multiplexing_moves_session_state_between_connections_on_mysql() {
         "SELECT @y := 1.50",
         "SELECT @y / 4",
     ];
-    let direct = mysql_async::Conn::new(direct_opts).await.expect("direct");
+    let mut direct = mysql_async::Conn::new(direct_opts.clone()).await.expect("direct");
+    for sql in [
+        "DROP PROCEDURE IF EXISTS mysql_make_tmp",
+        "CREATE PROCEDURE mysql_make_tmp() BEGIN CREATE TEMPORARY TABLE mysql_proc_tmp (a INT); INSERT INTO mysql_proc_tmp VALUES (1), (2); END",
+    ] {
+        direct.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
     common::traps::same_as_direct(
         direct,
         connect(&proxy).await,
@@ -313,6 +319,12 @@ async fn multiplexing_moves_session_state_between_connections_on_mysql() {
         &steps,
     )
     .await;
+    // State only the server saw made (session_track_state_change): the session keeps its
+    // connection (new sessions: the one above ends pinned by a warned assignment).
+    let steps = ["CALL mysql_make_tmp()", "SELECT COUNT(*) FROM mysql_proc_tmp"];
+    let direct = mysql_async::Conn::new(direct_opts).await.expect("direct");
+    let (proxied, other) = (connect(&proxy).await, connect(&proxy).await);
+    common::traps::same_as_direct(direct, proxied, other, "mysql_proc", table, &steps).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

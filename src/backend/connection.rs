@@ -108,6 +108,9 @@ pub struct BackendConn {
     pub tracking_ready: bool,
     /// The GTID of the last write whose OK packet this connection relayed.
     pub last_gtid: Option<String>,
+    /// The server said that the statement being relayed changed session state (its OK
+    /// packets' `session_track_state_change` entry); cleared before each statement.
+    pub state_changed: bool,
     /// When set, the relay adds every result byte (not the OK/EOF/ERR) to it.
     pub digest: Option<Digest>,
     /// The connection runs over TLS.
@@ -226,9 +229,11 @@ impl BackendConn {
                 client_tracks: login.client_caps.contains(Caps::CLIENT_SESSION_TRACK),
                 hide_last_gtid: false,
                 hide_gtids: false,
+                hide_state_change: false,
             },
             tracking_ready: false,
             last_gtid: None,
+            state_changed: false,
             digest: None,
             database: Some(login.database.clone()),
             last_insert_id: 0,
@@ -369,6 +374,14 @@ impl BackendConn {
     pub async fn answer_started(&mut self) {
         use tokio::io::AsyncBufReadExt;
         let _ = self.reader.fill_buf().await;
+    }
+
+    /// Keeps what an OK packet's session-state data said about the statement being relayed.
+    pub fn learn(&mut self, tracked: crate::protocol::session_track::Tracked) {
+        if let Some(gtid) = tracked.gtid {
+            self.last_gtid = Some(gtid);
+        }
+        self.state_changed |= tracked.state_changed;
     }
 
     /// After COM_RESET_CONNECTION: statements, tracking and diagnostics are gone.

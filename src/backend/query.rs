@@ -79,9 +79,9 @@ impl BackendConn {
         self.read_packet().await.map(|p| p.payload).map_err(|e| QueryError::Lost(e.to_string()))
     }
 
-    /// Asks the server to report each write's GTID in its OK packet, once per connection (and
-    /// again after a reset). What rwproxy adds is hidden from the client on relay; what the
-    /// server or the client tracks already stays visible.
+    /// Asks the server to report each write's GTID and each change of session state in its OK
+    /// packets, once per connection (and again after a reset). What rwproxy adds is hidden
+    /// from the client on relay; what the server or the client tracks already stays visible.
     pub async fn enable_tracking(&mut self) -> Result<(), QueryError> {
         if self.tracking_ready {
             return Ok(());
@@ -89,39 +89,65 @@ impl BackendConn {
         self.tracking_ready = true;
         self.visible.hide_last_gtid = false;
         self.visible.hide_gtids = false;
+        self.visible.hide_state_change = false;
         if !self.caps.contains(mysql_common::constants::CapabilityFlags::CLIENT_SESSION_TRACK) {
             return Ok(());
         }
-        if self.mariadb {
-            let tracked = match self.query_value("SELECT @@session_track_system_variables").await {
-                Ok(v) => v.unwrap_or_default(),
-                // A server without the variable (before 10.2) tracks nothing.
-                Err(QueryError::Server(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if tracked == "*" || tracked.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid")) {
-                return Ok(());
-            }
+        // One question and one setting for both: a connection reset between sessions with
+        // different settings runs this again.
+        let position =
+            if self.mariadb { "@@session_track_system_variables" } else { "@@session_track_gtids" };
+        let sql = format!("SELECT {position}, @@session_track_state_change");
+        let row = match self.first_row(&sql, None).await {
+            Ok(row) => row.unwrap_or_default(),
+            // A server without the variables (MariaDB before 10.2, MySQL before 5.7) tracks
+            // nothing.
+            Err(QueryError::Server(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let text = |i: usize| -> String {
+            let value = row.get(i).and_then(|cell| cell.value.as_deref()).unwrap_or_default();
+            String::from_utf8_lossy(value).into_owned()
+        };
+        let (position, state_change) = (text(0), text(1));
+        let mut settings = Vec::new();
+        // MariaDB reports a write's GTID as the tracked system variable `last_gtid`, MySQL as
+        // its own entry (`OWN_GTID`).
+        let position_setting = if self.mariadb {
+            let tracked = position.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid"));
             let list =
-                if tracked.is_empty() { "last_gtid".to_string() } else { format!("{tracked},last_gtid") };
-            let set = format!("SET SESSION session_track_system_variables = '{}'", list.replace('\'', "''"));
-            self.visible.hide_last_gtid = self.try_setting(&set).await?;
+                if position.is_empty() { "last_gtid".to_string() } else { format!("{position},last_gtid") };
+            (position != "*" && !tracked)
+                .then(|| format!("session_track_system_variables = '{}'", list.replace('\'', "''")))
         } else {
-            let mode = match self.query_value("SELECT @@session_track_gtids").await {
-                Ok(v) => v.unwrap_or_default(),
-                Err(QueryError::Server(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if !mode.eq_ignore_ascii_case("OFF") {
-                return Ok(());
-            }
-            self.visible.hide_gtids = self.try_setting("SET SESSION session_track_gtids = OWN_GTID").await?;
+            position.eq_ignore_ascii_case("OFF").then(|| "session_track_gtids = OWN_GTID".to_string())
+        };
+        settings.extend(position_setting.clone());
+        // The server says when a statement leaves state in the connection: multiplexing then
+        // keeps the session on it even when the text did not show the state (a stored
+        // procedure that creates a temporary table).
+        let state_change_off = !(state_change == "1" || state_change.eq_ignore_ascii_case("ON"));
+        if state_change_off {
+            settings.push("session_track_state_change = ON".to_string());
         }
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let applied = self.try_setting(&format!("SET SESSION {}", settings.join(", "))).await?;
+        if position_setting.is_some() {
+            if self.mariadb {
+                self.visible.hide_last_gtid = applied;
+            } else {
+                self.visible.hide_gtids = applied;
+            }
+        }
+        self.visible.hide_state_change = applied && state_change_off;
         Ok(())
     }
 
     /// Runs a setting; `Ok(false)` when the server refused it (the connection then works
-    /// without position tracking: reads after its writes ask the primary for its position).
+    /// without that tracking: reads after its writes ask the primary for its position, state
+    /// changes only the statement text shows are seen).
     async fn try_setting(&mut self, sql: &str) -> Result<bool, QueryError> {
         let mut payload = vec![command::QUERY];
         payload.extend_from_slice(sql.as_bytes());

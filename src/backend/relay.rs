@@ -181,11 +181,13 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             let seen: &[u8] = if !tracker.needs_payload(first, header.len) {
                 &[]
             } else if in_place
-                && let Some(gtid) = unchanged_on_the_way(tracker, first, payload, self.conn.visible)
+                && let Some(tracked) = unchanged_on_the_way(tracker, first, payload, self.conn.visible)
             {
-                if let Some(gtid) = gtid {
+                // Fields, not `learn`: the read buffer stays borrowed.
+                if let Some(gtid) = tracked.gtid {
                     self.conn.last_gtid = Some(gtid);
                 }
+                self.conn.state_changed |= tracked.state_changed;
                 payload
             } else {
                 break;
@@ -254,14 +256,13 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     /// part of a result (the column count) goes into the digest.
     fn inspect(&mut self, tracker: &ResponseTracker, first: u8, header: &mut Header) {
         if tracker.is_ok_packet(first, header.len) {
-            if let Some(gtid) = session_track::gtid_of_ok(&self.scratch) {
-                self.conn.last_gtid = Some(gtid);
-            }
+            self.conn.learn(session_track::tracked_of_ok(&self.scratch));
             if let Some(rewritten) = session_track::rewrite_ok(&self.scratch, self.conn.visible) {
                 self.scratch = rewritten;
                 header.len = self.scratch.len();
             }
         } else if tracker.is_eof_packet(first, header.len) {
+            self.conn.state_changed |= eof_state_changed(&self.scratch);
             if !self.conn.visible.client_tracks && self.scratch.len() >= 5 {
                 self.scratch[4] &= !((session_track::STATE_CHANGED >> 8) as u8);
             }
@@ -305,14 +306,14 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
 }
 
 /// Whether a packet the tracker reads whole can reach the client as the backend sent it, and
-/// if so the GTID an OK packet carries: `None` when it must change first (see
+/// if so what an OK packet's session-state data says: `None` when it must change first (see
 /// [`Relay::inspect`]) or when it asks for a LOCAL INFILE upload (the slow path runs that).
 fn unchanged_on_the_way(
     tracker: &ResponseTracker,
     first: u8,
     payload: &[u8],
     visible: session_track::Visible,
-) -> Option<Option<String>> {
+) -> Option<session_track::Tracked> {
     if first == 0xFB {
         return None;
     }
@@ -320,16 +321,23 @@ fn unchanged_on_the_way(
         if !session_track::unchanged_for(payload, visible) {
             return None;
         }
-        return Some(session_track::gtid_of_ok(payload));
+        return Some(session_track::tracked_of_ok(payload));
     }
-    if tracker.is_eof_packet(first, payload.len())
-        && !visible.client_tracks
-        && payload.len() >= 5
-        && payload[4] & ((session_track::STATE_CHANGED >> 8) as u8) != 0
-    {
-        return None;
+    if tracker.is_eof_packet(first, payload.len()) {
+        let state_changed = eof_state_changed(payload);
+        if state_changed && !visible.client_tracks {
+            return None;
+        }
+        return Some(session_track::Tracked { gtid: None, state_changed });
     }
-    Some(None)
+    Some(session_track::Tracked::default())
+}
+
+/// Whether an old-style EOF packet has the state-changed status flag. It carries no
+/// session-state data to say what changed, so this errs on the safe side: a result set whose
+/// statement also wrote (a stored function that inserts) counts as a state change too.
+fn eof_state_changed(payload: &[u8]) -> bool {
+    payload.len() >= 5 && payload[4] & ((session_track::STATE_CHANGED >> 8) as u8) != 0
 }
 
 /// Copies exactly `len` bytes; an error says whether reading (`Backend`) or writing (`Client`)

@@ -3,6 +3,9 @@
 //!
 //! rwproxy's backend connections always track the transaction position (MariaDB's `last_gtid`
 //! system variable, MySQL's `session_track_gtids = OWN_GTID`), whatever the client negotiated.
+//! They also track session-state changes (`session_track_state_change`): the server then says
+//! when a statement left state in the connection, which tells multiplexing about state the
+//! statement's text did not show (a stored procedure that created a temporary table).
 //! The OK packets it relays are rewritten to what the client would get from the server
 //! directly: without CLIENT_SESSION_TRACK no state at all, with it no entry rwproxy added.
 
@@ -13,6 +16,7 @@ pub const STATE_CHANGED: u16 = 0x4000;
 
 /// Entry types of the session-state data.
 const TRACK_SYSTEM_VARIABLES: u8 = 0x00;
+const TRACK_STATE_CHANGE: u8 = 0x02;
 const TRACK_GTIDS: u8 = 0x03;
 
 /// The system variable MariaDB reports a write's GTID in.
@@ -66,31 +70,46 @@ fn entries(state: &[u8]) -> impl Iterator<Item = (u8, &[u8], &[u8])> {
     })
 }
 
-/// The GTID a write produced, from an OK packet of a connection with session tracking: MariaDB's
-/// `last_gtid` variable or MySQL's GTID entry. `None` when the packet carries neither.
-pub fn gtid_of_ok(payload: &[u8]) -> Option<String> {
-    let ok = parse(payload)?;
-    let mut found = None;
+/// What an OK packet of a connection with session tracking tells rwproxy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    /// The GTID a write produced: MariaDB's `last_gtid` variable or MySQL's GTID entry.
+    pub gtid: Option<String>,
+    /// The server says the statement changed session state (`session_track_state_change`).
+    pub state_changed: bool,
+}
+
+/// Reads [`Tracked`] from an OK packet; the default when it carries no session-state data.
+pub fn tracked_of_ok(payload: &[u8]) -> Tracked {
+    let mut found = Tracked::default();
+    let Some(ok) = parse(payload) else { return found };
     for (kind, data, _) in entries(ok.state) {
         match kind {
             TRACK_SYSTEM_VARIABLES => {
-                let (name, used) = lenenc_str(data)?;
-                let (value, _) = lenenc_str(&data[used..])?;
-                if name.eq_ignore_ascii_case(LAST_GTID) && !value.is_empty() {
-                    found = Some(String::from_utf8_lossy(value).into_owned());
+                if let Some(value) = last_gtid_value(data) {
+                    found.gtid = Some(String::from_utf8_lossy(value).into_owned());
                 }
             }
             // One byte of encoding specification, then the GTID set as a string.
             TRACK_GTIDS => {
-                let (set, _) = lenenc_str(data.get(1..)?)?;
-                if !set.is_empty() {
-                    found = Some(String::from_utf8_lossy(set).into_owned());
+                if let Some((set, _)) = data.get(1..).and_then(lenenc_str)
+                    && !set.is_empty()
+                {
+                    found.gtid = Some(String::from_utf8_lossy(set).into_owned());
                 }
             }
+            TRACK_STATE_CHANGE => found.state_changed |= data == b"1",
             _ => {}
         }
     }
     found
+}
+
+/// The value of a system-variable entry when it is a non-empty `last_gtid`.
+fn last_gtid_value(data: &[u8]) -> Option<&[u8]> {
+    let (name, used) = lenenc_str(data)?;
+    let (value, _) = lenenc_str(&data[used..])?;
+    (name.eq_ignore_ascii_case(LAST_GTID) && !value.is_empty()).then_some(value)
 }
 
 /// What the client may see of the session-state data.
@@ -102,6 +121,8 @@ pub struct Visible {
     pub hide_last_gtid: bool,
     /// rwproxy turned on `session_track_gtids`: GTID entries go.
     pub hide_gtids: bool,
+    /// rwproxy turned on `session_track_state_change`: its entries go.
+    pub hide_state_change: bool,
 }
 
 /// The OK packet the client should get instead of `payload`, or `None` when `payload` is
@@ -165,6 +186,7 @@ fn hidden(visible: Visible, kind: u8, data: &[u8]) -> bool {
                 && lenenc_str(data).is_some_and(|(name, _)| name.eq_ignore_ascii_case(LAST_GTID))
         }
         TRACK_GTIDS => visible.hide_gtids,
+        TRACK_STATE_CHANGE => visible.hide_state_change,
         _ => false,
     }
 }
@@ -205,25 +227,47 @@ mod tests {
         (TRACK_GTIDS, data)
     }
 
+    fn changed() -> (u8, Vec<u8>) {
+        (TRACK_STATE_CHANGE, b"1".to_vec())
+    }
+
+    #[test]
+    fn a_state_change_is_read_and_hidden_when_rwproxy_asked_for_it() {
+        // As MariaDB answers `CALL p()` where p creates a temporary table.
+        let packet = ok(STATE_CHANGED | 2, b"", &[changed()]);
+        assert_eq!(tracked_of_ok(&packet), Tracked { gtid: None, state_changed: true });
+        assert!(!tracked_of_ok(&ok(2, b"", &[])).state_changed);
+        let ours =
+            Visible { client_tracks: true, hide_last_gtid: true, hide_gtids: true, hide_state_change: true };
+        assert_eq!(rewrite_ok(&packet, ours), Some(ok(2, b"", &[])));
+        let set =
+            ok(STATE_CHANGED | 2, b"", &[var("time_zone", "+01:00"), changed(), var("last_gtid", "0-1-9")]);
+        assert_eq!(tracked_of_ok(&set), Tracked { gtid: Some("0-1-9".into()), state_changed: true });
+        assert_eq!(rewrite_ok(&set, ours), Some(ok(STATE_CHANGED | 2, b"", &[var("time_zone", "+01:00")])));
+        let theirs = Visible { hide_state_change: false, ..ours };
+        assert_eq!(rewrite_ok(&packet, theirs), None, "the client tracks state changes itself");
+    }
+
     #[test]
     fn mariadb_last_gtid_is_read() {
         let packet = ok(STATE_CHANGED | 2, b"", &[var("autocommit", "ON"), var("last_gtid", "0-1-7")]);
-        assert_eq!(gtid_of_ok(&packet).as_deref(), Some("0-1-7"));
-        assert_eq!(gtid_of_ok(&ok(2, b"", &[])), None);
-        assert_eq!(gtid_of_ok(&ok(STATE_CHANGED, b"", &[var("last_gtid", "")])), None);
+        assert_eq!(tracked_of_ok(&packet).gtid.as_deref(), Some("0-1-7"));
+        assert_eq!(tracked_of_ok(&ok(2, b"", &[])).gtid, None);
+        assert_eq!(tracked_of_ok(&ok(STATE_CHANGED, b"", &[var("last_gtid", "")])).gtid, None);
     }
 
     #[test]
     fn mysql_own_gtid_is_read() {
         let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:23";
         let packet = ok(STATE_CHANGED | 2, b"", &[gtids(uuid)]);
-        assert_eq!(gtid_of_ok(&packet).as_deref(), Some(uuid));
+        assert_eq!(tracked_of_ok(&packet).gtid.as_deref(), Some(uuid));
     }
 
     #[test]
     fn a_client_without_tracking_gets_no_state() {
         let packet = ok(STATE_CHANGED | 2, b"", &[var("last_gtid", "0-1-7")]);
-        let visible = Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true };
+        let visible =
+            Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true, hide_state_change: true };
         assert_eq!(rewrite_ok(&packet, visible), Some(ok(2, b"", &[])));
         let with_info = ok(STATE_CHANGED | 2, b"Rows matched: 1", &[var("last_gtid", "0-1-7")]);
         assert_eq!(rewrite_ok(&with_info, visible), Some(ok(2, b"Rows matched: 1", &[])));
@@ -232,7 +276,8 @@ mod tests {
 
     #[test]
     fn a_tracking_client_keeps_what_it_asked_for() {
-        let visible = Visible { client_tracks: true, hide_last_gtid: true, hide_gtids: false };
+        let visible =
+            Visible { client_tracks: true, hide_last_gtid: true, hide_gtids: false, hide_state_change: true };
         let packet = ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF"), var("last_gtid", "0-1-7")]);
         assert_eq!(
             rewrite_ok(&packet, visible),
@@ -253,18 +298,23 @@ mod tests {
             ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF"), var("last_gtid", "0-1-7")]),
             ok(STATE_CHANGED | 2, b"", &[var("autocommit", "OFF")]),
             ok(STATE_CHANGED | 2, b"", &[gtids("0-1-7")]),
+            ok(STATE_CHANGED | 2, b"", &[changed()]),
+            ok(STATE_CHANGED | 2, b"", &[var("time_zone", "+01:00"), changed()]),
         ];
         for client_tracks in [false, true] {
-            for hide_last_gtid in [false, true] {
-                for hide_gtids in [false, true] {
-                    let visible = Visible { client_tracks, hide_last_gtid, hide_gtids };
-                    for packet in &packets {
-                        assert_eq!(
-                            unchanged_for(packet, visible),
-                            rewrite_ok(packet, visible).is_none(),
-                            "{visible:?} {packet:?}"
-                        );
-                    }
+            for hide in 0..8u8 {
+                let visible = Visible {
+                    client_tracks,
+                    hide_last_gtid: hide & 1 != 0,
+                    hide_gtids: hide & 2 != 0,
+                    hide_state_change: hide & 4 != 0,
+                };
+                for packet in &packets {
+                    assert_eq!(
+                        unchanged_for(packet, visible),
+                        rewrite_ok(packet, visible).is_none(),
+                        "{visible:?} {packet:?}"
+                    );
                 }
             }
         }
@@ -273,11 +323,12 @@ mod tests {
     #[test]
     fn truncated_packets_are_left_alone() {
         let packet = ok(STATE_CHANGED | 2, b"", &[var("last_gtid", "0-1-7")]);
-        let visible = Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true };
+        let visible =
+            Visible { client_tracks: false, hide_last_gtid: true, hide_gtids: true, hide_state_change: true };
         for cut in 0..packet.len() - 1 {
             let _ = rewrite_ok(&packet[..cut], visible);
             let _ = unchanged_for(&packet[..cut], visible);
-            let _ = gtid_of_ok(&packet[..cut]);
+            let _ = tracked_of_ok(&packet[..cut]).gtid;
         }
     }
 }

@@ -241,8 +241,10 @@ impl Session {
                     self.keep_for_next = kept_for_next(statement.map(|(class, _)| class), &outcome);
                     self.row_count = outcome.row_count;
                     self.found_rows = found_rows_after(self.found_rows, statement.map(|(c, _)| c), &outcome);
+                    let mut state_changed = false;
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
                         conn.leftover = self.keep_for_next.is_some();
+                        state_changed = conn.state_changed;
                     }
                     let was_pinned = self.state.view.pinned;
                     self.state.after_response(backend, &outcome, self.shared.router.optimistic());
@@ -255,6 +257,10 @@ impl Session {
                         && outcome.error.is_none()
                     {
                         self.state.after_statement(class, sql);
+                    }
+                    if state_changed && let Some((class, _)) = statement {
+                        let on_primary = self.shared.router.backends().is_primary(backend);
+                        self.state.after_state_change(class, on_primary);
                     }
                     return Ok(Some((outcome, backend)));
                 }
@@ -312,6 +318,7 @@ impl Session {
         };
         conn.busy = true;
         conn.last_gtid = None;
+        conn.state_changed = false;
         conn.digest = digest.then(crate::backend::Digest::default);
         let target = conn.backend.clone();
         let down = target.health.marked_down(self.worker);

@@ -39,10 +39,13 @@ pub enum Pin {
     Diagnostics,
     /// `SET TRANSACTION`: the characteristics wait on the connection for the next transaction.
     NextTransaction,
+    /// The server reported session state the statement's text did not show (a stored
+    /// procedure that created a temporary table or ran `SET`): held until a reset.
+    UntrackedState,
 }
 
 impl Pin {
-    pub const ALL: [Pin; 12] = [
+    pub const ALL: [Pin; 13] = [
         Pin::Transaction,
         Pin::Optimistic,
         Pin::TableLock,
@@ -55,6 +58,7 @@ impl Pin {
         Pin::Cursor,
         Pin::Diagnostics,
         Pin::NextTransaction,
+        Pin::UntrackedState,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Pin {
             Pin::Cursor => "cursor",
             Pin::Diagnostics => "diagnostics",
             Pin::NextTransaction => "next_transaction",
+            Pin::UntrackedState => "untracked_state",
         }
     }
 }

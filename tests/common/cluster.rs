@@ -87,6 +87,8 @@ impl Node {
             .args(["--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0", "--performance-schema=OFF"])
             .args(["--innodb-log-file-size=32M", "--max-connections=500", "--character-set-server=utf8mb4"])
             .arg("--collation-server=utf8mb4_general_ci")
+            // Stored functions made by the app user (tests of state they leave behind).
+            .arg("--log-bin-trust-function-creators=1")
             .arg(format!("--ssl-ca={}", self.tls.ca()))
             .arg(format!("--ssl-cert={}", self.tls.cert("mariadb")))
             .arg(format!("--ssl-key={}", self.tls.key("mariadb")))
