@@ -10,6 +10,9 @@
 #                             default 8] [rwproxy SQL worker threads (mysql.threads), default
 #                             0 = one per core]
 #
+# With RELAY_FLOOR=1 the byte relay (examples/byte_relay.rs: copies bytes, nothing else) runs
+# in rwproxy's place: the floor any TCP proxy pays here, mostly the kernel's work.
+#
 # Installs sysbench, haproxy and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +25,15 @@ source benches/sql-setup.sh
 RWPORT=$(free_port); HAPORT=$(free_port)
 rwproxy_config "$RWPORT" "$work/rwproxy.toml"
 sed -i "0,/^\[mysql\]$/s//[mysql]\nthreads = $WORKERS/" "$work/rwproxy.toml"
-RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
+NAME=rwproxy
+if [ "${RELAY_FLOOR:-0}" = 1 ]; then
+  NAME="byte relay"
+  cargo build --release --quiet --example byte_relay
+  target/release/examples/byte_relay "127.0.0.1:$RWPORT" "127.0.0.1:$P" "127.0.0.1:$R1" "127.0.0.1:$R2" \
+    2>"$work/rwproxy.log" &
+else
+  RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
+fi
 RWPID=$!; pids+=($RWPID)
 haproxy_config "$HAPORT" "$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
@@ -46,7 +57,7 @@ measure() { # port pid -> "qps cpu_us_per_query user_us_per_query"
     'BEGIN { printf "%.0f %.2f %.2f\n", q, d * 1e6 / t / n, u * 1e6 / t / n }'
 }
 printf '\noltp_point_select, %s threads, %s s per run, rwproxy mysql.threads = %s\n' "$THREADS" "$SECONDS_PER_RUN" "$WORKERS"
-printf '%-6s %12s %14s %12s %14s %18s\n' round "HAProxy QPS" "HAProxy µs/q" "rwproxy QPS" "rwproxy µs/q" "user µs/q HA / rw"
+printf '%-6s %12s %14s %12s %14s %18s\n' round "HAProxy QPS" "HAProxy µs/q" "$NAME QPS" "$NAME µs/q" "user µs/q HA / rw"
 : >"$work/rounds"
 for r in $(seq 1 "$ROUNDS"); do
   read -r hq hc hu <<<"$(measure "$HAPORT" "$HAPID")"
@@ -59,5 +70,5 @@ HQ=$(awk '{ print $1 }' "$work/rounds" | median); HC=$(awk '{ print $2 }' "$work
 RQ=$(awk '{ print $3 }' "$work/rounds" | median); RC=$(awk '{ print $4 }' "$work/rounds" | median)
 HU=$(awk '{ print $5 }' "$work/rounds" | median); RU=$(awk '{ print $6 }' "$work/rounds" | median)
 printf '%-6s %12s %14s %12s %14s %18s\n' median "$HQ" "$HC" "$RQ" "$RC" "$HU / $RU"
-awk -v hq="$HQ" -v hc="$HC" -v rq="$RQ" -v rc="$RC" 'BEGIN {
-  printf "rwproxy / HAProxy: QPS %.2f x, CPU per query %.2f x\n", rq / hq, rc / hc }'
+awk -v name="$NAME" -v hq="$HQ" -v hc="$HC" -v rq="$RQ" -v rc="$RC" 'BEGIN {
+  printf "%s / HAProxy: QPS %.2f x, CPU per query %.2f x\n", name, rq / hq, rc / hc }'

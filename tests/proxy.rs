@@ -414,6 +414,13 @@ async fn ok_packets_of_writes_are_byte_identical_with_and_without_session_tracki
                 let b = direct.query(&sql.replace("{t}", "ok_direct")).await.expect("direct");
                 assert_eq!(a, b, "{sql} (tracking = {tracking}, deprecate_eof = {deprecate_eof})");
             }
+            // A client that turns state-change tracking on itself gets its entries (rwproxy's
+            // connections had it on already, hidden), from the answer to its `SET` on.
+            for sql in ["SET session_track_state_change = ON", "CREATE TEMPORARY TABLE {t}_mine (a INT)"] {
+                let a = via.query(&sql.replace("{t}", "ok_via")).await.expect("via proxy");
+                let b = direct.query(&sql.replace("{t}", "ok_direct")).await.expect("direct");
+                assert_eq!(a, b, "{sql} (tracking = {tracking}, deprecate_eof = {deprecate_eof})");
+            }
         }
     }
 }

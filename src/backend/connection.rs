@@ -384,6 +384,16 @@ impl BackendConn {
         self.state_changed |= tracked.state_changed;
     }
 
+    /// A session's setting ran here. One that sets `session_track_state_change` makes the
+    /// client the owner of that tracking: its entries reach the client from now on (and a
+    /// client that turns it off leaves rwproxy without the server's word on state changes).
+    pub fn ran_setting(&mut self, payload: &[u8]) {
+        const NAME: &[u8] = b"session_track_state_change";
+        if payload.windows(NAME.len()).any(|w| w.eq_ignore_ascii_case(NAME)) {
+            self.visible.hide_state_change = false;
+        }
+    }
+
     /// After COM_RESET_CONNECTION: statements, tracking and diagnostics are gone.
     pub fn was_reset(&mut self) {
         self.applied = 0;

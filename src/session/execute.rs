@@ -166,6 +166,7 @@ impl Session {
             if changes_database(payload) {
                 conn.database = Some(self.login.database.clone());
             }
+            conn.ran_setting(payload);
         }
     }
 
@@ -319,6 +320,14 @@ impl Session {
         conn.busy = true;
         conn.last_gtid = None;
         conn.state_changed = false;
+        // A client that turns state-change tracking on sees the entries from its own `SET`'s
+        // answer on, as directly (only `SET` statements are looked into).
+        if let Outgoing::Raw(bytes) = out
+            && bytes.first() == Some(&command::QUERY)
+            && bytes.get(1..4).is_some_and(|w| w.eq_ignore_ascii_case(b"SET"))
+        {
+            conn.ran_setting(bytes);
+        }
         conn.digest = digest.then(crate::backend::Digest::default);
         let target = conn.backend.clone();
         let down = target.health.marked_down(self.worker);
@@ -484,6 +493,7 @@ impl Session {
                         // The last database command of the history is the session's database.
                         conn.database = Some(self.login.database.clone());
                     }
+                    conn.ran_setting(&payload);
                 }
                 Ok(outcome) => {
                     let name = conn.backend.name.clone();
