@@ -10,6 +10,7 @@
 #                             default 8] [rwproxy SQL worker threads (mysql.threads), default
 #                             0 = one per core]
 #
+# RWPROXY_MYSQL adds lines to rwproxy's [mysql] section (RWPROXY_MYSQL="multiplexing = false").
 # With RELAY_FLOOR=1 the byte relay (examples/byte_relay.rs: copies bytes, nothing else) runs
 # in rwproxy's place: the floor any TCP proxy pays here, mostly the kernel's work.
 #
@@ -24,7 +25,7 @@ source benches/sql-setup.sh
 
 RWPORT=$(free_port); HAPORT=$(free_port)
 rwproxy_config "$RWPORT" "$work/rwproxy.toml"
-sed -i "0,/^\[mysql\]$/s//[mysql]\nthreads = $WORKERS/" "$work/rwproxy.toml"
+sed -i "0,/^\[mysql\]$/s//[mysql]\nthreads = $WORKERS\n${RWPROXY_MYSQL:-}/" "$work/rwproxy.toml"
 NAME=rwproxy
 if [ "${RELAY_FLOOR:-0}" = 1 ]; then
   NAME="byte relay"
