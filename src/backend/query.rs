@@ -97,43 +97,43 @@ impl BackendConn {
         // different settings runs this again.
         let position =
             if self.mariadb { "@@session_track_system_variables" } else { "@@session_track_gtids" };
-        let sql = format!("SELECT {position}, @@session_track_state_change");
-        let row = match self.first_row(&sql, None).await {
-            Ok(row) => row.unwrap_or_default(),
-            // A server without the variables (MariaDB before 10.2, MySQL before 5.7) tracks
-            // nothing.
-            Err(QueryError::Server(_)) => return Ok(()),
+        let both = format!("SELECT {position}, @@session_track_state_change");
+        let (row, has_state_change) = match self.first_row(&both, None).await {
+            Ok(row) => (row.unwrap_or_default(), true),
+            // A server that lacks the state-change tracking may still track positions.
+            Err(QueryError::Server(_)) => match self.first_row(&format!("SELECT {position}"), None).await {
+                Ok(row) => (row.unwrap_or_default(), false),
+                // A server without the variables (MariaDB before 10.2, MySQL before 5.7)
+                // tracks nothing.
+                Err(QueryError::Server(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         };
         let text = |i: usize| -> String {
             let value = row.get(i).and_then(|cell| cell.value.as_deref()).unwrap_or_default();
             String::from_utf8_lossy(value).into_owned()
         };
-        let (position, state_change) = (text(0), text(1));
-        let mut settings = Vec::new();
-        // MariaDB reports a write's GTID as the tracked system variable `last_gtid`, MySQL as
-        // its own entry (`OWN_GTID`).
-        let position_setting = if self.mariadb {
-            let tracked = position.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid"));
-            let list =
-                if position.is_empty() { "last_gtid".to_string() } else { format!("{position},last_gtid") };
-            (position != "*" && !tracked)
-                .then(|| format!("session_track_system_variables = '{}'", list.replace('\'', "''")))
-        } else {
-            position.eq_ignore_ascii_case("OFF").then(|| "session_track_gtids = OWN_GTID".to_string())
-        };
-        settings.extend(position_setting.clone());
-        // The server says when a statement leaves state in the connection: multiplexing then
-        // keeps the session on it even when the text did not show the state (a stored
-        // procedure that creates a temporary table).
-        let state_change_off = !(state_change == "1" || state_change.eq_ignore_ascii_case("ON"));
+        let state_change = has_state_change.then(|| text(1));
+        let (position_setting, state_change_off) =
+            tracking_wanted(self.mariadb, &text(0), state_change.as_deref());
+        let mut settings: Vec<&str> = position_setting.iter().map(String::as_str).collect();
         if state_change_off {
-            settings.push("session_track_state_change = ON".to_string());
+            settings.push(STATE_CHANGE_ON);
         }
         if settings.is_empty() {
             return Ok(());
         }
-        let applied = self.try_setting(&format!("SET SESSION {}", settings.join(", "))).await?;
+        let mut applied = self.try_setting(&format!("SET SESSION {}", settings.join(", "))).await?;
+        let mut state_change_applied = applied && state_change_off;
+        if !applied
+            && state_change_off
+            && let Some(position) = &position_setting
+        {
+            // Refused as a whole: the position's tracking alone may still be taken.
+            applied = self.try_setting(&format!("SET SESSION {position}")).await?;
+            state_change_applied = false;
+        }
         if position_setting.is_some() {
             if self.mariadb {
                 self.visible.hide_last_gtid = applied;
@@ -141,7 +141,7 @@ impl BackendConn {
                 self.visible.hide_gtids = applied;
             }
         }
-        self.visible.hide_state_change = applied && state_change_off;
+        self.visible.hide_state_change = state_change_applied;
         Ok(())
     }
 
@@ -160,6 +160,28 @@ impl BackendConn {
         }
         Ok(outcome.error.is_none())
     }
+}
+
+const STATE_CHANGE_ON: &str = "session_track_state_change = ON";
+
+/// What a connection's tracking lacks, from the server's current values: the setting that adds
+/// the transaction position (MariaDB: `last_gtid` among `session_track_system_variables`,
+/// MySQL: `session_track_gtids = OWN_GTID`), and whether `session_track_state_change` is off
+/// (`None` when the server has no such variable). The server says when a statement leaves state
+/// in the connection: multiplexing then keeps the session on it even when the text did not
+/// show the state (a stored procedure that creates a temporary table).
+fn tracking_wanted(mariadb: bool, position: &str, state_change: Option<&str>) -> (Option<String>, bool) {
+    let position_setting = if mariadb {
+        let tracked =
+            position == "*" || position.split(',').any(|v| v.trim().eq_ignore_ascii_case("last_gtid"));
+        let list =
+            if position.is_empty() { "last_gtid".to_string() } else { format!("{position},last_gtid") };
+        (!tracked).then(|| format!("session_track_system_variables = '{}'", list.replace('\'', "''")))
+    } else {
+        position.eq_ignore_ascii_case("OFF").then(|| "session_track_gtids = OWN_GTID".to_string())
+    };
+    let state_change_off = state_change.is_some_and(|v| !(v == "1" || v.eq_ignore_ascii_case("ON")));
+    (position_setting, state_change_off)
 }
 
 /// One value of a text-protocol row, with its column's type.
@@ -223,4 +245,34 @@ pub enum QueryError {
     /// The connection failed.
     #[error("{0}")]
     Lost(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracking_wanted;
+
+    #[test]
+    fn tracking_adds_only_what_the_server_lacks() {
+        let list = |l: &str| Some(format!("session_track_system_variables = '{l}'"));
+        // MariaDB's default list, an empty one, one that has it, all of them.
+        let default = "autocommit,character_set_client,time_zone";
+        assert_eq!(
+            tracking_wanted(true, default, Some("OFF")),
+            (list(&format!("{default},last_gtid")), true)
+        );
+        assert_eq!(tracking_wanted(true, "", Some("0")), (list("last_gtid"), true));
+        assert_eq!(tracking_wanted(true, "time_zone, LAST_GTID", Some("ON")), (None, false));
+        assert_eq!(tracking_wanted(true, "*", Some("1")), (None, false));
+        assert_eq!(
+            tracking_wanted(true, "a'b", None),
+            (list("a''b,last_gtid"), false),
+            "quoted; no variable"
+        );
+        // MySQL.
+        assert_eq!(
+            tracking_wanted(false, "OFF", Some("OFF")),
+            (Some("session_track_gtids = OWN_GTID".into()), true)
+        );
+        assert_eq!(tracking_wanted(false, "ALL_GTIDS", Some("ON")), (None, false));
+    }
 }
