@@ -288,6 +288,61 @@ async fn prepared_statements_of_two_sessions_share_one_connection() {
     assert_eq!(y, "still-a");
 }
 
+/// A COM_STMT_EXECUTE for `SELECT ?` with its one parameter: `types` (type and flag bytes)
+/// sent when given, else the server's bound types are used.
+fn execute_one(id: u32, types: Option<[u8; 2]>, value: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x17];
+    p.extend_from_slice(&id.to_le_bytes());
+    p.push(0);
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.push(0); // null bitmap: not NULL
+    match types {
+        Some(types) => {
+            p.push(1);
+            p.extend_from_slice(&types);
+        }
+        None => p.push(0),
+    }
+    p.extend_from_slice(value);
+    p
+}
+
+/// Two sessions share one server statement (the same text on the one connection) but bind
+/// different parameter types: a session that sends no types (as libmysqlclient does after its
+/// first execution) gets its own types bound again, and the same answer as directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn parameter_types_follow_the_session_on_a_shared_statement() {
+    use rwproxy::protocol::ResponseKind;
+    let _serial = serial().await;
+    let proxy = trap_proxy().await;
+    let login = (APP_USER, APP_PASSWORD, DATABASE);
+    let prepare = [&[0x16u8][..], b"SELECT ? AS v"].concat();
+    let id_of = |reply: &[u8]| u32::from_le_bytes([reply[5], reply[6], reply[7], reply[8]]);
+    let number = Some([8u8, 0]); // LONGLONG
+    let text = Some([253u8, 0]); // VAR_STRING
+    let five = 5i64.to_le_bytes();
+    let abc = [3, b'a', b'b', b'c'];
+    let mut answers = Vec::new();
+    for address in [proxy.sql_addr.to_string(), cluster().primary().address()] {
+        let mut a = RawClient::connect_with(&address, login, true, Caps::empty()).await.expect("a");
+        let mut b = RawClient::connect_with(&address, login, true, Caps::empty()).await.expect("b");
+        let sa = id_of(&a.command(&prepare, ResponseKind::Prepare).await.expect("prepare a"));
+        let sb = id_of(&b.command(&prepare, ResponseKind::Prepare).await.expect("prepare b"));
+        let mut run = async |client: &mut RawClient, payload: Vec<u8>| {
+            client.command(&payload, ResponseKind::Execute).await.expect("execute")
+        };
+        let steps = vec![
+            run(&mut a, execute_one(sa, number, &five)).await,
+            run(&mut b, execute_one(sb, text, &abc)).await,
+            run(&mut a, execute_one(sa, None, &five)).await,
+            run(&mut a, execute_one(sa, None, &five)).await,
+            run(&mut b, execute_one(sb, None, &abc)).await,
+        ];
+        answers.push(steps);
+    }
+    assert_eq!(answers[0], answers[1], "through rwproxy and directly");
+}
+
 /// Two workers, one backend connection: a session on one worker gets the connection the other
 /// worker's session gave back (closed there to free the slot), not an error.
 #[tokio::test(flavor = "multi_thread")]

@@ -28,11 +28,14 @@ pub struct StatementCache {
     /// Changes whenever a statement leaves the cache: a session's memo of "statement X is id N
     /// on this connection" holds only for the epoch it was made in.
     epoch: u64,
-    /// Counts executions that bound parameter types on this connection. The server keeps the
-    /// types last bound to a statement; a session that bound its types when this count was
-    /// what it is now knows the server still has them, else it sends them again.
-    types_bound: u64,
+    /// The parameter types last bound to each server statement. The server keeps them until
+    /// another execution binds others, perhaps another session's: an execution whose types are
+    /// these sends none, any other sends its own.
+    bound: HashMap<u32, Vec<u8>, FastIds>,
 }
+
+/// Server statement ids are the server's, not a client's: a fast hash is enough for them.
+type FastIds = foldhash::fast::RandomState;
 
 impl StatementCache {
     pub fn epoch(&self) -> u64 {
@@ -43,14 +46,16 @@ impl StatementCache {
         self.map.get(prepare)
     }
 
-    pub fn types_bound(&self) -> u64 {
-        self.types_bound
+    /// The parameter types statement `id` holds, when an execution bound them.
+    pub fn bound_types(&self, id: u32) -> Option<&[u8]> {
+        self.bound.get(&id).map(Vec::as_slice)
     }
 
-    /// An execution binds parameter types; returns the new count.
-    pub fn bind_types(&mut self) -> u64 {
-        self.types_bound += 1;
-        self.types_bound
+    /// An execution of statement `id` bound `types`.
+    pub fn bind_types(&mut self, id: u32, types: &[u8]) {
+        if self.bound_types(id) != Some(types) {
+            self.bound.insert(id, types.to_vec());
+        }
     }
 
     /// Records statement `id` for `prepare`. Returns the server ids to close: the one it
@@ -72,12 +77,16 @@ impl StatementCache {
             close.push(old.id);
             self.epoch += 1;
         }
+        for id in &close {
+            self.bound.remove(id);
+        }
         close
     }
 
     /// The server dropped every statement (COM_RESET_CONNECTION).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.bound.clear();
         self.epoch += 1;
     }
 
@@ -106,6 +115,24 @@ mod tests {
         assert!(cache.get(b"SELECT 0").is_none());
         assert_eq!(cache.get(b"SELECT new").map(|c| c.id), Some(1000));
         assert_eq!(cache.len(), MAX_CACHED_STATEMENTS);
+    }
+
+    #[test]
+    fn bound_types_are_kept_per_statement_until_it_goes() {
+        let mut cache = StatementCache::default();
+        assert!(cache.insert(b"SELECT ?", 5).is_empty());
+        assert!(cache.insert(b"SELECT ?, ?", 6).is_empty());
+        assert_eq!(cache.bound_types(5), None);
+        cache.bind_types(5, &[3, 0]);
+        cache.bind_types(6, &[253, 0, 3, 0]);
+        assert_eq!(cache.bound_types(5), Some(&[3u8, 0][..]));
+        cache.bind_types(5, &[8, 0]);
+        assert_eq!(cache.bound_types(5), Some(&[8u8, 0][..]), "another session bound others");
+        assert_eq!(cache.insert(b"SELECT ?", 9), vec![5]);
+        assert_eq!(cache.bound_types(5), None, "closed with its statement");
+        assert_eq!(cache.bound_types(6), Some(&[253u8, 0, 3, 0][..]));
+        cache.clear();
+        assert_eq!(cache.bound_types(6), None);
     }
 
     #[test]

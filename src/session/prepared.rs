@@ -45,9 +45,6 @@ struct Placement {
     conn: u64,
     epoch: u64,
     id: u32,
-    /// The connection's count of type bindings when this session's types were last bound
-    /// there (0: never).
-    types_bound: u64,
 }
 
 /// Placements a statement remembers; an older one is looked up in the connection's cache again.
@@ -70,7 +67,10 @@ impl Statement {
 
 #[derive(Debug, Default)]
 pub(super) struct Statements {
-    map: HashMap<u32, Statement>,
+    /// By client-visible id. rwproxy hands the ids out (in sequence), so a fast hash is safe:
+    /// an execution looks a statement up several times, and SipHash cost about 120
+    /// instructions a lookup.
+    map: HashMap<u32, Statement, foldhash::fast::RandomState>,
     next_id: u32,
     /// The long data all statements hold, on the tier's shared budget.
     long_data: Option<crate::budget::Held>,
@@ -199,13 +199,7 @@ impl Session {
     ) -> Option<Placement> {
         let conn = self.conns.get_mut(backend)?.as_mut()?;
         let closed = conn.statements.insert(prepare, backend_id);
-        let placement = Placement {
-            backend,
-            conn: conn.uid,
-            epoch: conn.statements.epoch(),
-            id: backend_id,
-            types_bound: 0,
-        };
+        let placement = Placement { backend, conn: conn.uid, epoch: conn.statements.epoch(), id: backend_id };
         for old in closed {
             let mut close = vec![command::STMT_CLOSE];
             close.extend_from_slice(&old.to_le_bytes());
@@ -378,13 +372,9 @@ impl Session {
                 let prepare = stmt.prepare.clone();
                 let placement = match conn.statements.get(&prepare) {
                     // Another session prepared the same text on this connection.
-                    Some(cached) => Placement {
-                        backend,
-                        conn: conn.uid,
-                        epoch: conn.statements.epoch(),
-                        id: cached.id,
-                        types_bound: 0,
-                    },
+                    Some(cached) => {
+                        Placement { backend, conn: conn.uid, epoch: conn.statements.epoch(), id: cached.id }
+                    }
                     None => Box::pin(self.prepare_on(backend, &prepare)).await?,
                 };
                 self.stmts.map.get_mut(&id).ok_or_else(closed)?.remember(placement);
@@ -401,16 +391,13 @@ impl Session {
                 .await
                 .map_err(|e| AttemptError::Unavailable(e.to_string()))?;
         }
-        // The server holds the types last bound to the statement, perhaps by another session.
-        let binds = stmt.params > 0 && payload.get(bound_flag_at(stmt.params)) == Some(&1);
-        let seen = stmt.types.is_none()
-            || placement.types_bound != 0 && placement.types_bound == conn.statements.types_bound();
-        let bytes = execute_for_backend(payload, placement.id, stmt.params, stmt.types.as_deref(), seen);
-        if binds || !seen {
-            let types_bound = conn.statements.bind_types();
-            if let Some(p) = stmt.placement(backend, conn) {
-                p.types_bound = types_bound;
-            }
+        // The server holds the types last bound to the statement, perhaps by another session:
+        // the same as this session's need not be sent again.
+        let types = stmt.types.as_deref();
+        let seen = types.is_none() || conn.statements.bound_types(placement.id) == types;
+        let bytes = execute_for_backend(payload, placement.id, stmt.params, types, seen);
+        if let Some(types) = types {
+            conn.statements.bind_types(placement.id, types);
         }
         Ok(bytes)
     }
