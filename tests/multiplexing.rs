@@ -328,7 +328,7 @@ async fn parameter_types_follow_the_session_on_a_shared_statement() {
         let mut b = RawClient::connect_with(&address, login, true, Caps::empty()).await.expect("b");
         let sa = id_of(&a.command(&prepare, ResponseKind::Prepare).await.expect("prepare a"));
         let sb = id_of(&b.command(&prepare, ResponseKind::Prepare).await.expect("prepare b"));
-        let mut run = async |client: &mut RawClient, payload: Vec<u8>| {
+        let run = async |client: &mut RawClient, payload: Vec<u8>| {
             client.command(&payload, ResponseKind::Execute).await.expect("execute")
         };
         let steps = vec![
