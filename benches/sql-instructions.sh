@@ -7,6 +7,9 @@
 #
 #   benches/sql-instructions.sh [statements, default 2000]
 #
+# With PREPARED=1 the load is sysbench's oltp_point_select on one thread instead (prepared
+# statements: COM_STMT_EXECUTE, binary protocol), N executions after 300 warm-up ones.
+#
 # rwproxy's line also gives its SQL worker threads alone: the repeatable part (the monitor's
 # share depends on how long the run took).
 # With KEEP_PROFILE=DIR set, the callgrind profiles are copied to DIR (callgrind_annotate reads
@@ -35,6 +38,14 @@ for i in range(n):
     cur.execute("SELECT v FROM si_t WHERE id = %s", (i % 1000 + 1,))
     cur.fetchone()
 PY
+load() { # port count
+  if [ "${PREPARED:-0}" = 1 ]; then
+    point_select "$1" 1 0 run --events="$2" >/dev/null
+  else
+    python3 "$work/client.py" "$1" "$2"
+  fi
+}
+[ "${PREPARED:-0}" = 1 ] && point_select "$P" 1 0 prepare >/dev/null && wait_replicas
 wait_port() {
   for _ in $(seq 1 120); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
@@ -58,9 +69,9 @@ instructions() { # name
   local port total workers
   port=$(free_port)
   start "$1" "$port" valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/cg.$1"
-  python3 "$work/client.py" "$port" 300
+  load "$port" 300
   callgrind_control -z "$started" >/dev/null 2>&1
-  python3 "$work/client.py" "$port" "$N"
+  load "$port" "$N"
   callgrind_control -d "$started" >/dev/null 2>&1
   sleep 1
   total=$(grep -h '^totals:' "$work"/cg."$1".* | awk '{ s += $2 } END { print s }')
@@ -76,18 +87,18 @@ syscalls() { # name
   local port tracer calls
   port=$(free_port)
   start "$1" "$port"
-  python3 "$work/client.py" "$port" 300
+  load "$port" 300
   strace -f -c -p "$started" -o "$work/strace.$1" 2>/dev/null &
   tracer=$!
   sleep 1
-  python3 "$work/client.py" "$port" "$N"
+  load "$port" "$N"
   kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
   calls=$(awk '/^100.00/ { print $4 }' "$work/strace.$1")
   kill -TERM "$started" 2>/dev/null || true; wait "$started" 2>/dev/null || true
   awk -v c="$calls" -v n="$N" 'BEGIN { printf "%.2f", c / n }'
   echo " ($(awk 'NR > 2 && $NF != "total" && $4 > 0 { printf "%s %s  ", $NF, $4 }' "$work/strace.$1"))"
 }
-printf '\n%s point selects on one connection\n' "$N"
+printf '\n%s point selects on one connection (%s)\n' "$N" "$([ "${PREPARED:-0}" = 1 ] && echo "sysbench, prepared" || echo "PyMySQL, text protocol")"
 printf '%-8s %34s   %s\n' proxy "user instr/statement" "system calls/statement"
 for name in haproxy rwproxy; do
   printf '%-8s %34s   %s\n' "$name" "$(instructions "$name")" "$(syscalls "$name")"
