@@ -14,7 +14,7 @@ use super::Backend;
 use super::auth::{self, CACHING_SHA2, NATIVE};
 use super::relay::Digest;
 use crate::protocol::packet::{self, PacketError};
-use crate::protocol::session_track::Visible;
+use crate::protocol::session_track::{Tracked, Visible};
 use crate::stream::{self, ReadHalf, WriteHalf};
 
 const BUFFER: usize = 64 * 1024;
@@ -106,11 +106,9 @@ pub struct BackendConn {
     pub visible: Visible,
     /// Tracking of the transaction position has been asked for since the last reset.
     pub tracking_ready: bool,
-    /// The GTID of the last write whose OK packet this connection relayed.
-    pub last_gtid: Option<String>,
-    /// The server said that the statement being relayed changed session state (its OK
-    /// packets' `session_track_state_change` entry); cleared before each statement.
-    pub state_changed: bool,
+    /// What the OK packets of the statement being relayed said: its GTID, whether it changed
+    /// session state. Cleared before each statement.
+    pub tracked: Tracked,
     /// When set, the relay adds every result byte (not the OK/EOF/ERR) to it.
     pub digest: Option<Digest>,
     /// The connection runs over TLS.
@@ -232,8 +230,7 @@ impl BackendConn {
                 hide_state_change: false,
             },
             tracking_ready: false,
-            last_gtid: None,
-            state_changed: false,
+            tracked: Tracked::default(),
             digest: None,
             database: Some(login.database.clone()),
             last_insert_id: 0,
@@ -374,14 +371,6 @@ impl BackendConn {
     pub async fn answer_started(&mut self) {
         use tokio::io::AsyncBufReadExt;
         let _ = self.reader.fill_buf().await;
-    }
-
-    /// Keeps what an OK packet's session-state data said about the statement being relayed.
-    pub fn learn(&mut self, tracked: crate::protocol::session_track::Tracked) {
-        if let Some(gtid) = tracked.gtid {
-            self.last_gtid = Some(gtid);
-        }
-        self.state_changed |= tracked.state_changed;
     }
 
     /// A session's setting ran here. One that sets `session_track_state_change` makes the

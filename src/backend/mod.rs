@@ -23,7 +23,7 @@ pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, Pooled, SettingsTag, checkout, park, release, reset};
 pub use query::{Cell, QueryError};
 pub use relay::{Digest, RelayError, Side, relay_response};
-pub use statements::{MAX_CACHED_STATEMENTS, StatementCache};
+pub use statements::{FastIds, MAX_CACHED_STATEMENTS, StatementCache};
 
 use crate::config::{BackendTls, Config, Role};
 use crate::consistency::Known;

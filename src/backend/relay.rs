@@ -183,11 +183,7 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
             } else if in_place
                 && let Some(tracked) = unchanged_on_the_way(tracker, first, payload, self.conn.visible)
             {
-                // Fields, not `learn`: the read buffer stays borrowed.
-                if let Some(gtid) = tracked.gtid {
-                    self.conn.last_gtid = Some(gtid);
-                }
-                self.conn.state_changed |= tracked.state_changed;
+                self.conn.tracked.add(tracked);
                 payload
             } else {
                 break;
@@ -256,15 +252,15 @@ impl<CR: AsyncBufRead + Unpin, CW: AsyncWrite + Unpin> Relay<'_, CR, CW> {
     /// part of a result (the column count) goes into the digest.
     fn inspect(&mut self, tracker: &ResponseTracker, first: u8, header: &mut Header) {
         if tracker.is_ok_packet(first, header.len) {
-            self.conn.learn(session_track::tracked_of_ok(&self.scratch));
+            self.conn.tracked.add(session_track::tracked_of_ok(&self.scratch));
             if let Some(rewritten) = session_track::rewrite_ok(&self.scratch, self.conn.visible) {
                 self.scratch = rewritten;
                 header.len = self.scratch.len();
             }
         } else if tracker.is_eof_packet(first, header.len) {
-            self.conn.state_changed |= eof_state_changed(&self.scratch);
+            self.conn.tracked.state_changed |= eof_state_changed(&self.scratch);
             if !self.conn.visible.client_tracks && self.scratch.len() >= 5 {
-                self.scratch[4] &= !((session_track::STATE_CHANGED >> 8) as u8);
+                self.scratch[4] &= !EOF_STATE_CHANGED;
             }
         } else if !matches!(first, 0xFE | 0xFF)
             && let Some(digest) = self.conn.digest.as_mut()
@@ -337,8 +333,11 @@ fn unchanged_on_the_way(
 /// session-state data to say what changed, so this errs on the safe side: a result set whose
 /// statement also wrote (a stored function that inserts) counts as a state change too.
 fn eof_state_changed(payload: &[u8]) -> bool {
-    payload.len() >= 5 && payload[4] & ((session_track::STATE_CHANGED >> 8) as u8) != 0
+    payload.len() >= 5 && payload[4] & EOF_STATE_CHANGED != 0
 }
+
+/// The state-changed flag in an old-style EOF packet's fifth byte (the status's high byte).
+const EOF_STATE_CHANGED: u8 = (session_track::STATE_CHANGED >> 8) as u8;
 
 /// Copies exactly `len` bytes; an error says whether reading (`Backend`) or writing (`Client`)
 /// failed.

@@ -79,6 +79,17 @@ pub struct Tracked {
     pub state_changed: bool,
 }
 
+impl Tracked {
+    /// Adds what a later OK packet of the same response said (a statement may answer with
+    /// several: `CALL`, multi-statements).
+    pub fn add(&mut self, later: Tracked) {
+        if later.gtid.is_some() {
+            self.gtid = later.gtid;
+        }
+        self.state_changed |= later.state_changed;
+    }
+}
+
 /// Reads [`Tracked`] from an OK packet; the default when it carries no session-state data.
 pub fn tracked_of_ok(payload: &[u8]) -> Tracked {
     let mut found = Tracked::default();
@@ -246,6 +257,15 @@ mod tests {
         assert_eq!(rewrite_ok(&set, ours), Some(ok(STATE_CHANGED | 2, b"", &[var("time_zone", "+01:00")])));
         let theirs = Visible { hide_state_change: false, ..ours };
         assert_eq!(rewrite_ok(&packet, theirs), None, "the client tracks state changes itself");
+    }
+
+    #[test]
+    fn later_ok_packets_of_a_response_add_to_what_earlier_ones_said() {
+        let mut seen = Tracked { gtid: Some("0-1-1".into()), state_changed: true };
+        seen.add(Tracked::default());
+        assert_eq!(seen, Tracked { gtid: Some("0-1-1".into()), state_changed: true }, "nothing new: kept");
+        seen.add(Tracked { gtid: Some("0-1-2".into()), state_changed: false });
+        assert_eq!(seen, Tracked { gtid: Some("0-1-2".into()), state_changed: true }, "the last write's");
     }
 
     #[test]

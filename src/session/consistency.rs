@@ -68,7 +68,7 @@ impl Session {
         if self.shared.config.mysql.routing.consistency == Consistency::Eventual {
             return;
         }
-        let gtid = self.conns.get_mut(backend).and_then(Option::as_mut).and_then(|c| c.last_gtid.take());
+        let gtid = self.conns.get_mut(backend).and_then(Option::as_mut).and_then(|c| c.tracked.gtid.take());
         let after = &mut self.state.read_after;
         if let Some(position) = gtid.and_then(|g| Position::parse(&g).ok()) {
             match after.position.as_mut() {

@@ -245,7 +245,7 @@ impl Session {
                     let mut state_changed = false;
                     if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
                         conn.leftover = self.keep_for_next.is_some();
-                        state_changed = conn.state_changed;
+                        state_changed = conn.tracked.state_changed;
                     }
                     let was_pinned = self.state.view.pinned;
                     self.state.after_response(backend, &outcome, self.shared.router.optimistic());
@@ -318,8 +318,7 @@ impl Session {
             return Err(AttemptError::Unavailable("connection vanished".into()));
         };
         conn.busy = true;
-        conn.last_gtid = None;
-        conn.state_changed = false;
+        conn.tracked = Default::default();
         // A client that turns state-change tracking on sees the entries from its own `SET`'s
         // answer on, as directly (only `SET` statements are looked into).
         if let Outgoing::Raw(bytes) = out

@@ -67,10 +67,8 @@ impl Statement {
 
 #[derive(Debug, Default)]
 pub(super) struct Statements {
-    /// By client-visible id. rwproxy hands the ids out (in sequence), so a fast hash is safe:
-    /// an execution looks a statement up several times, and SipHash cost about 120
-    /// instructions a lookup.
-    map: HashMap<u32, Statement, foldhash::fast::RandomState>,
+    /// By client-visible id (rwproxy hands them out in sequence).
+    map: HashMap<u32, Statement, crate::backend::FastIds>,
     next_id: u32,
     /// The long data all statements hold, on the tier's shared budget.
     long_data: Option<crate::budget::Held>,
