@@ -1,5 +1,6 @@
 //! Failure handling: dead backends, malformed client packets. Runs on its own cluster because
-//! it kills servers.
+//! it kills servers, and its tests run one at a time: a replica killed by one test must not be
+//! the backend another test's statement lands on.
 
 mod common;
 
@@ -11,6 +12,9 @@ use common::raw::RawClient;
 use common::{cluster, connect, server_id, start_proxy, start_proxy_with};
 use mysql_async::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn config_with(extra_routing: &str) -> String {
     cluster().proxy_config("127.0.0.1:0").replacen(
@@ -22,6 +26,7 @@ fn config_with(extra_routing: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy_with(&config_with("retry_failed_after = \"200ms\"")).await;
     let mut conn = connect(&proxy).await;
     let mut before = BTreeSet::new();
@@ -65,6 +70,7 @@ async fn a_killed_replica_is_skipped_without_errors_and_rejoins_after_restart() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_primary_gives_a_clear_error_and_reads_go_on() {
+    let _serial = SERIAL.lock().await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_port = dead.local_addr().expect("addr").port();
     drop(dead);
@@ -104,6 +110,7 @@ async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_packets_close_only_that_client() {
+    let _serial = SERIAL.lock().await;
     let proxy = start_proxy().await;
     let addr = proxy.sql_addr.to_string();
     let mut bystander = connect(&proxy).await;

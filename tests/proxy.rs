@@ -301,9 +301,13 @@ async fn without_optimistic_transactions_they_stay_on_the_primary() {
 #[tokio::test(flavor = "multi_thread")]
 async fn autocommit_off_transactions_start_on_a_read_backend() {
     let proxy = start_proxy().await;
-    let mut conn = connect(&proxy).await;
-    conn.query_drop("CREATE TABLE IF NOT EXISTS ac2_t (id INT PRIMARY KEY)").await.expect("create");
+    // Made directly on the primary: the session then has no write of its own whose position
+    // the replicas must be known to hold (the rotation under test would otherwise depend on
+    // how soon the monitor saw them catch up).
+    let mut direct = connect_direct(cluster().primary().port).await;
+    direct.query_drop("CREATE TABLE IF NOT EXISTS ac2_t (id INT PRIMARY KEY)").await.expect("create");
     replicated().await;
+    let mut conn = connect(&proxy).await;
     conn.query_drop("SET autocommit = 0").await.expect("autocommit off");
     let mut started_on = Vec::new();
     for _ in 0..6 {

@@ -78,6 +78,23 @@ pub struct Login {
     pub max_packet_size: u32,
 }
 
+/// `SET NAMES '<charset>' COLLATE '<collation>'` for a login's collation id: what a connection
+/// holds right after it logged in (MySQL's COM_RESET_CONNECTION forgets it; a statement prepared
+/// in a session's login character set is prepared in it again). `None` for an id rwproxy does
+/// not know.
+pub fn set_names_for(collation: u8) -> Option<Vec<u8>> {
+    use mysql_common::collations::{Collation, CollationId};
+    let resolved = Collation::resolve(CollationId::from(u16::from(collation)));
+    if resolved.id() == CollationId::UNKNOWN_COLLATION_ID {
+        return None;
+    }
+    let mut payload = vec![crate::protocol::command::QUERY];
+    payload.extend_from_slice(
+        format!("SET NAMES '{}' COLLATE '{}'", resolved.charset(), resolved.collation()).as_bytes(),
+    );
+    Some(payload)
+}
+
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")

@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use auth as auth_plugins;
-pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, probe};
+pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, probe, set_names_for};
 pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, Pooled, SettingsTag, checkout, park, release, reset};
 pub use query::{Cell, QueryError};
 pub use relay::{Digest, RelayError, Side, relay_response};
-pub use statements::{FastIds, MAX_CACHED_STATEMENTS, StatementCache};
+pub use statements::{FastIds, MAX_CACHED_STATEMENTS, StatementCache, context_key};
 
 use crate::config::{BackendTls, Config, Role};
 use crate::consistency::Known;

@@ -249,7 +249,9 @@ impl Pool {
         let mut fallback = None;
         let mut settings_match = None;
         for (at, conn) in idle.iter().enumerate().rev() {
-            if !conn.key.serves(login) {
+            // No command leaves a database once one is selected: a session without one takes
+            // only connections known to have none.
+            if !conn.key.serves(login) || want.database.is_none() && conn.database != Some(None) {
                 continue;
             }
             let same_settings = conn.settings == Some(want.settings);
@@ -421,17 +423,19 @@ async fn connect_with(
     Ok(backend.pool.lend(conn, PoolKey::of(login), permit, worker))
 }
 
-/// Whether a connection is in the session's database already (or the session has none).
+/// Whether a connection is known to be in the session's database (or, for a session without
+/// one, in none).
 fn in_database(conn: &Pooled, database: Option<&str>) -> bool {
-    database.is_none_or(|db| conn.database.as_ref().is_some_and(|d| d.as_deref() == Some(db)))
+    conn.database.as_ref().is_some_and(|d| d.as_deref() == database)
 }
 
-/// COM_INIT_DB on a reused connection that is not in the session's database.
+/// COM_INIT_DB on a reused connection that is not in the session's database. A connection
+/// cannot leave a database: for a session without one it fails unless the connection has none.
 async fn select_database(conn: &mut Pooled, database: Option<&str>) -> bool {
-    let Some(db) = database else { return true };
     if in_database(conn, database) {
         return true;
     }
+    let Some(db) = database else { return false };
     let mut payload = vec![command::INIT_DB];
     payload.extend_from_slice(db.as_bytes());
     let outcome = conn.run_silently(&payload, ResponseKind::Query).await;
@@ -450,11 +454,29 @@ pub async fn reset(conn: &mut Pooled, database: Option<&str>) -> Result<(), Stri
         Ok(Ok(o)) if o.error.is_none() => {}
         _ => return Err(format!("{name}: a pooled connection could not be reset")),
     }
+    let had_none = conn.database == Some(None);
     conn.was_reset();
+    if had_none {
+        conn.database = Some(None);
+    }
+    if !tokio::time::timeout(RESET_TIMEOUT, restore_login_names(conn)).await.unwrap_or(false) {
+        return Err(format!("{name}: a pooled connection could not restore its login character set"));
+    }
     if !tokio::time::timeout(RESET_TIMEOUT, select_database(conn, database)).await.unwrap_or(false) {
         return Err(format!("{name}: a pooled connection could not select the session's database"));
     }
     Ok(())
+}
+
+/// After COM_RESET_CONNECTION: MySQL puts the connection in the server's global character set
+/// and collation, not the ones its login chose (MariaDB keeps the login's); the next session
+/// to borrow it expects the login's, as a new connection has them. Whether that worked.
+async fn restore_login_names(conn: &mut Pooled) -> bool {
+    if conn.mariadb {
+        return true;
+    }
+    let Some(set_names) = super::set_names_for(conn.key.collation) else { return true };
+    matches!(conn.run_silently(&set_names, ResponseKind::Query).await, Ok(o) if o.error.is_none())
 }
 
 /// How long a connection being given back may take to reset.
@@ -491,7 +513,14 @@ pub async fn release(mut conn: Pooled) {
     if !matches!(reset, Ok(Ok(o)) if o.error.is_none()) {
         return;
     }
+    let had_none = conn.database == Some(None);
     conn.was_reset();
+    if had_none {
+        conn.database = Some(None);
+    }
+    if !tokio::time::timeout(RESET_TIMEOUT, restore_login_names(&mut conn)).await.unwrap_or(false) {
+        return;
+    }
     let backend = conn.backend.clone();
     backend.pool.put_idle(conn);
 }

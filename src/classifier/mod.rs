@@ -130,11 +130,21 @@ pub struct Classification {
     pub hint: Option<Hint>,
     /// The statement reads a user variable (`@v`).
     pub reads_user_variables: bool,
+    /// `INSERT`, `UPDATE`, `DELETE`, `REPLACE`, `LOAD`: a change of rows, which a read-only
+    /// transaction refuses (and which does not end a transaction, as DDL does).
+    pub changes_rows: bool,
 }
 
 impl Classification {
     pub fn new(destination: Destination, reason: Reason) -> Self {
-        Classification { destination, reason, effect: Effect::None, hint: None, reads_user_variables: false }
+        Classification {
+            destination,
+            reason,
+            effect: Effect::None,
+            hint: None,
+            reads_user_variables: false,
+            changes_rows: false,
+        }
     }
 
     fn with_effect(mut self, effect: Effect) -> Self {
@@ -191,10 +201,14 @@ fn classify_by_keyword(sql: &str, lead: &Lead, word: &str) -> Classification {
     };
     match upper {
         "DROP" => classify_drop(lead),
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "ALTER" | "TRUNCATE" | "RENAME" | "CALL"
-        | "DO" | "GRANT" | "REVOKE" | "KILL" | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM"
-        | "INSTALL" | "UNINSTALL" | "PURGE" | "RESET" | "CHANGE" | "STOP" | "BINLOG" | "CACHE"
-        | "SAVEPOINT" | "RELEASE" | "SHUTDOWN" => Classification::new(Primary, Reason::Write),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" => {
+            Classification { changes_rows: true, ..Classification::new(Primary, Reason::Write) }
+        }
+        "ALTER" | "TRUNCATE" | "RENAME" | "CALL" | "DO" | "GRANT" | "REVOKE" | "KILL" | "ANALYZE"
+        | "OPTIMIZE" | "REPAIR" | "CHECK" | "CHECKSUM" | "INSTALL" | "UNINSTALL" | "PURGE" | "RESET"
+        | "CHANGE" | "STOP" | "BINLOG" | "CACHE" | "SAVEPOINT" | "RELEASE" | "SHUTDOWN" => {
+            Classification::new(Primary, Reason::Write)
+        }
         "FLUSH" | "HANDLER" | "BACKUP" => {
             Classification::new(Primary, Reason::Write).with_effect(connection_lock(sql, lead, upper))
         }
@@ -350,7 +364,14 @@ fn classify_read(sql: &str) -> Classification {
     } else {
         (Destination::Read, Reason::Read, Effect::None)
     };
-    Classification { destination, reason, effect, hint: f.hint, reads_user_variables: f.reads_user_variable }
+    Classification {
+        destination,
+        reason,
+        effect,
+        hint: f.hint,
+        reads_user_variables: f.reads_user_variable,
+        changes_rows: false,
+    }
 }
 
 #[cfg(test)]

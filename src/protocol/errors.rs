@@ -10,6 +10,9 @@ pub const NO_BACKEND: u16 = 9001;
 pub const BACKEND_LOST: u16 = 9002;
 /// A read needed the primary's replication position, which could not be fetched.
 pub const POSITION_UNKNOWN: u16 = 9003;
+/// Every candidate backend was up but had all of its `max_connections` in use for the whole
+/// `connect_timeout`: nothing ran, and the statement may be retried.
+pub const POOL_FULL: u16 = 9004;
 
 /// The SQLSTATE of all of them: a general error, not a connection failure.
 pub const SQLSTATE: &str = "HY000";

@@ -64,6 +64,11 @@ pub struct SessionView {
     pub optimistic_next: bool,
     /// The session runs with `autocommit = 0` (its next statement may open a transaction).
     pub autocommit_off: bool,
+    /// The session's next transaction starts on the primary: a one-shot `SET TRANSACTION`
+    /// waits there for it, or the session is SERIALIZABLE (its reads lock).
+    pub transaction_on_primary: bool,
+    /// The pinned transaction was started `READ ONLY`.
+    pub read_only_transaction: bool,
 }
 
 #[derive(Debug)]
@@ -208,11 +213,18 @@ impl Router {
             _ => {}
         }
         let held_on_primary = view.primary_locked || view.temporary_tables || view.user_variables_on_primary;
+        let begins = matches!(class.effect, Effect::Begin | Effect::BeginReadOnly);
+        if begins && view.transaction_on_primary {
+            return decision(Target::Primary, Reason::Transaction);
+        }
         if self.optimistic && class.effect == Effect::Begin && !held_on_primary && view.optimistic_next {
             return decision(Target::ReadPool, Reason::Transaction);
         }
         let reading = matches!(class.destination, Destination::Read | Destination::Last);
-        if reading && view.autocommit_off && (!self.optimistic || !view.optimistic_next) {
+        if reading
+            && view.autocommit_off
+            && (!self.optimistic || !view.optimistic_next || view.transaction_on_primary)
+        {
             return decision(Target::Primary, Reason::Transaction);
         }
         if reading && view.primary_locked {

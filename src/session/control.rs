@@ -265,6 +265,17 @@ impl Session {
             }
         }
         self.state.reset();
+        if !self.shared.server_version.contains("MariaDB") {
+            // MySQL's reset puts a connection in the server's global character set, not the
+            // login's (MariaDB keeps the login's): every connection the session uses from now
+            // on, borrowed ones too, must be where a direct connection would be.
+            let mut to_global = vec![command::QUERY];
+            to_global.extend_from_slice(
+                b"SET character_set_client = DEFAULT, character_set_results = DEFAULT, \
+                  character_set_connection = DEFAULT, collation_connection = DEFAULT",
+            );
+            self.state.history.push(&to_global);
+        }
         self.stmts = Statements::default();
         self.keep_for_next = None;
         self.last_insert_id = 0;

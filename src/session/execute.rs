@@ -25,6 +25,9 @@ pub(super) enum Outgoing<'a> {
 pub(super) enum AttemptError {
     /// Nothing was sent or nothing came back; the next candidate may run it.
     Unavailable(String),
+    /// Nothing was sent: every connection the backend allows is in use (the pool is full,
+    /// the backend is fine).
+    Full(String),
     /// The backend went away after the command was sent, before any answer reached the client.
     Lost(String),
     /// The client went away, or the backend died mid-answer: the session cannot go on.
@@ -34,7 +37,7 @@ pub(super) enum AttemptError {
 impl AttemptError {
     pub(super) fn describe(&self) -> String {
         match self {
-            AttemptError::Unavailable(why) | AttemptError::Lost(why) => why.clone(),
+            AttemptError::Unavailable(why) | AttemptError::Full(why) | AttemptError::Lost(why) => why.clone(),
             AttemptError::Fatal(e) => e.to_string(),
         }
     }
@@ -113,6 +116,19 @@ impl Session {
     /// Decides where a statement goes; an optimistic transaction that needs the primary moves
     /// there first. `None`: it could not move and the client has its answer (1213).
     pub(super) async fn route(&mut self, class: &Classification) -> Result<Option<Decision>, SessionError> {
+        let view = &self.state.view;
+        let backends = self.shared.router.backends();
+        if view.read_only_transaction
+            && class.changes_rows
+            && view.pinned.is_some_and(|b| !backends.is_primary(b))
+        {
+            // A read-only transaction on a replica: the server there would refuse the change
+            // for being a replica (1290); the transaction's own refusal is what a direct
+            // connection gets.
+            let message = "Cannot execute statement in a READ ONLY transaction";
+            self.reply_err(1792, "25006", message).await?;
+            return Ok(None);
+        }
         let decision = self.shared.router.decide(class, &self.state.view);
         if !(self.state.view.optimistic && decision.target == Target::Primary) {
             return Ok(Some(decision));
@@ -161,6 +177,7 @@ impl Session {
     /// `login.database` follows a `USE`: the connection is in the session's database then).
     pub(super) fn remember_session_command(&mut self, payload: &[u8], backend: usize) {
         self.state.history.push(payload);
+        self.state.after_setting(payload);
         if let Some(conn) = self.conns.get_mut(backend).and_then(Option::as_mut) {
             conn.applied = self.state.history.head();
             if changes_database(payload) {
@@ -210,6 +227,7 @@ impl Session {
             candidates = self.consistent_candidates(candidates, need).await;
         }
         let mut failures = Vec::new();
+        let mut full = 0;
         for backend in candidates {
             // The monitor says it is down: fail now rather than wait for a connect timeout. A
             // pinned session still tries its own backend: its transaction lives there.
@@ -266,6 +284,10 @@ impl Session {
                     return Ok(Some((outcome, backend)));
                 }
                 Err(AttemptError::Unavailable(why)) => failures.push(why),
+                Err(AttemptError::Full(why)) => {
+                    full += 1;
+                    failures.push(why);
+                }
                 Err(AttemptError::Lost(why)) if retry_lost => failures.push(why),
                 Err(AttemptError::Lost(why)) => {
                     let message = format!("rwproxy: lost connection to backend during query ({why})");
@@ -284,8 +306,17 @@ impl Session {
         if failures.is_empty() {
             failures.push("no replica is usable and all_replicas_down = \"error\"".to_string());
         }
-        let message = format!("rwproxy: no {what} available ({})", failures.join("; "));
-        let code = crate::protocol::errors::NO_BACKEND;
+        // Every backend tried was up and busy: a limit of rwproxy's, not a failure.
+        let (code, message) = if full == failures.len() {
+            let message = format!(
+                "rwproxy: too many connections: every connection to the {what} is in use ({}); nothing ran, retry later",
+                failures.join("; ")
+            );
+            (crate::protocol::errors::POOL_FULL, message)
+        } else {
+            let message = format!("rwproxy: no {what} available ({})", failures.join("; "));
+            (crate::protocol::errors::NO_BACKEND, message)
+        };
         self.reply_err(code, crate::protocol::errors::SQLSTATE, &message).await?;
         Ok(None)
     }
@@ -307,10 +338,9 @@ impl Session {
             Outgoing::Raw(bytes) => Cow::Borrowed(bytes),
             Outgoing::Statement(bytes) => Cow::Owned(self.statement_for_backend(backend, bytes).await?),
         };
-        // Only a connection that holds another insert id may need it (boxed: rare).
-        if self.last_insert_id != 0
-            && self.conns[backend].as_ref().is_some_and(|c| c.last_insert_id != self.last_insert_id)
-        {
+        // Only a connection that holds another insert id may need it, also when the session's
+        // is 0 and the connection's another session's (boxed: rare).
+        if self.conns[backend].as_ref().is_some_and(|c| c.last_insert_id != self.last_insert_id) {
             Box::pin(self.carry_insert_id(backend, out)).await?;
         }
         let digest = self.digest_wanted(backend);
@@ -467,6 +497,7 @@ impl Session {
                 self.conns[backend] = Some(conn);
                 Ok(())
             }
+            Err(e @ crate::backend::BackendError::Exhausted { .. }) => Err(AttemptError::Full(e.to_string())),
             Err(e) => {
                 if e.is_unreachable() {
                     self.shared.router.backends().mark_failed(backend, &e.to_string());

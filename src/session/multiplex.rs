@@ -188,7 +188,7 @@ impl Session {
         let Some(conn) = self.conns.get(backend).and_then(Option::as_ref) else {
             return Ok(());
         };
-        if wanted == 0 || conn.last_insert_id == wanted {
+        if conn.last_insert_id == wanted {
             return Ok(());
         }
         let text: &[u8] = match out {

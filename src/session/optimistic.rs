@@ -125,6 +125,10 @@ impl Session {
         }
         if was_pinned.is_some() && pinned.is_none() {
             self.transaction_ended();
+        } else if was_pinned.is_none() && pinned.is_none() && !writes && self.state.view.autocommit_off {
+            // With autocommit off, a read that opened no transaction (it touched no table) ran
+            // outside any: the last transaction's writes no longer say where the next starts.
+            self.state.view.optimistic_next = true;
         }
         let primary = self.shared.router.backends().primary().index;
         if !self.shared.router.optimistic() || backend == primary || pinned != Some(backend) {

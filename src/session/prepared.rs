@@ -20,6 +20,9 @@ use crate::router::{Decision, Target};
 struct Statement {
     /// The COM_STMT_PREPARE payload, to prepare it on another backend.
     prepare: Vec<u8>,
+    /// What the server bound it to when the client prepared it: every other server statement
+    /// that stands for it is prepared in the same context.
+    context: Context,
     class: Classification,
     /// Its digest key, when digests are on (the text was given to the table at the prepare).
     digest: Option<u64>,
@@ -45,6 +48,16 @@ struct Placement {
     conn: u64,
     epoch: u64,
     id: u32,
+}
+
+/// What a server binds a statement to at its prepare: the default database its names resolve
+/// in, and the settings its text was parsed with (`sql_mode`, character sets), in order.
+#[derive(Debug, Clone)]
+struct Context {
+    /// [`crate::backend::context_key`] of the rest: the connection's statement cache key.
+    key: u64,
+    database: Option<String>,
+    settings: Vec<Vec<u8>>,
 }
 
 /// Placements a statement remembers; an older one is looked up in the connection's cache again.
@@ -157,6 +170,9 @@ impl Session {
         }
         let class = classify(&sql);
         let decision = self.shared.router.decide(&class, &self.state.view);
+        // The connection that prepares it has run the session's settings and is in its
+        // database: the statement is bound to the session's context as it is now.
+        let context = self.prepare_context();
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;
         let ran =
@@ -169,6 +185,7 @@ impl Session {
             });
             let mut stmt = Statement {
                 prepare: payload,
+                context,
                 class,
                 digest,
                 params: prepared.params,
@@ -178,7 +195,9 @@ impl Session {
                 long_data_lost: false,
                 cursor_on: None,
             };
-            if let Some(placement) = self.cache_statement(backend, &stmt.prepare, prepared.statement_id).await
+            let key = stmt.context.key;
+            if let Some(placement) =
+                self.cache_statement(backend, key, &stmt.prepare, prepared.statement_id).await
             {
                 stmt.remember(placement);
             }
@@ -187,16 +206,25 @@ impl Session {
         Ok(())
     }
 
-    /// Records in the connection's cache that `prepare` is statement `backend_id` there, and
-    /// closes what that pushes out.
+    /// The context a statement prepared now is bound to.
+    fn prepare_context(&self) -> Context {
+        let settings: Vec<Vec<u8>> = self.state.history.prepare_settings().map(<[u8]>::to_vec).collect();
+        let database = self.login.database.clone();
+        let key = crate::backend::context_key(database.as_deref(), settings.iter().map(Vec::as_slice));
+        Context { key, database, settings }
+    }
+
+    /// Records in the connection's cache that `prepare`, prepared in context `context`, is
+    /// statement `backend_id` there, and closes what that pushes out.
     async fn cache_statement(
         &mut self,
         backend: usize,
+        context: u64,
         prepare: &[u8],
         backend_id: u32,
     ) -> Option<Placement> {
         let conn = self.conns.get_mut(backend)?.as_mut()?;
-        let closed = conn.statements.insert(prepare, backend_id);
+        let closed = conn.statements.insert(context, prepare, backend_id);
         let placement = Placement { backend, conn: conn.uid, epoch: conn.statements.epoch(), id: backend_id };
         for old in closed {
             let mut close = vec![command::STMT_CLOSE];
@@ -368,12 +396,16 @@ impl Session {
             Some(placement) => *placement,
             None => {
                 let prepare = stmt.prepare.clone();
-                let placement = match conn.statements.get(&prepare) {
-                    // Another session prepared the same text on this connection.
+                let placement = match conn.statements.get(stmt.context.key, &prepare) {
+                    // Another session prepared the same text in the same context on this
+                    // connection.
                     Some(cached) => {
                         Placement { backend, conn: conn.uid, epoch: conn.statements.epoch(), id: cached.id }
                     }
-                    None => Box::pin(self.prepare_on(backend, &prepare)).await?,
+                    None => {
+                        let context = stmt.context.clone();
+                        Box::pin(self.prepare_on(backend, &prepare, &context)).await?
+                    }
                 };
                 self.stmts.map.get_mut(&id).ok_or_else(closed)?.remember(placement);
                 placement
@@ -400,26 +432,77 @@ impl Session {
         Ok(bytes)
     }
 
-    /// Prepares a statement on the session's connection to `backend`, silently, and caches it
-    /// there.
+    /// Prepares a statement on the session's connection to `backend`, silently, in the context
+    /// the client prepared it in, and caches it there. When the session has changed its
+    /// database or parse settings since, the connection enters the statement's context for the
+    /// prepare and comes back to the session's.
     async fn prepare_on(
         &mut self,
         backend: usize,
         prepare: &[u8],
+        context: &Context,
     ) -> Result<Placement, super::execute::AttemptError> {
         use super::execute::AttemptError;
+        let current = self.prepare_context();
+        let switch = current.key != context.key;
+        if switch {
+            Box::pin(self.enter_context(backend, context)).await?;
+        }
         let conn = self.conns[backend]
             .as_mut()
             .ok_or_else(|| AttemptError::Unavailable("connection vanished".into()))?;
         let name = conn.backend.name.clone();
-        let outcome =
-            conn.run_silently(prepare, ResponseKind::Prepare).await.map_err(AttemptError::Unavailable)?;
+        let outcome = conn.run_silently(prepare, ResponseKind::Prepare).await;
+        if switch {
+            Box::pin(self.enter_context(backend, &current)).await?;
+        }
+        let outcome = outcome.map_err(AttemptError::Unavailable)?;
         let prepared = outcome.prepared.ok_or_else(|| {
             AttemptError::Unavailable(format!("{name}: statement could not be prepared there"))
         })?;
-        self.cache_statement(backend, prepare, prepared.statement_id)
+        self.cache_statement(backend, context.key, prepare, prepared.statement_id)
             .await
             .ok_or_else(|| AttemptError::Unavailable(format!("{name}: connection lost")))
+    }
+
+    /// Puts the session's connection to `backend` in `context`: the login's `sql_mode` and
+    /// character set, then the context's settings and database. A connection that refuses is
+    /// dropped (its state is no longer known).
+    async fn enter_context(
+        &mut self,
+        backend: usize,
+        context: &Context,
+    ) -> Result<(), super::execute::AttemptError> {
+        use super::execute::AttemptError;
+        let mut commands: Vec<Vec<u8>> = Vec::with_capacity(context.settings.len() + 3);
+        let mut sql_mode = vec![command::QUERY];
+        sql_mode.extend_from_slice(b"SET SESSION sql_mode = DEFAULT");
+        commands.push(sql_mode);
+        commands.extend(crate::backend::set_names_for(self.login.collation));
+        commands.extend(context.settings.iter().cloned());
+        if let Some(db) = &context.database {
+            let mut init = vec![command::INIT_DB];
+            init.extend_from_slice(db.as_bytes());
+            commands.push(init);
+        }
+        let Some(conn) = self.conns[backend].as_mut() else {
+            return Err(AttemptError::Unavailable("connection vanished".into()));
+        };
+        for payload in &commands {
+            match conn.run_silently(payload, ResponseKind::Query).await {
+                Ok(outcome) if outcome.error.is_none() => {}
+                _ => {
+                    let why = format!(
+                        "{}: could not enter a prepared statement's context ({})",
+                        conn.backend.name,
+                        String::from_utf8_lossy(&payload[1..])
+                    );
+                    self.drop_connection(backend);
+                    return Err(AttemptError::Unavailable(why));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a client session remembers between statements: pins, session commands to replay on
 //! every backend connection, and the server status the client last saw.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use super::consistency::ReadAfter;
@@ -44,10 +44,9 @@ impl History {
     /// Records a command that succeeded. A later command that sets the same thing replaces an
     /// earlier one, so the history stays as long as the set of distinct settings.
     pub fn push(&mut self, payload: &[u8]) {
-        let key = setting_key(payload);
-        self.entries.retain(|(_, p)| p.as_slice() != payload && (key.is_none() || setting_key(p) != key));
         self.next += 1;
         self.entries.push((self.next, payload.to_vec()));
+        self.compact();
         self.chains.clear();
         let mut chain = 0u64;
         for (_, p) in &self.entries {
@@ -57,6 +56,28 @@ impl History {
             chain = h.finish().max(1);
             self.chains.push(chain);
         }
+    }
+
+    /// Drops every entry that a later one of the same setting replaces, unless a user variable
+    /// was assigned in between: its value was computed under the earlier setting (a string's
+    /// character set, `sql_mode`'s `||`), so replayed in order it must see it.
+    fn compact(&mut self) {
+        let mut later: HashMap<String, usize> = HashMap::new();
+        let mut values = 0;
+        let mut keep = vec![true; self.entries.len()];
+        for (at, (_, payload)) in self.entries.iter().enumerate().rev() {
+            let key = setting_key(payload);
+            let carries_value = key.as_deref().is_none_or(|k| k.starts_with("set:@"));
+            let name = key.unwrap_or_else(|| format!("text:{}", String::from_utf8_lossy(payload)));
+            if later.get(&name) == Some(&values) {
+                keep[at] = false;
+                continue;
+            }
+            values += usize::from(carries_value);
+            later.insert(name, values);
+        }
+        let mut flags = keep.into_iter();
+        self.entries.retain(|_| flags.next().unwrap_or(true));
     }
 
     /// What a connection that ran the whole history holds.
@@ -86,6 +107,12 @@ impl History {
         self.entries.iter().filter(move |(seq, _)| *seq > applied)
     }
 
+    /// The settings that change how a statement's text is parsed when it is prepared
+    /// (`sql_mode`, character sets, collations), in the order they ran.
+    pub fn prepare_settings(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(|(_, p)| p.as_slice()).filter(|p| binds_at_prepare(p))
+    }
+
     /// The sequence number a connection that ran everything has applied.
     pub fn head(&self) -> u64 {
         self.next
@@ -98,6 +125,19 @@ impl History {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Whether a session command sets something a server binds a prepared statement to: the
+/// `sql_mode` and character sets its text is parsed with.
+pub fn binds_at_prepare(payload: &[u8]) -> bool {
+    const WORDS: [&[u8]; 5] = [b"sql_mode", b"names", b"character", b"collation", b"charset"];
+    payload.first() == Some(&crate::protocol::command::QUERY)
+        && payload[1..].windows(5).enumerate().any(|(at, w)| {
+            WORDS.iter().any(|word| {
+                w.eq_ignore_ascii_case(&word[..5])
+                    && payload[1 + at..].get(..word.len()).is_some_and(|t| t.eq_ignore_ascii_case(word))
+            })
+        })
 }
 
 /// What a single-assignment `SET name = …` sets (lowercased `name`), or the command byte for
@@ -116,7 +156,23 @@ fn setting_key(payload: &[u8]) -> Option<String> {
     if rest.contains(',') || rest.contains('\'') && rest.matches('\'').count() > 2 {
         return None;
     }
-    let name = rest.split(['=', ' ']).next()?.trim().trim_start_matches("session.").trim_start_matches("@@");
+    // `SET SESSION x = …`, `SET LOCAL x = …`, `SET @@session.x = …` set `x`: the scope word is
+    // not the name (two settings under one key would drop the first from the history).
+    let rest = rest.trim_start();
+    let rest = ["session ", "local "].iter().find_map(|w| rest.strip_prefix(w)).unwrap_or(rest).trim_start();
+    if let Some(what) = rest.strip_prefix("transaction ") {
+        // `SET SESSION TRANSACTION ISOLATION LEVEL …` / `… READ ONLY|WRITE`: two settings.
+        let what = what.trim_start();
+        let kind = if what.starts_with("isolation") { "isolation" } else { "access" };
+        return Some(format!("set:transaction:{kind}"));
+    }
+    let name = rest
+        .split(['=', ' '])
+        .next()?
+        .trim()
+        .trim_start_matches("@@")
+        .trim_start_matches("session.")
+        .trim_start_matches("local.");
     (!name.is_empty()).then(|| format!("set:{name}"))
 }
 
@@ -149,6 +205,12 @@ pub struct SessionState {
     pub optimistic: Option<Optimistic>,
     /// The current transaction ran a statement that needed the primary.
     pub transaction_wrote: bool,
+    /// A one-shot `SET TRANSACTION …` ran on the primary and waits there for the transaction
+    /// it applies to (which starts there too).
+    pub next_transaction: bool,
+    /// The session's isolation level is SERIALIZABLE: every read in a transaction locks, so
+    /// transactions start on the primary.
+    serializable: bool,
 }
 
 impl SessionState {
@@ -168,6 +230,8 @@ impl SessionState {
             read_after: ReadAfter::default(),
             optimistic: None,
             transaction_wrote: false,
+            next_transaction: false,
+            serializable: false,
         }
     }
 
@@ -183,6 +247,9 @@ impl SessionState {
             self.view.autocommit_off = status & AUTOCOMMIT == 0;
             let in_transaction = status & IN_TRANS != 0 || !optimistic && status & AUTOCOMMIT == 0;
             self.view.pinned = in_transaction.then_some(backend);
+            if !in_transaction {
+                self.view.read_only_transaction = false;
+            }
         }
     }
 
@@ -212,13 +279,33 @@ impl SessionState {
             Effect::HandlerClose => self.handlers = self.handlers.saturating_sub(1),
             Effect::BackupLock => self.backup_lock = true,
             Effect::BackupUnlock => self.backup_lock = false,
-            Effect::None
-            | Effect::Begin
-            | Effect::BeginReadOnly
-            | Effect::UseDatabase
-            | Effect::NextTransaction => {}
+            Effect::NextTransaction => self.next_transaction = true,
+            Effect::BeginReadOnly => self.view.read_only_transaction = self.view.pinned.is_some(),
+            Effect::Begin => self.view.read_only_transaction = false,
+            Effect::None | Effect::UseDatabase => {}
+        }
+        // Anything but another setting is (or begins) the transaction a pending `SET
+        // TRANSACTION` applied to.
+        if class.effect != Effect::NextTransaction && class.destination != crate::classifier::Destination::All
+        {
+            self.next_transaction = false;
         }
         self.update_view();
+    }
+
+    /// A session command ran: a change of the session's isolation level decides where its
+    /// transactions start.
+    pub fn after_setting(&mut self, payload: &[u8]) {
+        let Some(text) =
+            payload.get(1..).filter(|_| payload.first() == Some(&crate::protocol::command::QUERY))
+        else {
+            return;
+        };
+        let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
+        if lower.contains("isolation") {
+            self.serializable = lower.contains("serializable");
+            self.update_view();
+        }
     }
 
     /// The server said that a statement changed session state (`session_track_state_change`).
@@ -237,6 +324,7 @@ impl SessionState {
     }
 
     fn update_view(&mut self) {
+        self.view.transaction_on_primary = self.next_transaction || self.serializable;
         self.view.temporary_tables = !self.temporary_tables.is_empty();
         self.view.primary_locked = self.table_locks
             || self.advisory_locks > 0
@@ -246,10 +334,12 @@ impl SessionState {
             || self.untracked_state == Some(true);
     }
 
-    /// A lock, open handler or text-prepared statement that holds the session on its
-    /// connection.
+    /// A lock, open handler, text-prepared statement or pending `SET TRANSACTION` that holds
+    /// the session on its connection.
     pub fn lock_pin(&self) -> Option<super::Pin> {
-        if self.table_locks {
+        if self.next_transaction {
+            Some(super::Pin::NextTransaction)
+        } else if self.table_locks {
             Some(super::Pin::TableLock)
         } else if self.backup_lock {
             Some(super::Pin::BackupLock)
@@ -301,6 +391,64 @@ mod tests {
         let mut p = vec![crate::protocol::command::QUERY];
         p.extend_from_slice(sql.as_bytes());
         p
+    }
+
+    #[test]
+    fn a_setting_a_user_variable_was_assigned_under_stays_before_it() {
+        let mut h = History::default();
+        h.push(&query("SET NAMES latin1"));
+        h.push(&query("SET @s = 'é'"));
+        h.push(&query("SET NAMES utf8mb4"));
+        let texts = |h: &History| -> Vec<String> {
+            h.pending(0).map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned()).collect()
+        };
+        assert_eq!(texts(&h), ["SET NAMES latin1", "SET @s = 'é'", "SET NAMES utf8mb4"]);
+        h.push(&query("SET @s = 'x'"));
+        assert_eq!(texts(&h), ["SET NAMES utf8mb4", "SET @s = 'x'"], "nothing depends on latin1 any more");
+        h.push(&query("SET time_zone = '+01:00'"));
+        h.push(&query("SET time_zone = '+02:00'"));
+        assert_eq!(texts(&h), ["SET NAMES utf8mb4", "SET @s = 'x'", "SET time_zone = '+02:00'"]);
+    }
+
+    #[test]
+    fn scope_words_are_not_setting_names() {
+        let mut h = History::default();
+        h.push(&query("SET SESSION sql_mode = 'ANSI'"));
+        h.push(&query("SET SESSION time_zone = '+02:00'"));
+        h.push(&query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"));
+        h.push(&query("SET SESSION TRANSACTION READ ONLY"));
+        h.push(&query("SET LOCAL wait_timeout = 100"));
+        assert_eq!(h.len(), 5, "five different settings");
+        h.push(&query("SET @@session.sql_mode = 'TRADITIONAL'"));
+        h.push(&query("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert_eq!(h.len(), 5, "the same two settings again replace theirs");
+        let kept: Vec<String> =
+            h.pending(0).map(|(_, p)| String::from_utf8_lossy(&p[1..]).into_owned()).collect();
+        assert!(kept.contains(&"SET @@session.sql_mode = 'TRADITIONAL'".to_string()), "{kept:?}");
+        assert!(!kept.contains(&"SET SESSION sql_mode = 'ANSI'".to_string()), "{kept:?}");
+        let binds: Vec<&[u8]> = h.prepare_settings().collect();
+        assert_eq!(binds.len(), 1, "only sql_mode binds a prepare here");
+    }
+
+    #[test]
+    fn serializable_and_pending_set_transaction_start_transactions_on_the_primary() {
+        let mut s = SessionState::new(3);
+        assert!(!s.view.transaction_on_primary);
+        s.after_setting(&query("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert!(s.view.transaction_on_primary);
+        s.after_setting(&query("SET SESSION transaction_isolation = 'READ-COMMITTED'"));
+        assert!(!s.view.transaction_on_primary);
+        let set = crate::classifier::classify("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        s.after_statement(&set, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        assert!(s.view.transaction_on_primary);
+        assert_eq!(s.lock_pin(), Some(crate::session::Pin::NextTransaction));
+        let names = crate::classifier::classify("SET NAMES utf8mb4");
+        s.after_statement(&names, "SET NAMES utf8mb4");
+        assert!(s.view.transaction_on_primary, "a setting does not take it");
+        let begin = crate::classifier::classify("START TRANSACTION");
+        s.after_statement(&begin, "START TRANSACTION");
+        assert!(!s.view.transaction_on_primary, "the transaction took it");
+        assert_eq!(s.lock_pin(), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod leaks;
 pub mod mysql;
 pub mod raw;
 pub mod traps;
