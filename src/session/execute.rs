@@ -226,6 +226,14 @@ impl Session {
             let need = self.read_need(hinted).await;
             candidates = self.consistent_candidates(candidates, need).await;
         }
+        let reads_diagnostics = statement.is_some_and(|(class, _)| class.destination == Destination::Last);
+        if !reads_diagnostics
+            && statement.is_some()
+            && self.multiplexing()
+            && self.pin() == Some(super::Pin::Diagnostics)
+        {
+            Box::pin(self.give_back_except(candidates.first().copied())).await;
+        }
         let mut failures = Vec::new();
         let mut full = 0;
         for backend in candidates {

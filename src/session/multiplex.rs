@@ -176,6 +176,25 @@ impl Session {
         }
     }
 
+    /// The session kept its connections only for the warnings of its last statement, and the
+    /// command now running does not read them: every connection but the one to `keep` goes back
+    /// now. Holding one backend's connection while waiting for another's lets sessions starve
+    /// each other when pools are full (each holds what the other waits for).
+    pub(super) async fn give_back_except(&mut self, keep: Option<usize>) {
+        self.keep_for_next = None;
+        for index in 0..self.conns.len() {
+            if Some(index) == keep {
+                continue;
+            }
+            if let Some(mut conn) = self.conns[index].take() {
+                conn.settings = self.state.history.tag_if_current(conn.applied);
+                if let Some(conn) = park(conn) {
+                    release(conn).await;
+                }
+            }
+        }
+    }
+
     /// A statement that reads `LAST_INSERT_ID()` on a connection that did not run the
     /// session's last insert gets the session's value set there first (`LAST_INSERT_ID(n)` sets
     /// what the next `LAST_INSERT_ID()` returns).

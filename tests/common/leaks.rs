@@ -15,6 +15,9 @@ use std::fmt::Write as _;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder, Params, Value};
 
+/// The admin listener of the proxy under test: what its sessions held is printed at a mismatch.
+pub static ADMIN: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
 /// One side's view of the cluster: where to connect and which databases are its own.
 #[derive(Clone)]
 pub struct Side {
@@ -215,6 +218,10 @@ pub async fn compare(
         let a = run(&mut d, step, direct, &table).await;
         let b = run(&mut p, step, proxied, &table).await;
         if a != b {
+            if let Some(admin) = ADMIN.get() {
+                let (_, sessions) = super::http_get(*admin, "/sessions").await;
+                eprintln!("at the mismatch of seed {seed}: {sessions}");
+            }
             let _ = d.disconnect().await;
             let _ = p.disconnect().await;
             return Err(fail(i, format!("{step:?}"), a, b));
