@@ -52,7 +52,9 @@ async fn prepared_statements_run_in_the_database_they_were_prepared_in() {
         );
     }
     root_sql(setup).await;
-    let proxy = start_proxy_with(&shared_hard(2, "10s", "")).await;
+    // One connection per backend: every session's statements run on connections that the
+    // other database's sessions used last.
+    let proxy = start_proxy_with(&shared_hard(1, "10s", "")).await;
     let port = proxy.sql_addr.port();
     let mut tasks = Vec::new();
     for i in 0..8 {
