@@ -110,6 +110,7 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
 </style></head><body>
 <h1>rwproxy</h1>
 <p>Up {uptime:.0} s. Primary: <b>{primary}</b>. Replicas leave the read pool above {lag:.3} s of lag.</p>
+{warnings}
 <h2>MySQL backends</h2>
 <table id="backends"><thead><tr><th>backend</th><th>address</th><th>role</th><th>state</th><th>read pool</th><th>lag</th><th>connections in use / idle</th><th>queries</th><th>queries/s</th><th>lag, last 5 min</th><th>reason</th></tr></thead>
 <tbody>{rows}</tbody></table>
@@ -123,11 +124,26 @@ th {{ background: #f2f2f2; }} tr.up td.state {{ color: #070; }} tr.lagging td.st
         uptime = backends.uptime().as_secs_f64(),
         primary = escape(&backends.primary().name),
         lag = state.monitor.max_replication_lag.as_secs_f64(),
+        warnings = warnings_list(state),
         sessions = sessions_table(&sql.registry),
         queries = queries_table(&sql.digests),
         http = http_table(state),
         consistency = consistency_line(state),
     )
+}
+
+/// The warnings `/status` lists (stale former primaries, writes refused, several writable
+/// backends), as a list in red; nothing when there are none.
+fn warnings_list(state: &AdminState) -> String {
+    let status = super::status::snapshot(state);
+    let items: Vec<String> = status["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|v| v.as_str()).map(|t| format!("<li>{}</li>", escape(t))).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        return String::new();
+    }
+    format!("<ul id=\"warnings\" style=\"color: #c00\">{}</ul>", items.join(""))
 }
 
 /// How many sessions there are, run a statement, are pinned; the longest-running statements.

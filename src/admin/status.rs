@@ -37,6 +37,8 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "state": h.state().as_str(),
                 "admin_state": if b.is_drained() { "drain" } else { "ready" },
                 "reason": h.reason(),
+                "stale": h.stale(),
+                "replicates_from": h.source().flatten(),
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),
                 "idle_connections": b.pool.idle_count(),
@@ -66,14 +68,21 @@ pub fn snapshot(state: &AdminState) -> Value {
         .collect();
     let writable: Vec<&str> =
         backends.writable().iter().filter_map(|i| backends.get(*i)).map(|b| b.name.as_str()).collect();
-    let warnings: Vec<String> = if writable.len() > 1 {
-        vec![format!(
+    let mut warnings: Vec<String> = Vec::new();
+    if writable.len() > 1 {
+        warnings.push(format!(
             "several backends are writable ({}); the primary stays where it is",
             writable.join(", ")
-        )]
-    } else {
-        Vec::new()
-    };
+        ));
+    }
+    if let Some(why) = backends.unconfirmed() {
+        warnings.push(format!("writes are refused: the primary is not known ({why})"));
+    }
+    for b in backends.all() {
+        if let Some(why) = b.health.stale() {
+            warnings.push(format!("{}: {why}", b.name));
+        }
+    }
     json!({
         "http_servers": http,
         "primary": backends.primary().name,

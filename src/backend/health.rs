@@ -66,6 +66,12 @@ pub struct Health {
     history: Mutex<VecDeque<Sample>>,
     /// Woken when the monitor marks the backend down: sessions waiting on it give up then.
     down: crate::striped::StripedNotify,
+    /// What the backend replicates from, as its replication status says: `None` not read,
+    /// `Some(None)` it replicates from no one (or its I/O thread is stopped).
+    source: Mutex<Option<Option<String>>>,
+    /// Why the backend is a stale former primary (writable while the replicas follow another
+    /// backend), when it is one: it takes no reads, and is fenced when rwproxy may.
+    stale: Mutex<Option<String>>,
 }
 
 /// One monitor observation kept for the status page.
@@ -88,11 +94,35 @@ impl Default for Health {
             read_only: AtomicU8::new(0),
             history: Mutex::new(VecDeque::new()),
             down: crate::striped::StripedNotify::default(),
+            source: Mutex::new(None),
+            stale: Mutex::new(None),
         }
     }
 }
 
 impl Health {
+    /// What the backend replicates from (`None`: not known yet).
+    pub fn source(&self) -> Option<Option<String>> {
+        self.source.lock().ok().and_then(|s| s.clone())
+    }
+
+    pub fn set_source(&self, source: Option<Option<String>>) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = source;
+        }
+    }
+
+    /// Why the backend is a stale former primary, if it is one.
+    pub fn stale(&self) -> Option<String> {
+        self.stale.lock().ok().and_then(|s| s.clone())
+    }
+
+    pub fn set_stale(&self, why: Option<String>) {
+        if let Ok(mut s) = self.stale.lock() {
+            *s = why;
+        }
+    }
+
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }

@@ -102,6 +102,10 @@ pub struct Backends {
     /// The backends the monitor last found writable, when `detect_primary` looks (more than
     /// one is a misconfiguration shown on `/status`).
     writable: Mutex<Vec<usize>>,
+    /// With `detect_primary`: why the primary is not known for sure yet (a cold start before
+    /// the monitor has heard every backend, or servers that contradict each other); writes
+    /// wait for it, then are refused with this reason. `None`: known.
+    unconfirmed: Mutex<Option<String>>,
 }
 
 impl Backends {
@@ -159,7 +163,21 @@ impl Backends {
                 }
             })
             .collect();
-        let primary = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
+        let configured = list.iter().position(|b| b.role == Role::Primary).unwrap_or(0);
+        let follows_servers = config.monitor.enabled && config.monitor.detect_primary;
+        // What the servers said outlives a reload: the primary stays the one the monitor
+        // followed (a failover the file does not know of), as long as it is still configured.
+        let kept = previous
+            .filter(|_| follows_servers)
+            .and_then(|p| list.iter().position(|b| b.name == p.primary().name));
+        let primary = kept.unwrap_or(configured);
+        let unconfirmed = match previous {
+            Some(p) if follows_servers => p.unconfirmed(),
+            _ if follows_servers => {
+                Some("rwproxy has not heard from every backend yet (detect_primary)".to_string())
+            }
+            _ => None,
+        };
         Backends {
             list,
             primary: AtomicUsize::new(primary),
@@ -167,6 +185,19 @@ impl Backends {
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
             retry_after: config.mysql.routing.retry_failed_after,
             writable: Mutex::new(Vec::new()),
+            unconfirmed: Mutex::new(unconfirmed),
+        }
+    }
+
+    /// Why the primary is not known for sure, when it is not (writes wait, then are refused).
+    pub fn unconfirmed(&self) -> Option<String> {
+        self.unconfirmed.lock().ok().and_then(|u| u.clone())
+    }
+
+    /// The monitor's verdict on the primary: known (`None`) or why not.
+    pub fn set_unconfirmed(&self, why: Option<String>) {
+        if let Ok(mut u) = self.unconfirmed.lock() {
+            *u = why;
         }
     }
 
@@ -236,7 +267,10 @@ impl Backends {
         self.list.get(index).is_some_and(|b| {
             // 0 once a query succeeded there again: no clock read on the steady path.
             let until = b.skip_until_ms.load(Ordering::Relaxed);
-            b.health.state() == State::Up && (until == 0 || until <= self.now_ms()) && !b.is_drained()
+            b.health.state() == State::Up
+                && (until == 0 || until <= self.now_ms())
+                && !b.is_drained()
+                && b.health.stale().is_none()
         })
     }
 

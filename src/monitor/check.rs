@@ -19,6 +19,9 @@ pub struct Report {
     /// writes GTIDs at all; `None` when not read.
     pub position: Option<String>,
     pub gtid: Option<bool>,
+    /// The address the backend replicates from (`Master_Host:Master_Port`) while its I/O
+    /// thread runs or retries; `Some(None)`: it replicates from no one; `None`: not read.
+    pub source: Option<Option<String>>,
 }
 
 impl Report {
@@ -27,7 +30,7 @@ impl Report {
     }
 
     fn fine() -> Report {
-        Report { problem: None, lag: None, read_only: None, position: None, gtid: None }
+        Report { problem: None, lag: None, read_only: None, position: None, gtid: None, source: None }
     }
 }
 
@@ -117,6 +120,36 @@ enum CheckError {
     Bad(String),
 }
 
+/// What `SHOW REPLICA STATUS` says of a replica.
+#[derive(Debug, Clone)]
+struct ReplicaRow {
+    /// `host:port` it replicates from.
+    source: String,
+    io: String,
+    sql: String,
+    behind: Option<u64>,
+    error: String,
+}
+
+/// Replica threads and `Seconds_Behind_*`.
+fn replica_status(row: Option<ReplicaRow>) -> Report {
+    let Some(row) = row else {
+        let reason = "not configured as a replica".to_string();
+        return Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() };
+    };
+    let ReplicaRow { io, sql, behind, error, .. } = row;
+    // IO = "Connecting" is a replica retrying its primary (perhaps down): it still serves a
+    // consistent copy, and the heartbeat says how old. Only stopped threads demote it.
+    if io == "No" || sql != "Yes" {
+        let reason = format!(
+            "replication threads IO={io} SQL={sql}{}{error}",
+            if error.is_empty() { "" } else { ": " }
+        );
+        return Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() };
+    }
+    Report { lag: behind.map(Duration::from_secs), ..Report::fine() }
+}
+
 /// The monitor's TLS, verified as the data path's is (`tls::client`).
 fn ssl_opts(tls: &crate::config::BackendTls) -> mysql_async::SslOpts {
     use crate::config::Verify;
@@ -192,15 +225,25 @@ impl Checker {
         } else {
             None
         };
+        // On the primary the replication status only tells whether it follows someone: a
+        // monitor user without the right to read it leaves that unknown, not the primary down.
+        let row = match self.replica_row().await {
+            Ok(row) => Some(row),
+            Err(_) if primary => None,
+            Err(e) => return Err(e),
+        };
+        let source = row.as_ref().map(|row| row.as_ref().filter(|r| r.io != "No").map(|r| r.source.clone()));
+        let row = row.flatten();
         if primary {
             self.write_heartbeat(clock).await;
             let (position, gtid) = self.position(true).await?;
-            return Ok(Report { read_only, position, gtid, ..Report::fine() });
+            return Ok(Report { read_only, position, gtid, source, ..Report::fine() });
         }
         let (position, gtid) = self.position(false).await?;
-        let mut report = self.replica_status().await?;
+        let mut report = replica_status(row);
         report.position = position;
         report.gtid = gtid;
+        report.source = source;
         if let Some(lag) = self.heartbeat_lag(clock).await {
             report.lag = Some(lag);
         }
@@ -219,8 +262,8 @@ impl Checker {
         Ok(report)
     }
 
-    /// Replica threads and `Seconds_Behind_*`.
-    async fn replica_status(&mut self) -> Result<Report, CheckError> {
+    /// The backend's replication status, `None` when it is no replica.
+    async fn replica_row(&mut self) -> Result<Option<ReplicaRow>, CheckError> {
         let conn = self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))?;
         let rows: Vec<Row> = if self.replica_syntax {
             match conn.query("SHOW REPLICA STATUS").await {
@@ -235,31 +278,42 @@ impl Checker {
             conn.query("SHOW SLAVE STATUS").await?
         };
         let Some(row) = rows.first() else {
-            let reason = "not configured as a replica".to_string();
-            return Ok(Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() });
+            return Ok(None);
         };
         let text = |names: &[&str]| -> Option<String> {
             names.iter().find_map(|n| row.get_opt::<Option<String>, _>(*n).and_then(Result::ok).flatten())
         };
-        let io = text(&["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default();
-        let sql = text(&["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default();
-        let behind =
-            text(&["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|s| s.parse::<u64>().ok());
-        // IO = "Connecting" is a replica retrying its primary (perhaps down): it still serves a
-        // consistent copy, and the heartbeat says how old. Only stopped threads demote it.
-        if io == "No" || sql != "Yes" {
-            let error = text(&["Last_IO_Error", "Last_SQL_Error", "Last_Error"])
+        let value = |names: &[&str]| -> Option<String> {
+            text(names).or_else(|| {
+                names
+                    .iter()
+                    .find_map(|n| row.get_opt::<Option<u64>, _>(*n).and_then(Result::ok).flatten())
+                    .map(|v| v.to_string())
+            })
+        };
+        let host = text(&["Master_Host", "Source_Host"]).unwrap_or_default();
+        let port = value(&["Master_Port", "Source_Port"]).unwrap_or_default();
+        Ok(Some(ReplicaRow {
+            source: format!("{host}:{port}"),
+            io: text(&["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default(),
+            sql: text(&["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default(),
+            behind: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
+                .and_then(|s| s.parse::<u64>().ok()),
+            error: text(&["Last_IO_Error", "Last_SQL_Error", "Last_Error"])
                 .into_iter()
                 .chain(text(&["Last_SQL_Error"]))
                 .find(|e| !e.is_empty())
-                .unwrap_or_default();
-            let reason = format!(
-                "replication threads IO={io} SQL={sql}{}{error}",
-                if error.is_empty() { "" } else { ": " }
-            );
-            return Ok(Report { problem: Some((State::ReplicationStopped, reason)), ..Report::fine() });
-        }
-        Ok(Report { lag: behind.map(Duration::from_secs), ..Report::fine() })
+                .unwrap_or_default(),
+        }))
+    }
+
+    /// Makes a stale former primary read-only (`super_read_only` too on MySQL), so nothing can
+    /// write there by mistake. Whether it worked (the monitor user may lack the rights).
+    pub async fn fence(&mut self) -> Result<(), String> {
+        let mysql = self.mysql == Some(true);
+        let conn = self.connect().await.map_err(|e| e.to_string())?;
+        let sql = if mysql { "SET GLOBAL super_read_only = ON" } else { "SET GLOBAL read_only = ON" };
+        conn.query_drop(sql).await.map_err(|e| e.to_string())
     }
 
     /// The applied position (MariaDB `gtid_slave_pos`, MySQL `gtid_executed`) and whether

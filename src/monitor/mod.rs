@@ -4,6 +4,7 @@
 
 mod check;
 mod hysteresis;
+mod topology;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,9 +83,23 @@ async fn watch(ctx: Arc<Context>, index: usize) {
     let mut ticker = tokio::time::interval(ctx.config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keep = (HISTORY_SECONDS / ctx.config.interval.as_secs_f64()).ceil() as usize;
+    let mut fence_failed = false;
     loop {
         ticker.tick().await;
         let started = Instant::now();
+        if backend.health.stale().is_some() && backend.health.read_only() == Some(false) {
+            // Bounded like a check: a server that hangs does not hold the monitor.
+            match tokio::time::timeout(ctx.config.timeout, checker.fence()).await {
+                Ok(Ok(())) => {
+                    tracing::warn!(backend = %backend.name, "stale former primary fenced: read_only = ON")
+                }
+                Ok(Err(e)) if !fence_failed => {
+                    fence_failed = true;
+                    tracing::warn!(backend = %backend.name, error = %e, "stale former primary could not be fenced (the monitor user needs SUPER or READ_ONLY ADMIN); it stays out of rotation");
+                }
+                _ => {}
+            }
+        }
         let primary = ctx.backends.is_primary(index);
         // After a failed check, a backend that is still up is checked against `interval` too
         // (HAProxy's fastinter): a hung server is out after fall × interval + timeout, not
@@ -120,6 +135,9 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     let health = &backend.health;
     health.set_lag(report.lag);
     health.set_read_only(report.read_only);
+    if report.source.is_some() {
+        health.set_source(report.source.clone());
+    }
     if report.problem.is_none() || report.position.is_some() {
         let position = report.position.as_deref().and_then(|p| crate::consistency::Position::parse(p).ok());
         backend.known.set(position);
@@ -158,11 +176,20 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     }
 }
 
-/// With `detect_primary`: a backend becomes the primary only when it alone answers as writable
-/// (`read_only = OFF`; a backend that does not answer is not), once every backend has been
-/// checked, in `rise` of its own checks in a row. With several writable backends nothing moves
-/// (a replica someone forgot to make read-only must not take the writes): the current primary
-/// stays, and the log and `/status` say so. Called after each check of backend `checked`.
+/// With `detect_primary`, once every backend has been checked, after each check of backend
+/// `checked`:
+///
+/// - **The servers first.** The backend the replicas replicate from, when it is writable and
+///   replicates from no one itself, is the primary — at once, whatever the file says (a failover
+///   done outside rwproxy, then a reload or a restart, must not send writes back to the old
+///   primary). Every other backend that replicates from no one is a stale former primary: no
+///   reads, and fenced (`read_only`) when the monitor user may.
+/// - **Else the writable backend**: a backend becomes the primary only when it alone answers as
+///   writable (`read_only = OFF`; a backend that does not answer is not), in `rise` of its own
+///   checks in a row. With several writable backends nothing moves (a replica someone forgot to
+///   make read-only must not take the writes): the current primary stays, and the log and
+///   `/status` say so — and at a cold start, when nothing was known before, writes are refused
+///   rather than sent to a guess.
 fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize, rise: u32) {
     if failover.checked.len() != backends.len() {
         failover.checked = vec![false; backends.len()];
@@ -176,6 +203,21 @@ fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize,
     let writable: Vec<usize> =
         backends.all().iter().filter(|b| b.health.read_only() == Some(false)).map(|b| b.index).collect();
     backends.set_writable(&writable);
+    let nodes: Vec<topology::Node> = backends
+        .all()
+        .iter()
+        .map(|b| topology::Node {
+            address: b.address.clone(),
+            read_only: b.health.read_only(),
+            source: b.health.source(),
+        })
+        .collect();
+    if let Some(leader) = topology::leader(&nodes) {
+        follow_leader(backends, &nodes, leader);
+        failover.several_writable = false;
+        failover.candidate = None;
+        return;
+    }
     if writable.len() > 1 {
         if !failover.several_writable {
             let names: Vec<&str> =
@@ -184,15 +226,27 @@ fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize,
         }
         failover.several_writable = true;
         failover.candidate = None;
+        if backends.unconfirmed().is_some() {
+            let names: Vec<&str> =
+                writable.iter().filter_map(|i| backends.get(*i)).map(|b| b.name.as_str()).collect();
+            backends.set_unconfirmed(Some(format!(
+                "several backends are writable ({}) and no replica says which one it follows",
+                names.join(", ")
+            )));
+        }
         return;
     }
     failover.several_writable = false;
     let Some(&only) = writable.first() else {
         failover.candidate = None;
+        if backends.unconfirmed().is_some() {
+            backends.set_unconfirmed(Some("no backend is writable".into()));
+        }
         return;
     };
     if backends.is_primary(only) {
         failover.candidate = None;
+        backends.set_unconfirmed(None);
         return;
     }
     if failover.candidate != Some(only) {
@@ -204,6 +258,33 @@ fn follow_failover(backends: &Backends, failover: &mut Failover, checked: usize,
     }
     if failover.streak >= rise.max(1) {
         backends.set_primary(only);
+        backends.set_unconfirmed(None);
         failover.candidate = None;
+    }
+}
+
+/// The replicas follow `leader`: it is the primary, and every other backend that replicates
+/// from no one is stale.
+fn follow_leader(backends: &Backends, nodes: &[topology::Node], leader: usize) {
+    let Some(primary) = backends.get(leader) else { return };
+    if !backends.is_primary(leader) {
+        tracing::warn!(from = %backends.primary().name, to = %primary.name, "the replicas follow another backend: it is the primary now");
+        backends.set_primary(leader);
+    }
+    backends.set_unconfirmed(None);
+    for (index, node) in nodes.iter().enumerate() {
+        let Some(backend) = backends.get(index) else { continue };
+        let stale = index != leader && node.source == Some(None);
+        let why = stale.then(|| {
+            format!(
+                "stale former primary: replicates from no one while the replicas follow {}{}",
+                primary.name,
+                if node.read_only == Some(false) { " (and is writable)" } else { "" }
+            )
+        });
+        if why.is_some() && backend.health.stale().is_none() {
+            tracing::warn!(backend = %backend.name, primary = %primary.name, "stale former primary: it takes no reads and no writes");
+        }
+        backend.health.set_stale(why);
     }
 }

@@ -215,6 +215,14 @@ impl Session {
         digest: Option<crate::digests::Seen<'_>>,
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
+        if decision.target == Target::Primary
+            && let Some(why) = Box::pin(self.primary_unconfirmed()).await
+        {
+            let message = format!("rwproxy: no primary available (the primary is not known: {why})");
+            self.reply_err(crate::protocol::errors::NO_BACKEND, crate::protocol::errors::SQLSTATE, &message)
+                .await?;
+            return Ok(None);
+        }
         let retry_lost = decision.target.is_read();
         let mut candidates =
             self.shared.router.candidates(decision.target, &self.state.excluded, self.worker);
@@ -437,6 +445,21 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Why the primary is not known for sure (`detect_primary` before the monitor has heard
+    /// every backend, or servers that contradict each other), after waiting up to
+    /// `connect_timeout` for the monitor to settle it; `None` once it is known.
+    async fn primary_unconfirmed(&self) -> Option<String> {
+        let backends = self.shared.router.backends();
+        backends.unconfirmed()?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.mysql.connect_timeout;
+        // Bounded by the deadline: the monitor's first round takes one check of each backend.
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            backends.unconfirmed()?;
+        }
+        backends.unconfirmed()
     }
 
     /// A backend connection failed: forget it, and any transaction pinned to it.
