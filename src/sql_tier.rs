@@ -87,6 +87,8 @@ pub struct SqlTier {
     pub registry: Arc<crate::sessions::Registry>,
     /// Statement digests (`GET /queries`); they outlive reloads.
     pub digests: crate::digests::Digests,
+    /// The newest write position of each user (`consistency = "user"`); outlives reloads.
+    pub user_positions: crate::consistency::UserPositions,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -130,6 +132,7 @@ impl SqlTier {
             long_data,
             registry: Arc::default(),
             digests,
+            user_positions: crate::consistency::UserPositions::default(),
         }
     }
 

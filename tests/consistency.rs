@@ -159,7 +159,7 @@ async fn replicas_answer_most_reads_after_a_write() {
     let (_, status) = common::http_get(proxy.admin_addr.expect("admin"), "/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
     let consistency = &status["consistency"];
-    assert_eq!(consistency["mode"], "session");
+    assert_eq!(consistency["mode"], "user", "the default");
     assert_eq!(consistency["primary_writes_gtids"], true);
     let share = consistency["reads_after_writes"]["replica_share"].as_f64().expect("a share");
     assert!(share >= 0.5, "{consistency}");
@@ -306,4 +306,129 @@ async fn the_gtid_of_a_write_is_read_from_the_servers_own_ok_packet() {
         .expect("raw login");
     let direct = untracked.query("INSERT INTO track_t VALUES (1)").await.expect("insert");
     assert_eq!(plain, &direct[4..], "what a client without tracking gets from the server");
+}
+
+/// One "request" of a web application that takes a new connection per request: `write` on one
+/// connection, closed; then a read of that row on another.
+async fn request_pairs(proxy: &Proxy, pairs: usize) -> (usize, usize) {
+    let mut stale = 0;
+    let mut missing_tables = 0;
+    for _ in 0..pairs {
+        let key = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut writer = connect(proxy).await;
+        writer.exec_drop("INSERT INTO ryw_t (k, v) VALUES (?, 1)", (key,)).await.expect("insert");
+        writer.disconnect().await.expect("close");
+        let mut reader = connect(proxy).await;
+        match reader.exec_first::<u32, _, _>("SELECT COUNT(*) FROM ryw_t WHERE k = ?", (key,)).await {
+            Ok(Some(1)) => {}
+            Ok(_) => stale += 1,
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => missing_tables += 1,
+            Err(e) => panic!("read: {e}"),
+        }
+        reader.disconnect().await.expect("close");
+    }
+    (stale, missing_tables)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_connection_reads_what_another_connection_of_the_same_user_wrote() {
+    let _serial = SERIAL.lock().await;
+    let user = proxy("").await;
+    let session = proxy("consistency = \"session\"").await;
+    table(&mut connect(&user).await, "ryw_t").await;
+    let _delay = Delayed::start(&user).await;
+    assert_eq!(request_pairs(&user, 200).await, (0, 0), "consistency = \"user\" (the default)");
+    // DDL then a read on a new connection: the table is there.
+    for i in 0..40 {
+        let mut ddl = connect(&user).await;
+        ddl.query_drop(format!("CREATE TABLE user_new_t{i} (id INT PRIMARY KEY)")).await.expect("create");
+        ddl.disconnect().await.expect("close");
+        let mut reader = connect(&user).await;
+        let rows: Result<Vec<u32>, _> = reader.query(format!("SELECT id FROM user_new_t{i}")).await;
+        assert!(rows.is_ok(), "table {i} on a new connection: {rows:?}");
+    }
+    // Eight client processes at once, each a new connection per request.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let port = user.sql_addr.port();
+        tasks.push(tokio::spawn(async move {
+            let mut stale = 0;
+            for _ in 0..25 {
+                let key = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let opts = common::opts(port, common::cluster::APP_USER, common::cluster::APP_PASSWORD);
+                let mut w = Conn::new(opts.clone()).await.expect("connect");
+                w.exec_drop("INSERT INTO ryw_t (k, v) VALUES (?, 1)", (key,)).await.expect("insert");
+                w.disconnect().await.expect("close");
+                let mut r = Conn::new(opts).await.expect("connect");
+                let seen: Option<u32> =
+                    r.exec_first("SELECT COUNT(*) FROM ryw_t WHERE k = ?", (key,)).await.expect("read");
+                stale += usize::from(seen != Some(1));
+                r.disconnect().await.expect("close");
+            }
+            stale
+        }));
+    }
+    let mut stale = 0;
+    for task in tasks {
+        stale += task.await.expect("client");
+    }
+    assert_eq!(stale, 0, "8 concurrent clients, a new connection per request");
+    // `session` covers only the connection that wrote: the next request may read stale.
+    let (stale_session, _) = request_pairs(&session, 60).await;
+    assert!(stale_session > 0, "consistency = \"session\" reads stale across connections");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_answer_most_reads_of_new_connections_with_a_writer_that_never_stops() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy("").await;
+    table(&mut connect(&proxy).await, "mix_t").await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        let port = proxy.sql_addr.port();
+        tokio::spawn(async move {
+            let opts = common::opts(port, common::cluster::APP_USER, common::cluster::APP_PASSWORD);
+            let mut conn = Conn::new(opts).await.expect("connect");
+            for i in 0..10_000u32 {
+                if !writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                conn.exec_drop("INSERT INTO mix_t (k, v) VALUES (?, 1)", (i,)).await.expect("write");
+            }
+        })
+    };
+    // 16 connections' worth of requests: 90 % reads, 10 % writes, a new connection each.
+    let mut tasks = Vec::new();
+    for t in 0..16u32 {
+        let port = proxy.sql_addr.port();
+        tasks.push(tokio::spawn(async move {
+            let opts = common::opts(port, common::cluster::APP_USER, common::cluster::APP_PASSWORD);
+            let (mut reads, mut on_replicas) = (0, 0);
+            for i in 0..20u32 {
+                let mut conn = Conn::new(opts.clone()).await.expect("connect");
+                if i % 10 == 0 {
+                    conn.exec_drop("INSERT INTO mix_t (k, v) VALUES (?, 2)", (t,)).await.expect("write");
+                } else {
+                    let id: Option<(u32, u32)> = conn
+                        .query_first("SELECT @@server_id, COUNT(*) FROM mix_t WHERE k = 1")
+                        .await
+                        .expect("read");
+                    reads += 1;
+                    on_replicas += usize::from(id.is_some_and(|(server, _)| server != 1));
+                }
+                conn.disconnect().await.expect("close");
+            }
+            (reads, on_replicas)
+        }));
+    }
+    let (mut reads, mut on_replicas) = (0, 0);
+    for task in tasks {
+        let (r, o) = task.await.expect("client");
+        reads += r;
+        on_replicas += o;
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert!(on_replicas * 2 >= reads, "replicas answered {on_replicas} of {reads} reads");
 }

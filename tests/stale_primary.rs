@@ -31,7 +31,9 @@ async fn write(proxy: &Proxy, phase: &str, first: u32, n: u32) -> Vec<u32> {
     let mut conn = connect(proxy).await;
     let mut ids = Vec::new();
     for id in first..first + n {
-        conn.exec_drop("INSERT INTO sp (id, phase) VALUES (?, ?)", (id, phase)).await.expect("acknowledged write");
+        conn.exec_drop("INSERT INTO sp (id, phase) VALUES (?, ?)", (id, phase))
+            .await
+            .expect("acknowledged write");
         ids.push(id);
     }
     ids
@@ -78,7 +80,9 @@ async fn writes_never_reach_a_stale_former_primary_after_a_reload_or_a_restart()
     // The old primary comes back, writable and replicating from no one.
     tokio::task::spawn_blocking(|| cluster().primary().restart()).await.expect("join").expect("restart");
     let backends = proxy.sql.current().router.backends().clone();
-    let stale = wait_for(Duration::from_secs(15), || backends.get(0).is_some_and(|b| b.health.stale().is_some())).await;
+    let stale =
+        wait_for(Duration::from_secs(15), || backends.get(0).is_some_and(|b| b.health.stale().is_some()))
+            .await;
     assert!(stale.is_some(), "the old primary is seen as a stale former primary");
     acknowledged.extend(write(&proxy, "old back", 200, 20).await);
 

@@ -455,7 +455,10 @@ impl Default for RoutingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
+    /// A read sees every write of any session of the same user through this rwproxy.
     #[default]
+    User,
+    /// A read sees the writes of its own session.
     Session,
     Global,
     Eventual,
@@ -464,6 +467,7 @@ pub enum Consistency {
 impl Consistency {
     pub fn as_str(self) -> &'static str {
         match self {
+            Consistency::User => "user",
             Consistency::Session => "session",
             Consistency::Global => "global",
             Consistency::Eventual => "eventual",

@@ -9,6 +9,7 @@
 mod outcome;
 mod position;
 mod primary;
+mod users;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub use outcome::{OptimisticOutcome, ReadOutcome};
 pub use position::{Position, PositionError};
 pub use primary::PrimaryPosition;
+pub use users::{UserNeed, UserPositions};
 
 /// What rwproxy knows of one backend's replication position.
 #[derive(Debug, Default)]

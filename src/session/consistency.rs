@@ -69,8 +69,12 @@ impl Session {
             return;
         }
         let gtid = self.conns.get_mut(backend).and_then(Option::as_mut).and_then(|c| c.tracked.gtid.take());
+        let user_mode = self.shared.config.mysql.routing.consistency == Consistency::User;
         let after = &mut self.state.read_after;
         if let Some(position) = gtid.and_then(|g| Position::parse(&g).ok()) {
+            if user_mode {
+                self.running.tier().user_positions.wrote(&self.login.user, &position);
+            }
             match after.position.as_mut() {
                 Some(have) => have.merge(&position),
                 None => after.position = Some(position),
@@ -90,6 +94,9 @@ impl Session {
                 after.primary_until = Some(Instant::now() + self.shared.config.monitor.max_replication_lag);
             } else {
                 after.unknown_write = true;
+            }
+            if user_mode {
+                self.running.tier().user_positions.wrote_unknown(&self.login.user, Instant::now());
             }
         }
     }
@@ -133,6 +140,11 @@ impl Session {
                 Err(e) => return Need::Primary(format!("the primary's position is unknown ({e})")),
             }
         }
+        if mode == Consistency::User
+            && let Err(why) = Box::pin(self.user_need(&mut need)).await
+        {
+            return Need::Primary(why);
+        }
         if mode != Consistency::Eventual
             && let Some(own) = &self.state.read_after.position
         {
@@ -141,6 +153,31 @@ impl Session {
         match need {
             Some(position) => Need::Position(position),
             None => Need::Any,
+        }
+    }
+
+    /// `consistency = "user"`: adds to `need` what the user's writes through this rwproxy
+    /// require, asking the primary for its position when one of them ended without its GTID
+    /// showing. `Err`: only the primary will do, and why.
+    async fn user_need(&mut self, need: &mut Option<Position>) -> Result<(), String> {
+        let tier = self.running.tier();
+        let user = tier.user_positions.need(&self.login.user);
+        if let Some(position) = &user.position {
+            merge_into(need, position);
+        }
+        let Some(since) = user.unknown_since else { return Ok(()) };
+        let primary = self.shared.router.backends().primary().clone();
+        match self.shared.primary_position.after(&primary, since).await {
+            Ok(Some(position)) => {
+                tier.user_positions.resolved(&self.login.user, since, &position);
+                merge_into(need, &position);
+                Ok(())
+            }
+            Ok(None) if since.elapsed() < self.shared.config.monitor.max_replication_lag => {
+                Err("the servers write no GTIDs and this user wrote recently".into())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("the primary's position is unknown ({e})")),
         }
     }
 
@@ -253,7 +290,13 @@ impl Session {
                 }
             }
         } else {
-            self.state.read_after.position.as_ref().map(ToString::to_string).unwrap_or_default()
+            let mut position = self.state.read_after.position.clone();
+            if self.shared.config.mysql.routing.consistency == Consistency::User
+                && let Some(user) = self.running.tier().user_positions.need(&self.login.user).position
+            {
+                merge_into(&mut position, &user);
+            }
+            position.as_ref().map(ToString::to_string).unwrap_or_default()
         };
         self.write_text_result(&["@@rwproxy_position"], &[text.as_str()]).await
     }
@@ -265,7 +308,12 @@ impl Session {
         if mode == Consistency::Global {
             return "global: waits for the primary's current position".into();
         }
-        if mode == Consistency::Session
+        if mode == Consistency::User
+            && let Some(user) = self.running.tier().user_positions.need(&self.login.user).position
+        {
+            merge_into(&mut need, &user);
+        }
+        if matches!(mode, Consistency::Session | Consistency::User)
             && let Some(own) = &self.state.read_after.position
         {
             merge_into(&mut need, own);
