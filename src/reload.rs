@@ -104,46 +104,89 @@ fn check_fixed(old: &Config, new: &Config) -> Result<(), ReloadError> {
     Ok(())
 }
 
-/// What a reload changes, one line per backend or HTTP server, for the log and the answer.
+/// What a reload changes, for the log and the answer: one line per setting that changed
+/// (`mysql.routing.consistency: "session" → "user"`), one per list entry added or removed
+/// (`mysql.backends[replica3] added`); secrets are named, never shown.
 pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (old, new) = (old.settings(), new.settings());
+    let entry = |key: &str| key.find(']').map(|end| key[..=end].to_string());
     let mut changes = Vec::new();
-    let old_backends: Vec<(String, String)> =
-        old.backends().map(|b| (b.name.clone(), format!("{b:?}"))).collect();
-    let new_backends: Vec<(String, String)> =
-        new.backends().map(|b| (b.name.clone(), format!("{b:?}"))).collect();
-    diff_named("backend", &old_backends, &new_backends, &mut changes);
-    let servers = |c: &Config| -> Vec<(String, String)> {
-        c.http
-            .iter()
-            .flat_map(|h| h.servers.iter())
-            .map(|s| (s.get_ref().name.clone(), format!("{:?}", s.get_ref())))
-            .collect()
-    };
-    diff_named("HTTP server", &servers(old), &servers(new), &mut changes);
-    let users = |c: &Config| c.mysql.users.iter().map(|u| format!("{:?}", u.get_ref())).collect::<Vec<_>>();
-    if users(old) != users(new) {
-        changes.push("users changed".into());
+    let mut whole: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (here, there, verb) in [(&new, &old, "added"), (&old, &new, "removed")] {
+        for key in here.keys().filter(|k| !there.contains_key(*k)) {
+            // A list entry that is new (or gone) as a whole is one line.
+            match entry(key) {
+                Some(e) if !there.keys().any(|k| k.starts_with(&e)) => {
+                    if whole.insert(format!("{e} {verb}")) {
+                        changes.push(format!("{e} {verb}"));
+                    }
+                }
+                _ => changes.push(format!("{key} {verb}")),
+            }
+        }
     }
-    if format!("{:?}", old.monitor) != format!("{:?}", new.monitor) {
-        changes.push("monitor settings changed".into());
+    for (key, (before, secret)) in &old {
+        if let Some((after, _)) = new.get(key)
+            && after != before
+        {
+            if *secret {
+                changes.push(format!("{key} changed"));
+            } else {
+                changes.push(format!("{key} changed: {before} → {after}"));
+            }
+        }
     }
     if changes.is_empty() {
-        changes.push("no backend, server, user or monitor changes".into());
+        changes.push("no setting changed".into());
     }
     changes
 }
 
-fn diff_named(what: &str, old: &[(String, String)], new: &[(String, String)], out: &mut Vec<String>) {
-    for (name, desc) in new {
-        match old.iter().find(|(n, _)| n == name) {
-            None => out.push(format!("{what} {name} added")),
-            Some((_, before)) if before != desc => out.push(format!("{what} {name} changed: {desc}")),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in old {
-        if !new.iter().any(|(n, _)| n == name) {
-            out.push(format!("{what} {name} removed"));
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[monitor]
+user = "monitor"
+password = "secret1"
+
+[mysql]
+listen = "127.0.0.1:0"
+
+[[mysql.users]]
+name = "app"
+password = "app"
+
+[[mysql.backends]]
+name = "primary"
+address = "127.0.0.1:3306"
+role = "primary"
+"#;
+
+    #[test]
+    fn every_changed_setting_is_named_and_secrets_are_not_shown() {
+        let old = Config::from_toml(BASE).expect("config");
+        let text = BASE
+            .replace("password = \"secret1\"", "password = \"secret2\"\ndetect_primary = true\nrise = 5")
+            .replace(
+                "listen = \"127.0.0.1:0\"\n",
+                "listen = \"127.0.0.1:0\"\n[mysql.routing]\nconsistency = \"global\"\n",
+            )
+            + "\n[[mysql.backends]]\nname = \"replica1\"\naddress = \"127.0.0.1:3307\"\nrole = \"replica\"\n";
+        let new = Config::from_toml(&text).expect("config");
+        let changes = describe_changes(&old, &new);
+        let has = |line: &str| changes.iter().any(|c| c == line);
+        assert!(has("monitor.detect_primary changed: false → true"), "{changes:?}");
+        assert!(
+            has("monitor.rise changed: 2 → 5")
+                || changes.iter().any(|c| c.starts_with("monitor.rise changed:")),
+            "{changes:?}"
+        );
+        assert!(has("mysql.routing.consistency changed: \"user\" → \"global\""), "{changes:?}");
+        assert!(has("monitor.password changed"), "{changes:?}");
+        assert!(has("mysql.backends[replica1] added"), "{changes:?}");
+        assert!(!changes.iter().any(|c| c.contains("secret")), "{changes:?}");
+        assert_eq!(describe_changes(&old, &old), vec!["no setting changed".to_string()]);
     }
 }

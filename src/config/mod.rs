@@ -802,6 +802,18 @@ impl Config {
         toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 
+    /// Every setting of the effective configuration by its dotted key (`mysql.routing.consistency`,
+    /// `mysql.backends[replica1].weight`: entries of a list by their `name`), with its value as
+    /// TOML text, secrets masked; the bool says whether the value is a secret's (so a change
+    /// shows without the value).
+    pub fn settings(&self) -> std::collections::BTreeMap<String, (String, bool)> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(value) = toml::Value::try_from(self) {
+            flatten_setting("", &value, &mut out);
+        }
+        out
+    }
+
     /// The monitor's login: its own, or the first client user's.
     pub fn monitor_login(&self) -> (String, String) {
         let first = self.mysql.users.first().map(Spanned::get_ref);
@@ -863,6 +875,38 @@ fn parse_listing_unknown_keys(text: &str) -> Result<Config, ConfigError> {
 
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 2] = ["password", "password_hash"];
+
+fn flatten_setting(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, (String, bool)>,
+) {
+    let join = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table {
+                if SECRET_KEYS.contains(&key.as_str()) && v.as_str().is_some() {
+                    // Compared by value, printed masked.
+                    out.insert(join(key), (v.to_string(), true));
+                } else {
+                    flatten_setting(&join(key), v, out);
+                }
+            }
+        }
+        toml::Value::Array(items) if !items.is_empty() && items.iter().all(toml::Value::is_table) => {
+            for (at, item) in items.iter().enumerate() {
+                let label = item
+                    .get("name")
+                    .and_then(toml::Value::as_str)
+                    .map_or_else(|| at.to_string(), str::to_string);
+                flatten_setting(&format!("{prefix}[{label}]"), item, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), (other.to_string(), false));
+        }
+    }
+}
 
 fn mask_secrets(value: &mut toml::Value) {
     match value {

@@ -283,7 +283,11 @@ impl Session {
                     }
                     let was_pinned = self.state.view.pinned;
                     self.state.after_response(backend, &outcome, self.shared.router.optimistic());
-                    let writes = statement.is_some_and(|(class, _)| counts_as_write(class));
+                    // A change of rows that changed none wrote nothing (and no GTID shows for
+                    // it): later reads need nothing of it.
+                    let writes = statement.is_some_and(|(class, _)| {
+                        counts_as_write(class) && !(class.changes_rows && outcome.row_count == Some(0))
+                    });
                     self.learn_from_statement(backend, writes, outcome.error.is_some(), outcome.status);
                     let class = statement.map(|(class, _)| class);
                     let ran = Ran { backend, out, kind, class, outcome: &outcome, was_pinned, writes };

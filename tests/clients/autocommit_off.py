@@ -4,6 +4,7 @@ SQLAlchemy's default engine. Usage: autocommit_off.py PORT PRIMARY_PORT
 Exits non-zero with a message on the first failed check; prints one line per check passed.
 """
 import sys
+import time
 
 import pymysql
 import sqlalchemy
@@ -30,7 +31,22 @@ with setup.cursor() as cur:
     cur.execute("REPLACE INTO opt_py VALUES (1, 10), (2, 20)")
 setup.commit()
 
+def settle(conn):
+    """With consistency = "user" a read needs the user's last write: replicas take the reads once
+    they are known to have it (the monitor looks every 500 ms; a read waits 100 ms at most).
+    Waits, bounded, until a read-only transaction lands on a replica."""
+    for _ in range(50):
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@server_id, COUNT(*) FROM opt_py")
+            server, _ = cur.fetchone()
+        conn.commit()
+        if server != 1:
+            return
+        time.sleep(0.1)
+
+
 conn = connect()
+settle(conn)
 on_replicas = 0
 for _ in range(30):
     with conn.cursor() as cur:
@@ -58,6 +74,7 @@ with direct.cursor() as cur:
     check("pymysql: the write committed", cur.fetchone()[0] == v + 1)
 direct.close()
 
+settle(conn)
 engine = sqlalchemy.create_engine(f"mysql+pymysql://app:app@127.0.0.1:{PORT}/appdb",
                                   connect_args={"ssl_disabled": True}, pool_size=2)
 on_replicas = 0
