@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         Ok(config) => config.worker_threads,
         Err(e) => return report(&path, &e),
     };
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colours)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -112,8 +112,9 @@ struct BackendSeries {
     exhausted: Counter,
     demotions: Vec<(State, Counter)>,
     check_duration: Histogram,
-    /// Indexed by route × reason.
-    queries: Vec<Counter>,
+    /// The backend's name: its `rwproxy_queries_total` series are registered when first
+    /// non-zero (route × reason is 147 series a backend, most never used).
+    name: String,
 }
 
 pub struct Metrics {
@@ -250,16 +251,6 @@ impl Metrics {
             crate::config::Role::Primary => "primary",
             crate::config::Role::Replica => "replica",
         };
-        let mut queries = Vec::with_capacity(ROUTES.len() * REASONS.len());
-        for route in ROUTES {
-            for reason in REASONS {
-                let key = Self::key(
-                    "rwproxy_queries_total",
-                    &[("backend", name), ("route", route), ("reason", reason.as_str())],
-                );
-                queries.push(r.register_counter(&key, &METADATA));
-            }
-        }
         BackendSeries {
             drained: r.register_gauge(&Self::key("rwproxy_backend_drained", &[("backend", name)]), &METADATA),
             up: r.register_gauge(
@@ -314,7 +305,7 @@ impl Metrics {
                 &Self::key("rwproxy_monitor_check_duration_seconds", &[("backend", name)]),
                 &METADATA,
             ),
-            queries,
+            name: name.to_string(),
         }
     }
 
@@ -459,8 +450,17 @@ impl Metrics {
             series.resets.absolute(pool.stats.resets.load(Ordering::Relaxed));
             series.waits.absolute(pool.stats.waits.load(Ordering::Relaxed));
             series.exhausted.absolute(pool.stats.exhausted.load(Ordering::Relaxed));
-            for (i, counter) in series.queries.iter().enumerate() {
-                counter.absolute(backend.health.routed.sum(i));
+            // Only the route × reason pairs that ever ran are shown (registered once, then kept).
+            for (i, (route, reason)) in
+                ROUTES.iter().flat_map(|r| REASONS.iter().map(move |x| (r, x))).enumerate()
+            {
+                let count = backend.health.routed.sum(i);
+                if count > 0 {
+                    let labels =
+                        [("backend", series.name.as_str()), ("route", *route), ("reason", reason.as_str())];
+                    let key = Self::key("rwproxy_queries_total", &labels);
+                    self.recorder.register_counter(&key, &METADATA).absolute(count);
+                }
             }
         }
         let mut text = self.handle.render();

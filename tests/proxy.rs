@@ -711,8 +711,9 @@ async fn long_data_cursors_and_statement_reset_across_backends() {
 async fn clients_starting_with_either_plugin_log_in() {
     let proxy = start_proxy().await;
     let address = proxy.sql_addr.to_string();
-    // The user's plugin is caching_sha2_password (the default): a native client is switched;
-    // a user configured for mysql_native_password switches a caching_sha2 client.
+    // The user's plugin is the backends' own (in front of MariaDB: mysql_native_password): a
+    // caching_sha2 client is switched; a user configured for caching_sha2_password switches a
+    // native client.
     for plugin in ["caching_sha2_password", "mysql_native_password"] {
         let mut raw = RawClient::connect_with_plugin(&address, APP_USER, APP_PASSWORD, DATABASE, plugin)
             .await
@@ -722,11 +723,11 @@ async fn clients_starting_with_either_plugin_log_in() {
         let wrong = RawClient::connect_with_plugin(&address, APP_USER, "wrong", DATABASE, plugin).await;
         assert!(wrong.expect_err("wrong password").contains("Access denied"), "{plugin}");
     }
-    let native = cluster().proxy_config("127.0.0.1:0").replace(
+    let sha2 = cluster().proxy_config("127.0.0.1:0").replace(
         "name = \"reader\"\npassword = \"reader\"\n",
-        "name = \"reader\"\npassword = \"reader\"\nauth = \"mysql_native_password\"\n",
+        "name = \"reader\"\npassword = \"reader\"\nauth = \"caching_sha2_password\"\n",
     );
-    let proxy = common::start_proxy_with(&native).await;
+    let proxy = common::start_proxy_with(&sha2).await;
     let address = proxy.sql_addr.to_string();
     for plugin in ["caching_sha2_password", "mysql_native_password"] {
         let mut raw = RawClient::connect_with_plugin(&address, "reader", "reader", DATABASE, plugin)

@@ -261,6 +261,14 @@ impl BackendConn {
         Ok(conn)
     }
 
+    /// A connection of rwproxy's own (the primary-position fetch): not one of the clients'
+    /// connections the status page counts.
+    pub fn not_a_client(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.backend.health.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn protocol(&self, message: impl Into<String>) -> BackendError {
         protocol(&self.backend, message)
     }

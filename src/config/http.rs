@@ -15,6 +15,9 @@ pub struct HttpConfig {
     /// `"round_robin"` (default), `"least_connections"` or `"random_two"`.
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// The web servers (`[[http.servers]]`). None yet is allowed: requests get 503 until a
+    /// reload adds some.
+    #[serde(default)]
     pub servers: Vec<Spanned<HttpServerConfig>>,
     #[serde(default)]
     pub health: HttpHealthConfig,

@@ -311,9 +311,10 @@ pub struct UserConfig {
     /// see). Default: `mysql.multiplexing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiplexing: Option<bool>,
-    /// The authentication plugin clients use for this user: `"caching_sha2_password"` (the
-    /// default, MySQL 8/9's) or `"mysql_native_password"` (the default, and the only choice,
-    /// with `password_hash`). A client that starts with the other plugin is switched.
+    /// The authentication plugin clients use for this user: `"caching_sha2_password"` or
+    /// `"mysql_native_password"` (the only choice with `password_hash`). Default: the backends'
+    /// own (MariaDB `mysql_native_password`, MySQL 8+ `caching_sha2_password`). A client that
+    /// starts with the other plugin is switched.
     #[serde(default)]
     pub auth: Option<ClientAuth>,
 }
@@ -325,6 +326,14 @@ pub enum ClientAuth {
     CachingSha2,
     #[serde(rename = "mysql_native_password")]
     Native,
+}
+
+impl ClientAuth {
+    /// What the servers behind rwproxy would ask of a client: MariaDB `mysql_native_password`,
+    /// MySQL 8+ `caching_sha2_password`.
+    pub fn for_flavour(mariadb: bool) -> ClientAuth {
+        if mariadb { ClientAuth::Native } else { ClientAuth::CachingSha2 }
+    }
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -341,12 +350,13 @@ impl std::fmt::Debug for UserConfig {
 }
 
 impl UserConfig {
-    /// The plugin this user's clients authenticate with.
-    pub fn auth_plugin(&self) -> ClientAuth {
+    /// The plugin this user's clients authenticate with: `auth`, else `mysql_native_password`
+    /// with a `password_hash`, else `default` (the backends' flavour's: [`ClientAuth::for_flavour`]).
+    pub fn auth_plugin(&self, default: ClientAuth) -> ClientAuth {
         match (self.auth, &self.password_hash) {
             (Some(auth), _) => auth,
             (None, Some(_)) => ClientAuth::Native,
-            (None, None) => ClientAuth::CachingSha2,
+            (None, None) => default,
         }
     }
 

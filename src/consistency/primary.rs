@@ -78,9 +78,10 @@ impl PrimaryPosition {
         let stale = slot.conn.as_mut().is_none_or(|c| c.backend.index != primary.index || c.is_closed());
         if stale {
             slot.conn = None;
-            let conn = BackendConn::connect(primary.clone(), &self.login, self.timeout)
+            let mut conn = BackendConn::connect(primary.clone(), &self.login, self.timeout)
                 .await
                 .map_err(|e| e.to_string())?;
+            conn.not_a_client();
             slot.mysql = !conn.mariadb;
             slot.conn = Some(conn);
         }

@@ -32,7 +32,9 @@ impl Session {
         let salt = handshake::new_salt();
         let offered = shared.offered_caps();
         let mut out = Vec::with_capacity(128);
-        let greeting = handshake::greeting(&shared.server_version, id, &salt, offered, shared.mariadb_caps);
+        let plugin = ClientAuth::for_flavour(shared.server_version.contains("MariaDB"));
+        let greeting =
+            handshake::greeting(&shared.server_version, id, &salt, (offered, shared.mariadb_caps), plugin);
         packet::encode_packet(0, &greeting, &mut out);
         stream.write_all(&out).await?;
         // Straight from the socket, exactly one packet: after an SSLRequest the client's TLS
@@ -111,7 +113,8 @@ impl Session {
     /// The plugin `user` authenticates with (the default one for an unknown user, so that a
     /// denial looks the same either way).
     fn wanted_auth(&self, user: &str) -> ClientAuth {
-        self.shared.config.user(user.as_bytes()).map_or(ClientAuth::CachingSha2, UserConfig::auth_plugin)
+        let default = ClientAuth::for_flavour(self.shared.server_version.contains("MariaDB"));
+        self.shared.config.user(user.as_bytes()).map_or(default, |u| u.auth_plugin(default))
     }
 
     /// The client's password proof under `wanted`: the one it sent if it used that plugin,
@@ -159,7 +162,7 @@ impl Session {
     /// address is answered like a wrong password, as MySQL's `user@host` is).
     fn verify(&self, name: &str, proof: &[u8]) -> Option<(UserConfig, handshake::Credentials)> {
         let user = self.shared.config.user(name.as_bytes()).filter(|u| u.allows_host(self.peer.ip()))?;
-        let credentials = handshake::verify_user(&self.salt, user, proof)?;
+        let credentials = handshake::verify_user(&self.salt, user, self.wanted_auth(name), proof)?;
         Some((user.clone(), credentials))
     }
 

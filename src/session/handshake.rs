@@ -62,14 +62,15 @@ pub fn new_salt() -> [u8; 20] {
     salt
 }
 
-/// The greeting; it names caching_sha2_password, MySQL 8/9's default, so that clients which no
-/// longer carry mysql_native_password start with a plugin they have.
+/// The greeting; it names the plugin the backends' flavour uses (MySQL 8/9:
+/// caching_sha2_password, so that clients which no longer carry mysql_native_password start
+/// with a plugin they have; MariaDB: mysql_native_password, as the server would).
 pub fn greeting(
     server_version: &str,
     connection_id: u32,
     salt: &[u8; 20],
-    caps: Caps,
-    mariadb_caps: MariadbCapabilities,
+    (caps, mariadb_caps): (Caps, MariadbCapabilities),
+    plugin: ClientAuth,
 ) -> Vec<u8> {
     let mut scramble_1 = [0u8; 8];
     scramble_1.copy_from_slice(&salt[..8]);
@@ -84,7 +85,7 @@ pub fn greeting(
         caps,
         DEFAULT_COLLATION,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        Some(CACHING_SHA2),
+        Some(plugin_name(plugin)),
     )
     .with_mariadb_ext_capabilities(mariadb_caps);
     let mut out = Vec::new();
@@ -196,13 +197,18 @@ pub struct Credentials {
 }
 
 /// Checks a response under the user's plugin against the user's password or password hash.
-pub fn verify_user(salt: &[u8], user: &crate::config::UserConfig, response: &[u8]) -> Option<Credentials> {
+pub fn verify_user(
+    salt: &[u8],
+    user: &crate::config::UserConfig,
+    plugin: ClientAuth,
+    response: &[u8],
+) -> Option<Credentials> {
     let Some(stage2) = user.stage2() else {
         // An empty password lets anyone in: only where the configuration says so.
         if user.password.is_empty() && !user.allow_empty_password {
             return None;
         }
-        let good = match user.auth_plugin() {
+        let good = match plugin {
             ClientAuth::Native => verify_native(salt, &user.password, response),
             ClientAuth::CachingSha2 => verify_sha256(salt, &user.password, response),
         };
@@ -299,13 +305,16 @@ mod tests {
         let salt = new_salt();
         let ext = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
         let caps = OFFERED_CAPS.difference(Caps::CLIENT_LONG_PASSWORD);
-        let bytes = greeting("10.11.6-MariaDB", 42, &salt, caps, ext);
+        let bytes = greeting("10.11.6-MariaDB", 42, &salt, (caps, ext), ClientAuth::for_flavour(true));
         let parsed = ParseBuf(&bytes).parse::<HandshakePacket>(()).expect("greeting");
         assert_eq!(parsed.connection_id(), 42);
         assert_eq!(parsed.nonce(), salt.to_vec());
         assert_eq!(parsed.capabilities(), caps);
         assert_eq!(parsed.mariadb_ext_capabilities(), ext, "MariaDB's extended set is offered");
-        assert_eq!(parsed.auth_plugin_name_ref(), Some(CACHING_SHA2));
+        assert_eq!(parsed.auth_plugin_name_ref(), Some(NATIVE), "MariaDB's own plugin");
+        let bytes = greeting("9.7.0", 42, &salt, (caps, ext), ClientAuth::for_flavour(false));
+        let parsed = ParseBuf(&bytes).parse::<HandshakePacket>(()).expect("greeting");
+        assert_eq!(parsed.auth_plugin_name_ref(), Some(CACHING_SHA2), "MySQL's own plugin");
     }
 
     #[test]
