@@ -236,7 +236,10 @@ async fn caching_sha2_full_authentication_without_tls_needs_a_pinned_key_or_expl
     let plain = |extra: &str| {
         mysql()
             .proxy_config("127.0.0.1:0")
-            .replace(&format!("tls = {{ ca = \"{}\" }}\n", c.certs.ca()), extra)
+            .replace(
+                &format!("tls = {{ ca = \"{}\" }}\n", c.certs.ca()),
+                &format!("tls = \"disabled\"\n{extra}"),
+            )
             .replace("[monitor]\n", "[monitor]\nenabled = false\n")
     };
     let attempt = |text: String| async move {
@@ -250,6 +253,12 @@ async fn caching_sha2_full_authentication_without_tls_needs_a_pinned_key_or_expl
         let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
         conn.query_first::<u32, _>("SELECT 1 /* rwproxy:primary */").await.map_err(|e| e.to_string())
     };
+    // No `tls` at all (the default, "preferred"): TLS because the server offers it, as every
+    // MySQL client library does; full authentication goes inside it.
+    let default =
+        mysql().proxy_config("127.0.0.1:0").replace(&format!("tls = {{ ca = \"{}\" }}\n", c.certs.ca()), "");
+    assert!(!default.contains("tls ="), "{default}");
+    assert_eq!(attempt(default).await.expect("the default config, over TLS"), Some(1));
     let refused = attempt(plain("")).await.expect_err("no TLS, no key: the password is not sent");
     assert!(refused.contains("full authentication needs TLS"), "{refused}");
     let pinned = plain(&format!("server_public_key = \"{}\"\n", key.display()));

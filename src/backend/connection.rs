@@ -209,12 +209,15 @@ impl BackendConn {
         })?;
         let mut seq = greeting.last_seq.wrapping_add(1);
         let mut payload = plan.response;
-        let (reader, writer) = match tls {
+        // "preferred": TLS when the server offers it; "required": refused without.
+        let offered = plan.server_caps.contains(Caps::CLIENT_SSL);
+        let required = backend.tls_config.mode == crate::config::TlsMode::Required;
+        if required && !offered {
+            return Err(protocol(&backend, "TLS is required (tls) but the server does not offer it"));
+        }
+        let (reader, writer) = match tls.filter(|_| offered) {
             None => stream::plain(stream),
             Some(tls) => {
-                if !plan.server_caps.contains(Caps::CLIENT_SSL) {
-                    return Err(protocol(&backend, "TLS is configured but the server does not offer it"));
-                }
                 // CLIENT_SSL in the response, whose first 32 bytes are the SSLRequest.
                 let flags = plan.caps | Caps::CLIENT_SSL;
                 if let Some(first) = payload.get_mut(..4) {

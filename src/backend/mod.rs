@@ -44,7 +44,8 @@ pub struct Backend {
     /// The replication position it is known to have applied.
     pub known: Known,
     /// `tls` as configured (a reload that changes it makes a new backend).
-    pub tls_config: Option<BackendTls>,
+    /// The TLS its connections use (the configured one, or "preferred").
+    pub tls_config: BackendTls,
     /// The TLS connector built from it; the error when its files could not be loaded (then
     /// connections fail rather than fall back to plaintext).
     pub tls: Result<Option<crate::tls::Client>, String>,
@@ -58,11 +59,16 @@ pub struct Backend {
 }
 
 fn tls_client(b: &crate::config::BackendConfig) -> Result<Option<crate::tls::Client>, String> {
-    let Some(tls) = &b.tls else { return Ok(None) };
-    if tls.verify == crate::config::Verify::None {
+    let tls = b.tls_setting();
+    if tls.mode == crate::config::TlsMode::Disabled {
+        return Ok(None);
+    }
+    // The default (no `tls`) checks no certificate, as a MySQL client's PREFERRED does: only a
+    // configured table that turns the check off is worth a warning.
+    if b.tls.is_some() && tls.verify == crate::config::Verify::None {
         tracing::warn!(backend = %b.name, "TLS to this backend does not verify its certificate (verify = \"none\")");
     }
-    crate::tls::client(tls, &b.address).map(Some).map_err(|e| {
+    crate::tls::client(&tls, &b.address).map(Some).map_err(|e| {
         tracing::error!(backend = %b.name, error = %e, "TLS to this backend cannot be set up; its connections fail");
         e.to_string()
     })
@@ -127,7 +133,7 @@ impl Backends {
                         && old.role == b.role
                         && old.pool.max_connections() == b.max_connections
                         && old.pool.workers() == config.mysql.workers()
-                        && old.tls_config == b.tls
+                        && old.tls_config == b.tls_setting()
                         && old.public_key_retrieval == b.allow_public_key_retrieval
                         && b.server_public_key.is_none()
                 });
@@ -147,7 +153,7 @@ impl Backends {
                             config.mysql.workers(),
                         ),
                         known: Known::default(),
-                        tls_config: b.tls.clone(),
+                        tls_config: b.tls_setting(),
                         tls: tls_client(b),
                         public_key: b
                             .server_public_key

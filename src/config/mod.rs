@@ -16,7 +16,7 @@ use toml::Spanned;
 
 pub use duration::parse_duration;
 pub use http::{Algorithm, HttpConfig, HttpHealthConfig, HttpServerConfig};
-pub use security::{AddressList, BackendTls, Network, SqlTls, Verify};
+pub use security::{AddressList, BackendTls, Network, SqlTls, TlsMode, Verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -349,6 +349,13 @@ impl std::fmt::Debug for UserConfig {
     }
 }
 
+impl BackendConfig {
+    /// The TLS its connections use: `tls`, else [`BackendTls::PREFERRED`].
+    pub fn tls_setting(&self) -> BackendTls {
+        self.tls.clone().unwrap_or(BackendTls::PREFERRED)
+    }
+}
+
 impl UserConfig {
     /// The plugin this user's clients authenticate with: `auth`, else `mysql_native_password`
     /// with a `password_hash`, else `default` (the backends' flavour's: [`ClientAuth::for_flavour`]).
@@ -406,7 +413,8 @@ pub struct BackendConfig {
     /// backend's connections or health.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// TLS to this backend (data path and monitor): `{ ca = "ca.pem", verify = "full" }`.
+    /// TLS to this backend (data path and monitor): `"preferred"` (the default), `"required"`,
+    /// `"disabled"`, or `{ ca = "ca.pem", verify = "full" }` (required and checked).
     #[serde(default)]
     pub tls: Option<BackendTls>,
     /// PEM file with the server's RSA public key, for `caching_sha2_password` full
@@ -618,7 +626,7 @@ impl Config {
         }
         for (i, backend) in self.mysql.backends.iter().enumerate() {
             let b = backend.get_ref();
-            if let Some(tls) = &b.tls
+            if let Some(tls) = b.tls.as_ref().filter(|t| t.mode != TlsMode::Disabled)
                 && let Err(e) = crate::tls::client(tls, &b.address)
             {
                 let line = line_of(text, backend.span().start);

@@ -21,20 +21,80 @@ pub struct SqlTls {
     pub required: bool,
 }
 
-/// `tls = { … }` on a backend: rwproxy's connections to it (data path and monitor) use TLS.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// `tls` on a backend: how rwproxy's connections to it (data path and monitor) use TLS. Either
+/// a mode, `tls = "preferred"` (the default: TLS when the server offers it, as every MySQL
+/// client library does, without checking its certificate), `"required"` (the same, refusing a
+/// server without TLS) or `"disabled"`; or a table, `tls = { ca = "ca.pem", verify = "full" }`,
+/// which requires TLS and checks the certificate.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BackendTls {
+    /// Whether TLS is used: required (a table's default), preferred or disabled.
+    pub mode: TlsMode,
     /// PEM file with the CA certificate(s) the server's certificate must lead to.
     #[serde(default)]
     pub ca: Option<String>,
     /// `"full"` (default: chain and name), `"ca"` (chain only) or `"none"` (no check at all).
-    #[serde(default)]
     pub verify: Verify,
     /// The name the certificate must carry with `verify = "full"`. Default: the host of
     /// `address`.
-    #[serde(default)]
     pub server_name: Option<String>,
+}
+
+/// `mode` of a backend's `tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Preferred,
+    #[default]
+    Required,
+    Disabled,
+}
+
+impl BackendTls {
+    /// What a backend without `tls` gets: TLS when offered, certificate not checked.
+    pub const PREFERRED: BackendTls =
+        BackendTls { mode: TlsMode::Preferred, ca: None, verify: Verify::None, server_name: None };
+
+    fn mode(mode: TlsMode) -> BackendTls {
+        BackendTls { mode, ..BackendTls::PREFERRED }
+    }
+}
+
+/// The table form, as it was before modes existed: TLS required, certificate checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsTable {
+    #[serde(default)]
+    mode: TlsMode,
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    verify: Verify,
+    #[serde(default)]
+    server_name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for BackendTls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BackendTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "\"preferred\", \"required\", \"disabled\" or a table { ca, verify, server_name }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendTls, E> {
+                let mode = TlsMode::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                Ok(BackendTls::mode(mode))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<BackendTls, A::Error> {
+                let t = TlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(BackendTls { mode: t.mode, ca: t.ca, verify: t.verify, server_name: t.server_name })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -110,6 +110,8 @@ pub struct Checker {
     heartbeat_warned: bool,
     /// The server is MySQL (positions are `gtid_executed`), found by the first position read.
     mysql: Option<bool>,
+    /// With "preferred" TLS: the server offered none, so the monitor logs in without.
+    plain: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +156,8 @@ fn replica_status(row: Option<ReplicaRow>) -> Report {
 fn ssl_opts(tls: &crate::config::BackendTls) -> mysql_async::SslOpts {
     use crate::config::Verify;
     let mut opts = mysql_async::SslOpts::default()
-        .with_disable_built_in_roots(true)
+        // Without a CA (verify = "none") there is no root to trust and none is needed.
+        .with_disable_built_in_roots(tls.ca.is_some())
         .with_danger_skip_domain_validation(tls.verify != Verify::Full)
         .with_danger_accept_invalid_certs(tls.verify == Verify::None);
     if let Some(ca) = &tls.ca {
@@ -177,6 +180,7 @@ impl Checker {
             heartbeat_ready: false,
             heartbeat_warned: false,
             mysql: None,
+            plain: false,
         }
     }
 
@@ -201,15 +205,31 @@ impl Checker {
             let (host, port) =
                 self.address.rsplit_once(':').ok_or_else(|| CheckError::Bad("bad address".into()))?;
             let port = port.parse().map_err(|_| CheckError::Bad("bad port".into()))?;
+            use crate::config::TlsMode;
+            let mode = self.tls.as_ref().map_or(TlsMode::Disabled, |t| t.mode);
+            let tls = self
+                .tls
+                .as_ref()
+                .filter(|_| mode == TlsMode::Required || mode == TlsMode::Preferred && !self.plain);
             let opts = OptsBuilder::default()
                 .ip_or_hostname(host)
                 .tcp_port(port)
                 .user(Some(self.settings.user.clone()))
                 .pass(Some(self.settings.password.clone()))
                 .prefer_socket(false)
-                .stmt_cache_size(0)
-                .ssl_opts(self.tls.as_ref().map(ssl_opts));
-            self.conn = Some(Conn::new(opts).await?);
+                .stmt_cache_size(0);
+            // The monitor logs in as the data path does: TLS when the server offers it
+            // ("preferred"), or always ("required").
+            let conn = match Conn::new(opts.clone().ssl_opts(tls.map(ssl_opts))).await {
+                Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+                    if mode == TlsMode::Preferred =>
+                {
+                    self.plain = true;
+                    Conn::new(opts).await?
+                }
+                other => other?,
+            };
+            self.conn = Some(conn);
             self.heartbeat_ready = false;
         }
         self.conn.as_mut().ok_or_else(|| CheckError::Bad("no connection".into()))

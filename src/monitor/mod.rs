@@ -72,7 +72,8 @@ async fn watch(ctx: Arc<Context>, index: usize) {
     let Some(backend) = ctx.backends.get(index).cloned() else {
         return;
     };
-    let mut checker = Checker::new(backend.address.clone(), backend.tls_config.clone(), ctx.settings.clone());
+    let mut checker =
+        Checker::new(backend.address.clone(), Some(backend.tls_config.clone()), ctx.settings.clone());
     // After a reload the checks restart on a backend that may already be out: start from its
     // side, so a backend that is down needs `rise` good checks to come back, as always.
     let mut hysteresis = if backend.health.state() == State::Up {
