@@ -371,3 +371,71 @@ async fn when_every_replica_lags_reads_go_to_the_primary_or_the_least_lagged() {
     .await;
     assert!(back.is_some(), "replicas caught up");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_heartbeat_grants_status_says_so_and_lag_is_measured_from_positions() {
+    let _serial = SERIAL.lock().await;
+    // A monitor user that may read replication status but not write rwproxy's heartbeat.
+    sql(
+        0,
+        "CREATE USER IF NOT EXISTS 'monitor_nohb'@'%' IDENTIFIED BY 'nohb';
+         GRANT SLAVE MONITOR, REPLICATION CLIENT ON *.* TO 'monitor_nohb'@'%';",
+    )
+    .await;
+    tokio::task::spawn_blocking(|| cluster().wait_replicated()).await.expect("join").expect("replicated");
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("user = \"monitor\"\npassword = \"monitor\"", "user = \"monitor_nohb\"\npassword = \"nohb\"")
+        .replace("interval = \"500ms\"", "interval = \"200ms\"\nmax_replication_lag = \"30s\"");
+    assert!(text.contains("monitor_nohb"), "{text}");
+    let proxy = start_proxy_with(&text).await;
+    let admin = proxy.admin_addr.expect("admin");
+    let mut warned = None;
+    for _ in 0..50 {
+        let (_, status) = http_get(admin, "/status").await;
+        if status.contains("cannot write the heartbeat") {
+            warned = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = warned.expect("/status warns that the heartbeat cannot be written");
+    assert!(status.contains("GTID positions"), "{status}");
+    let (_, page) = http_get(admin, "/").await;
+    assert!(page.contains("cannot write the heartbeat"), "the status page says so too");
+
+    // replica1 one second behind while writes flow: measured, not 0.
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 1; START SLAVE;").await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut conn = common::connect_direct(cluster().primary().port).await;
+            conn.query_drop("CREATE TABLE IF NOT EXISTS nohb_t (id INT AUTO_INCREMENT PRIMARY KEY)")
+                .await
+                .expect("create");
+            for _ in 0..2_000 {
+                if !writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                conn.query_drop("INSERT INTO nohb_t VALUES ()").await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut highest = Duration::ZERO;
+    for _ in 0..60 {
+        if let Some(lag) = proxy.backends().get(1).and_then(|b| b.health.lag()) {
+            highest = highest.max(lag);
+        }
+        if highest >= Duration::from_millis(900) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    sql(1, "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE;").await;
+    tokio::task::spawn_blocking(|| cluster().wait_replicated()).await.expect("join").expect("replicated");
+    assert!(highest >= Duration::from_millis(900), "a replica 1 s behind measured {highest:?}");
+}

@@ -68,8 +68,20 @@ fn row(out: &mut String, b: &Backend, state: &AdminState, in_pool: bool) {
         h.queries(),
         qps(&samples),
         lag_chart(&samples, threshold),
-        escape(&h.reason()),
+        escape(&reason(b, in_pool)),
     );
+}
+
+/// The monitor's reason, and what keeps the backend out of rotation besides: a stale former
+/// primary, or (while it is out of the read pool) the data path's last failure there.
+fn reason(b: &Backend, in_pool: bool) -> String {
+    let failure = b.last_error().filter(|_| !in_pool).map(|e| format!("last data-path failure: {e}"));
+    let parts: Vec<String> = [Some(b.health.reason()), b.health.stale(), failure]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.join("; ")
 }
 
 /// The HTTP servers table, when the balancer is on.

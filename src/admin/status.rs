@@ -38,6 +38,9 @@ pub fn snapshot(state: &AdminState) -> Value {
                 "admin_state": if b.is_drained() { "drain" } else { "ready" },
                 "reason": h.reason(),
                 "stale": h.stale(),
+                // What the data path last saw fail there (a connect, a login, a lost connection):
+                // the backend sits out of the read pool for `retry_failed_after` after it.
+                "last_error": b.last_error(),
                 "replicates_from": h.source().flatten(),
                 "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
                 "connections": h.connections.load(Ordering::Relaxed),
@@ -81,6 +84,12 @@ pub fn snapshot(state: &AdminState) -> Value {
     for b in backends.all() {
         if let Some(why) = b.health.stale() {
             warnings.push(format!("{}: {why}", b.name));
+        }
+        if let Some(why) = b.health.heartbeat_problem().filter(|_| backends.is_primary(b.index)) {
+            warnings.push(format!(
+                "{}: {why}; replica lag is measured from GTID positions instead (one monitor interval's resolution)",
+                b.name
+            ));
         }
     }
     json!({

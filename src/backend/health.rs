@@ -72,6 +72,8 @@ pub struct Health {
     /// Why the backend is a stale former primary (writable while the replicas follow another
     /// backend), when it is one: it takes no reads, and is fenced when rwproxy may.
     stale: Mutex<Option<String>>,
+    /// On the primary: why the monitor cannot write its heartbeat there, if it cannot.
+    heartbeat_problem: Mutex<Option<String>>,
 }
 
 /// One monitor observation kept for the status page.
@@ -96,6 +98,7 @@ impl Default for Health {
             down: crate::striped::StripedNotify::default(),
             source: Mutex::new(None),
             stale: Mutex::new(None),
+            heartbeat_problem: Mutex::new(None),
         }
     }
 }
@@ -119,6 +122,17 @@ impl Health {
 
     pub fn set_stale(&self, why: Option<String>) {
         if let Ok(mut s) = self.stale.lock() {
+            *s = why;
+        }
+    }
+
+    /// Why the heartbeat cannot be written on this backend (the primary), if it cannot.
+    pub fn heartbeat_problem(&self) -> Option<String> {
+        self.heartbeat_problem.lock().ok().and_then(|s| s.clone())
+    }
+
+    pub fn set_heartbeat_problem(&self, why: Option<String>) {
+        if let Ok(mut s) = self.heartbeat_problem.lock() {
             *s = why;
         }
     }

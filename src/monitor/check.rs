@@ -22,6 +22,8 @@ pub struct Report {
     /// The address the backend replicates from (`Master_Host:Master_Port`) while its I/O
     /// thread runs or retries; `Some(None)`: it replicates from no one; `None`: not read.
     pub source: Option<Option<String>>,
+    /// On the primary: why the heartbeat cannot be written (`Some(None)`: it can).
+    pub heartbeat: Option<Option<String>>,
 }
 
 impl Report {
@@ -30,17 +32,59 @@ impl Report {
     }
 
     fn fine() -> Report {
-        Report { problem: None, lag: None, read_only: None, position: None, gtid: None, source: None }
+        Report {
+            problem: None,
+            lag: None,
+            read_only: None,
+            position: None,
+            gtid: None,
+            source: None,
+            heartbeat: None,
+        }
     }
 }
 
-/// When rwproxy last wrote the heartbeat on the primary, shared by every backend's checker.
+/// When rwproxy last wrote the heartbeat on the primary, and the primary's recent positions,
+/// shared by every backend's checker.
 #[derive(Debug, Default)]
 pub struct HeartbeatClock {
     last_write: Mutex<Option<Instant>>,
+    /// The primary's positions as its checks read them, each with when it was first seen,
+    /// oldest first (bounded): without the heartbeat, a replica's lag is how long ago the
+    /// primary first had a position the replica still lacks.
+    positions: Mutex<std::collections::VecDeque<(Instant, crate::consistency::Position)>>,
 }
 
+/// Primary positions kept for the fallback lag (at `interval = "500ms"`, ten minutes).
+const POSITIONS_KEPT: usize = 1200;
+
 impl HeartbeatClock {
+    /// The primary's check read `position`.
+    fn primary_at(&self, position: &str) {
+        let Ok(position) = crate::consistency::Position::parse(position) else { return };
+        let Ok(mut positions) = self.positions.lock() else { return };
+        if positions.back().is_some_and(|(_, last)| *last == position) {
+            return;
+        }
+        if positions.len() >= POSITIONS_KEPT {
+            positions.pop_front();
+        }
+        positions.push_back((Instant::now(), position));
+    }
+
+    /// How far behind a replica at `applied` is, from the primary's positions: 0 when it has
+    /// the newest, else the age of the oldest it lacks; `None` when nothing is known.
+    pub fn lag_by_position(&self, applied: &str) -> Option<Duration> {
+        let applied = crate::consistency::Position::parse(applied).ok()?;
+        let positions = self.positions.lock().ok()?;
+        let (_, newest) = positions.back()?;
+        if applied.covers(newest) {
+            return Some(Duration::ZERO);
+        }
+        let first_missing = positions.iter().find(|(_, p)| !applied.covers(p))?;
+        Some(first_missing.0.elapsed())
+    }
+
     fn wrote(&self) {
         if let Ok(mut w) = self.last_write.lock() {
             *w = Some(Instant::now());
@@ -255,9 +299,12 @@ impl Checker {
         let source = row.as_ref().map(|row| row.as_ref().filter(|r| r.io != "No").map(|r| r.source.clone()));
         let row = row.flatten();
         if primary {
-            self.write_heartbeat(clock).await;
+            let heartbeat = Some(self.write_heartbeat(clock).await);
             let (position, gtid) = self.position(true).await?;
-            return Ok(Report { read_only, position, gtid, source, ..Report::fine() });
+            if let Some(p) = &position {
+                clock.primary_at(p);
+            }
+            return Ok(Report { read_only, position, gtid, source, heartbeat, ..Report::fine() });
         }
         let (position, gtid) = self.position(false).await?;
         let mut report = replica_status(row);
@@ -265,6 +312,10 @@ impl Checker {
         report.gtid = gtid;
         report.source = source;
         if let Some(lag) = self.heartbeat_lag(clock).await {
+            report.lag = Some(lag);
+        } else if let Some(lag) = report.position.as_deref().and_then(|p| clock.lag_by_position(p)) {
+            // No heartbeat: how long ago the primary had what this replica lacks (a delayed
+            // replica's `Seconds_Behind_*` can read 0 while it is a second behind).
             report.lag = Some(lag);
         }
         if report.problem.is_none()
@@ -377,13 +428,10 @@ impl Checker {
     /// time the write finds them missing. No `IF NOT EXISTS` on every start (a note each time)
     /// and no `VALUES()` in the upsert (deprecated on MySQL 8.0.20+): rwproxy's own statements
     /// raise no warnings.
-    async fn write_heartbeat(&mut self, clock: &HeartbeatClock) {
-        let Some(table) = self.settings.heartbeat_table.clone() else {
-            return;
-        };
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
+    /// Returns why the heartbeat could not be written, if it could not.
+    async fn write_heartbeat(&mut self, clock: &HeartbeatClock) -> Option<String> {
+        let table = self.settings.heartbeat_table.clone()?;
+        let conn = self.conn.as_mut()?;
         let sql = HeartbeatSql::new(&table);
         let mut result = conn.query_drop(&sql.upsert).await;
         let missing = |r: &Result<(), mysql_async::Error>| matches!(r, Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049);
@@ -404,12 +452,17 @@ impl Checker {
             self.heartbeat_ready = true;
         }
         match result {
-            Ok(()) => clock.wrote(),
-            Err(e) if !self.heartbeat_warned => {
-                self.heartbeat_warned = true;
-                tracing::warn!(%table, error = %e, "cannot write the heartbeat; lag falls back to Seconds_Behind_Source (Seconds_Behind_Master)");
+            Ok(()) => {
+                clock.wrote();
+                None
             }
-            Err(_) => {}
+            Err(e) => {
+                if !self.heartbeat_warned {
+                    self.heartbeat_warned = true;
+                    tracing::warn!(%table, error = %e, "cannot write the heartbeat; replica lag is measured from GTID positions instead (one monitor interval's resolution)");
+                }
+                Some(format!("cannot write the heartbeat table {table}: {e}"))
+            }
         }
     }
 

@@ -139,6 +139,9 @@ fn apply(ctx: &Context, index: usize, hysteresis: &mut Hysteresis, report: Repor
     if report.source.is_some() {
         health.set_source(report.source.clone());
     }
+    if let Some(heartbeat) = &report.heartbeat {
+        health.set_heartbeat_problem(heartbeat.clone());
+    }
     if report.problem.is_none() || report.position.is_some() {
         let position = report.position.as_deref().and_then(|p| crate::consistency::Position::parse(p).ok());
         backend.known.set(position);

@@ -534,9 +534,10 @@ impl Session {
             }
             Err(e @ crate::backend::BackendError::Exhausted { .. }) => Err(AttemptError::Full(e.to_string())),
             Err(e) => {
-                if e.is_unreachable() {
-                    self.shared.router.backends().mark_failed(backend, &e.to_string());
-                }
+                // Unreachable, or its logins fail (the server refuses rwproxy's login: a backend
+                // reads cannot go to, whatever the monitor's own login says).
+                let why = if e.is_unreachable() { e.to_string() } else { format!("logins fail: {e}") };
+                self.shared.router.backends().mark_failed(backend, &why);
                 Err(AttemptError::Unavailable(e.to_string()))
             }
         }
