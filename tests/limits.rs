@@ -189,6 +189,56 @@ async fn reload_needs_the_admin_token_and_refuses_other_origins() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One raw HTTP/1.1 request naming `host`; the status code.
+async fn admin_request_as(
+    addr: std::net::SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect admin");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let (bytes, _) = read_to_close(&mut stream).await;
+    let text = String::from_utf8_lossy(&bytes);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_the_admin_port_answers_only_requests_that_name_it() {
+    let _serial = SERIAL.lock().await;
+    let text = cluster().proxy_config("127.0.0.1:0").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nhost_names = [\"status.internal\"]",
+    );
+    let proxy = start_proxy_with(&text).await;
+    let admin = proxy.admin_addr.expect("admin");
+    let port = admin.port();
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1, asking with
+    // its own origin (so the same-origin check alone would let it through).
+    let evil = format!("evil.example:{port}");
+    let origin = format!("Origin: http://{evil}\r\n");
+    let drain = "/backends/primary/drain";
+    assert_eq!(admin_request_as(admin, &evil, "POST", drain, &origin).await, 403, "no drain by another name");
+    assert!(!proxy.sql.current().router.backends().all()[0].is_drained(), "refused: nothing changed");
+    for page in ["/sessions", "/queries", "/status", "/"] {
+        assert_eq!(
+            admin_request_as(admin, &evil, "GET", page, "").await,
+            403,
+            "{page} is not read by another name"
+        );
+    }
+    // Its own names: the address, localhost, a configured name.
+    for host in [admin.to_string(), format!("localhost:{port}"), format!("status.internal:{port}")] {
+        assert_eq!(admin_request_as(admin, &host, "GET", "/status", "").await, 200, "{host}");
+    }
+    assert_eq!(admin_request_as(admin, &format!("localhost:{port}"), "POST", drain, "").await, 200);
+    assert!(proxy.sql.current().router.backends().all()[0].is_drained());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_closes_a_connection_that_never_sends_its_head() {
     let _serial = SERIAL.lock().await;

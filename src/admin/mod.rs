@@ -109,6 +109,13 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 type Change = fn(&Request<Incoming>, &Admin) -> Response<Full<Bytes>>;
 
 fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+    let config = admin.sql.current().config.admin.clone();
+    let open = config.as_ref().is_none_or(|a| a.token.is_none());
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok());
+    if open && !host_names_listener(host, config.as_ref().map_or(&[][..], |a| &a.host_names)) {
+        let why = "the Host header does not name this listener (set admin.host_names, or admin.token)\n";
+        return respond(StatusCode::FORBIDDEN, "text/plain", why.into());
+    }
     let path = req.uri().path();
     // The endpoints that change the proxy: one access rule, POST only.
     let change: Option<Change> = match path {
@@ -151,6 +158,21 @@ fn route(req: &Request<Incoming>, admin: &Admin, peer: std::net::SocketAddr) -> 
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", page::render(state, &admin.sql)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Whether a request's `Host` names this listener: an address (a name typed as an IP literal
+/// cannot be rebound), `localhost`, or a configured name. DNS rebinding always comes with the
+/// attacker's own name. No `Host` at all is not a browser's request, and passes.
+fn host_names_listener(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') && port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let name = name.trim_matches(['[', ']']);
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// A write endpoint needs the configured bearer token (compared in constant time), or, when
@@ -293,5 +315,24 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
             primary.health.reason()
         );
         respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_names_listener;
+
+    #[test]
+    fn only_names_of_the_listener_pass() {
+        let names = ["rwproxy".to_string()];
+        for good in
+            ["127.0.0.1:9090", "localhost:9090", "LOCALHOST", "rwproxy:9090", "[::1]:9090", "10.0.0.1"]
+        {
+            assert!(host_names_listener(Some(good), &names), "{good}");
+        }
+        for bad in ["evil.example:9090", "evil.example", "rwproxy.evil:9090", "localhost.evil:9090"] {
+            assert!(!host_names_listener(Some(bad), &names), "{bad}");
+        }
+        assert!(host_names_listener(None, &names), "no Host: not a browser");
     }
 }

@@ -164,6 +164,12 @@ pub struct AdminConfig {
     /// are closed before anything is read. Default: everyone.
     #[serde(default)]
     pub firewall: AddressList,
+    /// Without a `token`, a request must name this listener in its `Host` header: an IP
+    /// address, `localhost`, or one of these names (e.g. `["rwproxy"]` for a Prometheus
+    /// that scrapes `rwproxy:9090`). A web page whose own name resolves to 127.0.0.1 (DNS
+    /// rebinding) is refused. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_names: Vec<String>,
 }
 
 /// A secret from the config: never printed by `Debug`.
