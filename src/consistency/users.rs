@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Position;
@@ -20,6 +21,9 @@ pub const MAX_USERS: usize = 10_000;
 pub struct UserPositions {
     inner: Mutex<Inner>,
     max_users: usize,
+    /// Moves on every change: a session that saw this version need not look again (a read
+    /// costs one atomic load while no write happens).
+    version: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +60,11 @@ impl Default for UserPositions {
 
 impl UserPositions {
     pub fn new(max_users: usize) -> UserPositions {
-        UserPositions { inner: Mutex::new(Inner::default()), max_users: max_users.max(1) }
+        UserPositions {
+            inner: Mutex::new(Inner::default()),
+            max_users: max_users.max(1),
+            version: AtomicU64::new(0),
+        }
     }
 
     /// A write of `user` committed at `position`.
@@ -83,6 +91,11 @@ impl UserPositions {
                 entry.unknown_since = None;
             }
         });
+    }
+
+    /// The version of what is known: it moves on every change.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// What a read of `user` must see: its writes, and those of forgotten users.
@@ -120,6 +133,8 @@ impl UserPositions {
         let entry = inner.users.entry(user.to_string()).or_default();
         change(entry);
         entry.touched = Some(Instant::now());
+        // Under the lock: a reader that sees the new version finds the new entry.
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 }
 

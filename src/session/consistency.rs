@@ -29,6 +29,10 @@ pub struct ReadAfter {
     primary_until: Option<Instant>,
     /// Where the last read that needed a position went.
     last: Option<LastRead>,
+    /// `consistency = "user"`: what the user's writes required when the shared table was at
+    /// `user_version` (looked up again only when it moved).
+    user_need: crate::consistency::UserNeed,
+    user_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,11 +165,15 @@ impl Session {
     /// showing. `Err`: only the primary will do, and why.
     async fn user_need(&mut self, need: &mut Option<Position>) -> Result<(), String> {
         let tier = self.running.tier();
-        let user = tier.user_positions.need(&self.login.user);
-        if let Some(position) = &user.position {
+        let version = tier.user_positions.version();
+        if self.state.read_after.user_version != Some(version) {
+            self.state.read_after.user_need = tier.user_positions.need(&self.login.user);
+            self.state.read_after.user_version = Some(version);
+        }
+        if let Some(position) = &self.state.read_after.user_need.position {
             merge_into(need, position);
         }
-        let Some(since) = user.unknown_since else { return Ok(()) };
+        let Some(since) = self.state.read_after.user_need.unknown_since else { return Ok(()) };
         let primary = self.shared.router.backends().primary().clone();
         match self.shared.primary_position.after(&primary, since).await {
             Ok(Some(position)) => {
