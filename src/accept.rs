@@ -51,3 +51,38 @@ impl Refusals {
         }
     }
 }
+
+/// Log lines about one kind of event at most once a second, each with how many happened since
+/// the last: a flood of refused or timed-out connections writes a line a second, not a line a
+/// connection. Shared by the threads that see the events.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    kinds: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, Option<std::time::Instant>)>>,
+}
+
+impl LogLimiter {
+    /// Counts one event of `kind`; returns how many to report when a line is due now.
+    pub fn note(&self, kind: &'static str) -> Option<u64> {
+        let mut kinds = self.kinds.lock().ok()?;
+        let (count, logged) = kinds.entry(kind).or_insert((0, None));
+        *count += 1;
+        if logged.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        *logged = Some(std::time::Instant::now());
+        Some(std::mem::take(count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_flood_is_one_line_a_second() {
+        let limiter = super::LogLimiter::default();
+        assert_eq!(limiter.note("silent"), Some(1), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(limiter.note("silent"), None);
+        }
+        assert_eq!(limiter.note("other"), Some(1), "kinds are counted apart");
+    }
+}

@@ -359,8 +359,16 @@ impl Metrics {
     /// listener's allow list (or in its deny list) was closed. Rare, so the series is looked up
     /// each time.
     pub fn refused_by_firewall(&self, listener: &'static str) {
+        self.connection_refused(listener, "firewall");
+    }
+
+    /// `rwproxy_connections_refused_total{listener, reason}`: a connection turned away or cut
+    /// off before it was served (`firewall`, `too_many`, `too_many_from_source`, `silent`: no
+    /// first byte of a login, `login_timeout`). Looked up each time: refusals are rare, and a
+    /// series appears only once it counts something.
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
         let key =
-            Self::key("rwproxy_connections_refused_total", &[("listener", listener), ("reason", "firewall")]);
+            Self::key("rwproxy_connections_refused_total", &[("listener", listener), ("reason", reason)]);
         self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 

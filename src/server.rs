@@ -114,6 +114,9 @@ fn close_idle_backend_connections(tier: &SqlTier, worker: usize) {
 
 /// Accepts SQL clients until the task is aborted or the tier drains, handing each to the
 /// worker with the fewest sessions.
+/// How long a new connection may wait in the backlog while every client slot is taken.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
     let count = tier.current().config.mysql.workers();
     let workers: Vec<Worker> =
@@ -125,6 +128,15 @@ pub async fn serve(listener: TcpListener, tier: Arc<SqlTier>) {
     let mut refusals = Refusals::default();
     let mut next = 0;
     loop {
+        // At max_client_connections new connections wait in the kernel's backlog for a slot
+        // (HAProxy's maxconn), up to QUEUE_WAIT; only then are they taken and refused.
+        let cap = tier.current().config.mysql.max_client_connections;
+        for _ in 0..QUEUE_WAIT.as_millis() / 10 {
+            if tier.sessions() < cap {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         tokio::select! {
             (stream, peer) = next_connection(&listener, "sql") => {
                 let shared = tier.current();

@@ -89,6 +89,8 @@ pub struct SqlTier {
     pub digests: crate::digests::Digests,
     /// The newest write position of each user (`consistency = "user"`); outlives reloads.
     pub user_positions: crate::consistency::UserPositions,
+    /// Refusals and login timeouts are logged a line a second, with their count.
+    pub refusal_log: crate::accept::LogLimiter,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -133,6 +135,7 @@ impl SqlTier {
             registry: Arc::default(),
             digests,
             user_positions: crate::consistency::UserPositions::default(),
+            refusal_log: crate::accept::LogLimiter::default(),
         }
     }
 

@@ -319,7 +319,8 @@ async fn five_thousand_silent_connections_change_nothing_for_real_clients() {
     let web = common::web::WebServer::start("web1").await;
     // The cap on client connections counts connections that have not logged in yet too: it is
     // set above the flood here, as an operator expecting one would.
-    let mut text = config("handshake_timeout = \"4s\"\nmax_client_connections = 8000");
+    let mut text =
+        config("handshake_timeout = \"4s\"\nmax_client_connections = 8000\nmax_connections_per_source = 0");
     text.push_str(&format!(
         "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.health]\ninterval = \"200ms\"\n\n[[http.servers]]\nname = \"web1\"\naddress = \"{}\"\n",
         web.addr
@@ -404,4 +405,62 @@ async fn http_connections_over_the_cap_get_503_at_once() {
         }
     }
     assert!(ok, "a closed connection makes room for its source");
+}
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.0/8 is all this machine's).
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().expect("address"))?;
+    socket.connect(addr).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_silent_connections_does_not_keep_real_clients_out() {
+    let _serial = SERIAL.lock().await;
+    // The defaults: 1024 connections from one address, 2 s for a login's first byte.
+    let proxy = start_proxy_with(&config("")).await;
+    let addr = proxy.sql_addr;
+    // 2,000 connections from 127.0.0.2 that say nothing.
+    let mut silent = Vec::new();
+    for _ in 0..2_000 {
+        match connect_from("127.0.0.2", addr).await {
+            Ok(stream) => silent.push(stream),
+            Err(e) => panic!("flood connection: {e}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Real clients from 127.0.0.1 log in at once meanwhile.
+    let mut fast = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            mysql_async::Conn::new(common::opts(addr.port(), APP_USER, APP_PASSWORD)),
+        )
+        .await;
+        if matches!(conn, Ok(Ok(_))) && started.elapsed() < Duration::from_millis(200) {
+            fast += 1;
+        }
+        if let Ok(Ok(conn)) = conn {
+            let _ = conn.disconnect().await;
+        }
+    }
+    assert!(fast >= 19, "{fast} of 20 real logins within 200 ms during the flood");
+    // The silent ones are closed after the first-byte deadline, not the 10 s login deadline.
+    let started = Instant::now();
+    let (_, took) = read_to_close(&mut silent[0]).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "a silent connection was held {took:?} more");
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    assert!(
+        metrics
+            .contains("rwproxy_connections_refused_total{listener=\"sql\",reason=\"too_many_from_source\"}"),
+        "{metrics}"
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, metrics) = common::http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
+    assert!(
+        metrics.contains("rwproxy_connections_refused_total{listener=\"sql\",reason=\"silent\"}"),
+        "{metrics}"
+    );
 }

@@ -58,6 +58,14 @@ impl BackendError {
     pub fn is_unreachable(&self) -> bool {
         !matches!(self, BackendError::Refused { .. } | BackendError::Exhausted { .. })
     }
+
+    /// Whether the server refused rwproxy's login for a reason of its own, one every session
+    /// meets there: too many connections (1040), rwproxy's credentials or host refused (1045,
+    /// 1129, 1130), TLS required (3159). Not what the client chose: a database it names that
+    /// this server lacks (1049, 1044) refuses that session only.
+    pub fn is_backend_refusal(&self) -> bool {
+        matches!(self, BackendError::Refused { code: 1040 | 1045 | 1129 | 1130 | 1251 | 3159, .. })
+    }
 }
 
 /// Who rwproxy logs in as, and with which options. `Debug` masks the password and its hash.

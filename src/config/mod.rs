@@ -229,10 +229,16 @@ pub struct MysqlConfig {
     /// closed. Default 4096.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
-    /// Client connections from one source address at once (0 = no limit, the default); one
-    /// more gets 1040.
-    #[serde(default)]
+    /// Client connections from one source address at once (0 = no limit); one more gets
+    /// 1040. Default 1024: one host cannot take every slot (an application server's pools
+    /// seldom hold more).
+    #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
+    /// Time from the greeting to the first byte of the client's answer: a connection that says
+    /// nothing is no client, and gives its slot back this soon rather than at
+    /// `handshake_timeout`. Default `"2s"`.
+    #[serde(default = "default_login_first_byte_timeout", with = "duration::serde_str")]
+    pub login_first_byte_timeout: Duration,
     /// A client that sends no command for this long is closed (MySQL's `wait_timeout`).
     /// Default `"8h"`.
     #[serde(default = "default_client_idle_timeout", with = "duration::serde_str")]
@@ -553,6 +559,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_max_client_connections() -> usize {
     4096
+}
+fn default_max_connections_per_source() -> usize {
+    1024
+}
+fn default_login_first_byte_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_backend_idle_timeout() -> Duration {
     Duration::from_secs(600)

@@ -37,6 +37,11 @@ impl Session {
             handshake::greeting(&shared.server_version, id, &salt, (offered, shared.mariadb_caps), plugin);
         packet::encode_packet(0, &greeting, &mut out);
         stream.write_all(&out).await?;
+        // A connection that says nothing is no client: it gives its slot back soon.
+        let first_byte = shared.config.mysql.login_first_byte_timeout;
+        if tokio::time::timeout(first_byte, stream.readable()).await.is_err() {
+            return Err(SessionError::Silent(first_byte));
+        }
         // Straight from the socket, exactly one packet: after an SSLRequest the client's TLS
         // handshake follows at once, and those bytes belong to TLS.
         let first = packet::read_logical(&mut stream, MAX_LOGIN_PACKET)

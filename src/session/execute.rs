@@ -534,10 +534,15 @@ impl Session {
             }
             Err(e @ crate::backend::BackendError::Exhausted { .. }) => Err(AttemptError::Full(e.to_string())),
             Err(e) => {
-                // Unreachable, or its logins fail (the server refuses rwproxy's login: a backend
-                // reads cannot go to, whatever the monitor's own login says).
-                let why = if e.is_unreachable() { e.to_string() } else { format!("logins fail: {e}") };
-                self.shared.router.backends().mark_failed(backend, &why);
+                // Unreachable, or its logins fail for everyone (the server refuses rwproxy's
+                // login: a backend reads cannot go to, whatever the monitor's own login says).
+                // A refusal of what this session asked for (its database) changes nothing for
+                // the others.
+                if e.is_unreachable() {
+                    self.shared.router.backends().mark_failed(backend, &e.to_string());
+                } else if e.is_backend_refusal() {
+                    self.shared.router.backends().mark_failed(backend, &format!("logins fail: {e}"));
+                }
                 Err(AttemptError::Unavailable(e.to_string()))
             }
         }

@@ -51,6 +51,8 @@ pub enum SessionError {
     ClosedDuringLogin,
     #[error("login not finished within {0:?}")]
     HandshakeTimeout(std::time::Duration),
+    #[error("nothing sent within {0:?} of the greeting")]
+    Silent(std::time::Duration),
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
     #[error("user {0:?} must use TLS; refused a plaintext login")]
@@ -148,15 +150,19 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>, worker
     let shared = running.tier().current();
     let limits = &shared.config.mysql;
     let per_source = limits.max_connections_per_source;
-    if running.tier().sessions() > limits.max_client_connections
-        || per_source > 0 && running.from_source() > per_source
-    {
-        tracing::debug!(session = id, %peer, "too many client connections; refused");
+    let over_all = running.tier().sessions() > limits.max_client_connections;
+    if over_all || per_source > 0 && running.from_source() > per_source {
+        let reason = if over_all { "too_many" } else { "too_many_from_source" };
+        shared.metrics.connection_refused("sql", reason);
+        if let Some(count) = running.tier().refusal_log.note(reason) {
+            tracing::warn!(%peer, refused = count, reason, "client connections refused with 1040 (max_client_connections / max_connections_per_source)");
+        }
         refuse_too_many(stream).await;
         return;
     }
     let handshake_timeout = limits.handshake_timeout;
     let metrics = shared.metrics.clone();
+    let running_tier = running.tier().clone();
     drop(shared);
     metrics.client_connected();
     // Boxed: the login's futures (TLS, RSA) would otherwise size every idle session's task.
@@ -186,6 +192,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>, worker
         // is not a problem worth a warning.
         Err(SessionError::ClosedDuringLogin) => {
             tracing::debug!(session = id, %peer, "client closed the connection during the login")
+        }
+        // A flood of these is one line a second.
+        Err(e @ (SessionError::Silent(_) | SessionError::HandshakeTimeout(_))) => {
+            let kind = if matches!(e, SessionError::Silent(_)) { "silent" } else { "login_timeout" };
+            metrics.connection_refused("sql", kind);
+            if let Some(count) = running_tier.refusal_log.note(kind) {
+                tracing::warn!(%peer, closed = count, error = %e, "client connections closed during the login");
+            }
         }
         Err(e) => tracing::warn!(session = id, %peer, error = %e, "client connection closed"),
     }
