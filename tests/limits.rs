@@ -464,3 +464,32 @@ async fn a_flood_of_silent_connections_does_not_keep_real_clients_out() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_http_connection_is_closed_at_the_header_deadline_not_the_idle_one() {
+    let _serial = SERIAL.lock().await;
+    let web = common::web::WebServer::start("web1").await;
+    let text =
+        common::web::balancer_config(&[(&web, "")], "header_timeout = \"300ms\"\nidle_timeout = \"60s\"");
+    let proxy = start_proxy_with(&text).await;
+    let http = proxy.http_addr.expect("http");
+    let mut silent = TcpStream::connect(http).await.expect("connect");
+    let (_, took) = read_to_close(&mut silent).await;
+    assert!(took < Duration::from_secs(2), "a connection that sent nothing was held {took:?}");
+    // A keep-alive connection that sent a request keeps its idle time for the next one.
+    let mut kept = TcpStream::connect(http).await.expect("connect");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf))
+        .await
+        .expect("answer")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "served");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.expect("second request");
+    let (bytes, _) = read_to_close(&mut kept).await;
+    assert!(
+        String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200"),
+        "the second request after 800 ms idle"
+    );
+}

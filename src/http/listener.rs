@@ -204,7 +204,8 @@ async fn tls(
     kicked: oneshot::Receiver<()>,
     pool: Arc<h1::Pool>,
 ) {
-    let tls = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+    let deadline = first_request_deadline(&tier);
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(peer = %client.peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(peer = %client.peer, "TLS handshake timed out"),
@@ -212,7 +213,7 @@ async fn tls(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         Box::pin(serve_h2(tls, client, idle, tier, kicked)).await;
     } else {
-        h1::serve(tls, BytesMut::new(), client, tier, kicked, pool).await;
+        h1::serve(tls, BytesMut::new(), deadline, client, tier, kicked, pool).await;
     }
 }
 
@@ -226,9 +227,12 @@ async fn plain(
     pool: Arc<h1::Pool>,
 ) {
     let mut first = BytesMut::with_capacity(h1::CLIENT_BUFFER);
+    // The first request has `header_timeout` from the accept: a silent connection is closed
+    // then, not after `idle_timeout`.
+    let deadline = first_request_deadline(&tier);
     // Bounded: at most as many reads as the preface has bytes.
     while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
-        match tokio::time::timeout(idle, stream.read_buf(&mut first)).await {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
@@ -236,8 +240,13 @@ async fn plain(
     if first.starts_with(H2_PREFACE) {
         Box::pin(serve_h2(Prefixed::new(first, stream), client, idle, tier, kicked)).await;
     } else {
-        h1::serve(stream, first, client, tier, kicked, pool).await;
+        h1::serve(stream, first, deadline, client, tier, kicked, pool).await;
     }
+}
+
+/// When the first request head of a connection accepted now must be in.
+fn first_request_deadline(tier: &HttpTier) -> tokio::time::Instant {
+    tokio::time::Instant::now() + tier.balancer().config.header_timeout
 }
 
 async fn serve_h2<I>(

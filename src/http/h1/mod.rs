@@ -85,13 +85,18 @@ struct Client<I> {
     out: Vec<u8>,
     /// The current request's body on the balancer's shared budget.
     body: Option<crate::budget::Held>,
+    /// The first request's head must be in by then, counted from the accept (HAProxy's
+    /// `timeout http-request`): a connection that sends nothing is no client.
+    first_deadline: Option<Instant>,
 }
 
 /// Serves requests on one connection until it closes, fails, idles out or the balancer drains.
-/// `first` holds bytes already read from it.
+/// `first` holds bytes already read from it; its first request head must be whole by
+/// `first_deadline`.
 pub async fn serve<I>(
     io: I,
     first: BytesMut,
+    first_deadline: Instant,
     addr: ClientAddr,
     tier: Arc<HttpTier>,
     kicked: oneshot::Receiver<()>,
@@ -110,6 +115,7 @@ pub async fn serve<I>(
         request: Vec::new(),
         out: Vec::new(),
         body: None,
+        first_deadline: Some(first_deadline),
     };
     // Bounded by the client: every pass serves one request or ends the connection.
     while let After::KeepAlive = client.next().await {}
@@ -143,7 +149,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Client<I> {
     async fn read_head(&mut self, balancer: &Balancer) -> Result<Option<Head>, Refusal> {
         let idle = balancer.config.idle_timeout;
         // Once a head has begun, it has `header_timeout` in all: each byte does not buy more.
-        let mut head_deadline: Option<Instant> = None;
+        // The first head's time counts from the accept.
+        let mut head_deadline: Option<Instant> = self.first_deadline.take();
         // Bounded: every pass reads more bytes, up to MAX_HEAD.
         loop {
             if !self.buf.is_empty() {
