@@ -124,7 +124,7 @@ const TIMING_TESTS: [&str; 1] = ["tests/test_connection.py::test_result_concurre
 /// again; unchanged when anything else failed.
 async fn settle_timing_tests(
     suite: &std::path::Path,
-    port: u16,
+    (port, database): (u16, &str),
     counts: Vec<(String, u32)>,
     text: &str,
 ) -> Vec<(String, u32)> {
@@ -134,7 +134,7 @@ async fn settle_timing_tests(
         return counts;
     }
     for _ in 0..2 {
-        let (again, _) = run_pytest(suite, port, &failed).await;
+        let (again, _) = run_pytest(suite, (port, database), &failed).await;
         if again.iter().all(|(k, _)| k == "passed") {
             eprintln!("timing-dependent {failed:?} passed when run again on port {port}");
             let moved = failed.len() as u32;
@@ -158,13 +158,18 @@ async fn settle_timing_tests(
 }
 
 async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
-    run_pytest(suite, port, &["tests"]).await
+    run_pytest(suite, (port, DATABASE), &["tests"]).await
 }
 
-async fn run_pytest(suite: &std::path::Path, port: u16, tests: &[&str]) -> (Vec<(String, u32)>, String) {
-    let cnf = std::env::temp_dir().join(format!("rwproxy-mysqlclient-{}-{port}.cnf", std::process::id()));
+async fn run_pytest(
+    suite: &std::path::Path,
+    (port, database): (u16, &str),
+    tests: &[&str],
+) -> (Vec<(String, u32)>, String) {
+    let cnf = std::env::temp_dir()
+        .join(format!("rwproxy-mysqlclient-{}-{port}-{database}.cnf", std::process::id()));
     let text = format!(
-        "[MySQLdb-tests]\nhost=127.0.0.1\nport={port}\nuser={APP_USER}\npassword={APP_PASSWORD}\ndatabase={DATABASE}\n"
+        "[MySQLdb-tests]\nhost=127.0.0.1\nport={port}\nuser={APP_USER}\npassword={APP_PASSWORD}\ndatabase={database}\n"
     );
     std::fs::write(&cnf, text).expect("write option file");
     let out = Command::new("python3")
@@ -198,8 +203,10 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
     let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
     eprintln!("mysqlclient suite direct: {direct:?}; through rwproxy: {through:?}");
     // Either side may lose a timing-dependent test on a loaded machine.
-    let direct = settle_timing_tests(&suite, cluster().primary().port, direct, &direct_text).await;
-    let through = settle_timing_tests(&suite, proxy.sql_addr.port(), through, &through_text).await;
+    let direct =
+        settle_timing_tests(&suite, (cluster().primary().port, DATABASE), direct, &direct_text).await;
+    let through =
+        settle_timing_tests(&suite, (proxy.sql_addr.port(), DATABASE), through, &through_text).await;
     let passed = direct.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
     assert!(passed >= 100, "the suite ran against the primary: {direct:?}\n{direct_text}");
     let failures =
@@ -210,6 +217,54 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
         "through rwproxy:\n{through_text}\nfailed directly:\n{}",
         failures(&direct_text)
     );
+}
+
+/// Two copies of mysqlclient's suite at once, on two databases, through one rwproxy whose
+/// backends allow two connections each (sessions share them hard), and directly: each copy's
+/// results are the same both ways (sharing leaks nothing between the two).
+#[tokio::test(flavor = "multi_thread")]
+async fn mysqlclient_suite_twice_at_once_on_two_databases_matches_direct() {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mysqlclient-suite");
+    let suite = std::fs::read_dir(&base)
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.join("tests/configdb.py").exists())
+        })
+        .unwrap_or_else(|| panic!("no mysqlclient suite under {}", base.display()));
+    tokio::task::spawn_blocking(|| {
+        cluster().primary().sql(&format!(
+            "CREATE DATABASE IF NOT EXISTS suite_a; CREATE DATABASE IF NOT EXISTS suite_b;
+             GRANT ALL PRIVILEGES ON suite_a.* TO '{APP_USER}'@'%'; GRANT ALL PRIVILEGES ON suite_b.* TO '{APP_USER}'@'%';"
+        ))?;
+        cluster().wait_replicated()
+    })
+    .await
+    .expect("join")
+    .expect("databases");
+    let text = cluster()
+        .proxy_config("127.0.0.1:0")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"10s\"")
+        .replace("role = \"primary\"\n", "role = \"primary\"\nmax_connections = 2\n")
+        .replace("role = \"replica\"\n", "role = \"replica\"\nmax_connections = 2\n");
+    let proxy = common::start_proxy_with(&text).await;
+    let twice = |port: u16| {
+        let suite = suite.clone();
+        async move {
+            let (a, b) = tokio::join!(
+                run_pytest(&suite, (port, "suite_a"), &["tests"]),
+                run_pytest(&suite, (port, "suite_b"), &["tests"])
+            );
+            let a = settle_timing_tests(&suite, (port, "suite_a"), a.0, &a.1).await;
+            let b = settle_timing_tests(&suite, (port, "suite_b"), b.0, &b.1).await;
+            (a, b)
+        }
+    };
+    let direct = twice(cluster().primary().port).await;
+    let through = twice(proxy.sql_addr.port()).await;
+    eprintln!("mysqlclient suite twice at once: direct {direct:?}; through rwproxy {through:?}");
+    let passed = direct.0.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
+    assert!(passed >= 100, "the suite ran: {direct:?}");
+    assert_eq!(through, direct, "each copy gives the same results through rwproxy as directly");
 }
 
 #[tokio::test(flavor = "multi_thread")]
