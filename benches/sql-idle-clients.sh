@@ -20,7 +20,7 @@ cargo build --release --quiet --example idle_clients
 RWPORT=$(free_port)
 rwproxy_config "$RWPORT" "$work/rwproxy.toml"
 # The limits for many clients go into [mysql], which the cluster's config opens first.
-sed -i "0,/^\[mysql\]$/s//[mysql]\nmax_client_connections = $((CLIENTS + 100))\nmax_idle_connections = $MAX_IDLE/" "$work/rwproxy.toml"
+sed -i "0,/^\[mysql\]$/s//[mysql]\nmax_client_connections = $((CLIENTS + 100))\nmax_connections_per_source = 0\nmax_idle_connections = $MAX_IDLE/" "$work/rwproxy.toml"
 RUST_LOG=warn target/release/rwproxy --config "$work/rwproxy.toml" 2>"$work/rwproxy.log" &
 RWPID=$!; pids+=($RWPID)
 sleep 1

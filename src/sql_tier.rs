@@ -91,6 +91,9 @@ pub struct SqlTier {
     pub user_positions: crate::consistency::UserPositions,
     /// Refusals and login timeouts are logged a line a second, with their count.
     pub refusal_log: crate::accept::LogLimiter,
+    /// Client packets over 16 KiB being received, all sessions together
+    /// (`mysql.max_packet_buffers`).
+    pub packets: crate::budget::Budget,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -122,6 +125,7 @@ impl SqlTier {
         let long_data = crate::budget::Budget::new(shared.config.mysql.max_long_data_total);
         let mysql = &shared.config.mysql;
         let digests = crate::digests::Digests::new(mysql.workers(), mysql.query_digests_max);
+        let packets = crate::budget::Budget::new(mysql.max_packet_buffers.max(mysql.max_packet_size));
         SqlTier {
             addr,
             current: ArcSwap::from_pointee(shared),
@@ -136,6 +140,7 @@ impl SqlTier {
             digests,
             user_positions: crate::consistency::UserPositions::default(),
             refusal_log: crate::accept::LogLimiter::default(),
+            packets,
         }
     }
 
@@ -152,6 +157,8 @@ impl SqlTier {
     /// Makes `shared` current and replaces the monitor tasks with `monitor`.
     pub fn replace(&self, shared: Shared, monitor: Vec<JoinHandle<()>>) {
         self.long_data.set_limit(shared.config.mysql.max_long_data_total);
+        let mysql = &shared.config.mysql;
+        self.packets.set_limit(mysql.max_packet_buffers.max(mysql.max_packet_size));
         self.current.store(Arc::new(shared));
         if let Ok(mut tasks) = self.monitor.lock() {
             for task in tasks.drain(..) {

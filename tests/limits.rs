@@ -493,3 +493,57 @@ async fn a_silent_http_connection_is_closed_at_the_header_deadline_not_the_idle_
         "the second request after 800 ms idle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_sending_large_packets_slowly_cannot_grow_memory_past_the_packet_budget() {
+    let _serial = SERIAL.lock().await;
+    let text =
+        cluster().proxy_config("127.0.0.1:0").replace("connect_timeout = \"1s\"", "connect_timeout = \"3s\"");
+    let proxy = start_proxy_with(&text).await;
+    let address = proxy.sql_addr.to_string();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients
+            .push(RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login"));
+    }
+    let before = rss_kib();
+    // Each announces a 16 MiB COM_QUERY and sends 8 MiB of it, then nothing.
+    let chunk = std::sync::Arc::new(vec![b'x'; 64 * 1024]);
+    let mut writers = Vec::new();
+    for client in clients {
+        let chunk = chunk.clone();
+        writers.push(tokio::spawn(async move {
+            let mut stream = client.stream;
+            let _ = stream.write_all(&[0xff, 0xff, 0xff, 0x00, 0x03]).await;
+            for _ in 0..128 {
+                if tokio::time::timeout(Duration::from_secs(5), stream.write_all(&chunk)).await.is_err() {
+                    break;
+                }
+            }
+            stream
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grew = rss_kib().saturating_sub(before);
+    eprintln!("RSS grew by {} MiB for 40 clients sending 8 MiB of 16 MiB packets", grew / 1024);
+    assert!(grew < 64 * 1024, "RSS grew by {grew} KiB");
+    // Everyone else is served meanwhile.
+    let mut conn = connect(&proxy).await;
+    let one: Option<u32> = conn.query_first("SELECT 1").await.expect("a small statement runs");
+    assert_eq!(one, Some(1));
+    // Past connect_timeout the waiting ones are told why and closed.
+    let mut streams = Vec::new();
+    for writer in writers {
+        streams.push(writer.await.expect("writer"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut told = 0;
+    for stream in &mut streams {
+        // The refused ones have their answer waiting; the admitted ones have none (short wait).
+        let mut bytes = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut bytes)).await;
+        let n = read.ok().and_then(Result::ok).unwrap_or(0);
+        told += usize::from(String::from_utf8_lossy(&bytes[..n]).contains("max_packet_buffers"));
+    }
+    assert!(told >= 30, "{told} of 40 were told the packet budget was in use");
+}

@@ -604,7 +604,10 @@ async fn idle_clients_hold_at_most_max_idle_backend_connections() {
     const MAX_IDLE: u64 = 4;
     let text = cluster().proxy_config("127.0.0.1:0").replace(
         "connect_timeout = \"1s\"",
-        &format!("connect_timeout = \"5s\"\nmax_idle_connections = {MAX_IDLE}"),
+        // Every client comes from 127.0.0.1 here: no per-source limit.
+        &format!(
+            "connect_timeout = \"5s\"\nmax_idle_connections = {MAX_IDLE}\nmax_connections_per_source = 0"
+        ),
     );
     let ports: Vec<u16> = std::iter::once(cluster().primary().port)
         .chain(cluster().replicas().iter().map(|r| r.port))

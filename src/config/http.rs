@@ -64,9 +64,9 @@ pub struct HttpConfig {
     /// Client connections served at once; one more gets `503` and is closed. Default 4096.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
-    /// Client connections from one source address at once (0 = no limit, the default); one
-    /// more gets 503.
-    #[serde(default)]
+    /// Client connections from one source address at once (0 = no limit); one more gets 503.
+    /// Default 1024: one host's flood cannot take every slot.
+    #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
 }
 
@@ -170,6 +170,10 @@ fn default_response_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_connections_per_source() -> usize {
+    1024
+}
+
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
 }

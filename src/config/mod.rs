@@ -202,6 +202,12 @@ pub struct MysqlConfig {
     /// Default 64 MiB (MariaDB's own `max_allowed_packet` default is 16 MiB).
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: usize,
+    /// Bytes of client packets being received, over all sessions, for packets over 16 KiB: a
+    /// packet that does not fit waits (up to `connect_timeout`) for others to finish, then its
+    /// client gets 1153 and is closed. Default 64 MiB (at least `max_packet_size`): clients
+    /// that announce large packets and send them slowly cannot grow rwproxy's memory.
+    #[serde(default = "default_max_packet_buffers")]
+    pub max_packet_buffers: usize,
     /// Server version announced to clients. Default: the primary's own version string, read at
     /// start-up, or `"8.0.0-rwproxy"` when the primary cannot be reached then.
     #[serde(default)]
@@ -582,6 +588,9 @@ fn default_max_long_data() -> usize {
     256 << 20
 }
 fn default_max_packet_size() -> usize {
+    64 << 20
+}
+fn default_max_packet_buffers() -> usize {
     64 << 20
 }
 

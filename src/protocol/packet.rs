@@ -21,6 +21,8 @@ pub enum PacketError {
     TooLarge { len: usize, max: usize },
     #[error("packet out of order: expected sequence id {expected}, got {got}")]
     OutOfOrder { expected: u8, got: u8 },
+    #[error("packet of {len} bytes not admitted (memory for packets in flight is in use)")]
+    NotAdmitted { len: usize },
 }
 
 /// The 4-byte header that precedes every physical packet.
@@ -153,6 +155,37 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
         }
     }
     Ok(Some(Logical { payload, first_seq: first.seq, last_seq: header.seq }))
+}
+
+/// [`read_logical`] after its first header was read by the caller, asking `admit` before the
+/// payload of each physical packet is read (the caller keeps memory for packets in flight on a
+/// budget); a packet `admit` refuses is an error and its bytes stay unread.
+pub async fn read_logical_admitted<R: AsyncRead + Unpin>(
+    r: &mut R,
+    first: Header,
+    max: usize,
+    mut admit: impl FnMut(usize) -> bool,
+) -> Result<Logical, PacketError> {
+    let mut payload = Vec::new();
+    let mut header = first;
+    loop {
+        if payload.len() + header.len > max {
+            return Err(PacketError::TooLarge { len: payload.len() + header.len, max });
+        }
+        if !admit(header.len) {
+            return Err(PacketError::NotAdmitted { len: header.len });
+        }
+        read_payload_into(r, header.len, &mut payload).await?;
+        if !header.is_continued() {
+            break;
+        }
+        let expected = header.seq.wrapping_add(1);
+        header = read_header(r).await?.ok_or(PacketError::Truncated)?;
+        if header.seq != expected {
+            return Err(PacketError::OutOfOrder { expected, got: header.seq });
+        }
+    }
+    Ok(Logical { payload, first_seq: first.seq, last_seq: header.seq })
 }
 
 /// Writes one packet (payload under 16 MiB) straight to `w` and flushes it: header and payload

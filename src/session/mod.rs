@@ -142,6 +142,10 @@ enum Flow {
     Quit,
 }
 
+/// Client packets up to this size are read without asking the packet budget (statements are
+/// almost always smaller): 4,096 sessions can hold at most 64 MiB of them.
+const UNBUDGETED_PACKET: usize = 16 * 1024;
+
 /// Runs one client connection to its end. Errors are logged here: a broken client affects
 /// only itself.
 pub async fn run(stream: TcpStream, peer: SocketAddr, tier: Arc<SqlTier>, worker: usize) {
@@ -267,7 +271,7 @@ impl Session {
             let max = self.shared.config.mysql.max_packet_size;
             let packet = match packet::take_buffered(&mut self.reader, max) {
                 Some(packet) => packet,
-                None => match packet::read_logical(&mut self.reader, max).await? {
+                None => match Box::pin(self.read_command(max)).await? {
                     Some(packet) => packet,
                     None => return Ok(()),
                 },
@@ -288,6 +292,43 @@ impl Session {
             self.handle.idle_since(self.idle_since.into_std());
             self.watch_idle_transaction();
         }
+    }
+
+    /// Reads the next command. A packet over [`UNBUDGETED_PACKET`] is read only when the tier's
+    /// packet budget has room for it: it waits up to `connect_timeout` for others to finish,
+    /// then the client gets 1153 and is closed (its packet is left unread).
+    async fn read_command(&mut self, max: usize) -> Result<Option<packet::Logical>, SessionError> {
+        let Some(first) = packet::read_header(&mut self.reader).await? else {
+            return Ok(None);
+        };
+        let tier = self.running.tier().clone();
+        let mut held = tier.packets.hold();
+        if first.len > UNBUDGETED_PACKET && first.len <= max {
+            let deadline = tokio::time::Instant::now() + self.shared.config.mysql.connect_timeout;
+            // Bounded by the deadline.
+            while !held.grow(first.len) {
+                if tokio::time::Instant::now() >= deadline {
+                    let message = format!(
+                        "rwproxy: a packet of {} bytes waited {:?} for memory: packets being received from clients already hold mysql.max_packet_buffers",
+                        first.len, self.shared.config.mysql.connect_timeout
+                    );
+                    self.seq = first.seq.wrapping_add(1);
+                    self.reply_err(1153, "08S01", &message).await?;
+                    return Err(SessionError::Malformed("a packet over the memory budget"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        let mut admitted_first = false;
+        let admit = |len: usize| {
+            // The first packet is admitted above; continuations of a packet over 16 MiB grow it.
+            if !admitted_first {
+                admitted_first = true;
+                return true;
+            }
+            held.grow(len)
+        };
+        Ok(Some(packet::read_logical_admitted(&mut self.reader, first, max, admit).await?))
     }
 
     /// When the idle session is to be closed, and which limit that is: `idle_timeout`, or
