@@ -37,6 +37,12 @@ pub struct Backend {
     /// Milliseconds since `Backends::epoch` until which this backend is skipped for reads.
     skip_until_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Connections lost during statements within the current window: (window start in ms
+    /// since the epoch, count). A statement can make a server drop its connection (a packet
+    /// over its `max_allowed_packet`): one loss is no evidence against the backend.
+    losses: Mutex<(u64, u32)>,
+    /// "backend failed" lines: one a second, with the count.
+    failure_log: crate::accept::LogLimiter,
     /// What the monitor says, and the counters shown on the status page.
     pub health: Health,
     /// Idle connections for reuse, and the `max_connections` cap.
@@ -96,6 +102,11 @@ impl Backend {
     }
 }
 
+/// Connections lost during statements within [`LOSS_WINDOW`] that take a backend out of the
+/// read rotation (ProxySQL's shunning needs several errors a second too).
+pub const LOSSES_TO_FAIL: u32 = 3;
+pub const LOSS_WINDOW: Duration = Duration::from_secs(10);
+
 /// Every configured backend, in config order.
 #[derive(Debug)]
 pub struct Backends {
@@ -146,6 +157,8 @@ impl Backends {
                         role: b.role,
                         skip_until_ms: AtomicU64::new(0),
                         last_error: Mutex::new(None),
+                        losses: Mutex::new((0, 0)),
+                        failure_log: crate::accept::LogLimiter::default(),
                         health: Health::default(),
                         pool: Pool::new(
                             b.max_connections,
@@ -280,7 +293,8 @@ impl Backends {
         })
     }
 
-    /// Records a failure seen by the data path (connect refused, connection lost).
+    /// Records a failure of the backend itself seen by the data path (connect refused, login
+    /// refused, no answer): it leaves the read rotation for `retry_failed_after` at once.
     pub fn mark_failed(&self, index: usize, error: &str) {
         if let Some(b) = self.list.get(index) {
             let until = self.now_ms() + u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX / 2);
@@ -288,7 +302,38 @@ impl Backends {
             if let Ok(mut last) = b.last_error.lock() {
                 *last = Some(error.to_string());
             }
-            tracing::warn!(backend = %b.name, address = %b.address, %error, "backend failed; skipped for reads for {:?}", self.retry_after);
+            if let Some(count) = b.failure_log.note("failed") {
+                tracing::warn!(backend = %b.name, address = %b.address, %error, failures = count, "backend failed; skipped for reads for {:?}", self.retry_after);
+            }
+        }
+    }
+
+    /// Records a connection lost during a statement. A statement can make a server close its
+    /// connection (one over its `max_allowed_packet`, say): the backend leaves the read
+    /// rotation only after [`LOSSES_TO_FAIL`] losses within [`LOSS_WINDOW`].
+    pub fn lost_connection(&self, index: usize, error: &str) {
+        let Some(b) = self.list.get(index) else { return };
+        let now = self.now_ms();
+        let count = match b.losses.lock() {
+            Ok(mut losses) => {
+                if now.saturating_sub(losses.0) > LOSS_WINDOW.as_millis() as u64 {
+                    *losses = (now, 0);
+                }
+                losses.1 += 1;
+                let count = losses.1;
+                if count >= LOSSES_TO_FAIL {
+                    // It leaves the rotation now; the next window starts empty.
+                    *losses = (now, 0);
+                }
+                count
+            }
+            Err(_) => LOSSES_TO_FAIL,
+        };
+        if let Ok(mut last) = b.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+        if count >= LOSSES_TO_FAIL {
+            self.mark_failed(index, &format!("{count} connections lost within {LOSS_WINDOW:?}: {error}"));
         }
     }
 
@@ -301,5 +346,33 @@ impl Backends {
         {
             tracing::info!(backend = %b.name, "backend usable again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends() -> Backends {
+        let text = "[mysql]\nlisten = \"127.0.0.1:0\"\n[[mysql.users]]\nname = \"app\"\npassword = \"app\"\n\
+                    [[mysql.backends]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nrole = \"primary\"\n\
+                    [[mysql.backends]]\nname = \"r\"\naddress = \"127.0.0.1:2\"\nrole = \"replica\"\n";
+        Backends::from_config(&Config::from_toml(text).expect("config"))
+    }
+
+    #[test]
+    fn one_lost_connection_is_no_evidence_several_are() {
+        let b = backends();
+        for _ in 1..LOSSES_TO_FAIL {
+            b.lost_connection(1, "lost");
+            assert!(b.is_usable(1), "a statement may have made the server close it");
+        }
+        b.lost_connection(1, "lost");
+        assert!(!b.is_usable(1), "{LOSSES_TO_FAIL} within the window take it out");
+        assert!(b.get(1).and_then(|r| r.last_error()).is_some_and(|e| e.contains("connections lost")));
+        b.mark_ok(1);
+        assert!(b.is_usable(1), "a success brings it back");
+        b.mark_failed(0, "connect refused");
+        assert!(!b.is_usable(0), "a connect failure takes it out at once");
     }
 }

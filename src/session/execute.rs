@@ -472,7 +472,9 @@ impl Session {
     /// A backend connection failed: forget it, and any transaction pinned to it.
     pub(super) fn backend_failed(&mut self, backend: usize, error: &str) {
         self.drop_connection(backend);
-        self.shared.router.backends().mark_failed(backend, error);
+        // One lost connection may be this session's doing; several within a window are the
+        // backend's.
+        self.shared.router.backends().lost_connection(backend, error);
         if self.state.view.pinned == Some(backend) {
             self.state.view.pinned = None;
         }
