@@ -78,7 +78,11 @@ pub struct SqlTier {
     /// Running sessions per client address (for `max_connections_per_source`).
     per_source: Arc<Tally<IpAddr>>,
     /// Recent failed logins per client address, for throttling password guessing.
-    login_failures: Mutex<HashMap<IpAddr, Failures>>,
+    login_failures: Mutex<HashMap<(IpAddr, String), Failures>>,
+    /// When the next failed login over the ceiling may be answered: failed logins are answered
+    /// at most [`FAILED_LOGINS_PER_SECOND`] a second over all clients, however many connections
+    /// guess in parallel.
+    next_denial: Mutex<std::time::Instant>,
     /// Logged-in sessions per user (for a user's `max_connections`).
     per_user: Arc<Tally<String>>,
     /// Long data of prepared statements held for all sessions (`max_long_data_total`).
@@ -103,7 +107,12 @@ struct Failures {
     last: std::time::Instant,
 }
 
-/// Failed logins from one address allowed before its denials are delayed.
+/// Failed logins answered per second over all clients (the rest wait their turn).
+const FAILED_LOGINS_PER_SECOND: u32 = 20;
+/// The longest a denial is held.
+const MAX_DENIAL_HOLD: Duration = Duration::from_secs(10);
+
+/// Failed logins of one account from one address allowed before its denials are delayed.
 const FREE_FAILURES: u32 = 5;
 /// A quiet address is forgiven after this long.
 const FAILURES_FORGOTTEN: Duration = Duration::from_secs(600);
@@ -134,6 +143,7 @@ impl SqlTier {
             sessions: Arc::new(Drain::default()),
             per_source: Arc::default(),
             login_failures: Mutex::new(HashMap::new()),
+            next_denial: Mutex::new(std::time::Instant::now()),
             per_user: Arc::default(),
             long_data,
             registry: Arc::default(),
@@ -170,7 +180,19 @@ impl SqlTier {
 
     /// Records a failed login from `source`; returns how long to hold its denial: nothing for
     /// the first few, then 100 ms doubling up to 5 s, so guessing passwords gets slow.
-    pub fn login_failed(&self, source: IpAddr) -> Duration {
+    pub fn login_failed(&self, source: IpAddr, user: &str) -> Duration {
+        let backoff = self.backoff(source, user);
+        // The global ceiling: each denial takes the next free slot of the second.
+        let Ok(mut next) = self.next_denial.lock() else { return backoff };
+        let now = std::time::Instant::now();
+        let slot = (*next).max(now);
+        *next = slot + Duration::from_secs(1) / FAILED_LOGINS_PER_SECOND;
+        backoff.max(slot.saturating_duration_since(now)).min(MAX_DENIAL_HOLD)
+    }
+
+    /// The hold for repeated failures of `user` from `source`: none for the first few, then
+    /// 100 ms doubling up to 5 s.
+    fn backoff(&self, source: IpAddr, user: &str) -> Duration {
         let Ok(mut failures) = self.login_failures.lock() else {
             return Duration::ZERO;
         };
@@ -178,7 +200,7 @@ impl SqlTier {
         if failures.len() > 10_000 {
             failures.retain(|_, f| now.duration_since(f.last) < FAILURES_FORGOTTEN);
         }
-        let entry = failures.entry(source).or_insert(Failures { count: 0, last: now });
+        let entry = failures.entry((source, user.to_string())).or_insert(Failures { count: 0, last: now });
         if now.duration_since(entry.last) >= FAILURES_FORGOTTEN {
             entry.count = 0;
         }
@@ -192,10 +214,11 @@ impl SqlTier {
         }
     }
 
-    /// A login from `source` succeeded: its failures are forgotten.
-    pub fn login_succeeded(&self, source: IpAddr) {
+    /// A login of `user` from `source` succeeded: that account's failures from there are
+    /// forgotten (not another account's: a valid login does not buy guesses at another).
+    pub fn login_succeeded(&self, source: IpAddr, user: &str) {
         if let Ok(mut failures) = self.login_failures.lock() {
-            failures.remove(&source);
+            failures.remove(&(source, user.to_string()));
         }
     }
 

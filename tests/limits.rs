@@ -288,11 +288,37 @@ async fn repeated_failed_logins_from_one_address_are_slowed_down() {
     assert!(took[7] >= Duration::from_millis(350), "the eighth waits (400 ms): {took:?}");
     let metrics = proxy.metrics().render(&proxy.backends());
     assert!(metrics.contains("rwproxy_login_failures_total 8"), "{metrics}");
-    // A good login forgives the address.
+    // Another account's good login forgives nothing.
+    RawClient::connect(&address, "reader", "reader", DATABASE, true).await.expect("login");
+    let started = Instant::now();
+    let _ = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "still held (800 ms) after another account's login"
+    );
+    // The account's own good login forgives it.
     RawClient::connect(&address, APP_USER, APP_PASSWORD, DATABASE, true).await.expect("login");
     let started = Instant::now();
     let _ = RawClient::connect(&address, APP_USER, "wrong", DATABASE, true).await;
-    assert!(started.elapsed() < Duration::from_millis(300), "forgiven after a good login (else held 800 ms)");
+    assert!(started.elapsed() < Duration::from_millis(300), "forgiven after its own good login");
+    // Parallel guessing (40 connections, each a different account) is answered at 20 a second
+    // at most, however many connections guess at once.
+    let started = Instant::now();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let address = address.clone();
+        guesses.spawn(async move {
+            RawClient::connect(&address, &format!("guess{i}"), "x", DATABASE, true).await
+        });
+    }
+    while let Some(guess) = guesses.join_next().await {
+        assert!(guess.expect("join").is_err(), "denied");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "40 guesses answered in {:?}",
+        started.elapsed()
+    );
 }
 
 /// The soft limit on open files of this process.

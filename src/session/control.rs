@@ -155,7 +155,7 @@ impl Session {
         self.login.collation = login.collation;
         self.login.client_caps = login.caps;
         self.login.mariadb_caps = login.mariadb_caps;
-        self.running.tier().login_succeeded(self.peer.ip());
+        self.running.tier().login_succeeded(self.peer.ip(), &self.login.user);
         tracing::debug!(session = self.id, peer = %self.peer, user = %self.login.user, "client logged in");
         if wanted == ClientAuth::CachingSha2 {
             self.write_reply(&handshake::FAST_AUTH_OK).await?;
@@ -205,7 +205,7 @@ impl Session {
     async fn deny(&mut self, user: &str, using_password: bool) -> Result<(), SessionError> {
         let host = self.peer.ip();
         self.shared.metrics.login_failed();
-        let hold = self.running.tier().login_failed(host);
+        let hold = self.running.tier().login_failed(host, user);
         if !hold.is_zero() {
             tracing::debug!(session = self.id, peer = %self.peer, ?hold, "repeated failed logins; denial delayed");
             tokio::time::sleep(hold).await;
