@@ -117,7 +117,20 @@ pub async fn serve(
 ) {
     let mut next = 0;
     let mut refusals = crate::accept::Refusals::default();
+    let busy_log = crate::accept::LogLimiter::default();
     loop {
+        // At max_client_connections new connections wait in the kernel's backlog for a slot
+        // (HAProxy's maxconn), up to QUEUE_WAIT; only then are they taken and answered 503.
+        if let Some(current) = tier.upgrade() {
+            let cap = current.balancer().config.max_client_connections;
+            drop(current);
+            for _ in 0..QUEUE_WAIT.as_millis() / 10 {
+                if workers.iter().map(|w| w.load.get()).sum::<usize>() < cap {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
         tokio::select! {
             (stream, peer) = crate::accept::next_connection(&listener, "http") => {
                 let Some(current) = tier.upgrade() else { break };
@@ -130,8 +143,13 @@ pub async fn serve(
                 let open: usize = workers.iter().map(|w| w.load.get()).sum();
                 let slot = Counted::new(current.per_source.clone(), peer.ip());
                 let per_source = balancer.config.max_connections_per_source;
-                if open >= balancer.config.max_client_connections || per_source > 0 && slot.count > per_source {
-                    tracing::debug!(%peer, open, from_source = slot.count, "too many HTTP client connections; 503");
+                let over_all = open >= balancer.config.max_client_connections;
+                if over_all || per_source > 0 && slot.count > per_source {
+                    let reason = if over_all { "too_many" } else { "too_many_from_source" };
+                    current.metrics().connection_refused("http", reason);
+                    if let Some(count) = busy_log.note(reason) {
+                        tracing::warn!(%peer, open, from_source = slot.count, refused = count, reason, "HTTP client connections answered 503 (max_client_connections / max_connections_per_source)");
+                    }
                     tokio::spawn(refuse_busy(stream));
                     continue;
                 }
@@ -161,6 +179,9 @@ pub async fn serve(
     }
     tracing::info!("HTTP balancer stopped accepting");
 }
+
+/// How long a new connection may wait in the backlog while every client slot is taken.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Answers a connection over `max_client_connections` with 503 and closes it: at once, never a
 /// hang, and without a worker's resources.
