@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# What read consistency costs, same run, three rwproxy processes in front of one cluster that
-# differ only in [mysql.routing] consistency = "eventual" | "session" | "global":
-#   1. oltp_point_select (no writes): interleaved rounds, eventual vs session, QPS and proxy CPU
-#      microseconds per query (from /proc), medians;
+# What read consistency costs, same run, four rwproxy processes in front of one cluster that
+# differ only in [mysql.routing] consistency = "eventual" | "session" | "user" | "global":
+#   1. oltp_point_select (no writes): interleaved rounds, eventual vs session vs user, QPS and
+#      proxy CPU microseconds per query (from /proc), medians;
 #   2. oltp_read_write (a write-heavy mix) once per mode: QPS, and the share of row reads that the
 #      replicas served (Com_select + Com_stmt_execute deltas on each server).
 #
 #   benches/consistency.sh [rounds, default 4] [seconds per run, default 8] [client threads, default 8]
-#   START_ORDER="session eventual global" benches/consistency.sh   # start the processes in another order
+#   START_ORDER="session eventual user global" benches/consistency.sh   # start the processes in another order
 #
 # Installs sysbench and MariaDB (scripts/install-deps.sh --bench) when missing. Loopback only.
 set -euo pipefail
@@ -18,7 +18,7 @@ THREADS=${3:-8}
 source benches/sql-setup.sh
 
 declare -A PORT PID
-for mode in ${START_ORDER:-eventual session global}; do
+for mode in ${START_ORDER:-eventual session user global}; do
   PORT[$mode]=$(free_port)
   rwproxy_config "${PORT[$mode]}" "$work/$mode.toml" "$(printf '[mysql.routing]\nconsistency = "%s"' "$mode")"
   RUST_LOG=warn target/release/rwproxy --config "$work/$mode.toml" 2>"$work/$mode.log" &
@@ -50,16 +50,16 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 echo
 echo "oltp_point_select, $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s, $THREADS threads (who goes first alternates)"
 printf '%-6s %-9s %10s %14s\n' round mode QPS "CPU µs/q"
-: >"$work/eventual.runs"; : >"$work/session.runs"
+: >"$work/eventual.runs"; : >"$work/session.runs"; : >"$work/user.runs"
 for round in $(seq 1 "$ROUNDS"); do
-  if [ $((round % 2)) -eq 1 ]; then order="eventual session"; else order="session eventual"; fi
+  if [ $((round % 2)) -eq 1 ]; then order="eventual session user"; else order="user session eventual"; fi
   for mode in $order; do
     read -r qps cpu < <(measure oltp_point_select "$mode")
     echo "$qps $cpu" >>"$work/$mode.runs"
     printf '%-6s %-9s %10s %14s\n' "$round" "$mode" "$qps" "$cpu"
   done
 done
-for mode in eventual session; do
+for mode in eventual session user; do
   printf 'median %-9s %10s %14s\n' "$mode" "$(awk '{ print $1 }' "$work/$mode.runs" | median)" \
     "$(awk '{ print $2 }' "$work/$mode.runs" | median)"
 done
@@ -71,7 +71,7 @@ printf '%-24s %-9s %10s %14s %18s\n' test mode QPS "CPU µs/q" "reads on replica
 # Without transactions two threads may delete and re-insert the same row: sysbench must
 # skip those duplicate-key errors (1062) rather than stop.
 for variant in "" "--skip-trx=on --mysql-ignore-errors=1062"; do
-  for mode in eventual session global; do
+  for mode in eventual session user global; do
     b0=$(reads_on "$P"); b1=$(reads_on "$R1"); b2=$(reads_on "$R2")
     # shellcheck disable=SC2086
     read -r qps cpu < <(measure oltp_read_write "$mode" $variant)

@@ -78,7 +78,7 @@ async fn main() -> Result<(), String> {
     }
     println!("rwproxy listening on {} (config: {})", proxy.sql_addr, path.display());
     println!(
-        "try:  mariadb -h127.0.0.1 -P{} -u{} -p{} {}",
+        "try:  mariadb --comments -h127.0.0.1 -P{} -u{} -p{} {}",
         proxy.sql_addr.port(),
         cluster::APP_USER,
         cluster::APP_PASSWORD,

@@ -78,6 +78,17 @@ pub fn snapshot(state: &AdminState) -> Value {
             writable.join(", ")
         ));
     }
+    if backends.primary().known.gtid() == Some(false) {
+        warnings.push(
+            "the primary writes no GTIDs (binary log or gtid_mode off): reads after a write go to the primary for max_replication_lag, and lag cannot be measured from positions".into(),
+        );
+    }
+    if state.monitor.enabled && !state.monitor.heartbeat {
+        warnings.push("monitor.heartbeat is off: replica lag is measured from GTID positions (one monitor interval's resolution)".into());
+    }
+    if !state.monitor.enabled {
+        warnings.push("the monitor is off: no backend is ever marked down or lagging".into());
+    }
     if let Some(why) = backends.unconfirmed() {
         warnings.push(format!("writes are refused: the primary is not known ({why})"));
     }
