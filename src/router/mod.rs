@@ -192,8 +192,11 @@ impl Router {
     pub fn decide(&self, class: &Classification, view: &SessionView) -> Decision {
         let decision = |target, reason| Decision { target, reason };
         if let Some(pinned) = view.pinned {
-            if view.optimistic && needs_primary(class) {
-                // The session moves the transaction to the primary before running it.
+            // The session moves the transaction to the primary before running it. A setting
+            // moves it too: a replay after it would run the transaction's earlier reads under
+            // the new setting (another character set, sql_mode, time zone) and find them
+            // different, where a direct connection has no reason to fail.
+            if view.optimistic && (needs_primary(class) || class.destination == Destination::All) {
                 return decision(Target::Primary, class.reason);
             }
             return decision(Target::Backend(pinned), Reason::Transaction);
