@@ -26,9 +26,11 @@ config=$(awk '/^config:/ { print $2 }' "$work/cluster.out")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # The cluster's rwproxy config listening on PORT (the [admin] listener keeps a free port), with
-# EXTRA appended.
+# EXTRA appended. The cluster's servers offer TLS; rwproxy's default ("preferred") would take
+# it, HAProxy's TCP relay does not encrypt: the comparison runs both in the clear
+# (RWPROXY_BACKEND_TLS=preferred measures rwproxy with TLS to the backends).
 rwproxy_config() {
-  awk -v port="$1" '/^\[/ { section = $0 } section == "[mysql]" && /^listen = / { $0 = "listen = \"127.0.0.1:" port "\"" } { print }' \
+  awk -v port="$1" -v tls="${RWPROXY_BACKEND_TLS:-disabled}" '/^\[/ { section = $0 } section == "[mysql]" && /^listen = / { $0 = "listen = \"127.0.0.1:" port "\"" } { print } /^\[\[mysql.backends\]\]/ { print "tls = \"" tls "\"" }' \
     "$config" >"$2"
   [ -n "${3:-}" ] && printf '\n%s\n' "$3" >>"$2"
   return 0
