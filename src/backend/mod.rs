@@ -123,6 +123,8 @@ pub struct Backends {
     /// the monitor has heard every backend, or servers that contradict each other); writes
     /// wait for it, then are refused with this reason. `None`: known.
     unconfirmed: Mutex<Option<String>>,
+    /// `unconfirmed` is `None`: read on every write without a lock.
+    confirmed: AtomicBool,
 }
 
 impl Backends {
@@ -204,6 +206,7 @@ impl Backends {
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
             retry_after: config.mysql.routing.retry_failed_after,
             writable: Mutex::new(Vec::new()),
+            confirmed: AtomicBool::new(unconfirmed.is_none()),
             unconfirmed: Mutex::new(unconfirmed),
         }
     }
@@ -216,8 +219,14 @@ impl Backends {
     /// The monitor's verdict on the primary: known (`None`) or why not.
     pub fn set_unconfirmed(&self, why: Option<String>) {
         if let Ok(mut u) = self.unconfirmed.lock() {
+            self.confirmed.store(why.is_none(), Ordering::Release);
             *u = why;
         }
+    }
+
+    /// Whether the primary is known for sure (one atomic load).
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Acquire)
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {

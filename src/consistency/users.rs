@@ -127,10 +127,14 @@ impl UserPositions {
 
     fn update(&self, user: &str, change: impl FnOnce(&mut Entry)) {
         let Ok(mut inner) = self.inner.lock() else { return };
-        if !inner.users.contains_key(user) && inner.users.len() >= self.max_users {
-            inner.forget_oldest(self.max_users.div_ceil(10));
+        // A known user's entry is found without building a key (every write looks here).
+        if !inner.users.contains_key(user) {
+            if inner.users.len() >= self.max_users {
+                inner.forget_oldest(self.max_users.div_ceil(10));
+            }
+            inner.users.insert(user.to_string(), Entry::default());
         }
-        let entry = inner.users.entry(user.to_string()).or_default();
+        let Some(entry) = inner.users.get_mut(user) else { return };
         change(entry);
         entry.touched = Some(Instant::now());
         // Under the lock: a reader that sees the new version finds the new entry.

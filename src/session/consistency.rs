@@ -144,7 +144,10 @@ impl Session {
                 Err(e) => return Need::Primary(format!("the primary's position is unknown ({e})")),
             }
         }
+        // One atomic load while the table is as the session last saw it and holds nothing for
+        // this user (every read of a read-only application).
         if mode == Consistency::User
+            && !self.user_need_is_empty()
             && let Err(why) = Box::pin(self.user_need(&mut need)).await
         {
             return Need::Primary(why);
@@ -158,6 +161,15 @@ impl Session {
             Some(position) => Need::Position(position),
             None => Need::Any,
         }
+    }
+
+    /// Whether the user's writes need nothing of a read, as of the last look, and nothing changed
+    /// since.
+    fn user_need_is_empty(&self) -> bool {
+        let after = &self.state.read_after;
+        after.user_version == Some(self.running.tier().user_positions.version())
+            && after.user_need.position.is_none()
+            && after.user_need.unknown_since.is_none()
     }
 
     /// `consistency = "user"`: adds to `need` what the user's writes through this rwproxy

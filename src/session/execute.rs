@@ -216,6 +216,7 @@ impl Session {
     ) -> Result<Option<(Outcome, usize)>, SessionError> {
         let started = std::time::Instant::now();
         if decision.target == Target::Primary
+            && !self.shared.router.backends().is_confirmed()
             && let Some(why) = Box::pin(self.primary_unconfirmed()).await
         {
             let message = format!("rwproxy: no primary available (the primary is not known: {why})");
@@ -235,7 +236,8 @@ impl Session {
             candidates = self.consistent_candidates(candidates, need).await;
         }
         let reads_diagnostics = statement.is_some_and(|(class, _)| class.destination == Destination::Last);
-        if !reads_diagnostics
+        if self.keep_for_next == Some(super::Pin::Diagnostics)
+            && !reads_diagnostics
             && statement.is_some()
             && self.multiplexing()
             && self.pin() == Some(super::Pin::Diagnostics)

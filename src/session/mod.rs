@@ -271,7 +271,7 @@ impl Session {
             let max = self.shared.config.mysql.max_packet_size;
             let packet = match packet::take_buffered(&mut self.reader, max) {
                 Some(packet) => packet,
-                None => match Box::pin(self.read_command(max)).await? {
+                None => match self.read_command(max).await? {
                     Some(packet) => packet,
                     None => return Ok(()),
                 },
@@ -301,9 +301,24 @@ impl Session {
         let Some(first) = packet::read_header(&mut self.reader).await? else {
             return Ok(None);
         };
+        if first.len <= UNBUDGETED_PACKET {
+            // Every statement but large ones: no budget to ask (a packet this small has no
+            // continuation).
+            return Ok(Some(packet::read_logical_admitted(&mut self.reader, first, max, |_| true).await?));
+        }
+        // Boxed: a rare path that would otherwise size every session's task.
+        Box::pin(self.read_large_command(first, max)).await.map(Some)
+    }
+
+    /// [`Self::read_command`] for a packet over [`UNBUDGETED_PACKET`].
+    async fn read_large_command(
+        &mut self,
+        first: packet::Header,
+        max: usize,
+    ) -> Result<packet::Logical, SessionError> {
         let tier = self.running.tier().clone();
         let mut held = tier.packets.hold();
-        if first.len > UNBUDGETED_PACKET && first.len <= max {
+        if first.len <= max {
             let deadline = tokio::time::Instant::now() + self.shared.config.mysql.connect_timeout;
             // Bounded by the deadline.
             while !held.grow(first.len) {
@@ -328,7 +343,7 @@ impl Session {
             }
             held.grow(len)
         };
-        Ok(Some(packet::read_logical_admitted(&mut self.reader, first, max, admit).await?))
+        Ok(packet::read_logical_admitted(&mut self.reader, first, max, admit).await?)
     }
 
     /// When the idle session is to be closed, and which limit that is: `idle_timeout`, or
