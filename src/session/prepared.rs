@@ -54,8 +54,11 @@ struct Placement {
 /// in, and the settings its text was parsed with (`sql_mode`, character sets), in order.
 #[derive(Debug, Clone)]
 struct Context {
-    /// [`crate::backend::context_key`] of the rest: the connection's statement cache key.
+    /// The connection's statement cache key: `base`, or one of its own for a statement that
+    /// must not be shared.
     key: u64,
+    /// [`crate::backend::context_key`] of the rest: what the server binds.
+    base: u64,
     database: Option<String>,
     settings: Vec<Vec<u8>>,
 }
@@ -172,9 +175,17 @@ impl Session {
         let decision = self.shared.router.decide(&class, &self.state.view);
         // The connection that prepares it has run the session's settings and is in its
         // database: the statement is bound to the session's context as it is now.
-        let context = self.prepare_context();
+        let mut context = self.prepare_context();
         self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         let id = self.stmts.next_id;
+        if class.reads_user_variables {
+            // MySQL types a user variable a statement reads when the statement is prepared:
+            // another statement of the same text, prepared while the variable held another
+            // type, would answer with other column metadata. Such a statement is its own.
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&(context.base, self.id, id), &mut h);
+            context.key = std::hash::Hasher::finish(&h);
+        }
         let ran =
             self.run(decision, Outgoing::Raw(&payload), ResponseKind::Prepare, None, Some(id), None).await?;
         if let Some((outcome, backend)) = ran
@@ -210,8 +221,8 @@ impl Session {
     fn prepare_context(&self) -> Context {
         let settings: Vec<Vec<u8>> = self.state.history.prepare_settings().map(<[u8]>::to_vec).collect();
         let database = self.login.database.clone();
-        let key = crate::backend::context_key(database.as_deref(), settings.iter().map(Vec::as_slice));
-        Context { key, database, settings }
+        let base = crate::backend::context_key(database.as_deref(), settings.iter().map(Vec::as_slice));
+        Context { key: base, base, database, settings }
     }
 
     /// Records in the connection's cache that `prepare`, prepared in context `context`, is
@@ -444,7 +455,7 @@ impl Session {
     ) -> Result<Placement, super::execute::AttemptError> {
         use super::execute::AttemptError;
         let current = self.prepare_context();
-        let switch = current.key != context.key;
+        let switch = current.base != context.base;
         if switch {
             Box::pin(self.enter_context(backend, context)).await?;
         }
