@@ -157,6 +157,19 @@ async fn settle_timing_tests(
     counts
 }
 
+/// Where scripts/install-deps.sh unpacked mysqlclient's sdist (its suite is in `tests/`).
+fn mysqlclient_suite() -> std::path::PathBuf {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mysqlclient-suite");
+    std::fs::read_dir(&base)
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.join("tests/configdb.py").exists())
+        })
+        .unwrap_or_else(|| {
+            panic!("no mysqlclient suite under {}: run scripts/install-deps.sh --tests", base.display())
+        })
+}
+
 async fn run_mysqlclient_suite(suite: &std::path::Path, port: u16) -> (Vec<(String, u32)>, String) {
     run_pytest(suite, (port, DATABASE), &["tests"]).await
 }
@@ -189,15 +202,7 @@ async fn run_pytest(
 /// the same results through rwproxy as against the primary directly.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysqlclient_test_suite_matches_a_direct_connection() {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mysqlclient-suite");
-    let suite = std::fs::read_dir(&base)
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.join("tests/configdb.py").exists())
-        })
-        .unwrap_or_else(|| {
-            panic!("no mysqlclient suite under {}: run scripts/install-deps.sh --tests", base.display())
-        });
+    let suite = mysqlclient_suite();
     let proxy = start_proxy().await;
     let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
     let (through, through_text) = run_mysqlclient_suite(&suite, proxy.sql_addr.port()).await;
@@ -224,13 +229,7 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
 /// results are the same both ways (sharing leaks nothing between the two).
 #[tokio::test(flavor = "multi_thread")]
 async fn mysqlclient_suite_twice_at_once_on_two_databases_matches_direct() {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mysqlclient-suite");
-    let suite = std::fs::read_dir(&base)
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.join("tests/configdb.py").exists())
-        })
-        .unwrap_or_else(|| panic!("no mysqlclient suite under {}", base.display()));
+    let suite = mysqlclient_suite();
     tokio::task::spawn_blocking(|| {
         cluster().primary().sql(&format!(
             "CREATE DATABASE IF NOT EXISTS suite_a; CREATE DATABASE IF NOT EXISTS suite_b;

@@ -143,14 +143,7 @@ async fn over_long_user_names_are_refused() {
 
 /// One raw HTTP/1.1 request with extra header lines; the status code.
 async fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.expect("connect admin");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let (bytes, _) = read_to_close(&mut stream).await;
-    let text = String::from_utf8_lossy(&bytes);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {text:?}"))
+    admin_request_as(addr, &addr.to_string(), method, path, headers).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -138,23 +138,7 @@ pub async fn read_logical<R: AsyncRead + Unpin>(
     let Some(first) = read_header(r).await? else {
         return Ok(None);
     };
-    let mut payload = Vec::new();
-    let mut header = first;
-    loop {
-        if payload.len() + header.len > max {
-            return Err(PacketError::TooLarge { len: payload.len() + header.len, max });
-        }
-        read_payload_into(r, header.len, &mut payload).await?;
-        if !header.is_continued() {
-            break;
-        }
-        let expected = header.seq.wrapping_add(1);
-        header = read_header(r).await?.ok_or(PacketError::Truncated)?;
-        if header.seq != expected {
-            return Err(PacketError::OutOfOrder { expected, got: header.seq });
-        }
-    }
-    Ok(Some(Logical { payload, first_seq: first.seq, last_seq: header.seq }))
+    read_logical_admitted(r, first, max, |_| true).await.map(Some)
 }
 
 /// [`read_logical`] after its first header was read by the caller, asking `admit` before the
