@@ -98,6 +98,9 @@ pub struct SqlTier {
     /// Client packets over 16 KiB being received, all sessions together
     /// (`mysql.max_packet_buffers`).
     pub packets: crate::budget::Budget,
+    /// Numbers prepared statements that must never share a server statement (never reused,
+    /// also across a session's resets).
+    pub own_statements: std::sync::atomic::AtomicU64,
 }
 
 /// Failed logins from one address: how many in a row, and when the last was.
@@ -151,6 +154,7 @@ impl SqlTier {
             user_positions: crate::consistency::UserPositions::default(),
             refusal_log: crate::accept::LogLimiter::default(),
             packets,
+            own_statements: std::sync::atomic::AtomicU64::new(1),
         }
     }
 

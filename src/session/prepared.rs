@@ -182,8 +182,11 @@ impl Session {
             // MySQL types a user variable a statement reads when the statement is prepared:
             // another statement of the same text, prepared while the variable held another
             // type, would answer with other column metadata. Such a statement is its own.
+            // A number no other statement gets, also after this session's resets (its own ids
+            // start again at 1).
+            let own = self.running.tier().own_statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&(context.base, self.id, id), &mut h);
+            std::hash::Hash::hash(&(context.base, own), &mut h);
             context.key = std::hash::Hasher::finish(&h);
         }
         let ran =
