@@ -198,10 +198,15 @@ async fn run_pytest(
     (pytest_counts(&text), text)
 }
 
+/// The suite runs alone: one of its tests needs a result still streaming when a second thread
+/// looks, and a machine busy with another copy of the suite fails it directly too.
+static SUITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// mysqlclient's own test suite (from its sdist, fetched by scripts/install-deps.sh) gives
 /// the same results through rwproxy as against the primary directly.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysqlclient_test_suite_matches_a_direct_connection() {
+    let _alone = SUITE.lock().await;
     let suite = mysqlclient_suite();
     let proxy = start_proxy().await;
     let (direct, direct_text) = run_mysqlclient_suite(&suite, cluster().primary().port).await;
@@ -229,6 +234,7 @@ async fn mysqlclient_test_suite_matches_a_direct_connection() {
 /// results are the same both ways (sharing leaks nothing between the two).
 #[tokio::test(flavor = "multi_thread")]
 async fn mysqlclient_suite_twice_at_once_on_two_databases_matches_direct() {
+    let _alone = SUITE.lock().await;
     let suite = mysqlclient_suite();
     tokio::task::spawn_blocking(|| {
         cluster().primary().sql(&format!(
@@ -249,9 +255,12 @@ async fn mysqlclient_suite_twice_at_once_on_two_databases_matches_direct() {
     let twice = |port: u16| {
         let suite = suite.clone();
         async move {
+            // Two copies at once load the machine: the one test that depends on timing (see
+            // TIMING_TESTS) is left out of this run; the run alone above keeps it.
+            let args = ["tests", "--deselect", TIMING_TESTS[0]];
             let (a, b) = tokio::join!(
-                run_pytest(&suite, (port, "suite_a"), &["tests"]),
-                run_pytest(&suite, (port, "suite_b"), &["tests"])
+                run_pytest(&suite, (port, "suite_a"), &args),
+                run_pytest(&suite, (port, "suite_b"), &args)
             );
             let a = settle_timing_tests(&suite, (port, "suite_a"), a.0, &a.1).await;
             let b = settle_timing_tests(&suite, (port, "suite_b"), b.0, &b.1).await;
@@ -263,6 +272,10 @@ async fn mysqlclient_suite_twice_at_once_on_two_databases_matches_direct() {
     eprintln!("mysqlclient suite twice at once: direct {direct:?}; through rwproxy {through:?}");
     let passed = direct.0.iter().find(|(k, _)| k == "passed").map_or(0, |(_, n)| *n);
     assert!(passed >= 100, "the suite ran: {direct:?}");
+    assert!(
+        direct.0.iter().chain(&direct.1).all(|(k, _)| k == "passed" || k == "deselected"),
+        "directly, every test passes: {direct:?}"
+    );
     assert_eq!(through, direct, "each copy gives the same results through rwproxy as directly");
 }
 
