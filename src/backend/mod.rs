@@ -22,7 +22,7 @@ pub use connection::{BackendConn, BackendError, Login, Probed, mariadb_caps, pro
 pub use health::{Health, Sample, State};
 pub use pool::{Pool, PoolKey, Pooled, SettingsTag, checkout, park, release, reset};
 pub use query::{Cell, QueryError};
-pub use relay::{Digest, RelayError, Side, relay_response, relay_response_unflushed};
+pub use relay::{Digest, RelayError, Side, relay_response};
 pub use statements::{FastIds, MAX_CACHED_STATEMENTS, StatementCache, context_key};
 
 use crate::config::{BackendTls, Config, Role};

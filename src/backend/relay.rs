@@ -59,31 +59,11 @@ struct Relay<'a, CR, CW> {
 }
 
 /// Relays the response to the command just sent on `conn`. `statement_id` replaces the
-/// backend's statement id in a COM_STMT_PREPARE answer.
+/// backend's statement id in a COM_STMT_PREPARE answer. The answer's last bytes stay in
+/// `client_w`'s buffer: the caller flushes once it has recorded what the answer says (a write's
+/// position must be known before the client can act on its OK, e.g. read on another
+/// connection).
 pub async fn relay_response<CR, CW>(
-    conn: &mut BackendConn,
-    kind: ResponseKind,
-    client_r: &mut CR,
-    client_w: &mut CW,
-    statement_id: Option<u32>,
-) -> Result<Outcome, RelayError>
-where
-    CR: AsyncBufRead + Unpin,
-    CW: AsyncWrite + Unpin,
-{
-    let outcome = relay_response_unflushed(conn, kind, client_r, client_w, statement_id).await?;
-    client_w.flush().await.map_err(|e| RelayError {
-        side: Side::Client,
-        touched_client: true,
-        message: e.to_string(),
-    })?;
-    Ok(outcome)
-}
-
-/// [`relay_response`] that leaves the answer's last bytes in `client_w`'s buffer: the caller
-/// flushes once it has recorded what the answer says (a write's position must be known before
-/// the client can act on its OK, e.g. read on another connection).
-pub async fn relay_response_unflushed<CR, CW>(
     conn: &mut BackendConn,
     kind: ResponseKind,
     client_r: &mut CR,

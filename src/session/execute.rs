@@ -4,7 +4,7 @@
 use super::consistency::hinted_position;
 use super::optimistic::Ran;
 use super::{Session, SessionError};
-use crate::backend::{Side, State, checkout, relay_response_unflushed, reset};
+use crate::backend::{Side, State, checkout, relay_response, reset};
 use crate::classifier::{
     Classification, Destination, Effect, Hint, Reason, classify_lead, counts_as_write, explain_route_in,
     kill_target, lead,
@@ -421,7 +421,7 @@ impl Session {
         // connection ends too (an error packet there would corrupt the stream).
         let relayed = tokio::select! {
             biased;
-            relayed = relay_response_unflushed(conn, kind, &mut self.reader, &mut self.writer, statement_id) => relayed,
+            relayed = relay_response(conn, kind, &mut self.reader, &mut self.writer, statement_id) => relayed,
             () = &mut down, if watch_down => {
                 self.handle.finished();
                 let why = format!("{} was marked down in the middle of an answer: {}", target.name, target.health.reason());

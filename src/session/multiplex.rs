@@ -164,15 +164,20 @@ impl Session {
             return;
         }
         for index in 0..self.conns.len() {
-            if let Some(mut conn) = self.conns[index].take() {
-                // Settings behind the session's (a `SET` ran on another backend) are no state
-                // another session can name: such a connection is reset when it is next borrowed.
-                conn.settings = self.state.history.tag_if_current(conn.applied);
-                if let Some(conn) = park(conn) {
-                    // Boxed: a rare path that would otherwise size every session's task.
-                    Box::pin(release(conn)).await;
-                }
-            }
+            self.give_back(index).await;
+        }
+    }
+
+    /// Gives the connection to backend `index` back to its pool, tagged with the settings it
+    /// holds (reset first when it holds state for this session's next command).
+    async fn give_back(&mut self, index: usize) {
+        let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) else { return };
+        // Settings behind the session's (a `SET` ran on another backend) are no state another
+        // session can name: such a connection is reset when it is next borrowed.
+        conn.settings = self.state.history.tag_if_current(conn.applied);
+        if let Some(conn) = park(conn) {
+            // Boxed: a rare path that would otherwise size every session's task.
+            Box::pin(release(conn)).await;
         }
     }
 
@@ -182,16 +187,8 @@ impl Session {
     /// each other when pools are full (each holds what the other waits for).
     pub(super) async fn give_back_except(&mut self, keep: Option<usize>) {
         self.keep_for_next = None;
-        for index in 0..self.conns.len() {
-            if Some(index) == keep {
-                continue;
-            }
-            if let Some(mut conn) = self.conns[index].take() {
-                conn.settings = self.state.history.tag_if_current(conn.applied);
-                if let Some(conn) = park(conn) {
-                    release(conn).await;
-                }
-            }
+        for index in (0..self.conns.len()).filter(|&i| Some(i) != keep) {
+            self.give_back(index).await;
         }
     }
 
